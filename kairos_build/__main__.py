@@ -1,0 +1,3 @@
+from kairos_build.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The pipeline: resolve the base -> convert it -> export artifacts. Read top to bottom."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kairos_build import __version__
+from kairos_build.cache import Cache, cache_key, hash_tree
+from kairos_build.config import BuildConfig
+from kairos_build.convert.convert import convert_rootfs
+from kairos_build.data import data_dir
+from kairos_build.errors import InputError
+from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
+from kairos_build.log import log, step
+from kairos_build.source.resolve import Base, resolve_base
+
+
+@dataclass(frozen=True)
+class Artifact:
+    format: str
+    path: Path
+    sha256: str
+    size: int
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail before any work when the artifacts could not be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kairos-build-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"output directory {path} is not writable: {exc.strerror}",
+                         hint="choose another with --output DIR") from exc
+
+
+def conversion_key(config: BuildConfig, base: Base) -> str:
+    """Everything that shapes the converted rootfs; change any of it and it is made anew."""
+    return cache_key(
+        "converted", base=base.key, flavor=config.flavor.source.read_text(),
+        release=config.release, overlays=hash_tree(data_dir("overlays")),
+        templates=hash_tree(data_dir("templates")), version=config.version,
+        variant=config.variant, model=config.model, arch=config.arch, tool=__version__,
+    )
+
+
+def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, str]:
+    key = conversion_key(config, base)
+
+    def make(target: Path) -> None:
+        with step(f"converting {base.description} for {config.flavor.name}"):
+            convert_rootfs(base.rootfs, target, config)
+
+    return cache.get_or_make("converted", key, make), key
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:
+    """Write to hidden temporary names, then rename: no half-written artifact is ever visible."""
+    final = output_dir / f"{context.config.artifact_name}.{exporter.extension}"
+    partial = output_dir / f".{final.name}.partial-{os.getpid()}"
+    checksum = output_dir / f"{final.name}.sha256"
+    checksum_partial = output_dir / f".{checksum.name}.partial-{os.getpid()}"
+    try:
+        with step(f"exporting {exporter.name}"):
+            exporter.export(context, partial)
+            digest = sha256_file(partial)
+            checksum_partial.write_text(f"{digest}  {final.name}\n")
+            partial.rename(final)
+            checksum_partial.rename(checksum)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        checksum_partial.unlink(missing_ok=True)
+        raise
+    return Artifact(exporter.name, final, digest, final.stat().st_size)
+
+
+def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
+    exporters = [get_exporter(name) for name in formats]
+    check_output_dir(config.output_dir)
+    cache = Cache(config.cache_dir)
+    cache.prune_partial()
+
+    with step("resolving the base"):
+        base = resolve_base(config.base, config.flavor, config.release, cache, pull=config.pull)
+    rootfs, rootfs_key = convert_base(config, base, cache)
+
+    work_root = cache.root / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_root) as work:
+        context = ExportContext(config, rootfs, rootfs_key, cache, Path(work))
+        artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
+    for artifact in artifacts:
+        log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))
+    return artifacts

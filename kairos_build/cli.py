@@ -1,0 +1,152 @@
+"""The command line: one thin function per verb; the work happens in build.py and friends."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from kairos_build import __version__
+from kairos_build.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
+from kairos_build.log import log, setup_logging, timings
+
+app = typer.Typer(
+    name="kairos-build", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Any distro container image in, a bootable immutable Kairos OS out.",
+)
+
+Flavor = Annotated[str, typer.Option("--flavor", "-f", help="Flavor name (see `kairos-build flavors`).")]
+Release = Annotated[Optional[str], typer.Option(help="Flavor release, e.g. trixie or bookworm.")]  # noqa: UP007
+Base = Annotated[Optional[str], typer.Option(  # noqa: UP007
+    help="Base: docker://NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], dir:PATH, bootstrap:DISTRO/SUITE.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Directory for the artifacts.")]
+Version = Annotated[str, typer.Option(help="Kairos version of the image (v1.2.3).")]
+CacheDir = Annotated[Optional[Path], typer.Option(help="Cache directory.")]  # noqa: UP007
+Pull = Annotated[str, typer.Option(help="missing|always|never: when to fetch the base anew.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+@app.callback()
+def global_options(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    setup_logging(-1 if quiet else verbose)
+
+
+def _emit(as_json: bool, payload: dict[str, object]) -> None:
+    if as_json:
+        print(json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+def iso(
+    flavor: Flavor = "debian", release: Release = None, base: Base = None,
+    output: Output = Path("build"), version: Version = "v0.1.0", cache_dir: CacheDir = None,
+    pull: Pull = "missing",
+    squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
+    kernel_arg: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
+        help="Extra kernel argument for the live entry (repeatable).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Build a live ISO (BIOS + UEFI) from a base."""
+    from kairos_build.build import build
+    from kairos_build.config import make_config
+
+    config = make_config(flavor, release, base=base, output_dir=output, version=version,
+                         cache_dir=cache_dir, pull=pull, squashfs_compression=squashfs_compression,
+                         extra_kernel_args=tuple(kernel_arg or ()))
+    artifacts = build(config, ["iso"])
+    _emit(as_json, {"artifacts": [vars(a) for a in artifacts], "timings": timings})
+
+
+@app.command()
+def boot(
+    artifact: Annotated[Path, typer.Argument(help="An .iso, .raw or .qcow2 file.")],
+    firmware: Annotated[str, typer.Option(help="bios or uefi.")] = "bios",
+    timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
+    memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
+    expect_root: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        help="live|any: what root the booted system must report (default: live for ISOs).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root."""
+    from kairos_build.boot import boot as boot_artifact
+
+    result = boot_artifact(artifact, firmware, timeout, memory, expect_root)
+    log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
+             result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
+    _emit(as_json, vars(result))
+
+
+@app.command("install-deps")
+def install_deps(
+    print_only: Annotated[bool, typer.Option("--print", help="Only list the packages.")] = False,
+) -> None:
+    """Install the host tools kairos-build drives (apt hosts), or list them (other hosts)."""
+    from kairos_build.hostdeps import describe_packages, install_host_packages, is_apt_host
+
+    if print_only or not is_apt_host():
+        print(describe_packages())
+        return
+    installed = install_host_packages()
+    log.info("host packages installed: %s", " ".join(installed))
+
+
+@app.command()
+def flavors(as_json: Json = False) -> None:
+    """List the flavors and their releases."""
+    from kairos_build.flavors import flavor_names, load_flavor
+
+    rows = [load_flavor(name) for name in flavor_names()]
+    if as_json:
+        _emit(True, {"flavors": [
+            {"name": f.name, "family": f.family, "default_release": f.default_release,
+             "releases": sorted(f.releases), "init": f.init, "bootloader": f.bootloader,
+             "package_manager": f.package_manager} for f in rows]})
+        return
+    for f in rows:
+        print(f"{f.name:12} {f.family:8} releases: {', '.join(f.releases)} "
+              f"(default {f.default_release}); {f.package_manager}, {f.init}, {f.bootloader}")
+
+
+@app.command("version")
+def show_version() -> None:
+    """Print the kairos-build version."""
+    print(__version__)
+
+
+def main() -> None:
+    """Entry point: every failure becomes one readable message and a documented exit code."""
+    setup_logging()
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except KairosError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was left at the output path", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"error: no space left on device ({exc.filename or 'while writing'})",
+                  file=sys.stderr)
+            print("hint: free some space or choose another --output / --cache-dir", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BUILD_FAILED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,1 @@
+"""Turn a distro rootfs into the Kairos layout."""

@@ -1,0 +1,1 @@
+"""Building blocks for artifacts: squashfs, FAT images, grub images. They know no formats."""

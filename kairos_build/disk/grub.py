@@ -1,0 +1,49 @@
+"""GRUB boot images made with grub-mkimage (no grub-install, no mounted target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kairos_build.tools import require_file, run
+
+GRUB_LIB = Path("/usr/lib/grub")
+
+# Everything the menus use must be built in: a BIOS CD cannot load modules from an ISO whose
+# layout it does not know yet (kairos#4758 was a missing `smbios`).
+COMMON_MODULES = [
+    "normal", "configfile", "linux", "search", "search_label", "search_fs_file", "search_fs_uuid",
+    "iso9660", "fat", "ext2", "squash4", "part_gpt", "part_msdos", "echo", "test", "serial",
+    "terminal", "gzio", "xzio", "zstd", "loadenv", "regexp", "sleep", "smbios", "all_video",
+    "font", "gfxterm", "halt", "reboot", "cat", "ls", "true", "chain",
+]
+PLATFORM_MODULES = {"i386-pc": ["biosdisk", "cpuid"], "x86_64-efi": ["efi_gop", "efi_uga"]}
+# What the BIOS CD image needs from the host: the cdboot.img grub-mkimage prepends.
+PLATFORM_CHECK_FILE = {"i386-pc": "cdboot.img", "x86_64-efi": "linux.mod"}
+
+
+def early_config(label: str) -> str:
+    """Embedded in the image: find the boot medium by its label, then read its grub.cfg."""
+    return (
+        f"search --no-floppy --label --set=root {label}\n"
+        "set prefix=($root)/boot/grub\n"
+        "configfile ($root)/boot/grub/grub.cfg\n"
+    )
+
+
+def _modules(platform: str) -> list[str]:
+    directory = GRUB_LIB / platform
+    require_file(str(directory / PLATFORM_CHECK_FILE[platform]))
+    wanted = COMMON_MODULES + PLATFORM_MODULES[platform]
+    return [m for m in wanted if (directory / f"{m}.mod").is_file()]
+
+
+def make_grub_image(platform: str, output: Path, label: str, workdir: Path) -> None:
+    """A BIOS El Torito image (platform i386-pc) or an EFI binary (x86_64-efi)."""
+    formats = {"i386-pc": "i386-pc-eltorito", "x86_64-efi": "x86_64-efi"}
+    if platform not in formats:
+        raise ValueError(f"grub platform {platform} is not supported")
+    config = workdir / f"early-{platform}.cfg"
+    config.write_text(early_config(label))
+    run(["grub-mkimage", "--directory", str(GRUB_LIB / platform), "--format", formats[platform],
+         "--output", str(output), "--prefix", "/boot/grub", "--config", str(config),
+         *_modules(platform)])

@@ -1,0 +1,1 @@
+"""Exporters: one module per artifact format, registered as kairos_build.exporters plugins."""

@@ -1,0 +1,1 @@
+"""Resolve a base reference into a root directory."""

@@ -1,0 +1,28 @@
+"""Make a base rootfs with the distro's bootstrap tool, for when no image can be had."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kairos_build.errors import InputError
+from kairos_build.flavors import Bootstrap
+from kairos_build.tools import run
+
+
+def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:
+    """Bootstrap `recipe` into the empty directory `target` (needs root for a real rootfs)."""
+    if recipe.tool != "mmdebstrap":
+        raise InputError(f"bootstrap tool {recipe.tool!r} is not supported", hint="use mmdebstrap")
+    # No mirror argument: mmdebstrap picks the distribution's default mirror, and the host's
+    # apt proxy settings apply. stdin is /dev/null so it does not wait for a sources list.
+    run(
+        [
+            "mmdebstrap",
+            f"--variant={recipe.variant}",
+            "--mode=root",
+            "--format=directory",
+            recipe.suite,
+            str(target),
+        ],
+        timeout=1800,
+    )

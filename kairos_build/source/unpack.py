@@ -1,0 +1,166 @@
+"""The one place that turns image layers into a directory, safely.
+
+Layers are hostile input. Member names with `..` or an absolute path are refused; parents are
+resolved with `resolve_in`, so a symlink planted by an earlier layer (or earlier in the same
+layer) cannot carry a write outside the rootfs; hardlinks may only point at regular files
+inside the rootfs; device nodes are skipped (a rootfs needs none: /dev is mounted at boot).
+OCI whiteouts delete what lower layers brought; opaque whiteouts empty a directory of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from kairos_build.errors import HostileContentError, InputError
+from kairos_build.log import log
+from kairos_build.rootfs import resolve_in
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+
+
+class _Layer:
+    """State of one layer being applied: its name for messages, what it created so far."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.name = name
+        self.created: set[str] = set()
+        self.dir_times: list[tuple[Path, int]] = []
+        self.skipped_devices = 0
+        self.is_root = os.geteuid() == 0
+
+    def refuse(self, member: str, why: str) -> HostileContentError:
+        return HostileContentError(f"layer {self.name}: member {member!r} {why}; refusing the image")
+
+
+def _member_path(layer: _Layer, name: str) -> str:
+    """The member's path relative to the rootfs top; refuses escapes."""
+    pure = PurePosixPath(name)
+    if pure.is_absolute():
+        raise layer.refuse(name, "has an absolute path")
+    parts = [p for p in pure.parts if p not in ("", ".")]
+    if ".." in parts:
+        raise layer.refuse(name, "climbs out of the rootfs with '..'")
+    return "/".join(parts)
+
+
+def _clear(path: Path) -> None:
+    """Remove whatever is at `path` (file, link or whole directory), never following links."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _apply_whiteout(layer: _Layer, rel: str) -> None:
+    parent_rel, _, base = rel.rpartition("/")
+    parent = resolve_in(layer.root, parent_rel)
+    if not parent.is_dir():
+        return
+    if base == OPAQUE_WHITEOUT:
+        # Opaque: hide everything lower layers put here, keep what this layer already wrote.
+        for child in os.listdir(parent):
+            if f"{parent_rel}/{child}".lstrip("/") not in layer.created:
+                _clear(parent / child)
+        return
+    _clear(parent / base[len(WHITEOUT_PREFIX) :])
+
+
+def _set_metadata(layer: _Layer, path: Path, member: tarfile.TarInfo) -> None:
+    if layer.is_root:
+        os.chown(path, member.uid, member.gid, follow_symlinks=False)
+    if not member.issym():
+        os.chmod(path, member.mode & 0o7777)
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            raw = value.encode("utf-8", "surrogateescape")
+            try:
+                os.setxattr(path, key[len("SCHILY.xattr.") :], raw, follow_symlinks=False)
+            except OSError as exc:
+                log.debug("layer %s: xattr %s on %s not set: %s", layer.name, key, member.name, exc)
+    if member.isdir():
+        layer.dir_times.append((path, int(member.mtime)))
+    else:
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _hardlink_source(layer: _Layer, member: tarfile.TarInfo) -> Path:
+    target_rel = _member_path(layer, member.linkname)
+    parent_rel, _, base = target_rel.rpartition("/")
+    source = resolve_in(layer.root, parent_rel) / base
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        raise layer.refuse(member.name, f"is a hardlink to missing {member.linkname!r}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise layer.refuse(member.name, f"is a hardlink to non-file {member.linkname!r}")
+    return source
+
+
+def _apply_member(layer: _Layer, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    rel = _member_path(layer, member.name)
+    if not rel:  # the layer's own "./" entry: the rootfs top itself
+        return
+    parent_rel, _, base = rel.rpartition("/")
+    if base.startswith(WHITEOUT_PREFIX):
+        _apply_whiteout(layer, rel)
+        return
+    try:
+        parent = resolve_in(layer.root, parent_rel, mkdirs=True)
+    except (HostileContentError, OSError) as exc:
+        raise layer.refuse(member.name, f"has an unusable parent directory ({exc})") from exc
+    dest = parent / base
+    layer.created.add(rel)
+    if member.isdir():
+        if not dest.is_dir() or dest.is_symlink():
+            _clear(dest)
+            os.mkdir(dest, 0o700)
+    elif member.ischr() or member.isblk():
+        layer.skipped_devices += 1
+        return
+    else:
+        _clear(dest)
+        if member.isreg():
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                data = tar.extractfile(member)
+                if data is not None:
+                    shutil.copyfileobj(data, out, 1 << 20)
+        elif member.issym():
+            os.symlink(member.linkname, dest)
+        elif member.islnk():
+            os.link(_hardlink_source(layer, member), dest, follow_symlinks=False)
+            return  # a hardlink shares the metadata of its source
+        elif member.isfifo():
+            os.mkfifo(dest, 0o600)
+        else:
+            raise layer.refuse(member.name, f"has an unsupported type {member.type!r}")
+    _set_metadata(layer, dest, member)
+
+
+def apply_layer(stream: IO[bytes], root: Path, name: str) -> None:
+    """Apply one uncompressed layer tar, read as a stream, on top of `root`."""
+    layer = _Layer(root, name)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                _apply_member(layer, tar, member)
+    except tarfile.TarError as exc:
+        raise InputError(f"layer {name} is not a valid tar archive: {exc}") from exc
+    except EOFError as exc:
+        raise InputError(f"layer {name} is truncated: {exc}") from exc
+    # Directory times last: creating children above changed them.
+    for path, mtime in reversed(layer.dir_times):
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
+    if layer.skipped_devices:
+        log.info("layer %s: skipped %d device nodes", name, layer.skipped_devices)

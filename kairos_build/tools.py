@@ -1,0 +1,119 @@
+"""Run host programs. A missing program stops the build with the package that provides it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kairos_build.errors import BuildError, MissingToolError
+from kairos_build.log import log
+
+# Program -> Debian/Ubuntu package that ships it. `install-deps` installs the union.
+TOOL_PACKAGES: dict[str, str] = {
+    "mmdebstrap": "mmdebstrap",
+    "mksquashfs": "squashfs-tools",
+    "unsquashfs": "squashfs-tools",
+    "mkfs.vfat": "dosfstools",
+    "fsck.vfat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
+    "sfdisk": "fdisk",
+    "sgdisk": "gdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "grub-mkimage": "grub-common",
+    "xorriso": "xorriso",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
+    "zstd": "zstd",
+}
+
+# Files (not programs) we need from host packages.
+FILE_PACKAGES: dict[str, str] = {
+    "/usr/lib/grub/i386-pc/cdboot.img": "grub-pc-bin",
+    "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
+    "/usr/share/OVMF/OVMF_CODE_4M.fd": "ovmf",
+}
+
+# Everything `install-deps` installs on an apt host: the programs above plus what is only a file
+# or a library (libmagic for python-magic, OVMF firmware, grub platform modules, CA certificates
+# for the bootstrap's https mirrors).
+APT_HOST_PACKAGES: tuple[str, ...] = tuple(
+    sorted(
+        set(TOOL_PACKAGES.values())
+        | set(FILE_PACKAGES.values())
+        | {"grub-common", "libmagic1", "ca-certificates", "debian-archive-keyring", "ovmf"}
+    )
+)
+
+
+def require_tool(name: str) -> str:
+    """Return the path of host program `name`, or stop with the package to install."""
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if path is None:
+        package = TOOL_PACKAGES.get(name, name)
+        raise MissingToolError(
+            f"missing host tool '{name}' (package {package})",
+            hint=f"run 'kairos-build install-deps' or 'apt-get install {package}'",
+        )
+    return path
+
+
+def require_file(path: str) -> Path:
+    """Return `path` if the host has it, else stop naming the package that ships it."""
+    if not Path(path).exists():
+        package = FILE_PACKAGES.get(path, "?")
+        raise MissingToolError(
+            f"missing host file {path} (package {package})",
+            hint=f"run 'kairos-build install-deps' or 'apt-get install {package}'",
+        )
+    return Path(path)
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_bytes: bytes | None = None,
+    capture: bool = False,
+    timeout: float | None = None,
+) -> str:
+    """Run a program (never through a shell). Return its stdout when `capture`.
+
+    Output is collected and only shown when the program fails, as the last lines of it, so
+    the user sees why without scrolling through a package manager's whole log.
+    """
+    argv = [os.fspath(c) for c in cmd]
+    argv[0] = require_tool(argv[0]) if "/" not in argv[0] else argv[0]
+    log.debug("$ %s", " ".join(argv))
+    full_env = {**os.environ, **env} if env else None
+    try:
+        proc = subprocess.run(
+            argv,
+            env=full_env,
+            cwd=cwd,
+            input=input_bytes,
+            stdin=None if input_bytes is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if capture else subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from exc
+    out = proc.stdout.decode(errors="replace")
+    err = proc.stderr.decode(errors="replace") if capture and proc.stderr else ""
+    if proc.returncode != 0:
+        tail = "\n".join((out + err).strip().splitlines()[-25:])
+        raise BuildError(
+            f"{Path(argv[0]).name} failed with exit code {proc.returncode}:\n{tail}",
+        )
+    if not capture and out.strip():
+        log.debug("%s", out.rstrip())
+    return out
