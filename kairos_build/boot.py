@@ -9,6 +9,7 @@ that error is repeated under TCG.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -84,10 +85,8 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """QEMU may hang (the KVM trap): kill its whole process group, hard."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 

@@ -6,9 +6,8 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
-import click
 import typer
 
 from kairos_build import __version__
@@ -22,12 +21,12 @@ app = typer.Typer(
 )
 
 Flavor = Annotated[str, typer.Option("--flavor", "-f", help="Flavor name (see `kairos-build flavors`).")]
-Release = Annotated[Optional[str], typer.Option(help="Flavor release, e.g. trixie or bookworm.")]  # noqa: UP007
-Base = Annotated[Optional[str], typer.Option(  # noqa: UP007
+Release = Annotated[str | None, typer.Option(help="Flavor release, e.g. trixie or bookworm.")]  # noqa: UP007
+Base = Annotated[str | None, typer.Option(  # noqa: UP007
     help="Base: docker://NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], dir:PATH, bootstrap:DISTRO/SUITE.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Directory for the artifacts.")]
 Version = Annotated[str, typer.Option(help="Kairos version of the image (v1.2.3).")]
-CacheDir = Annotated[Optional[Path], typer.Option(help="Cache directory.")]  # noqa: UP007
+CacheDir = Annotated[Path | None, typer.Option(help="Cache directory.")]  # noqa: UP007
 Pull = Annotated[str, typer.Option(help="missing|always|never: when to fetch the base anew.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
@@ -51,7 +50,7 @@ def iso(
     output: Output = Path("build"), version: Version = "v0.1.0", cache_dir: CacheDir = None,
     pull: Pull = "missing",
     squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
-    kernel_arg: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
+    kernel_arg: Annotated[list[str] | None, typer.Option(  # noqa: UP007
         help="Extra kernel argument for the live entry (repeatable).")] = None,
     as_json: Json = False,
 ) -> None:
@@ -72,7 +71,7 @@ def boot(
     firmware: Annotated[str, typer.Option(help="bios or uefi.")] = "bios",
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
     memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
-    expect_root: Annotated[Optional[str], typer.Option(  # noqa: UP007
+    expect_root: Annotated[str | None, typer.Option(  # noqa: UP007
         help="live|any: what root the booted system must report (default: live for ISOs).")] = None,
     as_json: Json = False,
 ) -> None:
@@ -127,11 +126,15 @@ def main() -> None:
     setup_logging()
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_BAD_INPUT)
-    except click.exceptions.Abort:
-        print("error: interrupted", file=sys.stderr)
+    except typer.TyperException as exc:  # usage errors: Typer prints them its own way
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        sys.exit(int(getattr(exc, "exit_code", EXIT_BAD_INPUT)))
+    except typer.Abort:
+        print("error: interrupted; nothing was left at the output path", file=sys.stderr)
         sys.exit(130)
     except KairosError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -31,6 +33,13 @@ class InputError(KairosError):
     """The user's input is wrong: unknown flavor, unreadable base, bad option value."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def require_root(what: str) -> None:
+    """Stop early, with the fix, when a step needs privileges we do not have."""
+    if os.geteuid() != 0:
+        raise InputError(f"{what} needs root (mount namespaces, chroot, file ownership)",
+                         hint="run kairos-build as root, e.g. with sudo")
 
 
 class HostileContentError(InputError):

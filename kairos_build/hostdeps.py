@@ -19,7 +19,8 @@ def describe_packages() -> str:
     """What to install on a host we cannot install on ourselves: programs and Debian names."""
     lines = ["kairos-build needs these programs (Debian/Ubuntu package in brackets):"]
     lines += [f"  {tool} [{package}]" for tool, package in sorted(TOOL_PACKAGES.items())]
-    lines.append("and the files of: " + ", ".join(sorted(set(APT_HOST_PACKAGES) - set(TOOL_PACKAGES.values()))))
+    file_packages = sorted(set(APT_HOST_PACKAGES) - set(TOOL_PACKAGES.values()))
+    lines.append("and the files of: " + ", ".join(file_packages))
     return "\n".join(lines)
 
 

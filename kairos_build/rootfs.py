@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from kairos_build.errors import HostileContentError
 
@@ -19,7 +19,9 @@ _MAX_LINKS = 40
 
 
 def _parts(path: str) -> list[str]:
-    return [p for p in PurePosixPath(path).parts if p not in ("/", "", ".")]
+    # Split by hand: PurePosixPath keeps a leading "//" as a root part, and joining that part
+    # onto the rootfs would restart at the host's "/".
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def resolve_in(root: Path, path: str, *, follow_last: bool = True, mkdirs: bool = False) -> Path:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from kairos_build import rootfs
 from kairos_build.config import BuildConfig
+from kairos_build.convert.chroot import run_in_root
 from kairos_build.convert.framework import (
     find_kernel_version,
+    framework_units,
     layer_overlays,
     link_kernel,
     reset_identity,
@@ -15,6 +17,7 @@ from kairos_build.convert.framework import (
 )
 from kairos_build.convert.initramfs import build_initramfs
 from kairos_build.convert.packages import package_manager
+from kairos_build.errors import require_root
 from kairos_build.log import log, step
 from kairos_build.tools import run
 
@@ -30,6 +33,7 @@ def is_converted(root: Path) -> bool:
 
 def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
     """Convert the rootfs at `base` into `target` (an empty directory)."""
+    require_root("converting a rootfs")
     flavor = config.flavor
     with step("copying the base rootfs"):
         copy_base(base, target)
@@ -45,6 +49,8 @@ def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
         layer_overlays(target, flavor.family)
     with step(f"installing {len(flavor.all_packages())} packages with {flavor.package_manager}"):
         package_manager(flavor.package_manager).install(target, flavor.all_packages())
+    if flavor.init == "systemd" and (units := framework_units(flavor.family)):
+        run_in_root(target, ["systemctl", "preset", *units])
     with step("writing /etc/kairos-release"):
         write_kairos_release(target, config)
     kernel = find_kernel_version(target)

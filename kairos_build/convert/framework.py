@@ -44,6 +44,22 @@ def layer_overlays(root: Path, family: str) -> None:
                     os.chmod(target, stat.S_IMODE(st.st_mode))
 
 
+def framework_units(family: str) -> list[str]:
+    """Units our overlays ask to enable, read from the systemd preset files they ship.
+
+    Enabling goes through presets rather than shipped symlinks: a wheel cannot carry a
+    symlink, and `systemctl preset` inside the rootfs makes exactly the links systemd expects.
+    """
+    units = []
+    for overlay in overlay_dirs(family):
+        for preset in sorted((overlay / "usr/lib/systemd/system-preset").glob("*.preset")):
+            for line in preset.read_text().splitlines():
+                words = line.split()
+                if len(words) == 2 and words[0] == "enable":
+                    units.append(words[1])
+    return units
+
+
 def read_os_release(root: Path) -> dict[str, str]:
     """The base's os-release as a dict (values unquoted)."""
     text = rootfs.read_text(root, "etc/os-release") or rootfs.read_text(root, "usr/lib/os-release")

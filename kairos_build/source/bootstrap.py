@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kairos_build.errors import InputError
+from kairos_build.errors import InputError, require_root
 from kairos_build.flavors import Bootstrap
 from kairos_build.tools import run
 
 
 def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:
     """Bootstrap `recipe` into the empty directory `target` (needs root for a real rootfs)."""
+    require_root("bootstrapping a rootfs")
     if recipe.tool != "mmdebstrap":
         raise InputError(f"bootstrap tool {recipe.tool!r} is not supported", hint="use mmdebstrap")
     # No mirror argument: mmdebstrap picks the distribution's default mirror, and the host's

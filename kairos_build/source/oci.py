@@ -8,7 +8,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +62,8 @@ class ImageStore:
                 raise InputError(f"{path} is not an OCI layout (no index.json)")
         elif path.is_file():
             try:
-                self._tar = tarfile.open(path, "r:*")
+                # Kept open for the store's lifetime (closed by close()): blobs stream from it.
+                self._tar = tarfile.open(path, "r:*")  # noqa: SIM115
             except (tarfile.TarError, OSError) as exc:
                 raise InputError(f"{path} is not a readable OCI archive: {exc}") from exc
         else:
@@ -73,11 +76,14 @@ class ImageStore:
     @contextmanager
     def open_file(self, name: str) -> Iterator[IO[bytes]]:
         if self._tar is None:
+            # Only opening is the input's fault: an OSError raised while the caller uses the
+            # handle (a full disk under the rootfs) must reach the user as what it is.
             try:
-                with (self.path / name).open("rb") as handle:
-                    yield handle
+                handle = (self.path / name).open("rb")
             except OSError as exc:
                 raise InputError(f"{self.path}: cannot read {name}: {exc}") from exc
+            with handle:
+                yield handle
             return
         try:
             member = self._tar.getmember(name)
@@ -93,9 +99,11 @@ class ImageStore:
 
     @contextmanager
     def open_blob(self, digest: str) -> Iterator[_DigestReader]:
+        # Check before opening: the digest becomes a path, and "../x:..." would leave the layout
+        # (and opening a FIFO or a device there could hang or have effects).
         algo, _, hexdigest = digest.partition(":")
-        if not hexdigest.isalnum():
-            raise InputError(f"malformed digest {digest!r}")
+        if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+            raise InputError(f"unsupported or malformed digest {digest!r}")
         with self.open_file(f"blobs/{algo}/{hexdigest}") as raw:
             yield _DigestReader(raw, digest)
 
@@ -208,7 +216,13 @@ def unpack_image(path: Path, tag: str | None, target: Path, platform: str = "lin
             with store.open_blob(str(layer.get("digest"))) as reader:
                 try:
                     apply_layer(_decompressed(reader), target, name)  # type: ignore[arg-type]
-                except (OSError, zstandard.ZstdError) as exc:
+                except (InputError, EOFError, zlib.error, gzip.BadGzipFile,
+                        zstandard.ZstdError) as exc:
+                    # A blob that hashes wrong explains any of these best: verify() says so.
+                    # Other OSErrors are the host's (a full disk), not the image's: not caught.
+                    reader.verify()
+                    if isinstance(exc, InputError):
+                        raise
                     raise InputError(f"layer {name} of {path} is corrupt: {exc}") from exc
                 reader.verify()
     finally:

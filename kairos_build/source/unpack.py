@@ -62,18 +62,35 @@ def _clear(path: Path) -> None:
         os.unlink(path)
 
 
+def _hide_lower(layer: _Layer, directory: Path, rel: str) -> None:
+    """Remove what lower layers put under `directory`, keeping what this layer wrote there."""
+    for child in os.listdir(directory):
+        child_rel = f"{rel}/{child}".lstrip("/")
+        path = directory / child
+        if child_rel not in layer.created:
+            _clear(path)
+        elif path.is_dir() and not path.is_symlink():
+            # A directory this layer declared may still hold lower-layer children: hide them too.
+            _hide_lower(layer, path, child_rel)
+
+
 def _apply_whiteout(layer: _Layer, rel: str) -> None:
     parent_rel, _, base = rel.rpartition("/")
-    parent = resolve_in(layer.root, parent_rel)
+    target = base[len(WHITEOUT_PREFIX) :]
+    if target in ("", ".", ".."):
+        # `parent / ".."` would be the parent's parent: at the top, the rootfs's host parent.
+        raise layer.refuse(rel, "is a whiteout naming no entry of its directory")
+    try:
+        parent = resolve_in(layer.root, parent_rel)
+    except HostileContentError as exc:
+        raise layer.refuse(rel, f"has an unusable parent directory ({exc})") from exc
     if not parent.is_dir():
         return
     if base == OPAQUE_WHITEOUT:
         # Opaque: hide everything lower layers put here, keep what this layer already wrote.
-        for child in os.listdir(parent):
-            if f"{parent_rel}/{child}".lstrip("/") not in layer.created:
-                _clear(parent / child)
+        _hide_lower(layer, parent, parent_rel)
         return
-    _clear(parent / base[len(WHITEOUT_PREFIX) :])
+    _clear(parent / target)
 
 
 def _set_metadata(layer: _Layer, path: Path, member: tarfile.TarInfo) -> None:
@@ -95,9 +112,16 @@ def _set_metadata(layer: _Layer, path: Path, member: tarfile.TarInfo) -> None:
 
 
 def _hardlink_source(layer: _Layer, member: tarfile.TarInfo) -> Path:
-    target_rel = _member_path(layer, member.linkname)
-    parent_rel, _, base = target_rel.rpartition("/")
-    source = resolve_in(layer.root, parent_rel) / base
+    try:
+        target_rel = _member_path(layer, member.linkname)
+    except HostileContentError:
+        # Name the hardlink itself: its target is no member, a message naming it would mislead.
+        raise layer.refuse(member.name, f"is a hardlink out of the rootfs to {member.linkname!r}"
+                           ) from None
+    try:
+        source = resolve_in(layer.root, target_rel, follow_last=False)
+    except HostileContentError as exc:
+        raise layer.refuse(member.name, f"is a hardlink through an unusable path ({exc})") from exc
     try:
         st = os.lstat(source)
     except FileNotFoundError:
@@ -111,16 +135,18 @@ def _apply_member(layer: _Layer, tar: tarfile.TarFile, member: tarfile.TarInfo) 
     rel = _member_path(layer, member.name)
     if not rel:  # the layer's own "./" entry: the rootfs top itself
         return
-    parent_rel, _, base = rel.rpartition("/")
-    if base.startswith(WHITEOUT_PREFIX):
+    if rel.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
         _apply_whiteout(layer, rel)
         return
     try:
-        parent = resolve_in(layer.root, parent_rel, mkdirs=True)
+        # Resolve the member itself (its own last link left alone) so that mkdirs also creates
+        # a missing parent: resolving just the parent would stop short of its last component.
+        dest = resolve_in(layer.root, rel, follow_last=False, mkdirs=True)
     except (HostileContentError, OSError) as exc:
         raise layer.refuse(member.name, f"has an unusable parent directory ({exc})") from exc
-    dest = parent / base
-    layer.created.add(rel)
+    # Parents count as this layer's too: an opaque whiteout later in the layer must keep them.
+    parts = rel.split("/")
+    layer.created.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
     if member.isdir():
         if not dest.is_dir() or dest.is_symlink():
             _clear(dest)
@@ -159,8 +185,9 @@ def apply_layer(stream: IO[bytes], root: Path, name: str) -> None:
         raise InputError(f"layer {name} is not a valid tar archive: {exc}") from exc
     except EOFError as exc:
         raise InputError(f"layer {name} is truncated: {exc}") from exc
-    # Directory times last: creating children above changed them.
-    for path, mtime in reversed(layer.dir_times):
+    # Directory times last: creating children above changed them. In tar order, so that a
+    # directory listed twice ends with the later entry's time, as it does with its mode.
+    for path, mtime in layer.dir_times:
         os.utime(path, (mtime, mtime), follow_symlinks=False)
     if layer.skipped_devices:
         log.info("layer %s: skipped %d device nodes", name, layer.skipped_devices)
