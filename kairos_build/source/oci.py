@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -167,11 +167,13 @@ def _decompressed(reader: _DigestReader) -> IO[bytes]:
     """Undo the layer's compression, told by its first bytes rather than its media type."""
     head = reader.read(4)
     rest = _Prefixed(head, reader)
+    # The readers only need read(); cast so the standard library's stubs accept them.
+    stream = cast(IO[bytes], rest)
     if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=rest, mode="rb")  # type: ignore[return-value]
+        return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
     if head == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(rest)  # type: ignore[return-value]
-    return rest  # type: ignore[return-value]
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(stream))
+    return stream
 
 
 class _Prefixed:
@@ -215,7 +217,7 @@ def unpack_image(path: Path, tag: str | None, target: Path, platform: str = "lin
             name = f"{number}/{len(layers)} ({str(layer.get('digest', '?'))[:19]})"
             with store.open_blob(str(layer.get("digest"))) as reader:
                 try:
-                    apply_layer(_decompressed(reader), target, name)  # type: ignore[arg-type]
+                    apply_layer(_decompressed(reader), target, name)
                 except (InputError, EOFError, zlib.error, gzip.BadGzipFile,
                         zstandard.ZstdError) as exc:
                     # A blob that hashes wrong explains any of these best: verify() says so.

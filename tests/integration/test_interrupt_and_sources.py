@@ -1,0 +1,117 @@
+"""Ctrl-C in the middle of a conversion, and the OCI source against the tree it came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from kairos_build.cache import Cache, cache_key
+from kairos_build.flavors import load_flavor
+from kairos_build.source.resolve import resolve_base
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trixie_base(test_cache: Path, built_iso: tuple[Path, str]) -> Path:
+    """The bootstrapped trixie rootfs the session's ISO was built from."""
+    recipe = load_flavor("debian").release("trixie").bootstrap
+    path = Cache(test_cache).path("rootfs", cache_key("bootstrap", recipe=recipe))
+    assert path.is_dir()
+    return path
+
+
+def test_ctrl_c_during_conversion_leaves_no_mount_no_partial_entry_no_artifact(
+        trixie_base: Path, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kairos_build", "iso", "--base", f"dir:{trixie_base}",
+         "--output", str(out), "--cache-dir", str(cache)],
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 300
+    while "installing" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "installing" in seen, seen
+    time.sleep(3)  # let apt run inside the namespace with its mounts in place
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, seen + rest
+    assert "interrupted" in rest
+    assert str(cache) not in Path("/proc/self/mountinfo").read_text()
+    assert not list((cache / "converted").glob("*")), list((cache / "converted").iterdir())
+    assert not out.exists() or not any(out.iterdir())
+
+
+def write_oci_layout(layout: Path, layer: Path, tag: str) -> None:
+    """A one-layer OCI layout written by hand, blobs streamed from disk (the spec, not our code)."""
+
+    def add_blob(path: Path) -> dict[str, object]:
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                sha.update(chunk)
+        (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, layout / "blobs/sha256" / sha.hexdigest())
+        return {"digest": f"sha256:{sha.hexdigest()}", "size": path.stat().st_size}
+
+    def add_json(name: str, document: dict[str, object]) -> dict[str, object]:
+        path = layout.parent / name
+        path.write_text(json.dumps(document))
+        return add_blob(path)
+
+    diff_id = add_blob(layer)["digest"]
+    config = add_json("config.json", {"architecture": "amd64", "os": "linux",
+                                      "rootfs": {"type": "layers", "diff_ids": [diff_id]}})
+    manifest = add_json("manifest.json", {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **add_blob(layer)}]})
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+
+
+def test_oci_layout_base_unpacks_to_the_same_tree(trixie_base: Path, tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(trixie_base, arcname=".")
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    write_oci_layout(layout, layer, "trixie")
+    flavor = load_flavor("debian")
+    base = resolve_base(f"oci:{layout}:trixie", flavor, flavor.release(None),
+                        Cache(tmp_path / "cache"))
+
+    def tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = Path(dirpath, name)
+                st = path.lstat()
+                detail = os.readlink(path) if path.is_symlink() else str(st.st_size) \
+                    if path.is_file() else ""
+                found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, detail)
+        return found
+
+    original, unpacked = tree(trixie_base), tree(base.rootfs)
+    # Device nodes are deliberately not unpacked from images; everything else must match.
+    devices = {p for p, (mode, *_rest) in original.items() if (mode & 0o170000) in (0o020000, 0o060000)}
+    assert {p: v for p, v in original.items() if p not in devices} == unpacked
+    sample = "usr/bin/apt"
+    assert (trixie_base / sample).read_bytes() == (base.rootfs / sample).read_bytes()
