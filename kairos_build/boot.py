@@ -151,8 +151,12 @@ def check_root(fields: dict[str, str], expect_root: str) -> str | None:
 
 
 def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: int = 2048,
-         expect_root: str | None = None, log_dir: Path | None = None) -> BootResult:
-    """Boot `artifact`; return when the boot marker arrives, raise BuildError otherwise."""
+         expect_root: str | None = None, log_dir: Path | None = None,
+         accel: str | None = None) -> BootResult:
+    """Boot `artifact`; return when the boot marker arrives, raise BuildError otherwise.
+
+    `accel` (kvm or tcg) skips the KVM probe.
+    """
     if firmware not in FIRMWARES:
         raise InputError(f"--firmware {firmware!r} is not known", hint="use bios or uefi")
     if not artifact.is_file():
@@ -160,7 +164,7 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     if firmware == "uefi":
         require_file(OVMF_CODE)
     expect_root = expect_root or ("live" if artifact.suffix == ".iso" else "any")
-    accel = "kvm" if kvm_works() else "tcg"
+    accel = accel or ("kvm" if kvm_works() else "tcg")
     log.info("booting %s under %s firmware with %s%s", artifact.name, firmware, accel,
              "" if accel == "kvm" else " (KVM unusable here)")
     log_dir = log_dir or artifact.parent
@@ -179,8 +183,7 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     elapsed = time.monotonic() - start
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")
-        os.environ["KAIROS_BUILD_ACCEL"] = "tcg"
-        return boot(artifact, firmware, timeout, memory, expect_root, log_dir)
+        return boot(artifact, firmware, timeout, memory, expect_root, log_dir, accel="tcg")
     tail = "\n".join(seen.decode(errors="replace").splitlines()[-30:])
     if match is None:
         why = "QEMU exited" if proc.returncode not in (None, -signal.SIGKILL) else \

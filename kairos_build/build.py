@@ -17,6 +17,7 @@ from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
 from kairos_build.source.resolve import Base, resolve_base
+from kairos_build.tools import require_file, require_tool
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,17 @@ def check_output_dir(path: Path) -> None:
     except OSError as exc:
         raise InputError(f"output directory {path} is not writable: {exc.strerror}",
                          hint="choose another with --output DIR") from exc
+
+
+def check_host_tools(exporters: list[Exporter]) -> None:
+    """Fail before any work when a program a later step drives is missing (exit code 4)."""
+    for tool in ("unshare", "chroot", "cp", "mmdebstrap"):
+        require_tool(tool)
+    for exporter in exporters:
+        for tool in exporter.tools:
+            require_tool(tool)
+        for path in exporter.files:
+            require_file(path)
 
 
 def conversion_key(config: BuildConfig, base: Base) -> str:
@@ -88,6 +100,7 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
 
 def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     exporters = [get_exporter(name) for name in formats]
+    check_host_tools(exporters)
     check_output_dir(config.output_dir)
     cache = Cache(config.cache_dir)
     cache.prune_partial()

@@ -30,6 +30,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "xorriso": "xorriso",
     "unshare": "util-linux",
     "chroot": "coreutils",
+    "cp": "coreutils",
     "zstd": "zstd",
 }
 

@@ -41,6 +41,9 @@ class ExportContext:
 class Exporter(Protocol):
     name: str
     extension: str
+    # Host programs and files it drives: checked before the build spends any time.
+    tools: tuple[str, ...]
+    files: tuple[str, ...]
 
     def export(self, context: ExportContext, output: Path) -> None:
         """Write the artifact to `output` (a temporary name; the caller renames it)."""

@@ -63,6 +63,8 @@ class _Iso:
 class IsoExporter:
     name = "iso"
     extension = "iso"
+    tools: tuple[str, ...] = ("mksquashfs", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy")
+    files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/cdboot.img", "/usr/lib/grub/x86_64-efi/linux.mod")
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config

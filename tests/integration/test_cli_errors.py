@@ -80,3 +80,14 @@ def test_missing_host_tool_names_its_package(tmp_path: Path) -> None:
                             capture_output=True, text=True, env={**os.environ, **env}, check=False)
     assert result.returncode == 4
     assert_one_error(result.stderr, "qemu-system-x86_64", "package qemu-system-x86")
+
+
+def test_missing_tool_stops_the_build_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": str(tmp_path)}  # none of the host tools is reachable
+    result = subprocess.run([sys.executable, "-m", "kairos_build", "iso", "--output", str(out),
+                             "--cache-dir", str(tmp_path / "cache")],
+                            capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 4
+    assert_one_error(result.stderr, "missing host tool", "(package ")
+    assert not out.exists() and not (tmp_path / "cache").exists()
