@@ -89,7 +89,12 @@ class Cache:
             try:
                 make(tmp)
             except BaseException:
-                _remove_tree(tmp)
+                # The original error (or Ctrl-C) is what the user must see; a cleanup that
+                # fails leaves a .tmp entry that prune_partial removes on the next run.
+                try:
+                    _remove_tree(tmp)
+                except OSError as exc:
+                    log.warning("could not remove the partial cache entry %s: %s", tmp, exc)
                 raise
             if final.exists():
                 old = final.parent / f".old-{key}-{os.getpid()}"

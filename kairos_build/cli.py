@@ -152,4 +152,6 @@ def main() -> None:
         else:
             print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BUILD_FAILED)
+    if code == 130:  # Typer turns Ctrl-C (KeyboardInterrupt) into Exit(130) before we see it
+        print("error: interrupted; nothing was left at the output path", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

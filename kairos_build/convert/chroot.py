@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from kairos_build import rootfs
 from kairos_build.errors import HostileContentError
+from kairos_build.log import log
 from kairos_build.tools import require_tool, run
 
 # Runs on the host as `sh -c SCRIPT sh ROOT CMD...`: constant text, the paths and the command
@@ -76,7 +78,35 @@ def run_in_root(
         require_tool("unshare"), "--mount", "--propagation", "private", "--pid", "--fork",
         "--kill-child", "sh", "-c", _SETUP, "sh", str(root), *env_args, *cmd,
     ]
-    return run(argv, timeout=timeout)
+    try:
+        return run(argv, timeout=timeout)
+    finally:
+        wait_for_processes_in(root)
+
+
+def wait_for_processes_in(root: Path, limit: float = 30.0) -> None:
+    """Wait until no process runs chrooted in `root`.
+
+    On Ctrl-C, `unshare` is killed and the kernel then kills everything in its PID namespace,
+    but not synchronously: a dpkg still unpacking would race with the removal of the
+    half-converted tree (seen: rmtree failing on a file dpkg had just removed).
+    """
+    prefix = str(root.resolve())
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        inside = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    target = os.readlink(proc / "root")
+                except OSError:
+                    continue  # gone already, or not ours to inspect
+                if target == prefix or target.startswith(prefix + "/"):
+                    inside.append(proc.name)
+        if not inside:
+            return
+        time.sleep(0.1)
+    log.warning("processes %s still run inside %s after %.0f s", " ".join(inside), root, limit)
 
 
 @contextmanager
