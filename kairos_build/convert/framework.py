@@ -12,8 +12,10 @@ from kairos_build.data import data_dir
 from kairos_build.errors import InputError
 from kairos_build.templates import render
 
-# Files that make one machine distinct from another: every node must create its own.
-IDENTITY_FILES = ("etc/machine-id", "var/lib/dbus/machine-id")
+# Files that make one machine distinct from another: every node must create its own. A
+# bootstrap copies the build host's name into /etc/hostname; without it systemd falls back
+# to its default name until cloud-config sets one.
+IDENTITY_FILES = ("etc/machine-id", "var/lib/dbus/machine-id", "etc/hostname")
 SSH_KEY_DIR = "etc/ssh"
 
 

@@ -31,6 +31,7 @@ def fake_root(tmp_path: Path) -> Path:
     for key in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "ssh_host_rsa_key"):
         (root / "etc/ssh" / key).write_text("secret")
     (root / "etc/ssh/sshd_config").write_text("Port 22\n")
+    (root / "etc/hostname").write_text("build-host\n")
     (root / "boot/vmlinuz-6.1.0-test").write_bytes(b"MZ")
     return root
 
@@ -77,6 +78,7 @@ def test_reset_identity_removes_machine_id_and_host_keys_only(fake_root: Path) -
     reset_identity(fake_root)
     assert not (fake_root / "etc/machine-id").exists()
     assert not os.path.lexists(fake_root / "var/lib/dbus/machine-id")
+    assert not (fake_root / "etc/hostname").exists()
     assert sorted(p.name for p in (fake_root / "etc/ssh").iterdir()) == ["sshd_config"]
 
 
