@@ -16,7 +16,7 @@ from typing import IO, Any
 import pytest
 
 from kairos_build.errors import InputError
-from kairos_build.source import oci
+from kairos_build.source import image
 from kairos_build.source.oci import image_config_digest, unpack_image
 from tests.unit.ocihelp import (
     CAP_NET_RAW_EP,
@@ -353,7 +353,7 @@ def test_a_host_error_while_writing_is_not_blamed_on_the_image(
         stream.read(100)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(oci, "apply_layer", disk_full)
+    monkeypatch.setattr(image, "apply_layer", disk_full)
     layout = Layout()
     layout.add(simple_image(layout, "x"))
     with pytest.raises(OSError) as err:
