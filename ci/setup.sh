@@ -22,3 +22,10 @@ else
     .venv/bin/python -m pip install -q .
 fi
 .venv/bin/kairos-build install-deps
+
+# The tests' independent peers: a real registry and docker daemon, and the tools that push
+# images and unpack them for comparison.
+if [ -n "$extras" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        docker-registry skopeo umoci docker.io
+fi

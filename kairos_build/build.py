@@ -16,7 +16,7 @@ from kairos_build.data import data_dir
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
-from kairos_build.source.resolve import Base, resolve_base
+from kairos_build.source.resolve import Base, SourceOptions, resolve_base
 from kairos_build.tools import require_file, require_tool
 
 
@@ -26,6 +26,12 @@ class Artifact:
     path: Path
     sha256: str
     size: int
+
+
+def source_options(config: BuildConfig) -> SourceOptions:
+    return SourceOptions(pull=config.pull, platform=config.platform,
+                         insecure_registries=config.insecure_registries,
+                         bootstrap_fallback=config.bootstrap_fallback)
 
 
 def check_output_dir(path: Path) -> None:
@@ -106,7 +112,9 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     cache.prune_partial()
 
     with step("resolving the base"):
-        base = resolve_base(config.base, config.flavor, config.release, cache, pull=config.pull)
+        base = resolve_base(config.base, config.flavor, config.release, cache,
+                            source_options(config))
+        log.info("  base: %s", base.description)
     rootfs, rootfs_key = convert_base(config, base, cache)
 
     work_root = cache.root / "work"

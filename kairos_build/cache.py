@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,18 @@ def hash_tree(root: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    kind: str
+    key: str
+    path: Path
+
+    def size(self) -> int:
+        if not self.path.is_dir() or self.path.is_symlink():
+            return self.path.lstat().st_size
+        return sum(p.lstat().st_size for p in self.path.rglob("*") if not p.is_dir())
+
+
 class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -82,6 +96,7 @@ class Cache:
         with self._lock(kind, key):
             if final.is_dir() and not refresh:
                 log.info("  reusing cached %s %s", kind, key[:12])
+                os.utime(final)  # last use, for `cache prune --older-than`
                 return final
             tmp = final.parent / f".tmp-{key}-{os.getpid()}"
             _remove_tree(tmp)
@@ -103,16 +118,39 @@ class Cache:
             tmp.rename(final)
             return final
 
-    def entries(self) -> list[tuple[str, str, Path]]:
+    def entries(self) -> list[CacheEntry]:
+        """Every complete entry: rootfs, converted, squashfs dirs; blobs; resolved refs."""
         found = []
         for kind_dir in sorted(self.root.glob("*")):
-            if kind_dir.is_dir() and kind_dir.name != "locks":
-                found += [(kind_dir.name, e.name, e) for e in sorted(kind_dir.iterdir())]
+            if not kind_dir.is_dir() or kind_dir.name in ("locks", "work"):
+                continue
+            # The blob store nests by algorithm (blobs/sha256/HEX), like an OCI layout.
+            parents = sorted(kind_dir.iterdir()) if kind_dir.name == "blobs" else [kind_dir]
+            for parent in parents:
+                for entry in sorted(parent.iterdir()):
+                    if not entry.name.startswith("."):
+                        found.append(CacheEntry(kind_dir.name, entry.name, entry))
         return found
+
+    def prune(self, older_than_days: float | None) -> list[CacheEntry]:
+        """Remove entries not used for `older_than_days` (all with None); return them.
+
+        Each entry is removed under its lock, so a build using it is never pulled from under.
+        """
+        limit = None if older_than_days is None else time.time() - older_than_days * 86400
+        removed = []
+        for entry in self.entries():
+            if limit is not None and entry.path.lstat().st_mtime > limit:
+                continue
+            with self._lock(entry.kind, entry.key):
+                _remove_tree(entry.path)
+            removed.append(entry)
+        self.prune_partial()
+        return removed
 
     def prune_partial(self) -> None:
         """Remove leftovers of builds that were killed (not Ctrl-C'd: those clean up)."""
-        for kind_dir in self.root.glob("*"):
+        for kind_dir in [*self.root.glob("*"), *self.root.glob("blobs/*")]:
             for leftover in list(kind_dir.glob(".tmp-*")) + list(kind_dir.glob(".old-*")):
                 pid = leftover.name.rsplit("-", 1)[-1]
                 if pid.isdigit() and not Path(f"/proc/{pid}").exists():

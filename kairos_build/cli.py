@@ -5,14 +5,18 @@ from __future__ import annotations
 import errno
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kairos_build import __version__
 from kairos_build.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
-from kairos_build.log import log, setup_logging, timings
+from kairos_build.log import log, quiet_progress, setup_logging, timings
+
+if TYPE_CHECKING:
+    from kairos_build.cache import Cache
 
 app = typer.Typer(
     name="kairos-build", no_args_is_help=True, add_completion=False,
@@ -28,6 +32,11 @@ Output = Annotated[Path, typer.Option("--output", "-o", help="Directory for the 
 Version = Annotated[str, typer.Option(help="Kairos version of the image (v1.2.3).")]
 CacheDir = Annotated[Path | None, typer.Option(help="Cache directory.")]  # noqa: UP007
 Pull = Annotated[str, typer.Option(help="missing|always|never: when to fetch the base anew.")]
+Platform = Annotated[str, typer.Option(help="linux/amd64 or linux/arm64: picks from multi-platform images.")]
+Insecure = Annotated[list[str] | None, typer.Option(
+    "--insecure-registry", help="Registry host reached over plain http (repeatable).")]
+NoBootstrap = Annotated[bool, typer.Option(
+    "--no-bootstrap", help="Fail instead of bootstrapping when the flavor's image cannot be had.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
@@ -48,7 +57,8 @@ def _emit(as_json: bool, payload: dict[str, object]) -> None:
 def iso(
     flavor: Flavor = "debian", release: Release = None, base: Base = None,
     output: Output = Path("build"), version: Version = "v0.1.0", cache_dir: CacheDir = None,
-    pull: Pull = "missing",
+    pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
+    no_bootstrap: NoBootstrap = False,
     squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
     kernel_arg: Annotated[list[str] | None, typer.Option(  # noqa: UP007
         help="Extra kernel argument for the live entry (repeatable).")] = None,
@@ -58,9 +68,13 @@ def iso(
     from kairos_build.build import build
     from kairos_build.config import make_config
 
+    if as_json:
+        quiet_progress()
     config = make_config(flavor, release, base=base, output_dir=output, version=version,
                          cache_dir=cache_dir, pull=pull, squashfs_compression=squashfs_compression,
-                         extra_kernel_args=tuple(kernel_arg or ()))
+                         extra_kernel_args=tuple(kernel_arg or ()), platform=platform,
+                         insecure_registries=tuple(insecure_registry or ()),
+                         bootstrap_fallback=not no_bootstrap)
     artifacts = build(config, ["iso"])
     _emit(as_json, {"artifacts": [vars(a) for a in artifacts], "timings": timings})
 
@@ -82,6 +96,68 @@ def boot(
     log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
              result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
     _emit(as_json, vars(result))
+
+
+@app.command()
+def unpack(
+    ref: Annotated[str, typer.Argument(help="Base reference (as for --base).")],
+    target: Annotated[Path, typer.Argument(help="Directory to create (must be empty or absent).")],
+    flavor: Flavor = "debian", release: Release = None, cache_dir: CacheDir = None,
+    pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
+    as_json: Json = False,
+) -> None:
+    """Resolve a base and unpack it into a directory (no conversion)."""
+    from kairos_build.config import make_config
+    from kairos_build.unpack_verb import unpack_to
+
+    if as_json:
+        quiet_progress()
+    config = make_config(flavor, release, base=ref, cache_dir=cache_dir, pull=pull,
+                         platform=platform, insecure_registries=tuple(insecure_registry or ()),
+                         bootstrap_fallback=False)
+    base = unpack_to(config, target)
+    log.info("unpacked %s into %s", base.description, target)
+    _emit(as_json, {"base": base.description, "key": base.key, "target": target})
+
+
+cache_app = typer.Typer(help="Inspect or prune the build cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _cache(cache_dir: Path | None) -> Cache:
+    from kairos_build.cache import Cache, default_cache_dir
+
+    return Cache(cache_dir or default_cache_dir())
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: CacheDir = None, as_json: Json = False) -> None:
+    """List cache entries: kind, key, size, last use."""
+    entries = _cache(cache_dir).entries()
+    sizes = [e.size() for e in entries]
+    used = [e.path.lstat().st_mtime for e in entries]
+    if as_json:
+        _emit(True, {"entries": [
+            {"kind": e.kind, "key": e.key, "size": size, "path": str(e.path), "last_used": when}
+            for e, size, when in zip(entries, sizes, used, strict=True)]})
+        return
+    for e, size, when in zip(entries, sizes, used, strict=True):
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+        print(f"{e.kind:10} {e.key[:24]:24} {size / (1 << 20):10.1f} MiB  {stamp}")
+    print(f"{len(entries)} entries, {sum(sizes) / (1 << 20):.1f} MiB")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    cache_dir: CacheDir = None,
+    older_than: Annotated[float, typer.Option(help="Only entries unused for this many days.")] = 7,
+    all_entries: Annotated[bool, typer.Option("--all", help="Remove every entry.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Remove cache entries (by default those unused for a week) and leftovers of killed builds."""
+    removed = _cache(cache_dir).prune(None if all_entries else older_than)
+    log.info("removed %d cache entries", len(removed))
+    _emit(as_json, {"removed": [{"kind": e.kind, "key": e.key} for e in removed]})
 
 
 @app.command("install-deps")

@@ -11,6 +11,7 @@ from kairos_build.errors import InputError
 from kairos_build.flavors import Flavor, Release, load_flavor
 
 PULL_POLICIES = ("missing", "always", "never")
+PLATFORMS = ("linux/amd64", "linux/arm64")
 VARIANTS = ("core", "standard")
 SQUASHFS_COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "lzo")
 _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
@@ -38,6 +39,9 @@ class BuildConfig:
     pull: str = "missing"
     squashfs_compression: str = "zstd"
     extra_kernel_args: tuple[str, ...] = ()
+    platform: str = "linux/amd64"
+    insecure_registries: tuple[str, ...] = ()
+    bootstrap_fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.pull not in PULL_POLICIES:
@@ -49,6 +53,9 @@ class BuildConfig:
                              hint=f"use {'|'.join(SQUASHFS_COMPRESSIONS)}")
         if self.arch != "amd64":
             raise InputError(f"arch {self.arch!r} is not supported yet", hint="use amd64")
+        if self.platform not in PLATFORMS:
+            raise InputError(f"--platform {self.platform!r} is not known",
+                             hint=f"use {' or '.join(PLATFORMS)}")
 
     @property
     def artifact_name(self) -> str:

@@ -1,18 +1,25 @@
-"""Turn a base reference into a cached, read-only root directory."""
+"""Turn a base reference into a cached, read-only root directory.
+
+Images (OCI layouts and archives, docker archives, a docker daemon, a registry) are unpacked
+once into the cache under their config digest; a bootstrap is cached under its recipe. What
+comes back is never modified: conversion works on a copy.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build.cache import Cache, cache_key
-from kairos_build.errors import InputError
+from kairos_build.errors import InputError, KairosError
 from kairos_build.flavors import Flavor, Release
 from kairos_build.log import log, step
 from kairos_build.source.bootstrap import bootstrap_rootfs
-from kairos_build.source.oci import image_config_digest, unpack_image
+from kairos_build.source.image import Image, apply_image
 from kairos_build.source.refs import BaseRef, parse_ref
 
 
@@ -23,6 +30,17 @@ class Base:
     rootfs: Path
     key: str
     description: str
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How far resolution may go: docker's --pull meaning, the platform, plain-http hosts, and
+    whether a flavor's default image may be replaced by its bootstrap when it cannot be had."""
+
+    pull: str = "missing"
+    platform: str = "linux/amd64"
+    insecure_registries: tuple[str, ...] = ()
+    bootstrap_fallback: bool = True
 
 
 def _tree_fingerprint(root: Path) -> str:
@@ -37,97 +55,149 @@ def _tree_fingerprint(root: Path) -> str:
     return cache_key("dir", path=str(root.resolve()), entries=entries)
 
 
-def _docker_daemon_reachable() -> bool:
-    """True when a docker daemon answers on DOCKER_HOST or the default socket."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
-        return True  # a remote daemon: let the docker client speak for itself
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(2)
-    try:
-        sock.connect(host[len("unix://") :])
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True
+def _rootfs_key(config_digest: str) -> str:
+    return config_digest.replace(":", "-")
 
 
-def _resolve_image(ref: BaseRef, flavor: Flavor, release: Release, is_default: bool) -> BaseRef:
-    """Pick where an image reference comes from; fall back to the flavor's bootstrap.
+@contextmanager
+def _workdir(cache: Cache) -> Iterator[Path]:
+    work_root = cache.root / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_root) as work:
+        yield Path(work)
 
-    Pulling from a docker daemon or a registry is not implemented yet, so an image reference
-    can only be honoured through the flavor's bootstrap recipe, and only for its default image.
-    """
-    daemon = "a docker daemon is reachable" if _docker_daemon_reachable() else "no docker daemon"
-    if is_default and release.bootstrap is not None:
-        log.info(
-            "base image %s: %s, but pulling images is not supported yet; "
-            "bootstrapping %s/%s with %s instead",
-            ref.target, daemon, flavor.name, release.bootstrap.suite, release.bootstrap.tool,
-        )
-        return BaseRef("bootstrap", f"{flavor.name}/{release.bootstrap.suite}")
-    raise InputError(
-        f"cannot get image {ref.target}: pulling from a docker daemon or registry is not "
-        f"supported yet ({daemon})",
-        hint=f"export it (skopeo copy docker-daemon:{ref.target} oci-archive:base.tar) and pass "
-        "--base oci-archive:base.tar, or use dir:PATH or bootstrap:DISTRO/SUITE",
+
+@dataclass(frozen=True)
+class _ImageById:
+    """A daemon image known by ID whose rootfs is cached; exported only if the entry vanished
+    (pruned between the check and its use)."""
+
+    name: str
+    config_digest: str
+    cache: Cache
+    options: SourceOptions
+
+    @property
+    def description(self) -> str:
+        return f"docker image {self.name}"
+
+    def apply(self, target: Path) -> None:
+        from kairos_build.source.docker_daemon import open_daemon_image
+
+        with _workdir(self.cache) as work:
+            image = open_daemon_image(self.name, work, pull="never", platform=self.options.platform)
+            if image is None:
+                raise InputError(f"the docker daemon went away while reading {self.name}")
+            apply_image(image, target)
+
+
+def unpack_cached(image: Image | _ImageById, cache: Cache) -> Base:
+    """The image's rootfs from the cache, unpacked there first when missing."""
+    key = _rootfs_key(image.config_digest)
+
+    def unpack(target: Path) -> None:
+        with step(f"unpacking {image.description}"):
+            if isinstance(image, _ImageById):
+                image.apply(target)
+            else:
+                apply_image(image, target)
+
+    rootfs = cache.get_or_make("rootfs", key, unpack)
+    return Base(rootfs, key, f"{image.description} ({image.config_digest[:19]})")
+
+
+def _from_daemon(name: str, cache: Cache, options: SourceOptions) -> Base | None:
+    """The docker daemon's image (the `docker build` flow), or None when no daemon answers."""
+    from kairos_build.source.docker_daemon import (
+        daemon_available,
+        local_image_id,
+        open_daemon_image,
     )
 
+    if not daemon_available():
+        return None
+    image_id = local_image_id(name) if options.pull != "always" else None
+    if image_id and cache.path("rootfs", _rootfs_key(image_id)).is_dir():
+        # Already unpacked under its config digest: no export of the whole image again.
+        log.info("  docker image %s is %s, unpacked before", name, image_id[:19])
+        return unpack_cached(_ImageById(name, image_id, cache, options), cache)
+    with _workdir(cache) as work:
+        image = open_daemon_image(name, work, pull=options.pull, platform=options.platform)
+        return None if image is None else unpack_cached(image, cache)
 
-def resolve_base(
-    base: str | None, flavor: Flavor, release: Release, cache: Cache, *, pull: str = "missing"
-) -> Base:
-    """Resolve `base` (or the flavor's default image) into a root directory.
 
-    `pull` has docker's meaning for what needs the network: `always` makes the base anew,
-    `never` only accepts what is local or already cached.
-    """
+def _from_daemon_or_registry(name: str, cache: Cache, options: SourceOptions) -> Base:
+    """docker://NAME: the local docker daemon first, then a registry, pulled daemonless."""
+    from kairos_build.source.registry import open_registry_image
+
+    base = _from_daemon(name, cache, options)
+    if base is not None:
+        return base
+    image = open_registry_image(name, cache, pull=options.pull, platform=options.platform,
+                                insecure_registries=options.insecure_registries)
+    return unpack_cached(image, cache)
+
+
+def _bootstrap(ref: BaseRef, flavor: Flavor, cache: Cache, options: SourceOptions) -> Base:
+    distro, _, suite = ref.target.partition("/")
+    recipe = next((r.bootstrap for r in flavor.releases.values()
+                   if r.bootstrap and r.bootstrap.suite == suite), None)
+    if distro != flavor.name or recipe is None:
+        raise InputError(
+            f"--base {ref}: flavor {flavor.name} has no bootstrap recipe for {ref.target}",
+            hint=f"use bootstrap:{flavor.name}/<suite> with a suite from flavors/{flavor.name}.yaml",
+        )
+    key = cache_key("bootstrap", recipe=recipe)
+    if options.pull == "never" and not cache.path("rootfs", key).is_dir():
+        raise InputError(f"--base {ref} is not cached and --pull never forbids bootstrapping",
+                         hint="run once with --pull missing")
+
+    def make(target: Path) -> None:
+        with step(f"bootstrapping {distro} {suite} with {recipe.tool}"):
+            bootstrap_rootfs(recipe, target)
+
+    rootfs = cache.get_or_make("rootfs", key, make, refresh=options.pull == "always")
+    return Base(rootfs, key, str(ref))
+
+
+def _readable(ref: BaseRef) -> Path:
+    path = Path(ref.target)
+    if not path.exists() or not os.access(path, os.R_OK):
+        raise InputError(f"--base {ref}: {path} does not exist or is not readable")
+    return path
+
+
+def resolve_base(base: str | None, flavor: Flavor, release: Release, cache: Cache,
+                 options: SourceOptions | None = None) -> Base:
+    """Resolve `base` (or, without one, the flavor's default image) into a root directory."""
+    options = options or SourceOptions()
     ref = parse_ref(base) if base else parse_ref(release.image)
+
     if ref.transport == "docker":
-        ref = _resolve_image(ref, flavor, release, is_default=base is None)
+        try:
+            return _from_daemon_or_registry(ref.target, cache, options)
+        except KairosError as exc:
+            if base is not None or release.bootstrap is None or not options.bootstrap_fallback:
+                raise
+            log.info("base image %s cannot be had (%s); bootstrapping %s/%s with %s instead",
+                     ref.target, exc.message, flavor.name, release.bootstrap.suite,
+                     release.bootstrap.tool)
+            ref = BaseRef("bootstrap", f"{flavor.name}/{release.bootstrap.suite}")
 
     if ref.transport == "dir":
         path = Path(ref.target)
         if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"--base {ref}: {path} is not a readable directory")
         return Base(path, _tree_fingerprint(path), str(ref))
-
     if ref.transport in ("oci", "oci-archive"):
-        path = Path(ref.target)
-        if not path.exists() or not os.access(path, os.R_OK):
-            raise InputError(f"--base {ref}: {path} does not exist or is not readable")
-        digest = image_config_digest(path, ref.tag)
-        key = digest.replace(":", "-")
+        from kairos_build.source.oci import open_oci_image
 
-        def unpack(target: Path) -> None:
-            with step(f"unpacking {ref}"):
-                unpack_image(path, ref.tag, target)
+        return unpack_cached(open_oci_image(_readable(ref), ref.tag, options.platform), cache)
+    if ref.transport == "docker-archive":
+        from kairos_build.source.docker_archive import open_docker_archive
 
-        return Base(cache.get_or_make("rootfs", key, unpack), key, f"{ref} ({digest[:19]})")
-
+        return unpack_cached(open_docker_archive(_readable(ref), None, options.platform), cache)
     if ref.transport == "bootstrap":
-        distro, _, suite = ref.target.partition("/")
-        recipe = next(
-            (r.bootstrap for r in flavor.releases.values()
-             if r.bootstrap and r.bootstrap.suite == suite),
-            None,
-        )
-        if distro != flavor.name or recipe is None:
-            raise InputError(
-                f"--base {ref}: flavor {flavor.name} has no bootstrap recipe for {ref.target}",
-                hint=f"use bootstrap:{flavor.name}/<suite> with a suite from flavors/{flavor.name}.yaml",
-            )
-        key = cache_key("bootstrap", recipe=recipe)
-        if pull == "never" and not cache.path("rootfs", key).is_dir():
-            raise InputError(f"--base {ref} is not cached and --pull never forbids bootstrapping",
-                             hint="run once with --pull missing")
-
-        def make(target: Path) -> None:
-            with step(f"bootstrapping {distro} {suite} with {recipe.tool}"):
-                bootstrap_rootfs(recipe, target)
-
-        return Base(cache.get_or_make("rootfs", key, make, refresh=pull == "always"), key, str(ref))
-
-    raise InputError(f"--base {ref}: {ref.transport} bases are not supported yet",
-                     hint="use oci:, oci-archive:, dir: or bootstrap:")
+        return _bootstrap(ref, flavor, cache, options)
+    raise InputError(f"--base {ref}: {ref.transport} bases are not supported",
+                     hint="use docker://, oci:, oci-archive:, docker-archive:, dir: or bootstrap:")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +15,7 @@ import pytest
 from kairos_build.cache import Cache, cache_key
 from kairos_build.flavors import load_flavor
 from kairos_build.source.resolve import resolve_base
+from tests.imagefiles import write_oci_layout
 
 pytestmark = pytest.mark.integration
 
@@ -55,36 +53,6 @@ def test_ctrl_c_during_conversion_leaves_no_mount_no_partial_entry_no_artifact(
     assert str(cache) not in Path("/proc/self/mountinfo").read_text()
     assert not list((cache / "converted").glob("*")), list((cache / "converted").iterdir())
     assert not out.exists() or not any(out.iterdir())
-
-
-def write_oci_layout(layout: Path, layer: Path, tag: str) -> None:
-    """A one-layer OCI layout written by hand, blobs streamed from disk (the spec, not our code)."""
-
-    def add_blob(path: Path) -> dict[str, object]:
-        sha = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                sha.update(chunk)
-        (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, layout / "blobs/sha256" / sha.hexdigest())
-        return {"digest": f"sha256:{sha.hexdigest()}", "size": path.stat().st_size}
-
-    def add_json(name: str, document: dict[str, object]) -> dict[str, object]:
-        path = layout.parent / name
-        path.write_text(json.dumps(document))
-        return add_blob(path)
-
-    diff_id = add_blob(layer)["digest"]
-    config = add_json("config.json", {"architecture": "amd64", "os": "linux",
-                                      "rootfs": {"type": "layers", "diff_ids": [diff_id]}})
-    manifest = add_json("manifest.json", {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **add_blob(layer)}]})
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
-        "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
 
 
 def test_oci_layout_base_unpacks_to_the_same_tree(trixie_base: Path, tmp_path: Path) -> None:

@@ -98,3 +98,26 @@ def test_artifact_kinds(tmp_path: Path) -> None:
     assert "format=qcow2" in " ".join(artifact_drive(tmp_path / "a.qcow2"))
     with pytest.raises(InputError):
         artifact_drive(tmp_path / "a.txt")
+
+
+def _make_slowly(cache_root: str, marker: str) -> str:
+    import time as _time
+
+    def make(target: Path) -> None:
+        with open(marker, "a") as log_file:
+            log_file.write("made\n")
+        _time.sleep(0.5)
+        (target / "content").write_text("done")
+
+    return str(Cache(Path(cache_root)).get_or_make("rootfs", "shared", make))
+
+
+def test_two_builds_at_once_make_an_entry_once(tmp_path: Path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    marker = tmp_path / "makes.log"
+    with ProcessPoolExecutor(2) as pool:
+        paths = list(pool.map(_make_slowly, [str(tmp_path / "c")] * 2, [str(marker)] * 2))
+    assert paths[0] == paths[1]
+    assert marker.read_text() == "made\n"  # the second build waited and reused the first's entry
+    assert (Path(paths[0]) / "content").read_text() == "done"
