@@ -13,6 +13,7 @@ from tests.unit.ocihelp import Layout, dir_, layer_tar, reg, sym
 
 
 def small_layout(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     layout = Layout()
     layout.add(layout.image(layer_tar(dir_("etc"), reg("etc/os-release", b"ID=debian\n"),
                                       sym("etc/alias", "os-release"))), tag="v1")
@@ -56,3 +57,49 @@ def test_cache_ls_and_prune(tmp_path: Path) -> None:
     assert not old.exists() and blob.exists()
     run_cli("cache", "prune", "--cache-dir", str(tmp_path), "--all")
     assert Cache(tmp_path).entries() == []
+
+
+def _layer_blob(layout: Path) -> Path:
+    index = json.loads((layout / "index.json").read_text())
+    manifest_hex = index["manifests"][0]["digest"].removeprefix("sha256:")
+    manifest = json.loads((layout / "blobs/sha256" / manifest_hex).read_text())
+    return layout / "blobs/sha256" / manifest["layers"][0]["digest"].removeprefix("sha256:")
+
+
+def _corrupt_flip(layout: Path) -> str:
+    blob = _layer_blob(layout)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    return "corrupt"
+
+
+def _corrupt_truncate(layout: Path) -> str:
+    blob = _layer_blob(layout)
+    blob.write_bytes(blob.read_bytes()[:20])
+    return "corrupt"
+
+
+def _corrupt_missing(layout: Path) -> str:
+    _layer_blob(layout).unlink()
+    return "cannot read blobs/sha256"
+
+
+def _corrupt_not_json(layout: Path) -> str:
+    (layout / "index.json").write_bytes(b"\x00not json")
+    return "not valid JSON"
+
+
+def test_corrupt_images_fail_cleanly_and_leave_the_cache_unchanged(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for number, corrupt in enumerate((_corrupt_flip, _corrupt_truncate, _corrupt_missing,
+                                      _corrupt_not_json)):
+        layout = small_layout(tmp_path / str(number))
+        expected = corrupt(layout)
+        result = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / f"out{number}"),
+                         "--cache-dir", str(cache))
+        assert result.returncode == 2, (corrupt.__name__, result.stderr)
+        assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / f"out{number}").exists()
+        assert Cache(cache).entries() == []
+        assert not [p for p in cache.rglob(".tmp-*")]
