@@ -328,3 +328,14 @@ def test_garbage_is_an_input_error(root: Path, data: bytes) -> None:
         apply_layer(io.BytesIO(data), root, "junk")
     assert str(err.value).startswith("layer junk is not a valid tar archive")
     assert os.listdir(root) == []
+
+
+def test_an_owner_beyond_32_bits_is_refused_not_a_crash(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("f")
+    info.uid = 1 << 40
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    buf.seek(0)
+    with pytest.raises(HostileContentError, match="impossible owner"):
+        apply_layer(buf, tmp_path, "big-uid")
