@@ -30,6 +30,9 @@ def resolve_in(root: Path, path: str, *, follow_last: bool = True, mkdirs: bool 
     `follow_last=False` leaves a final symlink unresolved (to replace or remove the link
     itself). `mkdirs=True` creates missing intermediate directories.
     """
+    # Plain strings, not pathlib: this runs for every member of every layer and pathlib's
+    # parsing was a fifth of the unpack time (profiled on a Debian rootfs).
+    top = os.fspath(root)
     pending = deque(_parts(path))
     resolved: list[str] = []
     links = 0
@@ -39,7 +42,7 @@ def resolve_in(root: Path, path: str, *, follow_last: bool = True, mkdirs: bool 
             if resolved:
                 resolved.pop()
             continue
-        candidate = root.joinpath(*resolved, part)
+        candidate = "/".join([top, *resolved, part])
         last = not pending
         try:
             st = os.lstat(candidate)
@@ -60,7 +63,7 @@ def resolve_in(root: Path, path: str, *, follow_last: bool = True, mkdirs: bool 
         if not last and not stat.S_ISDIR(st.st_mode):
             raise HostileContentError(f"{path!r}: {'/'.join(resolved + [part])} is not a directory")
         resolved.append(part)
-    return root.joinpath(*resolved)
+    return Path("/".join([top, *resolved]))
 
 
 def write_text(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
