@@ -121,3 +121,35 @@ def test_two_builds_at_once_make_an_entry_once(tmp_path: Path) -> None:
     assert paths[0] == paths[1]
     assert marker.read_text() == "made\n"  # the second build waited and reused the first's entry
     assert (Path(paths[0]) / "content").read_text() == "done"
+
+
+def test_progress_bars_only_for_a_person_at_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    from kairos_build import log as logmod
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Tty()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(logmod, "_show_progress", True)
+    with logmod.progress(4096, "pulling x") as bar:
+        bar.update(4096)
+    assert "pulling x" in terminal.getvalue()  # tqdm drew on the terminal
+
+    logmod.quiet_progress()  # what --json does
+    quiet = Tty()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    with logmod.progress(4096, "pulling x") as bar:
+        bar.update(4096)
+    assert quiet.getvalue() == ""
+
+    monkeypatch.setattr(logmod, "_show_progress", True)
+    piped = io.StringIO()  # not a terminal: CI logs stay clean
+    monkeypatch.setattr(sys, "stderr", piped)
+    with logmod.progress(4096, "pulling x") as bar:
+        bar.update(4096)
+    assert piped.getvalue() == ""
