@@ -25,10 +25,11 @@ from kairos_build.source.image import (
     Image,
     Layer,
     check_digest,
+    manifest_config_digest,
     manifest_layers,
     resolve_manifest,
 )
-from kairos_build.source.oci import ImageStore
+from kairos_build.source.oci import ImageStore, blob_opener
 
 _MAX_JSON = 4 << 20
 _NAME_ANNOTATION = "io.containerd.image.name"
@@ -212,25 +213,13 @@ def _open_oci(path: Path, tag: str | None, platform: str) -> Image:
             raise InputError(f"{path} holds several images", hint=f"name one of: {', '.join(names)}")
         manifest = resolve_manifest(lambda digest: store.read_json(digest=digest),
                                     {"manifests": entries}, None, platform, str(path))
-        config = manifest.get("config")
-        if not isinstance(config, dict):
-            raise InputError(f"{path}: the image manifest has no config")
-        config_digest = check_digest(config.get("digest"))
+        config_digest = manifest_config_digest(manifest, str(path))
         _check_platform(store.read_json(digest=config_digest), platform, str(path))
     finally:
         store.close()
-
-    @contextmanager
-    def open_blob(digest: str) -> Iterator[IO[bytes]]:
-        layer_store = ImageStore(path)
-        try:
-            with layer_store.open_blob_raw(digest) as raw:
-                yield cast(IO[bytes], _TarStream(raw, str(path)))
-        finally:
-            layer_store.close()
-
+    opener = blob_opener(path, lambda raw: cast(IO[bytes], _TarStream(raw, str(path))))
     description = f"{path} ({tag})" if tag else str(path)
-    return Image(config_digest, manifest_layers(manifest, open_blob, str(path)), description)
+    return Image(config_digest, manifest_layers(manifest, opener, str(path)), description)
 
 
 def open_docker_archive(path: Path, tag: str | None = None, platform: str = "linux/amd64") -> Image:

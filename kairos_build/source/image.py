@@ -163,6 +163,14 @@ class Image:
     description: str
 
 
+def manifest_config_digest(manifest: dict[str, Any], where: str) -> str:
+    """The config digest a manifest names: the image's identity."""
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        raise InputError(f"{where}: the image manifest has no config")
+    return check_digest(config.get("digest"))
+
+
 def manifest_layers(manifest: dict[str, Any], opener: Callable[[str], AbstractContextManager[IO[bytes]]],
                     where: str) -> tuple[Layer, ...]:
     """The layers of an OCI or docker v2 manifest, each opened through `opener(digest)`."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +18,7 @@ from kairos_build.source.image import (
     Image,
     apply_image,
     check_digest,
+    manifest_config_digest,
     manifest_layers,
     resolve_manifest,
 )
@@ -111,23 +112,27 @@ def open_oci_image(path: Path, tag: str | None, platform: str = "linux/amd64") -
         index = store.read_json(name="index.json")
         manifest = resolve_manifest(lambda digest: store.read_json(digest=digest), index, tag,
                                     platform, str(path))
-        config = manifest.get("config")
-        if not isinstance(config, dict):
-            raise InputError(f"{path}: the image manifest has no config")
-        config_digest = check_digest(config.get("digest"))
+        config_digest = manifest_config_digest(manifest, str(path))
     finally:
         store.close()
+    return Image(config_digest, manifest_layers(manifest, blob_opener(path), str(path)), str(path))
+
+
+def blob_opener(path: Path, wrap: Callable[[IO[bytes]], IO[bytes]] | None = None,
+                ) -> Callable[[str], AbstractContextManager[IO[bytes]]]:
+    """Opens one blob of the layout at `path` at a time, each with its own handle, so layers
+    can be read long after the index was (`wrap` may translate the stream's errors)."""
 
     @contextmanager
     def open_blob(digest: str) -> Iterator[IO[bytes]]:
-        layer_store = ImageStore(path)
+        store = ImageStore(path)
         try:
-            with layer_store.open_blob_raw(digest) as raw:
-                yield raw
+            with store.open_blob_raw(digest) as raw:
+                yield wrap(raw) if wrap else raw
         finally:
-            layer_store.close()
+            store.close()
 
-    return Image(config_digest, manifest_layers(manifest, open_blob, str(path)), str(path))
+    return open_blob
 
 
 def image_config_digest(path: Path, tag: str | None, platform: str = "linux/amd64") -> str:
