@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kairos_build import __version__
 from kairos_build.cache import Cache, cache_key, hash_tree
+from kairos_build.checks import require_mode
 from kairos_build.config import BuildConfig
 from kairos_build.convert.convert import convert_rootfs
 from kairos_build.data import data_dir
@@ -116,6 +117,9 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
                             source_options(config))
         log.info("  base: %s", base.description)
     rootfs, rootfs_key = convert_base(config, base, cache)
+    with step("checking requirements"):
+        for exporter in exporters:
+            require_mode(rootfs, exporter.boot_mode, f"the {exporter.name} artifact")
 
     work_root = cache.root / "work"
     work_root.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,41 @@ def unpack(
     _emit(as_json, {"base": base.description, "key": base.key, "target": target})
 
 
+@app.command()
+def check(
+    ref: Annotated[str, typer.Argument(help="A base reference or a directory.")],
+    mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",
+    flavor: Flavor = "debian", release: Release = None, cache_dir: CacheDir = None,
+    pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
+    as_json: Json = False,
+) -> None:
+    """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
+    from kairos_build.build import source_options
+    from kairos_build.cache import Cache
+    from kairos_build.checks import check_rootfs, describe
+    from kairos_build.config import make_config
+    from kairos_build.errors import CheckFailedError
+    from kairos_build.source.resolve import resolve_base
+
+    if as_json:
+        quiet_progress()
+    base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref
+    config = make_config(flavor, release, base=base_ref, cache_dir=cache_dir, pull=pull,
+                         platform=platform, insecure_registries=tuple(insecure_registry or ()),
+                         bootstrap_fallback=False)
+    base = resolve_base(config.base, config.flavor, config.release, Cache(config.cache_dir),
+                        source_options(config))
+    report = check_rootfs(base.rootfs, mode)
+    if as_json:
+        _emit(True, {"base": base.description, "mode": report.mode, "ok": report.ok,
+                     "rules": [vars(r) for r in report.rules], "facts": report.facts})
+    else:
+        print(f"{base.description}: {report.mode} {'passes' if report.ok else 'FAILS'}")
+        print(describe(report))
+    if not report.ok:
+        raise CheckFailedError(f"{base.description} does not meet the {report.mode} requirements")
+
+
 cache_app = typer.Typer(help="Inspect or prune the build cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

@@ -41,6 +41,8 @@ class ExportContext:
 class Exporter(Protocol):
     name: str
     extension: str
+    # The boot mode the artifact's rootfs must pass (kairos_build.checks) before export.
+    boot_mode: str
     # Host programs and files it drives: checked before the build spends any time.
     tools: tuple[str, ...]
     files: tuple[str, ...]

@@ -63,6 +63,7 @@ class _Iso:
 class IsoExporter:
     name = "iso"
     extension = "iso"
+    boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
     tools: tuple[str, ...] = ("mksquashfs", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy")
     files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/cdboot.img", "/usr/lib/grub/x86_64-efi/linux.mod")
 

@@ -1,0 +1,272 @@
+"""Requirement checks, statically from the files of a rootfs: nothing from the image runs.
+
+Each rule says pass or fail and names the file that proves it. Trusted Boot needs systemd
+>= 256 and systemd-boot; Secure-Boot-only needs systemd or openrc with grub; both need a
+kernel with the EFI stub, exactly one kernel, and an initramfs tool (the Kairos seed rules,
+which no Kairos tool checks at build time: kairos#3606, kairos#2766).
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kairos_build import rootfs
+from kairos_build.errors import CheckFailedError, HostileContentError, InputError
+
+MODES = ("trusted", "secureboot", "auto")
+TRUSTED_MIN_SYSTEMD = 256
+_READ_LIMIT = 64 << 20  # bytes of a file we search at most (an EFI binary, a package database)
+
+_SHARED_LIB_DIRS = ("usr/lib/x86_64-linux-gnu/systemd", "usr/lib/aarch64-linux-gnu/systemd",
+                    "usr/lib/systemd", "usr/lib64/systemd", "lib/systemd")
+_SHARED_LIB = re.compile(r"^libsystemd-shared-(\d+)(?:[.~+-].*)?\.so$")
+_SD_BOOT = ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "usr/lib/systemd/boot/efi/systemd-bootaa64.efi")
+_SD_BOOT_VERSION = re.compile(rb"#### LoaderInfo: systemd-boot (\d+)")
+_GRUB_EFI = ("usr/lib/grub/x86_64-efi/linux.mod", "usr/lib/grub/arm64-efi/linux.mod",
+             "usr/share/grub2/x86_64-efi/linux.mod", "boot/efi/EFI/BOOT/BOOTX64.EFI")
+_GRUB_EFI_GLOBS = ("boot/efi/EFI/*/grubx64.efi", "boot/efi/EFI/*/grubaa64.efi")
+_GRUB_BIOS = ("usr/lib/grub/i386-pc/linux.mod", "usr/share/grub2/i386-pc/linux.mod")
+_SYSTEMCTL = ("usr/bin/systemctl", "bin/systemctl")
+_OPENRC = ("sbin/openrc", "usr/sbin/openrc", "usr/sbin/rc", "sbin/rc")
+_INITRAMFS_TOOLS = {"dracut": ("usr/bin/dracut", "sbin/dracut", "usr/sbin/dracut"),
+                    "mkinitfs": ("sbin/mkinitfs", "usr/sbin/mkinitfs")}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    ok: bool
+    detail: str
+    evidence: str | None = None  # the file (inside the rootfs) that proves it
+
+
+@dataclass(frozen=True)
+class Report:
+    mode: str
+    rules: tuple[Rule, ...]
+    ok: bool
+    facts: dict[str, object] = field(default_factory=dict)
+
+
+def _file(root: Path, rel: str) -> Path | None:
+    """A regular file of the rootfs, or None (also when a link loops or a parent is a file)."""
+    try:
+        path = rootfs.resolve_in(root, rel)
+    except HostileContentError:
+        return None
+    return path if path.is_file() else None
+
+
+def _first(root: Path, candidates: tuple[str, ...]) -> str | None:
+    return next((rel for rel in candidates if _file(root, rel) is not None), None)
+
+
+def _read(path: Path, limit: int = _READ_LIMIT) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(limit)
+
+
+def _dpkg_version(root: Path, package: str) -> tuple[int | None, str | None]:
+    """The upstream major version of an installed Debian package, from dpkg's status file."""
+    status = _file(root, "var/lib/dpkg/status")
+    if status is None:
+        return None, None
+    for stanza in _read(status).decode(errors="replace").split("\n\n"):
+        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M) and \
+                re.search(r"^Status: .* installed$", stanza, re.M):
+            found = re.search(r"^Version: (?:\d+:)?(\d+)", stanza, re.M)
+            if found:
+                return int(found.group(1)), "/var/lib/dpkg/status"
+    return None, None
+
+
+def _apk_version(root: Path, package: str) -> tuple[int | None, str | None]:
+    installed = _file(root, "lib/apk/db/installed")
+    if installed is None:
+        return None, None
+    for stanza in _read(installed).decode(errors="replace").split("\n\n"):
+        if re.search(rf"^P:{re.escape(package)}$", stanza, re.M):
+            found = re.search(r"^V:(\d+)", stanza, re.M)
+            if found:
+                return int(found.group(1)), "/lib/apk/db/installed"
+    return None, None
+
+
+def systemd_version(root: Path) -> tuple[int | None, str | None]:
+    """systemd's version from the name of its shared library, else a package database."""
+    for folder in _SHARED_LIB_DIRS:
+        directory = rootfs.resolve_in(root, folder)
+        if directory.is_dir():
+            for entry in sorted(directory.iterdir()):
+                if match := _SHARED_LIB.match(entry.name):
+                    return int(match.group(1)), f"/{folder}/{entry.name}"
+    for reader in (_dpkg_version, _apk_version):
+        version, evidence = reader(root, "systemd")
+        if version is not None:
+            return version, evidence
+    return None, None
+
+
+def systemd_boot_version(root: Path) -> tuple[int | None, str | None]:
+    """systemd-boot's EFI binary and its version, from the LoaderInfo string it embeds."""
+    for rel in _SD_BOOT:
+        if (path := _file(root, rel)) is not None:
+            match = _SD_BOOT_VERSION.search(_read(path))
+            return (int(match.group(1)) if match else 0), f"/{rel}"
+    return None, None
+
+
+def grub_efi(root: Path) -> str | None:
+    if rel := _first(root, _GRUB_EFI):
+        return f"/{rel}"
+    for pattern in _GRUB_EFI_GLOBS:
+        for match in sorted(root.glob(pattern)):
+            if rootfs.resolve_in(root, str(match.relative_to(root))).is_file():
+                return "/" + str(match.relative_to(root))
+    return None
+
+
+def init_system(root: Path) -> tuple[str | None, str | None]:
+    """Kairos's rule: an executable systemctl means systemd; openrc's binary means openrc."""
+    for rel in _SYSTEMCTL:
+        path = _file(root, rel)
+        if path is not None and path.stat().st_mode & stat.S_IXUSR:
+            return "systemd", f"/{rel}"
+    openrc = _first(root, _OPENRC)
+    return ("openrc", f"/{openrc}") if openrc else (None, None)
+
+
+def kernel_versions(root: Path) -> list[tuple[str, str]]:
+    """(version, image path) for every module tree with a kernel image beside it."""
+    found: list[tuple[str, str]] = []
+    for modules in ("lib/modules", "usr/lib/modules"):
+        directory = rootfs.resolve_in(root, modules)
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir()):
+            image = _first(root, (f"boot/vmlinuz-{entry.name}", f"{modules}/{entry.name}/vmlinuz"))
+            if entry.is_dir() and image and entry.name not in {v for v, _ in found}:
+                found.append((entry.name, f"/{image}"))
+    return found
+
+
+def efi_stub(root: Path, version: str, image: str) -> tuple[bool, str]:
+    """CONFIG_EFI_STUB from the kernel config; else the image's PE header and boot header."""
+    for rel in (f"boot/config-{version}", f"lib/modules/{version}/config",
+                f"usr/lib/modules/{version}/config"):
+        if (config := _file(root, rel)) is not None:
+            text = _read(config).decode(errors="replace")
+            return bool(re.search(r"^CONFIG_EFI_STUB=y$", text, re.M)), f"/{rel}"
+    path = _file(root, image.lstrip("/"))
+    header = _read(path, 4096) if path else b""
+    return is_efi_stub_image(header), image
+
+
+def is_efi_stub_image(header: bytes) -> bool:
+    """A bzImage that is also a PE file: `MZ`, `PE\\0\\0` at e_lfanew, Linux's `HdrS` at 0x202.
+
+    libmagic calls such a kernel "Linux kernel x86 boot executable bzImage" and never says PE,
+    so the PE structure is checked by hand (python-magic only names what kind of file it is).
+    """
+    if len(header) < 0x240 or header[:2] != b"MZ":
+        return False
+    pe_offset = int.from_bytes(header[0x3C:0x40], "little")
+    is_pe = pe_offset + 4 <= len(header) and header[pe_offset:pe_offset + 4] == b"PE\0\0"
+    is_linux = header[0x202:0x206] == b"HdrS" or _magic_says_linux(header)
+    return is_pe and is_linux
+
+
+def _magic_says_linux(header: bytes) -> bool:
+    try:
+        import magic
+    except ImportError:  # libmagic missing: the header check above decides alone
+        return False
+    return "Linux kernel" in str(magic.from_buffer(header))
+
+
+def initramfs_tool(root: Path) -> tuple[str | None, str | None]:
+    for tool, candidates in _INITRAMFS_TOOLS.items():
+        if rel := _first(root, candidates):
+            return tool, f"/{rel}"
+    return None, None
+
+
+def _common_rules(root: Path) -> list[Rule]:
+    rules = []
+    kernels = kernel_versions(root)
+    if len(kernels) == 1:
+        version, image = kernels[0]
+        rules.append(Rule("exactly one kernel", True, f"kernel {version}", image))
+        stub, evidence = efi_stub(root, version, image)
+        rules.append(Rule("kernel has the EFI stub", stub,
+                          "CONFIG_EFI_STUB / PE header found" if stub else "no EFI stub", evidence))
+    else:
+        names = ", ".join(v for v, _ in kernels) or "none"
+        rules.append(Rule("exactly one kernel", False, f"found {len(kernels)} ({names})",
+                          "/lib/modules"))
+        rules.append(Rule("kernel has the EFI stub", False, "no single kernel to check"))
+    tool, tool_evidence = initramfs_tool(root)
+    rules.append(Rule("an initramfs tool", tool is not None, tool or "neither dracut nor mkinitfs",
+                      tool_evidence))
+    return rules
+
+
+def _trusted_rules(root: Path) -> list[Rule]:
+    version, evidence = systemd_version(root)
+    enough = version is not None and version >= TRUSTED_MIN_SYSTEMD
+    detail = f"systemd {version}" if version is not None else "no systemd found"
+    boot, boot_evidence = systemd_boot_version(root)
+    return [
+        Rule(f"systemd >= {TRUSTED_MIN_SYSTEMD}", enough, detail, evidence),
+        Rule("systemd-boot EFI binary", boot is not None,
+             f"systemd-boot {boot}" if boot else "not installed", boot_evidence),
+    ]
+
+
+def _secureboot_rules(root: Path) -> list[Rule]:
+    init, evidence = init_system(root)
+    grub = grub_efi(root)
+    return [
+        Rule("systemd or openrc in charge", init is not None, init or "neither found", evidence),
+        Rule("grub for EFI", grub is not None, "found" if grub else "no grub EFI modules or binary",
+             grub),
+    ]
+
+
+def check_rootfs(root: Path, mode: str) -> Report:
+    """The rules of `mode` on the tree at `root`; `auto` picks trusted when it passes."""
+    if mode not in MODES:
+        raise InputError(f"--mode {mode!r} is not known", hint=f"use {'|'.join(MODES)}")
+    common = _common_rules(root)
+    version, _ = systemd_version(root)
+    facts: dict[str, object] = {"systemd": version, "init": init_system(root)[0],
+                                "kernels": [v for v, _ in kernel_versions(root)]}
+    reports = {}
+    for candidate in ("trusted", "secureboot") if mode == "auto" else (mode,):
+        specific = _trusted_rules(root) if candidate == "trusted" else _secureboot_rules(root)
+        rules = tuple(specific + common)
+        reports[candidate] = Report(candidate, rules, all(r.ok for r in rules), facts)
+    if mode == "auto":
+        return reports["trusted"] if reports["trusted"].ok else reports["secureboot"]
+    return reports[mode]
+
+
+def describe(report: Report) -> str:
+    lines = []
+    for rule in report.rules:
+        proof = f" ({rule.evidence})" if rule.evidence else ""
+        lines.append(f"{'pass' if rule.ok else 'FAIL'}  {rule.name}: {rule.detail}{proof}")
+    return "\n".join(lines)
+
+
+def require_mode(root: Path, mode: str, what: str) -> Report:
+    """Stop with exit code 3, naming each failed rule, when `root` cannot boot in `mode`."""
+    report = check_rootfs(root, mode)
+    if not report.ok:
+        failed = "; ".join(f"{r.name}: {r.detail}" for r in report.rules if not r.ok)
+        raise CheckFailedError(f"{what} needs a {mode} capable image, but: {failed}",
+                               hint="run `kairos-build check` on the base for the full report")
+    return report

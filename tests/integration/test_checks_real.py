@@ -1,0 +1,56 @@
+"""Requirement checks on the real trixie trees, and a build that stops on a failed check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kairos_build.cache import Cache, cache_key
+from kairos_build.checks import check_rootfs
+from kairos_build.flavors import load_flavor
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def converted_tree(test_cache: Path) -> Path:
+    """The converted rootfs the session's ISO came from (the newest converted entry)."""
+    entries = [e for e in Cache(test_cache).entries() if e.kind == "converted"]
+    return max(entries, key=lambda e: e.path.stat().st_mtime).path
+
+
+def test_converted_trixie_boots_secure_but_lacks_systemd_boot_for_trusted(
+        test_cache: Path, built_iso: tuple[Path, str]) -> None:
+    root = converted_tree(test_cache)
+    secure = check_rootfs(root, "secureboot")
+    assert secure.ok, secure.rules
+    trusted = check_rootfs(root, "trusted")
+    assert [r.name for r in trusted.rules if not r.ok] == ["systemd-boot EFI binary"]
+    systemd = next(r for r in trusted.rules if r.name == "systemd >= 256")
+    assert systemd.ok and int(systemd.detail.split()[-1]) >= 256  # trixie ships 257
+    stub = next(r for r in secure.rules if r.name == "kernel has the EFI stub")
+    assert stub.evidence and stub.evidence.startswith("/boot/config-")
+
+
+def test_the_bare_base_has_no_kernel(test_cache: Path, built_iso: tuple[Path, str]) -> None:
+    recipe = load_flavor("debian").release("trixie").bootstrap
+    base = Cache(test_cache).path("rootfs", cache_key("bootstrap", recipe=recipe))
+    result = run_cli("check", str(base), "--mode", "secureboot", "--cache-dir", str(test_cache))
+    assert result.returncode == 3
+    assert "FAIL  exactly one kernel: found 0" in result.stdout
+
+
+def test_a_build_stops_on_a_failed_check_before_exporting(tmp_path: Path) -> None:
+    # Already converted (kairos-release present), so conversion keeps it as it is: no kernel.
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/kairos-release").write_text('KAIROS_ID="kairos"\n')
+    (tree / "etc/os-release").write_text("ID=debian\nVERSION_ID=13\n")
+    out = tmp_path / "out"
+    result = run_cli("iso", "--base", f"dir:{tree}", "--output", str(out),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 3, result.stderr
+    assert "needs a secureboot capable image" in result.stderr and "exactly one kernel" in result.stderr
+    assert "exporting iso" not in result.stderr
+    assert not any(out.iterdir())
