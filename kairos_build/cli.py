@@ -121,6 +121,29 @@ def unpack(
 
 
 @app.command()
+def convert(
+    ref: Annotated[str, typer.Argument(help="The base to convert (as for --base).")],
+    output: Annotated[str, typer.Option("--output", "-o", help=(
+        "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"))],
+    flavor: Flavor = "debian", release: Release = None, version: Version = "v0.1.0",
+    cache_dir: CacheDir = None, pull: Pull = "missing", platform: Platform = "linux/amd64",
+    insecure_registry: Insecure = None, as_json: Json = False,
+) -> None:
+    """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
+    from kairos_build.config import make_config
+    from kairos_build.convert_verb import convert_to
+
+    if as_json:
+        quiet_progress()
+    config = make_config(flavor, release, base=ref, version=version, cache_dir=cache_dir, pull=pull,
+                         platform=platform, insecure_registries=tuple(insecure_registry or ()),
+                         bootstrap_fallback=False)
+    written = convert_to(config, output)
+    log.info("wrote the converted image to %s", written)
+    _emit(as_json, {"output": written, "timings": timings})
+
+
+@app.command()
 def check(
     ref: Annotated[str, typer.Argument(help="A base reference or a directory.")],
     mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",

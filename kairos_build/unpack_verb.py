@@ -25,15 +25,20 @@ def unpack_to(config: BuildConfig, target: Path) -> Base:
     with step("resolving the base"):
         base = resolve_base(config.base, config.flavor, config.release, Cache(config.cache_dir),
                             source_options(config))
+    copy_tree(base.rootfs, target)
+    return base
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy a tree to `target` (absent or an empty directory) through a temporary sibling."""
     partial = target.with_name(f".{target.name}.partial")
     run(["rm", "-rf", str(partial)])
     try:
         with step(f"copying into {target}"):
-            run(["cp", "-a", "--reflink=auto", str(base.rootfs), str(partial)])
+            run(["cp", "-a", "--reflink=auto", str(source), str(partial)])
             if target.exists():
                 target.rmdir()
             partial.rename(target)
     except BaseException:
         run(["rm", "-rf", str(partial)])
         raise
-    return base

@@ -1,0 +1,45 @@
+"""The converted image writer: layers keep what a rootfs needs (file capabilities included)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from kairos_build.config import make_config
+from kairos_build.convert.image_writer import image_config, write_layer, write_oci_layout
+from kairos_build.source.oci import open_oci_image, unpack_image
+from tests.unit.ocihelp import CAP_NET_RAW_EP
+
+
+def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    ping = tree / "usr/bin/ping"
+    ping.write_bytes(b"\x7fELF ping")
+    os.chmod(ping, 0o755)
+    os.setxattr(ping, "security.capability", CAP_NET_RAW_EP)
+    su = tree / "usr/bin/su"
+    su.write_bytes(b"su")
+    os.chown(su, 0, 42)
+    os.chmod(su, 0o4755)
+    (tree / "bin").symlink_to("usr/bin")
+    (tree / "home/user").mkdir(parents=True)
+    os.chown(tree / "home/user", 1000, 1000)
+
+    layer = tmp_path / "layer.tar"
+    diff_id = write_layer(tree, layer)
+    assert diff_id == write_layer(tree, tmp_path / "again.tar")  # same tree, same bytes
+    config = image_config(make_config("debian", None, cache_dir=tmp_path), diff_id)
+    write_oci_layout(tmp_path / "layout", layer, diff_id, config, "v1")
+    assert open_oci_image(tmp_path / "layout", "v1").config_digest.startswith("sha256:")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    unpack_image(tmp_path / "layout", "v1", out)
+    assert os.getxattr(out / "usr/bin/ping", "security.capability") == CAP_NET_RAW_EP
+    st = os.lstat(out / "usr/bin/su")
+    assert stat.S_IMODE(st.st_mode) == 0o4755 and st.st_gid == 42
+    assert os.readlink(out / "bin") == "usr/bin"
+    assert os.lstat(out / "home/user").st_uid == 1000
+    assert config["config"]["Labels"]["io.kairos.flavor"] == "debian"
