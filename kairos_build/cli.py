@@ -144,6 +144,22 @@ def convert(
 
 
 @app.command()
+def dockerfile(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Build context directory to write.")],
+    flavor: Flavor = "debian", release: Release = None, version: Version = "v0.1.0",
+    from_image: Annotated[str | None, typer.Option(
+        "--from", help="Base image (default: the flavor's).")] = None,
+) -> None:
+    """Write the conversion as a Dockerfile and its build context (docker build OUTPUT)."""
+    from kairos_build.config import make_config
+    from kairos_build.dockerfile_verb import write_build_context
+
+    config = make_config(flavor, release, version=version)
+    written = write_build_context(config, output, from_image)
+    log.info("wrote %s; build it with: docker build -t IMAGE %s", written, output)
+
+
+@app.command()
 def check(
     ref: Annotated[str, typer.Argument(help="A base reference or a directory.")],
     mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",

@@ -43,3 +43,23 @@ def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) 
     assert os.readlink(out / "bin") == "usr/bin"
     assert os.lstat(out / "home/user").st_uid == 1000
     assert config["config"]["Labels"]["io.kairos.flavor"] == "debian"
+
+
+def test_dockerfile_context_carries_the_conversion_data(tmp_path: Path) -> None:
+    import pytest
+
+    from kairos_build.dockerfile_verb import write_build_context
+    from kairos_build.errors import InputError
+
+    config = make_config("debian", "bookworm", version="1.2.3", cache_dir=tmp_path)
+    dockerfile = write_build_context(config, tmp_path / "ctx", "docker://example/base:1")
+    text = dockerfile.read_text()
+    assert "FROM example/base:1" in text
+    for package in config.flavor.all_packages():
+        assert f" {package} " in text or f" {package}\n" in text or f" {package} \\" in text
+    assert "systemctl preset kairos-boot-report.service" in text
+    release = (tmp_path / "ctx/kairos-release").read_text()
+    assert 'KAIROS_VERSION="v1.2.3"' in release and 'KAIROS_FLAVOR_RELEASE="12"' in release
+    assert (tmp_path / "ctx/overlay/etc/dracut.conf.d/10-kairos.conf").is_file()
+    with pytest.raises(InputError, match="not empty"):
+        write_build_context(config, tmp_path / "ctx")
