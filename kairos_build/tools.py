@@ -31,6 +31,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "unshare": "util-linux",
     "chroot": "coreutils",
     "cp": "coreutils",
+    "tar": "tar",
     "zstd": "zstd",
 }
 
