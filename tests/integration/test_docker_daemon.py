@@ -72,7 +72,7 @@ def _answers(host: str) -> bool:
         return bool(client.ping())
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], root: Path | None = None) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -80,6 +80,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if root is not None:
+        # dockerd leaves its network namespace file (exec-root/netns/default) mounted.
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +106,7 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     return
                 time.sleep(0.3)
         finally:
-            _stop(proc)
+            _stop(proc, root)
         tail = log.read_text(errors="replace").splitlines()[-5:]
         reasons.append(f"{driver}: " + " | ".join(tail))
     pytest.skip("dockerd does not start here: " + " / ".join(reasons))
