@@ -35,6 +35,15 @@ def source_options(config: BuildConfig) -> SourceOptions:
                          bootstrap_fallback=config.bootstrap_fallback)
 
 
+def resolve_config_base(config: BuildConfig, cache: Cache) -> Base:
+    """The configured base (or the flavor's default image) as a cached root directory."""
+    with step("resolving the base"):
+        base = resolve_base(config.base, config.flavor, config.release, cache,
+                            source_options(config))
+        log.info("  base: %s", base.description)
+    return base
+
+
 def check_output_dir(path: Path) -> None:
     """Fail before any work when the artifacts could not be written."""
     try:
@@ -112,10 +121,7 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     cache = Cache(config.cache_dir)
     cache.prune_partial()
 
-    with step("resolving the base"):
-        base = resolve_base(config.base, config.flavor, config.release, cache,
-                            source_options(config))
-        log.info("  base: %s", base.description)
+    base = resolve_config_base(config, cache)
     rootfs, rootfs_key = convert_base(config, base, cache)
     with step("checking requirements"):
         for exporter in exporters:

@@ -17,6 +17,7 @@ from kairos_build.log import log, quiet_progress, setup_logging, timings
 
 if TYPE_CHECKING:
     from kairos_build.cache import Cache
+    from kairos_build.config import BuildConfig
 
 app = typer.Typer(
     name="kairos-build", no_args_is_help=True, add_completion=False,
@@ -98,6 +99,18 @@ def boot(
     _emit(as_json, vars(result))
 
 
+def _base_config(ref: str, flavor: str, release: str | None, as_json: bool,
+                 **options: object) -> BuildConfig:
+    """The config of a verb that works on a given base: never swaps in a bootstrap."""
+    from kairos_build.config import make_config
+
+    if as_json:
+        quiet_progress()
+    insecure = options.pop("insecure_registry", None)
+    return make_config(flavor, release, base=ref, bootstrap_fallback=False,
+                       insecure_registries=tuple(insecure or ()), **options)  # type: ignore[arg-type]
+
+
 @app.command()
 def unpack(
     ref: Annotated[str, typer.Argument(help="Base reference (as for --base).")],
@@ -107,14 +120,10 @@ def unpack(
     as_json: Json = False,
 ) -> None:
     """Resolve a base and unpack it into a directory (no conversion)."""
-    from kairos_build.config import make_config
     from kairos_build.unpack_verb import unpack_to
 
-    if as_json:
-        quiet_progress()
-    config = make_config(flavor, release, base=ref, cache_dir=cache_dir, pull=pull,
-                         platform=platform, insecure_registries=tuple(insecure_registry or ()),
-                         bootstrap_fallback=False)
+    config = _base_config(ref, flavor, release, as_json, cache_dir=cache_dir, pull=pull,
+                          platform=platform, insecure_registry=insecure_registry)
     base = unpack_to(config, target)
     log.info("unpacked %s into %s", base.description, target)
     _emit(as_json, {"base": base.description, "key": base.key, "target": target})
@@ -130,14 +139,10 @@ def convert(
     insecure_registry: Insecure = None, as_json: Json = False,
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
-    from kairos_build.config import make_config
     from kairos_build.convert_verb import convert_to
 
-    if as_json:
-        quiet_progress()
-    config = make_config(flavor, release, base=ref, version=version, cache_dir=cache_dir, pull=pull,
-                         platform=platform, insecure_registries=tuple(insecure_registry or ()),
-                         bootstrap_fallback=False)
+    config = _base_config(ref, flavor, release, as_json, version=version, cache_dir=cache_dir,
+                          pull=pull, platform=platform, insecure_registry=insecure_registry)
     written = convert_to(config, output)
     log.info("wrote the converted image to %s", written)
     _emit(as_json, {"output": written, "timings": timings})
@@ -168,21 +173,15 @@ def check(
     as_json: Json = False,
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
-    from kairos_build.build import source_options
+    from kairos_build.build import resolve_config_base
     from kairos_build.cache import Cache
     from kairos_build.checks import check_rootfs, describe
-    from kairos_build.config import make_config
     from kairos_build.errors import CheckFailedError
-    from kairos_build.source.resolve import resolve_base
 
-    if as_json:
-        quiet_progress()
     base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref
-    config = make_config(flavor, release, base=base_ref, cache_dir=cache_dir, pull=pull,
-                         platform=platform, insecure_registries=tuple(insecure_registry or ()),
-                         bootstrap_fallback=False)
-    base = resolve_base(config.base, config.flavor, config.release, Cache(config.cache_dir),
-                        source_options(config))
+    config = _base_config(base_ref, flavor, release, as_json, cache_dir=cache_dir, pull=pull,
+                          platform=platform, insecure_registry=insecure_registry)
+    base = resolve_config_base(config, Cache(config.cache_dir))
     report = check_rootfs(base.rootfs, mode)
     if as_json:
         _emit(True, {"base": base.description, "mode": report.mode, "ok": report.ok,

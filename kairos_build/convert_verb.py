@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
-from kairos_build.build import convert_base, source_options
+from kairos_build.build import convert_base, resolve_config_base
 from kairos_build.cache import Cache
 from kairos_build.config import BuildConfig
 from kairos_build.convert.image_writer import (
@@ -18,9 +18,8 @@ from kairos_build.convert.image_writer import (
     write_oci_layout,
 )
 from kairos_build.errors import InputError
-from kairos_build.log import log, step
+from kairos_build.log import step
 from kairos_build.source.refs import parse_ref
-from kairos_build.source.resolve import resolve_base
 from kairos_build.unpack_verb import copy_tree
 
 OUTPUT_FORMS = "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"
@@ -40,9 +39,7 @@ def convert_to(config: BuildConfig, output: str) -> str:
     if target.transport != "docker" and path.exists():
         raise InputError(f"--output {output}: {path} exists already", hint="choose a new path")
     cache = Cache(config.cache_dir)
-    with step("resolving the base"):
-        base = resolve_base(config.base, config.flavor, config.release, cache, source_options(config))
-        log.info("  base: %s", base.description)
+    base = resolve_config_base(config, cache)
     rootfs, _key = convert_base(config, base, cache)
 
     if target.transport == "dir":

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kairos_build.build import source_options
+from kairos_build.build import resolve_config_base
 from kairos_build.cache import Cache
 from kairos_build.config import BuildConfig
 from kairos_build.errors import InputError
 from kairos_build.log import step
-from kairos_build.source.resolve import Base, resolve_base
+from kairos_build.source.resolve import Base
 from kairos_build.tools import run
 
 
@@ -22,9 +22,7 @@ def unpack_to(config: BuildConfig, target: Path) -> Base:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"{target} exists and is not an empty directory",
                          hint="choose a new directory to unpack into")
-    with step("resolving the base"):
-        base = resolve_base(config.base, config.flavor, config.release, Cache(config.cache_dir),
-                            source_options(config))
+    base = resolve_config_base(config, Cache(config.cache_dir))
     copy_tree(base.rootfs, target)
     return base
 
