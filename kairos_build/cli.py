@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kairos_build import __version__
+from kairos_build import __version__, cli_artifacts
+from kairos_build.cli_options import (
+    CacheDir,
+    Flavor,
+    Insecure,
+    Json,
+    Platform,
+    Pull,
+    Release,
+    Version,
+)
 from kairos_build.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
 from kairos_build.log import log, quiet_progress, setup_logging, timings
 
@@ -25,20 +35,6 @@ app = typer.Typer(
     help="Any distro container image in, a bootable immutable Kairos OS out.",
 )
 
-Flavor = Annotated[str, typer.Option("--flavor", "-f", help="Flavor name (see `kairos-build flavors`).")]
-Release = Annotated[str | None, typer.Option(help="Flavor release, e.g. trixie or bookworm.")]  # noqa: UP007
-Base = Annotated[str | None, typer.Option(  # noqa: UP007
-    help="Base: docker://NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], dir:PATH, bootstrap:DISTRO/SUITE.")]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Directory for the artifacts.")]
-Version = Annotated[str, typer.Option(help="Kairos version of the image (v1.2.3).")]
-CacheDir = Annotated[Path | None, typer.Option(help="Cache directory.")]  # noqa: UP007
-Pull = Annotated[str, typer.Option(help="missing|always|never: when to fetch the base anew.")]
-Platform = Annotated[str, typer.Option(help="linux/amd64 or linux/arm64: picks from multi-platform images.")]
-Insecure = Annotated[list[str] | None, typer.Option(
-    "--insecure-registry", help="Registry host reached over plain http (repeatable).")]
-NoBootstrap = Annotated[bool, typer.Option(
-    "--no-bootstrap", help="Fail instead of bootstrapping when the flavor's image cannot be had.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
 @app.callback()
@@ -49,35 +45,12 @@ def global_options(
     setup_logging(-1 if quiet else verbose)
 
 
+cli_artifacts.register(app)
+
+
 def _emit(as_json: bool, payload: dict[str, object]) -> None:
     if as_json:
         print(json.dumps(payload, indent=2, default=str))
-
-
-@app.command()
-def iso(
-    flavor: Flavor = "debian", release: Release = None, base: Base = None,
-    output: Output = Path("build"), version: Version = "v0.1.0", cache_dir: CacheDir = None,
-    pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
-    no_bootstrap: NoBootstrap = False,
-    squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
-    kernel_arg: Annotated[list[str] | None, typer.Option(  # noqa: UP007
-        help="Extra kernel argument for the live entry (repeatable).")] = None,
-    as_json: Json = False,
-) -> None:
-    """Build a live ISO (BIOS + UEFI) from a base."""
-    from kairos_build.build import build
-    from kairos_build.config import make_config
-
-    if as_json:
-        quiet_progress()
-    config = make_config(flavor, release, base=base, output_dir=output, version=version,
-                         cache_dir=cache_dir, pull=pull, squashfs_compression=squashfs_compression,
-                         extra_kernel_args=tuple(kernel_arg or ()), platform=platform,
-                         insecure_registries=tuple(insecure_registry or ()),
-                         bootstrap_fallback=not no_bootstrap)
-    artifacts = build(config, ["iso"])
-    _emit(as_json, {"artifacts": [vars(a) for a in artifacts], "timings": timings})
 
 
 @app.command()

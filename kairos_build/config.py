@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kairos_build.cache import default_cache_dir
+from kairos_build.disk.layout import DiskOptions
 from kairos_build.errors import InputError
 from kairos_build.flavors import Flavor, Release, load_flavor
 
@@ -42,6 +43,9 @@ class BuildConfig:
     platform: str = "linux/amd64"
     insecure_registries: tuple[str, ...] = ()
     bootstrap_fallback: bool = True
+    disk: DiskOptions = field(default_factory=DiskOptions)
+    # A validated `#cloud-config` file: on COS_OEM of disks (90_custom.yaml).
+    cloud_config: Path | None = None
 
     def __post_init__(self) -> None:
         if self.pull not in PULL_POLICIES:

@@ -38,6 +38,7 @@ TOOL_PACKAGES: dict[str, str] = {
 # Files (not programs) we need from host packages.
 FILE_PACKAGES: dict[str, str] = {
     "/usr/lib/grub/i386-pc/cdboot.img": "grub-pc-bin",
+    "/usr/lib/grub/i386-pc/boot.img": "grub-pc-bin",
     "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
     "/usr/share/OVMF/OVMF_CODE_4M.fd": "ovmf",
 }

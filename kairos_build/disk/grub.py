@@ -14,7 +14,7 @@ COMMON_MODULES = [
     "normal", "configfile", "linux", "search", "search_label", "search_fs_file", "search_fs_uuid",
     "iso9660", "fat", "ext2", "squash4", "part_gpt", "part_msdos", "echo", "test", "serial",
     "terminal", "gzio", "xzio", "zstd", "loadenv", "regexp", "sleep", "smbios", "all_video",
-    "font", "gfxterm", "halt", "reboot", "cat", "ls", "true", "chain",
+    "font", "gfxterm", "halt", "reboot", "cat", "ls", "true", "chain", "loopback",
 ]
 PLATFORM_MODULES = {"i386-pc": ["biosdisk", "cpuid"], "x86_64-efi": ["efi_gop", "efi_uga"]}
 # What the BIOS CD image needs from the host: the cdboot.img grub-mkimage prepends.
@@ -30,7 +30,7 @@ def early_config(label: str) -> str:
     )
 
 
-def _modules(platform: str) -> list[str]:
+def grub_modules(platform: str) -> list[str]:
     directory = GRUB_LIB / platform
     require_file(str(directory / PLATFORM_CHECK_FILE[platform]))
     wanted = COMMON_MODULES + PLATFORM_MODULES[platform]
@@ -46,4 +46,4 @@ def make_grub_image(platform: str, output: Path, label: str, workdir: Path) -> N
     config.write_text(early_config(label))
     run(["grub-mkimage", "--directory", str(GRUB_LIB / platform), "--format", formats[platform],
          "--output", str(output), "--prefix", "/boot/grub", "--config", str(config),
-         *_modules(platform)])
+         *grub_modules(platform)])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
 from kairos_build.cache import Cache
 from kairos_build.config import BuildConfig
+from kairos_build.disk.ext4 import make_ext4
+from kairos_build.disk.layout import stable_uuid
 from kairos_build.disk.squashfs import make_squashfs
 from kairos_build.errors import InputError
 from kairos_build.log import step
@@ -25,6 +27,9 @@ class ExportContext:
     rootfs_key: str
     cache: Cache
     workdir: Path
+    # Intermediates made during this build and shared by its exporters (e.g. the raw disk
+    # that qcow2, vmdk, vhd and gce are converted from).
+    made: dict[str, Path] = field(default_factory=dict)
 
     def squashfs(self) -> Path:
         """The rootfs as a squashfs, made once per converted rootfs and compression."""
@@ -36,6 +41,18 @@ class ExportContext:
                 make_squashfs(self.rootfs, target / "rootfs.squashfs", compression)
 
         return self.cache.get_or_make("squashfs", key, make) / "rootfs.squashfs"
+
+    def root_image(self, size: int) -> Path:
+        """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per
+        converted rootfs and size."""
+        key = f"{self.rootfs_key[:40]}-{size}"
+
+        def make(target: Path) -> None:
+            with step(f"making the system image ({size >> 20} MiB ext4)"):
+                make_ext4(target / "active.img", size, "COS_ACTIVE",
+                          stable_uuid(self.rootfs_key, "COS_ACTIVE"), source=self.rootfs)
+
+        return self.cache.get_or_make("ext4", key, make) / "active.img"
 
 
 class Exporter(Protocol):
@@ -54,8 +71,9 @@ class Exporter(Protocol):
 def exporters() -> dict[str, type[Exporter]]:
     """Every registered exporter by format name (built-ins, then installed plugins)."""
     from kairos_build.exporters.iso import IsoExporter
+    from kairos_build.exporters.raw import RawExporter
 
-    found: dict[str, type[Exporter]] = {"iso": IsoExporter}
+    found: dict[str, type[Exporter]] = {"iso": IsoExporter, "raw": RawExporter}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         found[entry.name] = entry.load()
     return found

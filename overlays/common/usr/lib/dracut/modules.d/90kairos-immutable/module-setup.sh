@@ -1,0 +1,27 @@
+#!/bin/bash
+# kairos-immutable: boot an installed or raw-disk Kairos system from an image file on the
+# state partition, read-only, with writable overlays and persistent bind mounts on top (the
+# job Kairos's immucore does). Only active when the kernel command line names an image
+# (cos-img/filename=...); the live ISO keeps booting through dmsquash-live.
+
+check() {
+    # Only when asked for (add_dracutmodules in /etc/dracut.conf.d/10-kairos.conf).
+    require_binaries mount cp || return 1
+    return 255
+}
+
+depends() {
+    echo systemd
+}
+
+installkernel() {
+    instmods loop overlay ext4 squashfs
+}
+
+install() {
+    inst_multiple mount umount mkdir cp cat tr sleep
+    inst_multiple -o udevadm
+    inst_script "$moddir/kairos-immutable-generator.sh" \
+        "$systemdutildir/system-generators/kairos-immutable-generator"
+    inst_script "$moddir/kairos-immutable-setup.sh" /usr/bin/kairos-immutable-setup
+}
