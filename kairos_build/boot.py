@@ -30,6 +30,7 @@ KVM_FAILURE = b"KVM internal error"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 FIRMWARES = ("bios", "uefi")
+EXPECTATIONS = ("live", "immutable", "any")
 
 # 16-bit boot sector: use the FPU, write "KVMOK" to COM1, halt. The broken nested KVM seen
 # here runs plain real-mode code but dies on the first x87 instruction (as OVMF does), so the
@@ -115,7 +116,8 @@ def kvm_works(timeout: float = 10.0) -> bool:
     return b"KVMOK" in seen and KVM_FAILURE not in seen
 
 
-def artifact_drive(artifact: Path) -> list[str]:
+def artifact_drive(artifact: Path, writable: bool = False) -> list[str]:
+    """QEMU drive options; a disk is booted on a throw-away snapshot unless `writable`."""
     suffix = artifact.suffix.lower()
     if suffix == ".iso":
         return ["-drive", f"file={artifact},media=cdrom,readonly=on", "-boot", "d"]
@@ -123,10 +125,12 @@ def artifact_drive(artifact: Path) -> list[str]:
     if suffix not in formats:
         raise InputError(f"cannot tell how to boot {artifact.name}",
                          hint="kairos-build boot takes .iso, .raw, .img or .qcow2 files")
-    return ["-drive", f"file={artifact},format={formats[suffix]},if=virtio,snapshot=on"]
+    snapshot = "" if writable else ",snapshot=on"
+    return ["-drive", f"file={artifact},format={formats[suffix]},if=virtio{snapshot}"]
 
 
-def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, memory: int) -> list[str]:
+def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, memory: int,
+                 writable: bool = False) -> list[str]:
     argv = [require_tool("qemu-system-x86_64"), "-machine", "q35", "-m", str(memory),
             "-smp", "2", "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-no-reboot", "-nic", "none"]
@@ -135,7 +139,7 @@ def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, mem
     if firmware == "uefi":
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}"]
-    return argv + artifact_drive(artifact)
+    return argv + artifact_drive(artifact, writable)
 
 
 def _parse_fields(text: bytes) -> dict[str, str]:
@@ -147,15 +151,27 @@ def check_root(fields: dict[str, str], expect_root: str) -> str | None:
     """Why the reported root is not the expected one, or None when it is."""
     if expect_root == "live" and fields.get("live") != "squashfs":
         return f"expected the live squashfs root, the system reports live={fields.get('live')}"
+    if expect_root == "immutable":
+        if fields.get("root_mode") != "ro" or fields.get("image", "none") == "none":
+            return ("expected / mounted read-only from a system image, the system reports "
+                    f"root_mode={fields.get('root_mode')} image={fields.get('image')}")
+        if fields.get("etc") != "overlay":
+            return f"expected a writable overlay on /etc, the system reports etc={fields.get('etc')}"
     return None
+
+
+def default_expectation(artifact: Path) -> str:
+    """ISOs boot the live squashfs; disks boot an image read-only with overlays on top."""
+    return "live" if artifact.suffix.lower() == ".iso" else "immutable"
 
 
 def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: int = 2048,
          expect_root: str | None = None, log_dir: Path | None = None,
-         accel: str | None = None) -> BootResult:
+         accel: str | None = None, writable: bool = False) -> BootResult:
     """Boot `artifact`; return when the boot marker arrives, raise BuildError otherwise.
 
-    `accel` (kvm or tcg) skips the KVM probe.
+    `accel` (kvm or tcg) skips the KVM probe. `writable` lets the guest change a disk
+    artifact (to test persistence across boots); by default it runs on a snapshot.
     """
     if firmware not in FIRMWARES:
         raise InputError(f"--firmware {firmware!r} is not known", hint="use bios or uefi")
@@ -163,7 +179,9 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
         raise InputError(f"{artifact} does not exist")
     if firmware == "uefi":
         require_file(OVMF_CODE)
-    expect_root = expect_root or ("live" if artifact.suffix == ".iso" else "any")
+    expect_root = expect_root or default_expectation(artifact)
+    if expect_root not in EXPECTATIONS:
+        raise InputError(f"--expect-root {expect_root!r} is not known", hint=f"use {'|'.join(EXPECTATIONS)}")
     accel = accel or ("kvm" if kvm_works() else "tcg")
     log.info("booting %s under %s firmware with %s%s", artifact.name, firmware, accel,
              "" if accel == "kvm" else " (KVM unusable here)")
@@ -175,7 +193,7 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
             shutil.copyfile(OVMF_VARS, vars_file)
         log_path.write_bytes(b"")
         start = time.monotonic()
-        proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory))
+        proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory, writable))
         try:
             seen, match = _read_until(proc, MARKER, start + timeout, log_path)
         finally:
@@ -183,7 +201,8 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     elapsed = time.monotonic() - start
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")
-        return boot(artifact, firmware, timeout, memory, expect_root, log_dir, accel="tcg")
+        return boot(artifact, firmware, timeout, memory, expect_root, log_dir, accel="tcg",
+                    writable=writable)
     tail = "\n".join(seen.decode(errors="replace").splitlines()[-30:])
     if match is None:
         why = "QEMU exited" if proc.returncode not in (None, -signal.SIGKILL) else \

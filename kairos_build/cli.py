@@ -60,13 +60,16 @@ def boot(
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
     memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
     expect_root: Annotated[str | None, typer.Option(  # noqa: UP007
-        help="live|any: what root the booted system must report (default: live for ISOs).")] = None,
+        help="live|immutable|any: what root the booted system must report "
+             "(default: live for ISOs, immutable for disks).")] = None,
+    writable: Annotated[bool, typer.Option(
+        "--writable", help="Let the guest write to the disk (default: a throw-away snapshot).")] = False,
     as_json: Json = False,
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root."""
     from kairos_build.boot import boot as boot_artifact
 
-    result = boot_artifact(artifact, firmware, timeout, memory, expect_root)
+    result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable)
     log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
              result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
     _emit(as_json, vars(result))

@@ -56,6 +56,8 @@ def build(
         help="Disks: NAME=SIZE for efi, oem, recovery, state, persistent (repeatable).")] = None,
     image_size: Annotated[str | None, typer.Option(  # noqa: UP007
         help="Disks: size of cOS/active.img (default: rootfs + 10% + 200 MiB).")] = None,
+    compress: Annotated[bool, typer.Option(
+        "--compress", help="qcow2: zstd-compressed clusters (about half the size).")] = False,
     as_json: Json = False,
 ) -> None:
     """Build several artifacts in one run; shared parts (rootfs, squashfs, disk) are made once."""
@@ -73,7 +75,8 @@ def build(
         firmware=firmware,
         disk_size=parse_size(disk_size, "--disk-size") if disk_size else None,
         sizes=parse_partition_sizes(partition_size or []),
-        image_size=parse_size(image_size, "--image-size") if image_size else None)
+        image_size=parse_size(image_size, "--image-size") if image_size else None,
+        compress=compress)
     config = make_config(flavor, release, base=base, output_dir=output, version=version,
                          cache_dir=cache_dir, pull=pull, squashfs_compression=squashfs_compression,
                          extra_kernel_args=tuple(kernel_arg or ()), platform=platform,

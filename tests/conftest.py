@@ -41,3 +41,64 @@ def built_iso(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     isos = list(out.glob("*.iso"))
     assert len(isos) == 1, list(out.iterdir())
     return isos[0], result.stderr
+
+
+# A unit that proves what survives a reboot: it prints what the previous boot left under a
+# persistent path (/usr/local), under an in-memory one (/etc) and whether / takes writes, then
+# counts this boot in both. It is added to a derived image the way a user's Dockerfile would.
+PROBE_SCRIPT = """#!/bin/sh
+kept=$(cat /usr/local/probe-count 2>/dev/null || echo none)
+volatile=$(cat /etc/probe-count 2>/dev/null || echo none)
+if touch /probe-root 2>/dev/null; then root=writable; else root=read-only; fi
+echo "KAIROS-PROBE usr_local=$kept etc=$volatile root=$root" > /dev/console
+count=$(( ${kept#none} + 1 ))
+echo "$count" > /usr/local/probe-count
+echo "$count" > /etc/probe-count
+"""
+PROBE_UNIT = """[Unit]
+Description=kairos-build test probe (persistence across reboots)
+After=local-fs.target
+Before=kairos-boot-report.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/kairos-test/probe
+
+[Install]
+WantedBy=multi-user.target
+"""
+CLOUD_CONFIG = "#cloud-config\nhostname: kairos-disk-test\n"
+
+
+@pytest.fixture(scope="session")
+def probe_tree(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted trixie as a directory (`kairos-build convert -o dir:`) plus the probe."""
+    tree = tmp_path_factory.mktemp("probe") / "tree"
+    result = run_cli("convert", "bootstrap:debian/trixie", "--output", f"dir:{tree}",
+                     "--cache-dir", str(test_cache))
+    assert result.returncode == 0, result.stderr[-4000:]
+    script = tree / "usr/lib/kairos-test/probe"
+    script.parent.mkdir(parents=True)
+    script.write_text(PROBE_SCRIPT)
+    script.chmod(0o755)
+    (tree / "etc/systemd/system/kairos-test-probe.service").write_text(PROBE_UNIT)
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "kairos-test-probe.service").symlink_to("../kairos-test-probe.service")
+    return tree
+
+
+@pytest.fixture(scope="session")
+def built_disks(probe_tree: Path, test_cache: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], str]:
+    """One `kairos-build build` of every disk format from the probe tree: paths by format."""
+    out = tmp_path_factory.mktemp("disks-out")
+    cloud_config = out.parent / "cloud-config.yaml"
+    cloud_config.write_text(CLOUD_CONFIG)
+    result = run_cli("build", "--format", "raw,qcow2,vmdk,vhd,gce", "--base", f"dir:{probe_tree}",
+                     "--cloud-config", str(cloud_config), "--output", str(out),
+                     "--cache-dir", str(test_cache))
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "gce": ".tar.gz"}
+    paths = {fmt: next(out.glob(f"*{suffix}")) for fmt, suffix in found.items()}
+    return paths, result.stderr

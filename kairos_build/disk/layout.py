@@ -60,6 +60,7 @@ class DiskOptions:
     disk_size: int | None = None
     sizes: tuple[tuple[str, int], ...] = ()  # (partition name, bytes) overrides
     image_size: int | None = None  # size of cOS/active.img
+    compress: bool = False  # qcow2: zstd-compressed clusters
 
     def __post_init__(self) -> None:
         if self.firmware not in FIRMWARES:

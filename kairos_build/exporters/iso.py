@@ -98,6 +98,9 @@ class IsoExporter:
             iso.add_file(kernel, "/boot/kernel")
             iso.add_file(initrd, "/boot/initrd")
             iso.add_file(squashfs, "/rootfs.squashfs")
+            if config.cloud_config is not None:
+                # Where Kairos looks for an unattended-install config on the live medium.
+                iso.add_file(config.cloud_config, "/config.yaml")
             # BIOS: grub's cdboot needs the boot info table and loads 4 sectors to start.
             iso.iso.add_eltorito("/BOOT/GRUB/BIOS.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
                                  rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
