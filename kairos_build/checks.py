@@ -15,13 +15,16 @@ from pathlib import Path
 
 from kairos_build import rootfs
 from kairos_build.errors import CheckFailedError, HostileContentError, InputError
+from kairos_build.rpmdb import rpm_package_version
 
 MODES = ("trusted", "secureboot", "auto")
 TRUSTED_MIN_SYSTEMD = 256
 _READ_LIMIT = 64 << 20  # bytes of a file we search at most (an EFI binary, a package database)
 
+# Debian puts systemd's private library under the multiarch dir; Fedora (with its release:
+# libsystemd-shared-256.11-1.fc41.so) and openSUSE under lib64; older systemd under lib.
 _SHARED_LIB_DIRS = ("usr/lib/x86_64-linux-gnu/systemd", "usr/lib/aarch64-linux-gnu/systemd",
-                    "usr/lib/systemd", "usr/lib64/systemd", "lib/systemd")
+                    "usr/lib64/systemd", "usr/lib/systemd", "lib64/systemd", "lib/systemd")
 _SHARED_LIB = re.compile(r"^libsystemd-shared-(\d+)(?:[.~+-].*)?\.so$")
 _SD_BOOT = ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "usr/lib/systemd/boot/efi/systemd-bootaa64.efi")
 _SD_BOOT_VERSION = re.compile(rb"#### LoaderInfo: systemd-boot (\d+)")
@@ -95,15 +98,24 @@ def _apk_version(root: Path, package: str) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _rpm_version(root: Path, package: str) -> tuple[int | None, str | None]:
+    version, evidence = rpm_package_version(root, package)
+    major = re.match(r"\d+", version or "")
+    return (int(major.group()), evidence) if major else (None, None)
+
+
 def systemd_version(root: Path) -> tuple[int | None, str | None]:
     """systemd's version from the name of its shared library, else a package database."""
     for folder in _SHARED_LIB_DIRS:
-        directory = rootfs.resolve_in(root, folder)
+        try:
+            directory = rootfs.resolve_in(root, folder)
+        except HostileContentError:
+            continue
         if directory.is_dir():
             for entry in sorted(directory.iterdir()):
                 if match := _SHARED_LIB.match(entry.name):
                     return int(match.group(1)), f"/{folder}/{entry.name}"
-    for reader in (_dpkg_version, _apk_version):
+    for reader in (_dpkg_version, _rpm_version, _apk_version):
         version, evidence = reader(root, "systemd")
         if version is not None:
             return version, evidence
@@ -139,15 +151,24 @@ def init_system(root: Path) -> tuple[str | None, str | None]:
     return ("openrc", f"/{openrc}") if openrc else (None, None)
 
 
+def _flavour(version: str) -> str:
+    """Alpine names a kernel's files after its flavour, the version's last word: 6.12.13-0-lts
+    has /boot/vmlinuz-lts and /boot/config-lts."""
+    return version.rsplit("-", 1)[-1]
+
+
 def kernel_versions(root: Path) -> list[tuple[str, str]]:
-    """(version, image path) for every module tree with a kernel image beside it."""
+    """(version, image path) for every module tree with a kernel image beside it: in /boot
+    (Debian, Leap), in the module tree (Fedora, RHEL, Tumbleweed) or named by flavour (Alpine)."""
     found: list[tuple[str, str]] = []
-    for modules in ("lib/modules", "usr/lib/modules"):
+    # usr/lib first: on a merged-/usr tree (lib -> usr/lib) the evidence names the real path.
+    for modules in ("usr/lib/modules", "lib/modules"):
         directory = rootfs.resolve_in(root, modules)
         if not directory.is_dir():
             continue
         for entry in sorted(directory.iterdir()):
-            image = _first(root, (f"boot/vmlinuz-{entry.name}", f"{modules}/{entry.name}/vmlinuz"))
+            image = _first(root, (f"boot/vmlinuz-{entry.name}", f"{modules}/{entry.name}/vmlinuz",
+                                  f"boot/vmlinuz-{_flavour(entry.name)}"))
             if entry.is_dir() and image and entry.name not in {v for v, _ in found}:
                 found.append((entry.name, f"/{image}"))
     return found
@@ -156,7 +177,7 @@ def kernel_versions(root: Path) -> list[tuple[str, str]]:
 def efi_stub(root: Path, version: str, image: str) -> tuple[bool, str]:
     """CONFIG_EFI_STUB from the kernel config; else the image's PE header and boot header."""
     for rel in (f"boot/config-{version}", f"lib/modules/{version}/config",
-                f"usr/lib/modules/{version}/config"):
+                f"usr/lib/modules/{version}/config", f"boot/config-{_flavour(version)}"):
         if (config := _file(root, rel)) is not None:
             text = _read(config).decode(errors="replace")
             return bool(re.search(r"^CONFIG_EFI_STUB=y$", text, re.M)), f"/{rel}"

@@ -108,17 +108,34 @@ def unpack(
 @app.command()
 def convert(
     ref: Annotated[str, typer.Argument(help="The base to convert (as for --base).")],
-    output: Annotated[str, typer.Option("--output", "-o", help=(
-        "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"))],
+    output: Annotated[str | None, typer.Option("--output", "-o", help=(  # noqa: UP007
+        "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"))] = None,
     flavor: Flavor = "debian", release: Release = None, version: Version = "v0.1.0",
     cache_dir: CacheDir = None, pull: Pull = "missing", platform: Platform = "linux/amd64",
     insecure_registry: Insecure = None, as_json: Json = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the conversion plan (steps, exact commands) and stop.")] = False,
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
     from kairos_build.convert_verb import convert_to
+    from kairos_build.errors import InputError
 
     config = _base_config(ref, flavor, release, as_json, version=version, cache_dir=cache_dir,
                           pull=pull, platform=platform, insecure_registry=insecure_registry)
+    if dry_run:  # needs no root, no network and no base: only the flavor
+        from kairos_build.convert.plan import conversion_plan, describe_plan
+
+        steps = conversion_plan(config, ref)
+        if as_json:
+            _emit(True, {"flavor": flavor, "release": config.release.name,
+                         "steps": [vars(s) for s in steps]})
+        else:
+            print(f"conversion plan for {flavor} {config.release.name} (nothing was run):")
+            print(describe_plan(steps))
+        return
+    if output is None:
+        raise InputError("kairos-build convert needs --output", hint="e.g. -o oci-archive:out.tar, "
+                         "or --dry-run to only see the plan")
     written = convert_to(config, output)
     log.info("wrote the converted image to %s", written)
     _emit(as_json, {"output": written, "timings": timings})
@@ -225,19 +242,22 @@ def install_deps(
 
 @app.command()
 def flavors(as_json: Json = False) -> None:
-    """List the flavors and their releases."""
+    """List the flavors: family, releases, package manager, init, bootloader, initramfs."""
     from kairos_build.flavors import flavor_names, load_flavor
 
     rows = [load_flavor(name) for name in flavor_names()]
     if as_json:
         _emit(True, {"flavors": [
-            {"name": f.name, "family": f.family, "default_release": f.default_release,
-             "releases": sorted(f.releases), "init": f.init, "bootloader": f.bootloader,
-             "package_manager": f.package_manager} for f in rows]})
+            {"name": f.name, "pretty_name": f.pretty_name, "family": f.family,
+             "default_release": f.default_release, "releases": list(f.releases),
+             "images": {r.name: r.image for r in f.releases.values()},
+             "package_manager": f.package_manager, "init": f.init, "bootloader": f.bootloader,
+             "initramfs": f.initramfs} for f in rows]})
         return
     for f in rows:
-        print(f"{f.name:12} {f.family:8} releases: {', '.join(f.releases)} "
-              f"(default {f.default_release}); {f.package_manager}, {f.init}, {f.bootloader}")
+        print(f"{f.name:11} {f.family:7} releases: {', '.join(f.releases)} "
+              f"(default {f.default_release}); {f.package_manager}, {f.init}, {f.bootloader}, "
+              f"{f.initramfs}")
 
 
 @app.command("version")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,19 @@ class Release:
     flavor_release: str
     image: str
     bootstrap: Bootstrap | None = None
+    # Roles this release installs differently (Ubuntu's HWE kernel is named after the release).
+    packages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """What a distro does differently, as data (see _QUIRK_KEYS for the meaning of each)."""
+
+    install_options: tuple[str, ...] = ()
+    kernel_image: tuple[str, ...] = ("boot/vmlinuz-{kver}",)
+    initrd: str = "boot/initrd.img-{kver}"
+    services: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class Flavor:
     releases: dict[str, Release]
     packages: dict[str, tuple[str, ...]]
     source: Path = field(compare=False)
+    quirks: Quirks = field(default_factory=Quirks)
 
     def release(self, name: str | None) -> Release:
         """The named release, or the default one; an unknown name lists the known ones."""
@@ -59,10 +74,12 @@ class Flavor:
             )
         return self.releases[wanted]
 
-    def all_packages(self) -> list[str]:
-        """Every package of every role, in role order, without repeats."""
+    def all_packages(self, release: Release | None = None) -> list[str]:
+        """Every package of every role, in role order, without repeats; `release` replaces the
+        roles it names (a role only a release names comes last)."""
+        roles = {**self.packages, **(release.packages if release else {})}
         seen: dict[str, None] = {}
-        for names in self.packages.values():
+        for names in roles.values():
             seen.update(dict.fromkeys(names))
         return list(seen)
 
@@ -76,11 +93,24 @@ _TOP_KEYS = {
     "bootloader": f"one of {', '.join(BOOTLOADERS)}",
     "initramfs": f"one of {', '.join(INITRAMFS_TOOLS)}",
     "default_release": "a key of releases",
-    "releases": "a mapping of release name to {flavor_release, image, bootstrap}",
+    "releases": "a mapping of release name to {flavor_release, image, bootstrap, packages}",
     "packages": "a mapping of role to a list of package names",
 }
-_RELEASE_KEYS = {"flavor_release", "image", "bootstrap"}
+_OPTIONAL_TOP_KEYS = {"quirks"}
+_RELEASE_KEYS = {"flavor_release", "image", "bootstrap", "packages"}
 _BOOTSTRAP_KEYS = {"tool", "suite", "variant"}
+# Every quirk, once: its meaning is also the fix an error message offers.
+_QUIRK_KEYS = {
+    "install_options": "a list of extra arguments for the install command, e.g. [--allowerasing]",
+    "kernel_image": "a list of paths where the kernel package puts its image, first found wins; "
+                    "{kver} is the /lib/modules name, e.g. [boot/vmlinuz-{kver}]",
+    "initrd": "the path the distro's own tools give the initramfs, e.g. boot/initrd-{kver}",
+    "services": "for systemd {enable: [...], disable: [...]}; for openrc {RUNLEVEL: [...]}",
+    "files": "a mapping of path to content, written into the rootfs before the packages",
+}
+SERVICE_KEYS = {"systemd": ("enable", "disable"),
+                "openrc": ("sysinit", "boot", "default", "shutdown", "nonetwork")}
+_NAME = re.compile(r"^[A-Za-z0-9@%+_.:-]+$")  # package and service names: no spaces, no shell
 
 
 def _fail(path: Path, key: str, problem: str, fix: str) -> InputError:
@@ -100,6 +130,72 @@ def _choice(path: Path, data: dict[str, Any], key: str, choices: tuple[str, ...]
     return str(value)
 
 
+def _names(path: Path, key: str, value: Any, example: str) -> tuple[str, ...]:
+    """A list of plain names (packages, services, options): strings without spaces."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and _NAME.match(v) for v in value):
+        raise _fail(path, key, "is not a list of names without spaces", f"e.g. {key.rsplit('.', 1)[-1]}: "
+                    f"[{example}]")
+    return tuple(value)
+
+
+def _packages(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise _fail(path, key, "is not role -> list of names", "e.g. kernel: [linux-image-amd64]")
+    return {str(role): _names(path, f"{key}.{role}", names, "linux-image-amd64")
+            for role, names in value.items()}
+
+
+def _relative_path(path: Path, key: str, value: Any) -> str:
+    """A path inside the rootfs: relative, no `..`, so it can never name a host file."""
+    if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/"):
+        raise _fail(path, key, f"is {value!r}, not a path inside the rootfs",
+                    "write it relative to / without '..', e.g. boot/vmlinuz-{kver}")
+    return value
+
+
+def _parse_quirks(path: Path, data: Any, init: str) -> Quirks:
+    if not isinstance(data, dict):
+        raise _fail(path, "quirks", "is not a mapping", f"use the keys: {', '.join(_QUIRK_KEYS)}")
+    _check_keys(path, "quirks.", data, set(_QUIRK_KEYS))
+    quirks = Quirks()
+    if "install_options" in data:
+        options = data["install_options"]
+        if not isinstance(options, list) or not all(isinstance(o, str) and o.startswith("-")
+                                                    for o in options):
+            raise _fail(path, "quirks.install_options", "is not a list of options",
+                        _QUIRK_KEYS["install_options"])
+        quirks = replace(quirks, install_options=tuple(options))
+    if "kernel_image" in data:
+        images = data["kernel_image"]
+        if not isinstance(images, list) or not images:
+            raise _fail(path, "quirks.kernel_image", "is not a list of paths", _QUIRK_KEYS["kernel_image"])
+        quirks = replace(quirks, kernel_image=tuple(
+            _relative_path(path, "quirks.kernel_image", image) for image in images))
+    if "initrd" in data:
+        initrd = _relative_path(path, "quirks.initrd", data["initrd"])
+        if not initrd.startswith("boot/"):
+            raise _fail(path, "quirks.initrd", "is not under boot/", _QUIRK_KEYS["initrd"])
+        quirks = replace(quirks, initrd=initrd)
+    if "services" in data:
+        services = data["services"]
+        allowed = SERVICE_KEYS[init]
+        if not isinstance(services, dict):
+            raise _fail(path, "quirks.services", "is not a mapping", _QUIRK_KEYS["services"])
+        for key in services:
+            if key not in allowed:
+                raise _fail(path, f"quirks.services.{key}", f"is not known for init {init}",
+                            f"use one of: {', '.join(allowed)}")
+        quirks = replace(quirks, services={
+            str(k): _names(path, f"quirks.services.{k}", v, "sshd") for k, v in services.items()})
+    if "files" in data:
+        files = data["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise _fail(path, "quirks.files", "is not path -> text", _QUIRK_KEYS["files"])
+        quirks = replace(quirks, files={
+            _relative_path(path, f"quirks.files.{name}", name): text for name, text in files.items()})
+    return quirks
+
+
 def _parse_release(path: Path, name: str, data: Any) -> Release:
     where = f"releases.{name}."
     if not isinstance(data, dict):
@@ -115,7 +211,8 @@ def _parse_release(path: Path, name: str, data: Any) -> Release:
             raise _fail(path, where + "bootstrap", "is incomplete", "give {tool, suite, variant}")
         _check_keys(path, where + "bootstrap.", raw, _BOOTSTRAP_KEYS)
         bootstrap = Bootstrap(str(raw["tool"]), str(raw["suite"]), str(raw.get("variant", "minbase")))
-    return Release(name, str(data["flavor_release"]), str(data["image"]), bootstrap)
+    packages = _packages(path, where + "packages", data["packages"]) if "packages" in data else {}
+    return Release(name, str(data["flavor_release"]), str(data["image"]), bootstrap, packages)
 
 
 def parse_flavor(path: Path) -> Flavor:
@@ -126,7 +223,7 @@ def parse_flavor(path: Path) -> Flavor:
         raise InputError(f"{path}: cannot read flavor file: {exc}") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: a flavor file must be a YAML mapping")
-    _check_keys(path, "", data, set(_TOP_KEYS))
+    _check_keys(path, "", data, set(_TOP_KEYS) | _OPTIONAL_TOP_KEYS)
     for key, meaning in _TOP_KEYS.items():
         if key not in data:
             raise _fail(path, key, "is missing", f"add {key}: {meaning}")
@@ -136,25 +233,22 @@ def parse_flavor(path: Path) -> Flavor:
     if not isinstance(releases_raw, dict) or not releases_raw:
         raise _fail(path, "releases", "is empty", "add at least one release")
     releases = {str(k): _parse_release(path, str(k), v) for k, v in releases_raw.items()}
-    if data["default_release"] not in releases:
+    if str(data["default_release"]) not in releases:
         raise _fail(path, "default_release", "names no release", f"use one of: {', '.join(releases)}")
-    packages_raw = data["packages"]
-    if not isinstance(packages_raw, dict) or not all(
-        isinstance(v, list) and all(isinstance(p, str) for p in v) for v in packages_raw.values()
-    ):
-        raise _fail(path, "packages", "is not role -> list of names", "e.g. kernel: [linux-image-amd64]")
+    init = _choice(path, data, "init", INIT_SYSTEMS)
     return Flavor(
         name=str(data["name"]),
         pretty_name=str(data["pretty_name"]),
         family=_choice(path, data, "family", FAMILIES),
         package_manager=_choice(path, data, "package_manager", PACKAGE_MANAGERS),
-        init=_choice(path, data, "init", INIT_SYSTEMS),
+        init=init,
         bootloader=_choice(path, data, "bootloader", BOOTLOADERS),
         initramfs=_choice(path, data, "initramfs", INITRAMFS_TOOLS),
         default_release=str(data["default_release"]),
         releases=releases,
-        packages={str(role): tuple(names) for role, names in packages_raw.items()},
+        packages=_packages(path, "packages", data["packages"]),
         source=path,
+        quirks=_parse_quirks(path, data.get("quirks", {}), init),
     )
 
 

@@ -1,4 +1,6 @@
-"""Conversion: a distro rootfs in, the Kairos layout out. Each step is one function."""
+"""Conversion: a distro rootfs in, the Kairos layout out. Each step is one function; the
+commands that run inside the rootfs come from the plan (convert/plan.py), the same data that
+`--dry-run` prints and `kairos-build dockerfile` renders."""
 
 from __future__ import annotations
 
@@ -8,16 +10,17 @@ from kairos_build import rootfs
 from kairos_build.config import BuildConfig
 from kairos_build.convert.chroot import run_in_root
 from kairos_build.convert.framework import (
-    find_kernel_version,
-    framework_units,
+    find_kernel,
     layer_overlays,
     link_kernel,
     reset_identity,
     write_kairos_release,
 )
-from kairos_build.convert.initramfs import build_initramfs
-from kairos_build.convert.packages import package_manager
+from kairos_build.convert.initramfs import KVER, with_kernel
+from kairos_build.convert.packages import run_package_commands
+from kairos_build.convert.plan import Step, conversion_plan
 from kairos_build.errors import require_root
+from kairos_build.flavors import Flavor
 from kairos_build.log import log, step
 from kairos_build.tools import run
 
@@ -31,10 +34,24 @@ def is_converted(root: Path) -> bool:
     return rootfs.read_text(root, "etc/kairos-release") is not None
 
 
+def write_flavor_files(root: Path, flavor: Flavor) -> None:
+    """The flavor's quirks.files (e.g. a switch that keeps a package trigger from probing
+    the build host's disks), written like overlay files: through resolve_in."""
+    for path, text in sorted(flavor.quirks.files.items()):
+        rootfs.write_text(root, path, text)
+
+
+def run_step(root: Path, planned: Step, kernel_version: str | None = None) -> None:
+    for argv in planned.commands:
+        run_in_root(root, with_kernel(argv, kernel_version) if kernel_version else argv,
+                    env=dict(planned.env))
+
+
 def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
     """Convert the rootfs at `base` into `target` (an empty directory)."""
     require_root("converting a rootfs")
     flavor = config.flavor
+    plan = {planned.name: planned for planned in conversion_plan(config)}
     with step("copying the base rootfs"):
         copy_base(base, target)
     if is_converted(target):
@@ -47,14 +64,17 @@ def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
         # Before the packages: the initramfs config must be in place when the kernel's
         # install hooks run.
         layer_overlays(target, flavor.family)
-    with step(f"installing {len(flavor.all_packages())} packages with {flavor.package_manager}"):
-        package_manager(flavor.package_manager).install(target, flavor.all_packages())
-    if flavor.init == "systemd" and (units := framework_units(flavor.family)):
-        run_in_root(target, ["systemctl", "preset", *units])
+        write_flavor_files(target, flavor)
+    packages = plan["install_packages"]
+    count = len(flavor.all_packages(config.release))
+    with step(f"installing {count} packages with {flavor.package_manager}"):
+        run_package_commands(target, packages.commands, packages.env)
+    if "enable_services" in plan:
+        run_step(target, plan["enable_services"])
     with step("writing /etc/kairos-release"):
         write_kairos_release(target, config)
-    kernel = find_kernel_version(target)
+    kernel, image = find_kernel(target, flavor.quirks.kernel_image)
     with step(f"building the initramfs for kernel {kernel} with {flavor.initramfs}"):
-        initrd = build_initramfs(target, flavor.initramfs, kernel)
-    link_kernel(target, kernel, initrd)
+        run_step(target, plan["build_initramfs"], kernel)
+    link_kernel(target, kernel, flavor.quirks.initrd.replace(KVER, kernel), image)
     reset_identity(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from pathlib import Path
 
@@ -90,9 +91,20 @@ def kairos_release_values(config: BuildConfig, flavor_release: str) -> dict[str,
     }
 
 
+def base_flavor_release(os_release: dict[str, str], flavor: str) -> str | None:
+    """The release the base really is, from its os-release. A distro whose ID is the flavor plus
+    a variant (opensuse-leap, opensuse-tumbleweed) names the variant too, as Kairos does:
+    leap-15.6, tumbleweed-20250101."""
+    version, distro = os_release.get("VERSION_ID"), os_release.get("ID", "")
+    if version and distro.startswith(f"{flavor}-"):
+        return f"{distro.removeprefix(f'{flavor}-')}-{version}"
+    return version
+
+
 def write_kairos_release(root: Path, config: BuildConfig) -> None:
     # The release the base really is (its os-release) wins over what the flavor file expects.
-    flavor_release = read_os_release(root).get("VERSION_ID") or config.release.flavor_release
+    flavor_release = (base_flavor_release(read_os_release(root), config.flavor.name)
+                      or config.release.flavor_release)
     text = render("kairos-release.j2", **kairos_release_values(config, flavor_release))
     rootfs.write_text(root, "etc/kairos-release", text)
 
@@ -107,21 +119,45 @@ def reset_identity(root: Path) -> None:
             rootfs.remove(root, f"{SSH_KEY_DIR}/{key.name}")
 
 
-def find_kernel_version(root: Path) -> str:
-    """The one kernel of the rootfs (its /lib/modules entry with a matching /boot/vmlinuz-*)."""
+DEFAULT_KERNEL_IMAGES = ("boot/vmlinuz-{kver}",)
+
+
+def find_kernel(root: Path, images: tuple[str, ...] = DEFAULT_KERNEL_IMAGES) -> tuple[str, str]:
+    """The one kernel of the rootfs: its /lib/modules name and its image (the first of the
+    flavor's `kernel_image` paths that exists, {kver} standing for the name)."""
     modules = rootfs.resolve_in(root, "lib/modules")
     versions = sorted(d.name for d in modules.iterdir() if d.is_dir()) if modules.is_dir() else []
-    with_image = [v for v in versions if rootfs.resolve_in(root, f"boot/vmlinuz-{v}").is_file()]
-    if not with_image:
-        raise InputError("the rootfs has no kernel (no /boot/vmlinuz-VERSION with /lib/modules/VERSION)",
-                         hint="the flavor's kernel packages did not install a kernel")
-    if len(with_image) > 1:
-        raise InputError(f"the rootfs has {len(with_image)} kernels ({', '.join(with_image)})",
+    found = {}
+    for version in versions:
+        candidates = [image.replace("{kver}", version) for image in images]
+        image = next((c for c in candidates if rootfs.resolve_in(root, c).is_file()), None)
+        if image is not None:
+            found[version] = image
+    if not found:
+        wanted = " or ".join(f"/{image}" for image in images)
+        raise InputError(f"the rootfs has no kernel (no {wanted} beside /lib/modules/VERSION)",
+                         hint="the flavor's kernel packages did not install a kernel, or its "
+                         "quirks.kernel_image names the wrong place")
+    if len(found) > 1:
+        raise InputError(f"the rootfs has {len(found)} kernels ({', '.join(found)})",
                          hint="a Kairos image carries exactly one kernel; remove the others")
-    return with_image[0]
+    return next(iter(found.items()))
 
 
-def link_kernel(root: Path, kernel_version: str, initrd_name: str) -> None:
-    """/boot/vmlinuz and /boot/initrd: the fixed names bootloaders and exporters use."""
-    rootfs.symlink(root, "boot/vmlinuz", f"vmlinuz-{kernel_version}")
-    rootfs.symlink(root, "boot/initrd", initrd_name)
+def find_kernel_version(root: Path, images: tuple[str, ...] = DEFAULT_KERNEL_IMAGES) -> str:
+    return find_kernel(root, images)[0]
+
+
+def boot_link_target(path: str) -> str:
+    """What a link in /boot points to for the rootfs path `path` (relative: stays inside)."""
+    return posixpath.relpath(f"/{path}", "/boot")
+
+
+def link_kernel(root: Path, kernel_version: str, initrd: str, image: str | None = None) -> None:
+    """/boot/vmlinuz and /boot/initrd: the fixed names bootloaders and exporters use.
+
+    `initrd` and `image` are rootfs paths (a bare name means a file in /boot)."""
+    image = image or f"boot/vmlinuz-{kernel_version}"
+    initrd = initrd if "/" in initrd else f"boot/{initrd}"
+    rootfs.symlink(root, "boot/vmlinuz", boot_link_target(image))
+    rootfs.symlink(root, "boot/initrd", boot_link_target(initrd))

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from kairos_build.convert.chroot import run_in_root
 from kairos_build.errors import InputError
 
-
-def initrd_name(kernel_version: str) -> str:
-    return f"initrd.img-{kernel_version}"  # the name the distro's kernel hooks use too
+KVER = "{kver}"  # stands for the kernel version (the /lib/modules name) in command templates
 
 
-def build_initramfs(root: Path, tool: str, kernel_version: str) -> str:
-    """Build the initramfs for `kernel_version`; return its file name under /boot.
+def initramfs_command(tool: str, initrd: str) -> tuple[str, ...]:
+    """The command that builds `initrd` (a rootfs path with {kver}) for kernel {kver}.
 
-    Its options (not host-only, dmsquash-live, zstd) come from overlays/, so a later kernel
-    update inside the image builds the same kind of initramfs.
+    Its options (not host-only, dmsquash-live, zstd for dracut; features for mkinitfs) come
+    from overlays/, so a later kernel update inside the image builds the same kind of initramfs.
     """
-    if tool != "dracut":
-        raise InputError(f"initramfs tool {tool!r} is not supported yet", hint="use dracut")
-    name = initrd_name(kernel_version)
-    run_in_root(root, ["dracut", "--force", "--kver", kernel_version, f"/boot/{name}"])
-    return name
+    target = f"/{initrd}"
+    if tool == "dracut":
+        return ("dracut", "--force", "--kver", KVER, target)
+    if tool == "mkinitfs":
+        return ("mkinitfs", "-o", target, KVER)
+    raise InputError(f"initramfs tool {tool!r} is not supported", hint="use dracut or mkinitfs")
+
+
+def with_kernel(argv: tuple[str, ...], kernel_version: str) -> tuple[str, ...]:
+    return tuple(arg.replace(KVER, kernel_version) for arg in argv)

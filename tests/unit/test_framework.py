@@ -9,6 +9,7 @@ import pytest
 
 from kairos_build.config import make_config
 from kairos_build.convert.framework import (
+    find_kernel,
     find_kernel_version,
     framework_units,
     layer_overlays,
@@ -119,3 +120,27 @@ def test_data_folders_hold_no_symlinks() -> None:
     links = [p for name in ("flavors", "overlays", "templates") for p in (top / name).rglob("*")
              if p.is_symlink()]
     assert links == []
+
+
+def test_flavor_release_names_the_variant_like_kairos(fake_root: Path, tmp_path: Path) -> None:
+    (fake_root / "etc/os-release").write_text('ID="opensuse-leap"\nVERSION_ID="15.6"\n')
+    write_kairos_release(fake_root, make_config("opensuse", None, cache_dir=tmp_path))
+    release = read_release(fake_root)
+    assert release["KAIROS_FLAVOR_RELEASE"] == "leap-15.6"
+    assert release["KAIROS_NAME"] == "kairos-core-opensuse-leap-15.6"
+    (fake_root / "etc/os-release").write_text("ID=alpine\nVERSION_ID=3.21.3\n")
+    write_kairos_release(fake_root, make_config("alpine", None, cache_dir=tmp_path))
+    assert read_release(fake_root)["KAIROS_FLAVOR_RELEASE"] == "3.21.3"
+
+
+def test_kernel_found_where_the_flavor_says(fake_root: Path) -> None:
+    (fake_root / "boot/vmlinuz-6.1.0-test").unlink()
+    (fake_root / "lib/modules/6.1.0-test/vmlinuz").write_bytes(b"MZ")
+    images = ("boot/vmlinuz-{kver}", "lib/modules/{kver}/vmlinuz")
+    assert find_kernel(fake_root, images) == ("6.1.0-test", "lib/modules/6.1.0-test/vmlinuz")
+    link_kernel(fake_root, "6.1.0-test", "boot/initramfs-6.1.0-test.img",
+                "lib/modules/6.1.0-test/vmlinuz")
+    assert os.readlink(fake_root / "boot/vmlinuz") == "../lib/modules/6.1.0-test/vmlinuz"
+    assert os.readlink(fake_root / "boot/initrd") == "initramfs-6.1.0-test.img"
+    with pytest.raises(InputError, match="quirks.kernel_image"):
+        find_kernel(fake_root, ("boot/vmlinuz-lts",))
