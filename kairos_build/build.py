@@ -87,11 +87,43 @@ def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, s
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256, reading only its data: a disk image is mostly holes, and reading a
+    hole makes the kernel produce zeros page by page (seconds per GiB), while hashing a zero
+    buffer we already have is several times faster."""
     digest = hashlib.sha256()
+    chunk = 4 << 20
+    zeros = memoryview(bytes(chunk))
     with path.open("rb") as handle:
-        while chunk := handle.read(4 << 20):
-            digest.update(chunk)
+        fd = handle.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left (or no SEEK_DATA: read it all)
+                data = size if _has_seek_data(fd) else pos
+            for offset in range(pos, data, chunk):
+                digest.update(zeros[:min(chunk, data - offset)])
+            if data >= size:
+                break
+            end = os.lseek(fd, data, os.SEEK_HOLE)
+            offset = data
+            while offset < end:
+                block = os.pread(fd, min(chunk, end - offset), offset)
+                if not block:
+                    raise OSError(f"{path} shrank while it was hashed")
+                digest.update(block)
+                offset += len(block)
+            pos = end
     return digest.hexdigest()
+
+
+def _has_seek_data(fd: int) -> bool:
+    try:
+        os.lseek(fd, 0, os.SEEK_HOLE)
+        return True
+    except OSError:
+        return False
 
 
 def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:

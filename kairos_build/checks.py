@@ -238,7 +238,10 @@ def _common_rules(root: Path) -> list[Rule]:
 def _trusted_rules(root: Path) -> list[Rule]:
     version, evidence = systemd_version(root)
     enough = version is not None and version >= TRUSTED_MIN_SYSTEMD
-    detail = f"systemd {version}" if version is not None else "no systemd found"
+    if version is None:
+        detail = "no systemd found"
+    else:
+        detail = f"systemd {version}" + ("" if enough else f" < {TRUSTED_MIN_SYSTEMD}")
     boot, boot_evidence = systemd_boot_version(root)
     return [
         Rule(f"systemd >= {TRUSTED_MIN_SYSTEMD}", enough, detail, evidence),

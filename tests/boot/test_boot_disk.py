@@ -55,7 +55,8 @@ def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
     assert second["machine_id"] == first["machine_id"]  # made once, kept
 
 
-def test_qcow2_boots_under_uefi(built_disks: tuple[dict[str, Path], str]) -> None:
-    fields, probe = boot(built_disks[0]["qcow2"], "uefi")
+@pytest.mark.parametrize("firmware", ["uefi", "bios"])
+def test_qcow2_boots(built_disks: tuple[dict[str, Path], str], firmware: str) -> None:
+    fields, probe = boot(built_disks[0]["qcow2"], firmware)
     assert_immutable(fields)
     assert probe["root"] == "read-only"

@@ -70,6 +70,8 @@ def test_trixie_like_tree_passes_trusted_with_systemd_boot(tmp_path: Path) -> No
 def test_bookworm_like_tree_fails_trusted_on_systemd_252_but_boots_secure(tmp_path: Path) -> None:
     root = make_tree(tmp_path, systemd=252, sd_boot=True)
     assert failed(root, "trusted") == ["systemd >= 256"]
+    rule = next(r for r in check_rootfs(root, "trusted").rules if r.name == "systemd >= 256")
+    assert rule.detail == "systemd 252 < 256"
     assert check_rootfs(root, "secureboot").ok
     assert check_rootfs(root, "auto").mode == "secureboot"
 

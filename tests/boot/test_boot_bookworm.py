@@ -1,0 +1,54 @@
+"""Debian bookworm end to end: bootstrapped, converted for real, checked (systemd 252 is too
+old for Trusted Boot, fine for Secure Boot), and booted from a raw disk with the immutable
+layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture(scope="module")
+def bookworm_tree(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("bookworm") / "tree"
+    result = run_cli("convert", "bootstrap:debian/bookworm", "--release", "bookworm",
+                     "--output", f"dir:{tree}", "--cache-dir", str(test_cache))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tree
+
+
+def test_bookworm_fails_trusted_boot_on_its_systemd_and_passes_secure_boot(bookworm_tree: Path,
+                                                                           test_cache: Path) -> None:
+    trusted = run_cli("check", str(bookworm_tree), "--mode", "trusted", "--release", "bookworm",
+                      "--json", "--cache-dir", str(test_cache))
+    assert trusted.returncode == 3, trusted.stderr
+    rules = {r["name"]: r for r in json.loads(trusted.stdout)["rules"]}
+    assert rules["systemd >= 256"]["ok"] is False
+    assert rules["systemd >= 256"]["detail"] == "systemd 252 < 256"
+    assert "libsystemd-shared-252" in rules["systemd >= 256"]["evidence"]
+    secure = run_cli("check", str(bookworm_tree), "--mode", "secureboot", "--release", "bookworm",
+                     "--cache-dir", str(test_cache))
+    assert secure.returncode == 0, secure.stdout + secure.stderr
+    assert "secureboot passes" in secure.stdout
+
+
+def test_bookworm_raw_disk_boots_immutable(bookworm_tree: Path, test_cache: Path,
+                                           tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    built = run_cli("raw", "--release", "bookworm", "--base", f"dir:{bookworm_tree}",
+                    "--firmware", "uefi", "--output", str(out), "--cache-dir", str(test_cache))
+    assert built.returncode == 0, built.stderr[-4000:]
+    disk = next(out.glob("kairos-debian-12-*.raw"))
+    result = run_cli("boot", str(disk), "--firmware", "uefi", "--timeout", "420", "--json",
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    fields = json.loads(result.stdout)["fields"]
+    assert fields["flavor"] == "debian"
+    assert fields["root_mode"] == "ro" and fields["image"] == "/cOS/active.img"
+    assert fields["etc"] == "overlay" and fields["persistent"] == "yes"
