@@ -116,9 +116,12 @@ def kvm_works(timeout: float = 10.0) -> bool:
     return b"KVMOK" in seen and KVM_FAILURE not in seen
 
 
-def artifact_drive(artifact: Path, writable: bool = False) -> list[str]:
-    """QEMU drive options; a disk is booted on a throw-away snapshot unless `writable`."""
+def artifact_drive(artifact: Path, writable: bool = False, as_disk: bool = False) -> list[str]:
+    """QEMU drive options; a disk is booted on a throw-away snapshot unless `writable`. An
+    ISO goes in as a CD, or with `as_disk` as a USB stick would (a raw disk, no CD)."""
     suffix = artifact.suffix.lower()
+    if suffix == ".iso" and as_disk:
+        return ["-drive", f"file={artifact},format=raw,if=virtio,snapshot=on"]
     if suffix == ".iso":
         return ["-drive", f"file={artifact},media=cdrom,readonly=on", "-boot", "d"]
     formats = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw"}
@@ -130,7 +133,7 @@ def artifact_drive(artifact: Path, writable: bool = False) -> list[str]:
 
 
 def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, memory: int,
-                 writable: bool = False) -> list[str]:
+                 writable: bool = False, as_disk: bool = False) -> list[str]:
     argv = [require_tool("qemu-system-x86_64"), "-machine", "q35", "-m", str(memory),
             "-smp", "2", "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-no-reboot", "-nic", "none"]
@@ -139,7 +142,7 @@ def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, mem
     if firmware == "uefi":
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}"]
-    return argv + artifact_drive(artifact, writable)
+    return argv + artifact_drive(artifact, writable, as_disk)
 
 
 def _parse_fields(text: bytes) -> dict[str, str]:
@@ -167,7 +170,7 @@ def default_expectation(artifact: Path) -> str:
 
 def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: int = 2048,
          expect_root: str | None = None, log_dir: Path | None = None,
-         accel: str | None = None, writable: bool = False) -> BootResult:
+         accel: str | None = None, writable: bool = False, as_disk: bool = False) -> BootResult:
     """Boot `artifact`; return when the boot marker arrives, raise BuildError otherwise.
 
     `accel` (kvm or tcg) skips the KVM probe. `writable` lets the guest change a disk
@@ -186,14 +189,14 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     log.info("booting %s under %s firmware with %s%s", artifact.name, firmware, accel,
              "" if accel == "kvm" else " (KVM unusable here)")
     log_dir = log_dir or artifact.parent
-    log_path = log_dir / f"{artifact.name}.{firmware}.boot.log"
+    log_path = log_dir / f"{artifact.name}.{firmware}{'.disk' if as_disk else ''}.boot.log"
     with tempfile.TemporaryDirectory(prefix="kairos-boot-") as tmp:
         vars_file = Path(tmp) / "OVMF_VARS.fd"
         if firmware == "uefi":
             shutil.copyfile(OVMF_VARS, vars_file)
         log_path.write_bytes(b"")
         start = time.monotonic()
-        proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory, writable))
+        proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory, writable, as_disk))
         try:
             seen, match = _read_until(proc, MARKER, start + timeout, log_path)
         finally:
@@ -202,7 +205,7 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")
         return boot(artifact, firmware, timeout, memory, expect_root, log_dir, accel="tcg",
-                    writable=writable)
+                    writable=writable, as_disk=as_disk)
     tail = "\n".join(seen.decode(errors="replace").splitlines()[-30:])
     if match is None:
         why = "QEMU exited" if proc.returncode not in (None, -signal.SIGKILL) else \

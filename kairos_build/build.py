@@ -12,7 +12,8 @@ from kairos_build import __version__
 from kairos_build.cache import Cache, cache_key, hash_tree
 from kairos_build.checks import require_mode
 from kairos_build.config import BuildConfig
-from kairos_build.convert.convert import convert_rootfs
+from kairos_build.convert.convert import convert_rootfs, copy_base
+from kairos_build.convert.framework import layer_tree
 from kairos_build.data import data_dir
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
@@ -83,7 +84,22 @@ def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, s
         with step(f"converting {base.description} for {config.flavor.name}"):
             convert_rootfs(base.rootfs, target, config)
 
-    return cache.get_or_make("converted", key, make), key
+    rootfs = cache.get_or_make("converted", key, make)
+    if config.overlay_rootfs is None:
+        return rootfs, key
+    return overlay_rootfs(config.overlay_rootfs, rootfs, key, cache)
+
+
+def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache) -> tuple[Path, str]:
+    """The converted rootfs plus the files of --overlay-rootfs, cached by both."""
+    overlaid_key = cache_key("overlaid", converted=key, files=hash_tree(folder))
+
+    def make(target: Path) -> None:
+        with step(f"adding the files of {folder} to the rootfs"):
+            copy_base(rootfs, target)
+            layer_tree(target, folder)
+
+    return cache.get_or_make("converted", overlaid_key, make), overlaid_key
 
 
 def sha256_file(path: Path) -> str:

@@ -51,7 +51,8 @@ def hash_tree(root: Path) -> str:
             if path.is_symlink():
                 digest.update(os.readlink(path).encode())
             elif path.is_file():
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+                with path.open("rb") as handle:  # streamed: user folders may hold big files
+                    digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
 
 

@@ -64,12 +64,15 @@ def boot(
              "(default: live for ISOs, immutable for disks).")] = None,
     writable: Annotated[bool, typer.Option(
         "--writable", help="Let the guest write to the disk (default: a throw-away snapshot).")] = False,
+    as_disk: Annotated[bool, typer.Option(
+        "--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD.")] = False,
     as_json: Json = False,
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root."""
     from kairos_build.boot import boot as boot_artifact
 
-    result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable)
+    result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,
+                           as_disk=as_disk)
     log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
              result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
     _emit(as_json, vars(result))
@@ -184,6 +187,28 @@ def check(
         print(describe(report))
     if not report.ok:
         raise CheckFailedError(f"{base.description} does not meet the {report.mode} requirements")
+
+
+@app.command()
+def inject(
+    iso: Annotated[Path, typer.Argument(help="An ISO made by kairos-build iso.")],
+    cloud_config: Annotated[Path, typer.Option(help="The #cloud-config file to embed.")],
+    output: Annotated[Path | None, typer.Option(  # noqa: UP007
+        "--output", "-o", help="Write a new ISO here (default: change ISO in place).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Put a new cloud-config (/config.yaml) into a built ISO without rebuilding it."""
+    from kairos_build.cloudconfig import validate_cloud_config
+    from kairos_build.errors import InputError
+    from kairos_build.inject import inject_cloud_config
+
+    if not iso.is_file():
+        raise InputError(f"{iso} does not exist")
+    started = time.monotonic()
+    written = inject_cloud_config(iso, validate_cloud_config(cloud_config), output)
+    log.info("wrote %s with %s as /config.yaml in %.1f s", written, cloud_config,
+             time.monotonic() - started)
+    _emit(as_json, {"output": written, "seconds": time.monotonic() - started})
 
 
 cache_app = typer.Typer(help="Inspect or prune the build cache.", no_args_is_help=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import shlex
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,12 @@ def build(
     squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
     kernel_arg: Annotated[list[str] | None, typer.Option(  # noqa: UP007
         help="Extra kernel argument for every boot entry (repeatable).")] = None,
+    extra_cmdline: Annotated[str | None, typer.Option(  # noqa: UP007
+        help="Extra kernel arguments for every boot entry, as one string ('quiet rd.debug').")] = None,
+    overlay_iso: Annotated[Path | None, typer.Option(  # noqa: UP007
+        help="ISO: a folder whose files are added to the ISO's root.")] = None,
+    overlay_rootfs: Annotated[Path | None, typer.Option(  # noqa: UP007
+        help="A folder whose files are added to the converted rootfs (every format).")] = None,
     cloud_config: Annotated[Path | None, typer.Option(  # noqa: UP007
         help="A #cloud-config file: /config.yaml on the ISO, 90_custom.yaml on COS_OEM.")] = None,
     firmware: Annotated[str, typer.Option(help="Disks: uefi|bios|both.")] = "both",
@@ -79,16 +86,36 @@ def build(
         compress=compress)
     config = make_config(flavor, release, base=base, output_dir=output, version=version,
                          cache_dir=cache_dir, pull=pull, squashfs_compression=squashfs_compression,
-                         extra_kernel_args=tuple(kernel_arg or ()), platform=platform,
+                         extra_kernel_args=kernel_args(kernel_arg, extra_cmdline), platform=platform,
                          insecure_registries=tuple(insecure_registry or ()),
                          bootstrap_fallback=not no_bootstrap, disk=disk,
-                         cloud_config=validate_cloud_config(cloud_config) if cloud_config else None)
+                         cloud_config=validate_cloud_config(cloud_config) if cloud_config else None,
+                         overlay_iso=existing_dir(overlay_iso, "--overlay-iso"),
+                         overlay_rootfs=existing_dir(overlay_rootfs, "--overlay-rootfs"))
     artifacts = run_build(config, chosen)
     if as_json:
         import json
 
         print(json.dumps({"artifacts": [vars(a) for a in artifacts], "timings": timings},
                          indent=2, default=str))
+
+
+def kernel_args(repeated: list[str] | None, line: str | None) -> tuple[str, ...]:
+    """--kernel-arg A --kernel-arg B and --extra-cmdline 'C D' together: (A, B, C, D)."""
+    try:
+        words = shlex.split(line or "")
+    except ValueError as exc:
+        raise InputError(f"--extra-cmdline {line!r} does not parse: {exc}") from exc
+    for word in [*(repeated or []), *words]:
+        if not word.isprintable():
+            raise InputError(f"kernel argument {word!r} has control characters")
+    return (*(repeated or []), *words)
+
+
+def existing_dir(path: Path | None, option: str) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise InputError(f"{option} {path} is not a folder")
+    return path.resolve() if path is not None else None
 
 
 def format_verb(name: str) -> Callable[..., None]:

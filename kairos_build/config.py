@@ -46,6 +46,8 @@ class BuildConfig:
     disk: DiskOptions = field(default_factory=DiskOptions)
     # A validated `#cloud-config` file: on COS_OEM of disks (90_custom.yaml).
     cloud_config: Path | None = None
+    overlay_iso: Path | None = None  # extra files on the ISO's root
+    overlay_rootfs: Path | None = None  # extra files in the rootfs (every format)
 
     def __post_init__(self) -> None:
         if self.pull not in PULL_POLICIES:

@@ -54,6 +54,8 @@ echo "KAIROS-PROBE usr_local=$kept etc=$volatile root=$root" > /dev/console
 count=$(( ${kept#none} + 1 ))
 echo "$count" > /usr/local/probe-count
 echo "$count" > /etc/probe-count
+# The harness stops the VM as soon as the boot marker appears: no clean shutdown to flush.
+sync
 """
 PROBE_UNIT = """[Unit]
 Description=kairos-build test probe (persistence across reboots)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import stat
 from pathlib import Path
 
@@ -27,24 +28,32 @@ def overlay_dirs(family: str) -> list[Path]:
 
 
 def layer_overlays(root: Path, family: str) -> None:
-    """Copy every overlay file into the rootfs (through `resolve_in`: links stay inside)."""
+    """Copy every overlay file into the rootfs."""
     for overlay in overlay_dirs(family):
-        for dirpath, dirnames, filenames in os.walk(overlay):
-            dirnames.sort()
-            for name in sorted(dirnames + filenames):
-                source = Path(dirpath, name)
-                rel = source.relative_to(overlay).as_posix()
-                st = source.lstat()
-                if stat.S_ISLNK(st.st_mode):
-                    rootfs.symlink(root, rel, os.readlink(source))
-                elif stat.S_ISDIR(st.st_mode):
-                    target = rootfs.resolve_in(root, rel, mkdirs=True)
-                    target.mkdir(mode=0o755, exist_ok=True)
-                else:
-                    target = rootfs.resolve_in(root, rel, follow_last=False, mkdirs=True)
-                    rootfs.remove(root, rel)
-                    target.write_bytes(source.read_bytes())
-                    os.chmod(target, stat.S_IMODE(st.st_mode))
+        layer_tree(root, overlay)
+
+
+def layer_tree(root: Path, source_dir: Path) -> None:
+    """Copy the files under `source_dir` into the rootfs (through `resolve_in`: links stay
+    inside). Files become root's; modes are kept; folders that exist keep theirs."""
+    for dirpath, dirnames, filenames in os.walk(source_dir):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            source = Path(dirpath, name)
+            rel = source.relative_to(source_dir).as_posix()
+            st = source.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                rootfs.symlink(root, rel, os.readlink(source))
+            elif stat.S_ISDIR(st.st_mode):
+                target = rootfs.resolve_in(root, rel, mkdirs=True)
+                target.mkdir(mode=0o755, exist_ok=True)
+            elif stat.S_ISREG(st.st_mode):
+                target = rootfs.resolve_in(root, rel, follow_last=False, mkdirs=True)
+                rootfs.remove(root, rel)
+                shutil.copyfile(source, target)
+                os.chmod(target, stat.S_IMODE(st.st_mode))
+                os.chown(target, 0, 0)
+            # Sockets, fifos and devices are not files an image should get from a folder.
 
 
 def framework_units(family: str) -> list[str]:

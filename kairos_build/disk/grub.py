@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from kairos_build.tools import require_file, run
@@ -19,6 +20,17 @@ COMMON_MODULES = [
 PLATFORM_MODULES = {"i386-pc": ["biosdisk", "cpuid"], "x86_64-efi": ["efi_gop", "efi_uga"]}
 # What the BIOS CD image needs from the host: the cdboot.img grub-mkimage prepends.
 PLATFORM_CHECK_FILE = {"i386-pc": "cdboot.img", "x86_64-efi": "linux.mod"}
+
+
+_GRUB_SAFE = re.compile(r"^[A-Za-z0-9._,:=/+@%-]+$")
+
+
+def grub_quote(word: str) -> str:
+    """One kernel argument as a single grub.cfg word: a user's argument may hold spaces,
+    quotes or `;`, which grub would otherwise read as its own syntax."""
+    if _GRUB_SAFE.match(word):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def early_config(label: str) -> str:

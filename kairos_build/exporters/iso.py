@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pycdlib
 
 from kairos_build import rootfs
 from kairos_build.disk.fat import make_fat_image
-from kairos_build.disk.grub import make_grub_image
+from kairos_build.disk.grub import grub_quote, make_grub_image
+from kairos_build.disk.isohybrid import make_hybrid
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext
 from kairos_build.log import step
@@ -23,7 +25,8 @@ def live_cmdline(label: str, extra: tuple[str, ...] = ()) -> str:
     """dracut dmsquash-live arguments; ttyS0 last so it is /dev/console (logs, login)."""
     return " ".join([
         f"root=live:CDLABEL={label}", "rd.live.dir=/", "rd.live.squashimg=rootfs.squashfs",
-        "rd.live.overlay.overlayfs=1", "console=tty1", "console=ttyS0,115200", *extra,
+        "rd.live.overlay.overlayfs=1", "console=tty1", "console=ttyS0,115200",
+        *(grub_quote(word) for word in extra),
     ])
 
 
@@ -37,41 +40,85 @@ def boot_file(root: Path, name: str) -> Path:
 
 
 class _Iso:
-    """A thin layer over pycdlib: ISO9660 names from Rock Ridge/Joliet paths."""
+    """A thin layer over pycdlib: real names in Rock Ridge and Joliet, and ISO9660 names made
+    from them (upper case, [A-Z0-9_], short, unique within their folder)."""
 
     def __init__(self) -> None:
         self.iso = pycdlib.PyCdlib()
         self.iso.new(interchange_level=3, vol_ident=LABEL, sys_ident="LINUX",
                      app_ident_str="kairos-build", rock_ridge="1.09", joliet=3)
+        self.names: dict[str, str] = {"": ""}  # path -> ISO9660 path
+        self.used: dict[str, set[str]] = {}  # ISO9660 folder -> names taken in it
 
-    @staticmethod
-    def iso_name(path: str) -> str:
-        return path.upper().replace("-", "_")
+    def _iso_path(self, path: str, folder: bool) -> str:
+        parent, _, name = path.rpartition("/")
+        iso_parent = self.names[parent]
+        stem, dot, ext = name.rpartition(".") if "." in name and not folder else (name, "", "")
+        stem = _NOT_D_CHARS.sub("_", stem.upper())[:20] or "_"
+        ext = _NOT_D_CHARS.sub("_", ext.upper())[:8]
+        taken = self.used.setdefault(iso_parent, set())
+        candidate, number = stem, 1
+        while (candidate if folder else f"{candidate}.{ext}") in taken:
+            number += 1
+            candidate = f"{stem[:20 - len(str(number)) - 1]}_{number}"
+        leaf = candidate if folder else f"{candidate}.{ext}"
+        taken.add(leaf)
+        self.names[path] = f"{iso_parent}/{leaf}"
+        return self.names[path]
 
     def add_dir(self, path: str) -> None:
-        self.iso.add_directory(self.iso_name(path), rr_name=path.rsplit("/", 1)[-1],
+        self.iso.add_directory(self._iso_path(path, folder=True), rr_name=path.rsplit("/", 1)[-1],
                                joliet_path=path)
 
     def add_file(self, source: Path, path: str) -> None:
-        name = self.iso_name(path)
-        if "." not in name.rsplit("/", 1)[-1]:
-            name += "."
-        self.iso.add_file(str(source), iso_path=f"{name};1", rr_name=path.rsplit("/", 1)[-1],
-                          joliet_path=path)
+        name = path.rsplit("/", 1)[-1]
+        if len(name) > 64:
+            raise InputError(f"{path}: names on the ISO are limited to 64 characters (Joliet)")
+        self.iso.add_file(str(source), iso_path=f"{self._iso_path(path, folder=False)};1",
+                          rr_name=name, joliet_path=path)
+
+
+_NOT_D_CHARS = re.compile(r"[^A-Z0-9_]")
+
+
+# Paths the ISO itself uses: an --overlay-iso tree may not replace them.
+RESERVED = frozenset({"/boot/kernel", "/boot/initrd", "/boot/uefi.img", "/boot/boot.cat",
+                      "/boot/grub/grub.cfg", "/boot/grub/bios.img", "/rootfs.squashfs",
+                      "/config.yaml"})
+
+
+def overlay_files(directory: Path) -> dict[str, Path]:
+    """ISO path -> host file for every regular file under `directory` (links not followed)."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames.sort()
+        for name in sorted(filenames):
+            source = Path(dirpath, name)
+            if source.is_symlink() or not source.is_file():
+                raise InputError(f"--overlay-iso: {source} is not a regular file",
+                                 hint="an ISO overlay holds plain files and folders only")
+            path = "/" + source.relative_to(directory).as_posix()
+            if path in RESERVED:
+                raise InputError(f"--overlay-iso: {path} would replace a file the ISO boots with",
+                                 hint="rename it, or use --cloud-config for /config.yaml")
+            found[path] = source
+    return found
 
 
 class IsoExporter:
     name = "iso"
     extension = "iso"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
-    tools: tuple[str, ...] = ("mksquashfs", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy")
-    files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/cdboot.img", "/usr/lib/grub/x86_64-efi/linux.mod")
+    tools: tuple[str, ...] = ("mksquashfs", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy", "sfdisk")
+    files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/cdboot.img", "/usr/lib/grub/i386-pc/boot_hybrid.img",
+                              "/usr/lib/grub/x86_64-efi/linux.mod")
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
         work = context.workdir
         kernel = boot_file(context.rootfs, "vmlinuz")
         initrd = boot_file(context.rootfs, "initrd")
+        extra = overlay_files(config.overlay_iso) if config.overlay_iso else {}
         squashfs = context.squashfs()
 
         grub_cfg = work / "grub.cfg"
@@ -89,28 +136,53 @@ class IsoExporter:
                                  "EFI/BOOT/grub.cfg": grub_cfg}, label="COS_GRUB")
 
         with step("writing the ISO"):
-            iso = _Iso()
-            for folder in ("/boot", "/boot/grub"):
-                iso.add_dir(folder)
-            iso.add_file(grub_cfg, "/boot/grub/grub.cfg")
-            iso.add_file(bios_img, "/boot/grub/bios.img")
-            iso.add_file(esp, "/boot/uefi.img")
-            iso.add_file(kernel, "/boot/kernel")
-            iso.add_file(initrd, "/boot/initrd")
-            iso.add_file(squashfs, "/rootfs.squashfs")
+            files = {"/boot/grub/grub.cfg": grub_cfg, "/boot/grub/bios.img": bios_img,
+                     "/boot/uefi.img": esp, "/boot/kernel": kernel, "/boot/initrd": initrd,
+                     "/rootfs.squashfs": squashfs, **extra}
             if config.cloud_config is not None:
-                # Where Kairos looks for an unattended-install config on the live medium.
-                iso.add_file(config.cloud_config, "/config.yaml")
-            # BIOS: grub's cdboot needs the boot info table and loads 4 sectors to start.
-            iso.iso.add_eltorito("/BOOT/GRUB/BIOS.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
-                                 rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
-                                 boot_load_size=4, boot_info_table=True)
-            iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", efi=True)
-            try:
-                iso.iso.write(str(output))
-            finally:
-                iso.iso.close()
-            pad_tail(output)
+                # Where Kairos looks for a config on the live medium.
+                files["/config.yaml"] = config.cloud_config
+            write_iso(files, output)
+        with step("making it bootable from a disk too (MBR, GPT, appended ESP)"):
+            hybridize(output, context.rootfs_key)
+
+
+def write_iso(files: dict[str, Path], output: Path) -> None:
+    """The ISO9660 filesystem (Rock Ridge + Joliet) with BIOS and UEFI El Torito entries."""
+    iso = _Iso()
+    folders = {path[:cut] for path in files for cut in range(1, len(path)) if path[cut] == "/"}
+    for folder in sorted(folders):
+        iso.add_dir(folder)
+    for path in sorted(files):
+        iso.add_file(files[path], path)
+    # BIOS: grub's cdboot needs the boot info table and loads 4 sectors to start.
+    iso.iso.add_eltorito("/BOOT/GRUB/BIOS.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
+                         rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
+                         boot_load_size=4, boot_info_table=True)
+    iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", efi=True)
+    try:
+        iso.iso.write(str(output))
+    finally:
+        iso.iso.close()
+    pad_tail(output)
+
+
+def hybridize(iso_path: Path, seed: str) -> None:
+    """Read where the ISO's boot images are and add the disk boot structures."""
+    iso = pycdlib.PyCdlib()
+    iso.open(str(iso_path))
+    try:
+        bios = iso.get_record(iso_path="/BOOT/GRUB/BIOS.IMG;1")
+        bios_lba, bios_size = bios.extent_location(), bios.get_data_length()
+        esp = iso_path.with_name(iso_path.name + ".esp")
+        with esp.open("wb") as handle:
+            iso.get_file_from_iso_fp(handle, iso_path="/BOOT/UEFI.IMG;1")
+    finally:
+        iso.close()
+    try:
+        make_hybrid(iso_path, bios_lba, bios_size, esp, seed)
+    finally:
+        esp.unlink(missing_ok=True)
 
 
 def pad_tail(path: Path) -> None:

@@ -16,7 +16,7 @@ from kairos_build.disk.biosboot import install_bios_grub
 from kairos_build.disk.ext4 import make_ext4, tree_bytes
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import create_disk, mark_pmbr_bootable
-from kairos_build.disk.grub import make_grub_image
+from kairos_build.disk.grub import grub_quote, make_grub_image
 from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
 from kairos_build.exporters.base import ExportContext
 from kairos_build.exporters.iso import boot_file
@@ -29,7 +29,7 @@ CONSOLES = ("console=tty1", "console=ttyS0,115200")  # ttyS0 last: it becomes /d
 
 
 def state_cmdline(label: str, extra: tuple[str, ...]) -> str:
-    return " ".join([f"root=LABEL={label}", "ro", *CONSOLES, *extra])
+    return " ".join([f"root=LABEL={label}", "ro", *CONSOLES, *(grub_quote(word) for word in extra)])
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -47,6 +47,7 @@ def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
     first, probe = boot(disk, "bios", "--writable")
     assert_immutable(first)
     assert probe == {"usr_local": "none", "etc": "none", "root": "read-only"}
+    assert first["hostname"] == "kairos-disk-test"  # from the cloud-config on COS_OEM
 
     second, probe = boot(disk, "uefi", "--writable")
     assert_immutable(second)

@@ -36,3 +36,56 @@ def test_a_medium_that_does_not_boot_fails_with_the_console_tail(tmp_path: Path)
     assert result.returncode == 1
     assert "no boot marker within 15 s" in result.stderr
     assert "full log:" in result.stderr
+
+
+# A fixed SHA-512 crypt hash of "kairos" (openssl passwd -6 -salt kairossalt kairos).
+PASSWD_HASH = ("$6$kairossalt$2UEPcvODkavwUpBtdnk.Ijv/JPxVEvnxJxXVYuUGSSzTCZ7xnW1jR42RHxz0S"
+               "fHKjVP3eCfoQ3zvWm.GDV/sk0")
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKairosBootTestKeyxxxxxxxxxxxxxxxxxxxxxxx test@kairos"
+INJECTED = f"""#cloud-config
+hostname: kairos-injected
+users:
+  - name: kairos-user
+    passwd: "{PASSWD_HASH}"
+    lock_passwd: false
+    groups: [sudo]
+    ssh_authorized_keys: ["{SSH_KEY}"]
+write_files:
+  - path: /etc/kairos-test/written
+    content: "written by cloud-config"
+runcmd:
+  - >-
+    echo "KAIROS-CLOUD-CONFIG groups=$(id -nG kairos-user | tr ' ' ,)
+    file=$(tr ' ' _ < /etc/kairos-test/written)
+    key=$(cut -d' ' -f3 /home/kairos-user/.ssh/authorized_keys)
+    hash=$(getent shadow kairos-user | cut -d: -f2)" > /dev/console
+"""
+
+
+@pytest.fixture(scope="module")
+def injected_iso(built_iso: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("injected")
+    config = folder / "config.yaml"
+    config.write_text(INJECTED)
+    out = folder / "injected.iso"
+    result = run_cli("inject", str(built_iso[0]), "--cloud-config", str(config), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(injected_iso: Path,
+                                                                        firmware: str) -> None:
+    result = run_cli("boot", str(injected_iso), "--as-disk", "--firmware", firmware,
+                     "--timeout", "480", "--json", timeout=660)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    assert report["fields"]["live"] == "squashfs"
+    assert report["fields"]["hostname"] == "kairos-injected"
+    log = Path(report["log_path"]).read_text(errors="replace")
+    assert "Booting `Kairos Debian (live, with the cloud-config applied)'" in log
+    line = next(row for row in log.splitlines() if row.startswith("KAIROS-CLOUD-CONFIG "))
+    assert "groups=kairos-user,sudo" in line
+    assert "file=written_by_cloud-config" in line
+    assert f"key={SSH_KEY.split()[2]}" in line
+    assert f"hash={PASSWD_HASH}" in line

@@ -2,7 +2,8 @@
 # kairos-immutable: boot an installed or raw-disk Kairos system from an image file on the
 # state partition, read-only, with writable overlays and persistent bind mounts on top (the
 # job Kairos's immucore does). Only active when the kernel command line names an image
-# (cos-img/filename=...); the live ISO keeps booting through dmsquash-live.
+# (cos-img/filename=...); the live ISO keeps booting through dmsquash-live. On every boot it
+# also hands the node's cloud-config (live medium or COS_OEM) to cloud-init.
 
 check() {
     # Only when asked for (add_dracutmodules in /etc/dracut.conf.d/10-kairos.conf).
@@ -19,9 +20,10 @@ installkernel() {
 }
 
 install() {
-    inst_multiple mount umount mkdir cp cat tr sleep
+    inst_multiple mount umount mkdir cp cat tr sleep cksum
     inst_multiple -o udevadm
     inst_script "$moddir/kairos-immutable-generator.sh" \
         "$systemdutildir/system-generators/kairos-immutable-generator"
     inst_script "$moddir/kairos-immutable-setup.sh" /usr/bin/kairos-immutable-setup
+    inst_hook pre-pivot 50 "$moddir/kairos-cloud-config.sh"
 }

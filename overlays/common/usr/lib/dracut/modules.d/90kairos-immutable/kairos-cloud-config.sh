@@ -1,0 +1,56 @@
+#!/bin/sh
+# dracut pre-pivot hook (sourced by dracut, so no `exit`): hand the node's cloud-config to
+# cloud-init's NoCloud datasource before the real root starts, so cloud-init's generator
+# already sees it. Sources, in order:
+#   - the live medium's /config.yaml, when the boot entry asks for it (kairos.live_config=)
+#   - every *.yaml on the COS_OEM partition (disks; 90_custom.yaml from --cloud-config)
+# With none, no seed is written and cloud-init stays disabled for this boot.
+
+kairos_seed_cloud_config() {
+    local_sources=""
+    live_config=""
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in
+            kairos.live_config=*) live_config=${arg#kairos.live_config=} ;;
+        esac
+    done
+    case "$live_config" in
+        /*) [ -f "/run/initramfs/live$live_config" ] && local_sources="/run/initramfs/live$live_config" ;;
+    esac
+    oem=/run/kairos/oem
+    oem_mounted=no
+    if [ -b /dev/disk/by-label/COS_OEM ]; then
+        mkdir -p "$oem"
+        if mount -o ro /dev/disk/by-label/COS_OEM "$oem"; then
+            oem_mounted=yes
+            for file in "$oem"/*.yaml; do
+                [ -f "$file" ] && local_sources="$local_sources $file"
+            done
+        fi
+    fi
+    if [ -n "$local_sources" ]; then
+        seed=/sysroot/var/lib/cloud/seed/nocloud
+        mkdir -p "$seed"
+        {
+            echo 'Content-Type: multipart/mixed; boundary="KAIROS-CLOUD-CONFIG-PART"'
+            echo 'MIME-Version: 1.0'
+            for file in $local_sources; do
+                echo
+                echo '--KAIROS-CLOUD-CONFIG-PART'
+                echo 'Content-Type: text/cloud-config; charset="utf-8"'
+                echo "Content-Disposition: attachment; filename=\"${file##*/}\""
+                echo
+                cat "$file"
+            done
+            echo
+            echo '--KAIROS-CLOUD-CONFIG-PART--'
+        } > "$seed/user-data"
+        # A new config is a new instance to cloud-init: per-instance modules run again.
+        set -- $(cat $local_sources | cksum)
+        echo "instance-id: kairos-$1" > "$seed/meta-data"
+        echo "kairos: cloud-config from:$local_sources" > /dev/kmsg 2> /dev/null
+    fi
+    [ "$oem_mounted" = yes ] && umount "$oem"
+}
+
+kairos_seed_cloud_config
