@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kairos_build.disk.grub import GRUB_LIB
 from kairos_build.disk.layout import TYPE_ESP, stable_uuid
+from kairos_build.errors import BuildError
 from kairos_build.tools import run
 
 ISO_BLOCK = 2048
@@ -44,6 +45,9 @@ def patch_bios_image(iso: Path, image_lba: int, image_size: int) -> None:
     with iso.open("r+b") as handle:
         handle.seek(offset)
         image = bytearray(handle.read(image_size))
+        if len(image) < _BLOCKLIST + 12:
+            raise BuildError(f"the El Torito BIOS image in {iso.name} is too short for GRUB "
+                             f"({len(image)} bytes): it is not grub's cdboot + core")
         struct.pack_into("<Q", image, _BLOCKLIST, image_lba * 4 + 5)
         # Boot info table checksum: the sum of the image's 32-bit words from byte 64 on.
         body = image[64:] + b"\0" * (-len(image[64:]) % 4)

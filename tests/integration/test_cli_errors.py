@@ -25,7 +25,8 @@ def assert_one_error(stderr: str, *needles: str) -> None:
 def test_unknown_flavor(tmp_path: Path) -> None:
     result = run_cli("iso", "--flavor", "nosuchos", "--output", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert_one_error(result.stderr, "unknown flavor 'nosuchos'", "known flavors: debian")
+    assert_one_error(result.stderr, "unknown flavor 'nosuchos'",
+                     "known flavors: almalinux, alpine, debian, fedora, opensuse, rockylinux, ubuntu")
     assert not (tmp_path / "out").exists()
 
 

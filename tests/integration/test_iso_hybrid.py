@@ -165,8 +165,6 @@ def test_iso_overlay_and_extra_cmdline(built_iso: tuple[Path, str], test_cache: 
 
 
 def test_a_squashfs_over_4_gib_is_stored_in_several_extents(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("reading the ISO back with the kernel's isofs needs a root mount")
     payload = tmp_path / "rootfs.squashfs"
     size = (4 << 30) + (300 << 20)
     with payload.open("wb") as handle:  # sparse: 4.3 GiB that take no space
@@ -182,15 +180,9 @@ def test_a_squashfs_over_4_gib_is_stored_in_several_extents(tmp_path: Path) -> N
     report = sh("xorriso", "-indev", str(iso), "-find", "/rootfs.squashfs", "-exec", "report_lba")
     extents = [row for row in report.splitlines() if row.startswith("File data lba:")]
     assert len(extents) >= 2 and all(f", {size} ," in row for row in extents)
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    sh("mount", "-o", "loop,ro", str(iso), str(mount))
-    try:
-        inside = mount / "rootfs.squashfs"
-        assert inside.stat().st_size == size
-        with inside.open("rb") as handle:
-            assert handle.read(4096) == b"HEAD" * 1024
-            handle.seek(size - 4096)
-            assert handle.read() == b"TAIL" * 1024
-    finally:
-        sh("umount", str(mount))
+    # Read both ends back through libisofs (xorriso), an implementation other than ours.
+    for offset, expected in ((0, b"HEAD" * 1024), (size - 4096, b"TAIL" * 1024)):
+        piece = tmp_path / f"piece-{offset}"
+        sh("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract_cut", "/rootfs.squashfs",
+           str(offset), "4096", str(piece))
+        assert piece.read_bytes() == expected

@@ -1,0 +1,111 @@
+"""Pieces of the ISO and its options: grub quoting of user kernel arguments, ISO9660 names,
+ISO overlays, the hybrid patching of the El Torito GRUB image, rootfs overlays."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from kairos_build.cli_artifacts import kernel_args
+from kairos_build.convert.framework import layer_tree
+from kairos_build.disk.grub import grub_quote
+from kairos_build.disk.isohybrid import patch_bios_image, sfdisk_script
+from kairos_build.errors import InputError
+from kairos_build.exporters.iso import _Iso, live_cmdline, overlay_files
+
+
+@pytest.mark.parametrize(("word", "quoted"), [
+    ("quiet", "quiet"),
+    ("console=ttyS0,115200", "console=ttyS0,115200"),
+    ("systemd.run=a b", "'systemd.run=a b'"),
+    ("x;reboot", "'x;reboot'"),
+    ("it's", "'it'\\''s'"),
+    ("$(id)", "'$(id)'"),
+])
+def test_user_kernel_arguments_are_single_grub_words(word: str, quoted: str) -> None:
+    assert grub_quote(word) == quoted
+
+
+def test_live_cmdline_keeps_the_console_order_and_quotes_extras() -> None:
+    line = live_cmdline("COS_LIVE", ("a;b",))
+    assert line.index("console=tty1") < line.index("console=ttyS0,115200") < line.index("'a;b'")
+
+
+def test_kernel_args_merge_repeated_and_one_line() -> None:
+    assert kernel_args(["a=1"], "quiet 'x=y z'") == ("a=1", "quiet", "x=y z")
+    assert kernel_args(None, None) == ()
+    with pytest.raises(InputError, match="does not parse"):
+        kernel_args(None, "'unclosed")
+    with pytest.raises(InputError, match="control characters"):
+        kernel_args(["a\nb"], None)
+
+
+def test_iso9660_names_are_valid_and_unique_per_folder() -> None:
+    iso = _Iso()
+    assert iso._iso_path("/boot", folder=True) == "/BOOT"
+    assert iso._iso_path("/boot/kernel", folder=False) == "/BOOT/KERNEL."
+    assert iso._iso_path("/a-b.txt", folder=False) == "/A_B.TXT"
+    second = iso._iso_path("/a_b.txt", folder=False)
+    assert second != "/A_B.TXT" and second.endswith(".TXT")
+    long = iso._iso_path("/" + "x" * 80 + ".configuration", folder=False)
+    assert len(long.lstrip("/")) <= 30 and set(long.lstrip("/")) <= set("X_.CONFIGURATN0123456789")
+
+
+def test_iso_overlay_lists_files_and_refuses_what_would_break_the_iso(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a")
+    assert overlay_files(tmp_path) == {"/docs/a.txt": tmp_path / "docs" / "a.txt"}
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "kernel").write_text("x")
+    with pytest.raises(InputError, match="would replace"):
+        overlay_files(tmp_path)
+    (tmp_path / "boot" / "kernel").unlink()
+    (tmp_path / "link").symlink_to("/etc/shadow")
+    with pytest.raises(InputError, match="not a regular file"):
+        overlay_files(tmp_path)
+
+
+def test_bios_image_patch_points_at_the_core_and_fixes_the_checksum(tmp_path: Path) -> None:
+    iso = tmp_path / "x.iso"
+    image = bytearray(os.urandom(8192))
+    lba = 37
+    with iso.open("wb") as handle:
+        handle.seek(lba * 2048)
+        handle.write(image)
+    patch_bios_image(iso, lba, len(image))
+    patched = iso.read_bytes()[lba * 2048:]
+    assert struct.unpack_from("<Q", patched, 2548)[0] == lba * 4 + 5
+    assert patched[:20] == image[:20] and patched[24:2548] == image[24:2548]
+    assert patched[2556:] == image[2556:]
+    words = struct.unpack(f"<{(len(patched) - 64) // 4}I", patched[64:])
+    assert struct.unpack_from("<I", patched, 20)[0] == sum(words) & 0xFFFFFFFF
+
+
+def test_iso_gpt_keeps_clear_of_the_system_area_and_covers_the_esp() -> None:
+    script = sfdisk_script("seed", iso_end=300 << 20, esp_start=301 << 20, esp_size=3 << 20)
+    assert "first-lba: 64" in script and "start=64," in script
+    assert f"start={(301 << 20) // 512}, size={(3 << 20) // 512}, type=C12A7328" in script
+    assert script == sfdisk_script("seed", 300 << 20, 301 << 20, 3 << 20)
+
+
+def test_rootfs_overlay_copies_files_as_root_and_stays_inside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "opt").symlink_to("/tmp/outside-the-root")
+    overlay = tmp_path / "overlay"
+    (overlay / "etc" / "app").mkdir(parents=True)
+    (overlay / "etc" / "app" / "run.sh").write_text("#!/bin/sh\n")
+    (overlay / "etc" / "app" / "run.sh").chmod(0o750)
+    (overlay / "opt").mkdir()
+    (overlay / "opt" / "x").write_text("inside")
+    os.mkfifo(overlay / "fifo")
+    layer_tree(root, overlay)
+    script = root / "etc" / "app" / "run.sh"
+    assert script.read_text() == "#!/bin/sh\n" and (script.stat().st_mode & 0o777) == 0o750
+    assert script.stat().st_uid == 0
+    assert not Path("/tmp/outside-the-root/x").exists()  # the link resolved inside the root
+    assert (root / "tmp" / "outside-the-root" / "x").read_text() == "inside"
+    assert not (root / "fifo").exists()
