@@ -1,5 +1,5 @@
 """The ISO as a hybrid (CD and disk), its cloud-config, `inject`, ISO overlays, and a squashfs
-over 4 GiB; checked with xorriso, fdisk/sfdisk, mtools and the kernel's own isofs."""
+over 4 GiB; checked with xorriso (libisofs), fdisk/sfdisk and mtools."""
 
 from __future__ import annotations
 
