@@ -18,9 +18,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kairos_build import netboot_server
 from kairos_build.errors import BuildError, InputError
 from kairos_build.log import log
 from kairos_build.tools import require_file, require_tool
@@ -132,17 +134,29 @@ def artifact_drive(artifact: Path, writable: bool = False, as_disk: bool = False
     return ["-drive", f"file={artifact},format={formats[suffix]},if=virtio{snapshot}"]
 
 
+def netboot_directory(artifact: Path) -> Path | None:
+    """The directory a netboot artifact is served from: the directory holding boot.ipxe, given
+    as the directory or as the script; None for any other artifact."""
+    if artifact.is_dir() and (artifact / netboot_server.SCRIPT).is_file():
+        return artifact
+    if artifact.name == netboot_server.SCRIPT and artifact.is_file():
+        return artifact.parent
+    return None
+
+
 def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, memory: int,
-                 writable: bool = False, as_disk: bool = False) -> list[str]:
+                 writable: bool = False, network: list[str] | None = None,
+                 as_disk: bool = False) -> list[str]:
+    """`network` (options booting from it, see netboot_server) replaces the artifact's drive."""
     argv = [require_tool("qemu-system-x86_64"), "-machine", "q35", "-m", str(memory),
             "-smp", "2", "-display", "none", "-monitor", "none", "-serial", "stdio",
-            "-no-reboot", "-nic", "none"]
+            "-no-reboot", *(network or ["-nic", "none"])]
     argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
     if firmware == "uefi":
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}"]
-    return argv + artifact_drive(artifact, writable, as_disk)
+    return argv + ([] if network else artifact_drive(artifact, writable, as_disk))
 
 
 def _parse_fields(text: bytes) -> dict[str, str]:
@@ -164,8 +178,19 @@ def check_root(fields: dict[str, str], expect_root: str) -> str | None:
 
 
 def default_expectation(artifact: Path) -> str:
-    """ISOs boot the live squashfs; disks boot an image read-only with overlays on top."""
-    return "live" if artifact.suffix.lower() == ".iso" else "immutable"
+    """ISOs and netboot boot the live squashfs; disks boot an image read-only with overlays."""
+    live = artifact.suffix.lower() == ".iso" or netboot_directory(artifact) is not None
+    return "live" if live else "immutable"
+
+
+@contextlib.contextmanager
+def _served(netboot: Path | None, access_log: Path) -> Iterator[list[str] | None]:
+    """For a netboot directory: serve it over HTTP while QEMU runs; its network options."""
+    if netboot is None:
+        yield None
+        return
+    with netboot_server.serve(netboot, access_log) as port:
+        yield netboot_server.qemu_network(port)
 
 
 def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: int = 2048,
@@ -178,8 +203,11 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     """
     if firmware not in FIRMWARES:
         raise InputError(f"--firmware {firmware!r} is not known", hint="use bios or uefi")
-    if not artifact.is_file():
-        raise InputError(f"{artifact} does not exist")
+    netboot = netboot_directory(artifact)
+    if not artifact.is_file() and netboot is None:
+        raise InputError(f"{artifact} {'has no boot.ipxe' if artifact.is_dir() else 'does not exist'}",
+                         hint="boot takes a file, or a netboot directory holding boot.ipxe")
+    artifact = netboot or artifact  # boot.ipxe stands for its directory; logs go beside it
     if firmware == "uefi":
         require_file(OVMF_CODE)
     expect_root = expect_root or default_expectation(artifact)
@@ -195,12 +223,14 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
         if firmware == "uefi":
             shutil.copyfile(OVMF_VARS, vars_file)
         log_path.write_bytes(b"")
-        start = time.monotonic()
-        proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory, writable, as_disk))
-        try:
-            seen, match = _read_until(proc, MARKER, start + timeout, log_path)
-        finally:
-            _stop(proc)
+        with _served(netboot, log_dir / f"{artifact.name}.{firmware}.http.log") as network:
+            start = time.monotonic()
+            proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory, writable,
+                                       network, as_disk))
+            try:
+                seen, match = _read_until(proc, MARKER, start + timeout, log_path)
+            finally:
+                _stop(proc)
     elapsed = time.monotonic() - start
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,23 +144,65 @@ def _has_seek_data(fd: int) -> bool:
 
 
 def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:
-    """Write to hidden temporary names, then rename: no half-written artifact is ever visible."""
-    final = output_dir / f"{context.config.artifact_name}.{exporter.extension}"
-    partial = output_dir / f".{final.name}.partial-{os.getpid()}"
-    checksum = output_dir / f"{final.name}.sha256"
-    checksum_partial = output_dir / f".{checksum.name}.partial-{os.getpid()}"
+    """Write to hidden temporary names, then rename: no half-written artifact is ever visible.
+
+    An exporter writes a file, checksummed in NAME.sha256 beside it, or a directory (netboot),
+    named NAME-EXTENSION/ and checksummed file by file in a SHA256SUMS inside it.
+    """
+    name = context.config.artifact_name
+    partial = output_dir / f".{name}.{exporter.extension}.partial-{os.getpid()}"
     try:
         with step(f"exporting {exporter.name}"):
             exporter.export(context, partial)
-            digest = sha256_file(partial)
-            checksum_partial.write_text(f"{digest}  {final.name}\n")
-            partial.rename(final)
-            checksum_partial.rename(checksum)
+            if partial.is_dir():
+                return _publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")
+            return _publish_file(exporter.name, partial, output_dir / f"{name}.{exporter.extension}")
     except BaseException:
-        partial.unlink(missing_ok=True)
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        raise
+
+
+def _publish_file(format_name: str, partial: Path, final: Path) -> Artifact:
+    checksum = final.with_name(f"{final.name}.sha256")
+    checksum_partial = final.with_name(f".{checksum.name}.partial-{os.getpid()}")
+    try:
+        digest = sha256_file(partial)
+        checksum_partial.write_text(f"{digest}  {final.name}\n")
+        partial.rename(final)
+        checksum_partial.rename(checksum)
+    except BaseException:
         checksum_partial.unlink(missing_ok=True)
         raise
-    return Artifact(exporter.name, final, digest, final.stat().st_size)
+    return Artifact(format_name, final, digest, final.stat().st_size)
+
+
+def _publish_directory(format_name: str, partial: Path, final: Path) -> Artifact:
+    """SHA256SUMS (`sha256sum -c` format) inside, then the rename; the artifact's digest is
+    that of SHA256SUMS, which pins every file. A directory cannot replace a non-empty one in
+    one rename: a previous build's is moved aside first and removed after."""
+    files = sorted(p for p in partial.rglob("*") if p.is_file() and not p.is_symlink())
+    sums = "".join(f"{sha256_file(p)}  {p.relative_to(partial).as_posix()}\n" for p in files)
+    (partial / "SHA256SUMS").write_text(sums)
+    size = sum(p.stat().st_size for p in files) + len(sums)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    replacing = final.exists() or final.is_symlink()
+    if replacing:
+        final.rename(old)
+    try:
+        partial.rename(final)
+    except BaseException:
+        if replacing:
+            old.rename(final)
+        raise
+    if replacing:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size)
 
 
 def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:

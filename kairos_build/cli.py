@@ -55,7 +55,8 @@ def _emit(as_json: bool, payload: dict[str, object]) -> None:
 
 @app.command()
 def boot(
-    artifact: Annotated[Path, typer.Argument(help="An .iso, .raw or .qcow2 file.")],
+    artifact: Annotated[Path, typer.Argument(
+        help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")],
     firmware: Annotated[str, typer.Option(help="bios or uefi.")] = "bios",
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
     memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,

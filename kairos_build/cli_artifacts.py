@@ -35,6 +35,7 @@ FORMAT_HELP = {
     "vmdk": "Build a VMDK disk for VMware.",
     "vhd": "Build a fixed VHD for Azure (size aligned to 1 MiB).",
     "gce": "Build a Google Compute Engine image (disk.raw in a GNU tar.gz).",
+    "netboot": "Build a netboot directory: kernel, initrd, rootfs.squashfs and an iPXE script (HTTP).",
 }
 
 

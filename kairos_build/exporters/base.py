@@ -72,11 +72,12 @@ def exporters() -> dict[str, type[Exporter]]:
     """Every registered exporter by format name (built-ins, then installed plugins)."""
     from kairos_build.exporters.disk_formats import GceExporter, Qcow2Exporter, VhdExporter, VmdkExporter
     from kairos_build.exporters.iso import IsoExporter
+    from kairos_build.exporters.netboot import NetbootExporter
     from kairos_build.exporters.raw import RawExporter
 
     found: dict[str, type[Exporter]] = {
         "iso": IsoExporter, "raw": RawExporter, "qcow2": Qcow2Exporter, "vmdk": VmdkExporter,
-        "vhd": VhdExporter, "gce": GceExporter,
+        "vhd": VhdExporter, "gce": GceExporter, "netboot": NetbootExporter,
     }
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         found[entry.name] = entry.load()

@@ -9,7 +9,7 @@ import pytest
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ENTRY_POINT_GROUP, exporters, get_exporter
 
-FORMATS = {"iso", "raw", "qcow2", "vmdk", "vhd", "gce"}
+FORMATS = {"iso", "raw", "qcow2", "vmdk", "vhd", "gce", "netboot"}
 
 
 def test_every_format_is_an_entry_point_of_the_installed_package() -> None:

@@ -1,0 +1,64 @@
+"""Build the netboot directory from the real trixie and boot it over HTTP under SeaBIOS and
+OVMF: QEMU's iPXE ROM fetches boot.ipxe, the kernel and initrd from an HTTP server on
+127.0.0.1 (QEMU's user-mode network, restricted to that one forwarded address), and the
+initramfs (dracut livenet) downloads rootfs.squashfs and boots it as its live root."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.boot
+
+FILES = {"vmlinuz", "initrd", "rootfs.squashfs", "boot.ipxe", "SHA256SUMS"}
+
+
+@pytest.fixture(scope="module")
+def netboot_dir(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("netboot-out")
+    result = run_cli("netboot", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
+                     "--output", str(out), "--cache-dir", str(test_cache))
+    assert result.returncode == 0, result.stderr[-4000:]
+    built = list(out.iterdir())
+    assert [p.name for p in built] == ["kairos-debian-13-core-amd64-generic-v0.1.0-netboot"]
+    return built[0]
+
+
+def test_the_netboot_directory_holds_the_boot_files_and_their_checksums(netboot_dir: Path) -> None:
+    assert {p.name for p in netboot_dir.iterdir()} == FILES
+    listed = {}
+    for line in (netboot_dir / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        listed[name] = digest
+    assert set(listed) == FILES - {"SHA256SUMS"}
+    for name, digest in listed.items():
+        assert hashlib.sha256((netboot_dir / name).read_bytes()).hexdigest() == digest, name
+    assert (netboot_dir / "rootfs.squashfs").read_bytes()[:4] == b"hsqs"
+    assert (netboot_dir / "vmlinuz").read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage
+    script = (netboot_dir / "boot.ipxe").read_text()
+    assert script.startswith("#!ipxe\n") and "root=live:${kairos-dir}/rootfs.squashfs" in script
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_netboot_reaches_multi_user_on_the_squashfs_fetched_over_http(netboot_dir: Path,
+                                                                      firmware: str) -> None:
+    result = run_cli("boot", str(netboot_dir), "--firmware", firmware, "--timeout", "480", "--json",
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    assert report["firmware"] == firmware
+    assert report["fields"]["flavor"] == "debian"
+    assert report["fields"]["live"] == "squashfs"  # the downloaded squashfs is the lower root
+    assert report["fields"]["root"] == "overlay"
+    console = Path(report["log_path"]).read_text(errors="replace")
+    assert "root=live:http://10.0.2.100/boot.ipxe/../rootfs.squashfs" in console
+    # Every file came over HTTP from the harness's server, the squashfs by the initramfs.
+    http_log = netboot_dir.parent / f"{netboot_dir.name}.{firmware}.http.log"
+    requests = http_log.read_text()
+    for name in ("boot.ipxe", "vmlinuz", "initrd", "rootfs.squashfs"):
+        assert f'"GET /{name} HTTP/1.1" 200' in requests, requests
