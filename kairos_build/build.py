@@ -19,6 +19,7 @@ from kairos_build.data import data_dir
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
+from kairos_build.reproducible import build_epoch
 from kairos_build.source.resolve import Base, SourceOptions, resolve_base
 from kairos_build.tools import require_file, require_tool
 
@@ -221,7 +222,8 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     work_root = cache.root / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_root) as work:
-        context = ExportContext(config, rootfs, rootfs_key, cache, Path(work))
+        context = ExportContext(config, rootfs, rootfs_key, cache, Path(work),
+                                epoch=build_epoch(rootfs))
         artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
     for artifact in artifacts:
         log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))

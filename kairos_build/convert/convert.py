@@ -22,6 +22,7 @@ from kairos_build.convert.plan import Step, conversion_plan
 from kairos_build.errors import require_root
 from kairos_build.flavors import Flavor
 from kairos_build.log import log, step
+from kairos_build.reproducible import build_epoch, clamp_newer
 from kairos_build.tools import run
 
 
@@ -59,6 +60,7 @@ def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
                  "only refreshing the release file and the identity")
         write_kairos_release(target, config)
         reset_identity(target)
+        clamp_newer(target, build_epoch(target))
         return
     with step("layering framework files"):
         # Before the packages: the initramfs config must be in place when the kernel's
@@ -78,3 +80,5 @@ def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
         run_step(target, plan["build_initramfs"], kernel)
     link_kernel(target, kernel, flavor.quirks.initrd.replace(KVER, kernel), image)
     reset_identity(target)
+    # Reproducible images: nothing dated after SOURCE_DATE_EPOCH (default: the base's date).
+    clamp_newer(target, build_epoch(target))

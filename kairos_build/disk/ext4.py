@@ -12,6 +12,7 @@ import stat
 from functools import cache
 from pathlib import Path
 
+from kairos_build.reproducible import tool_env
 from kairos_build.tools import run
 
 
@@ -28,7 +29,7 @@ def _grub_safe_features() -> str:
 
 
 def make_ext4(target: Path, size: int, label: str, fs_uuid: str, source: Path | None = None,
-              offset: int = 0) -> None:
+              offset: int = 0, epoch: int = 0) -> None:
     """An ext4 of `size` bytes labelled `label`, holding `source`'s tree when given.
 
     With `offset`, it is written into the existing file `target` at that byte offset (a
@@ -43,7 +44,9 @@ def make_ext4(target: Path, size: int, label: str, fs_uuid: str, source: Path | 
             "-E", ",".join(extended), "-m", "0"]
     if source is not None:
         argv += ["-d", str(source)]
-    run([*argv, str(target), f"{size // 1024}k"])
+    # E2FSPROGS_FAKE_TIME: every time mke2fs would take from the clock (superblock, inodes
+    # it makes) is `epoch`; with the UUID and hash seed fixed, the same tree gives the same bytes.
+    run([*argv, str(target), f"{size // 1024}k"], env=tool_env(epoch))
 
 
 def tree_bytes(root: Path) -> int:

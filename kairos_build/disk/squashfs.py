@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from kairos_build.tools import run
@@ -12,12 +11,12 @@ from kairos_build.tools import run
 _LEVELS = {"zstd": ["-Xcompression-level", "3"]}
 
 
-def make_squashfs(root: Path, output: Path, compression: str = "zstd") -> None:
-    """Write `root` as a squashfs to `output` (replaced if present)."""
+def make_squashfs(root: Path, output: Path, compression: str = "zstd", epoch: int = 0) -> None:
+    """Write `root` as a squashfs to `output` (replaced if present), every time `epoch`."""
     args = ["mksquashfs", str(root), str(output), "-noappend", "-no-progress", "-quiet",
             "-comp", compression, *_LEVELS.get(compression, []),
             # Runtime-only directories are mounted at boot; ship them empty.
             "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
-    if epoch := os.environ.get("SOURCE_DATE_EPOCH"):
-        args += ["-mkfs-time", epoch, "-all-time", epoch]
+    # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
+    args += ["-mkfs-time", str(epoch), "-all-time", str(epoch)]
     run(args, timeout=3600)

@@ -30,27 +30,30 @@ class ExportContext:
     # Intermediates made during this build and shared by its exporters (e.g. the raw disk
     # that qcow2, vmdk, vhd and gce are converted from).
     made: dict[str, Path] = field(default_factory=dict)
+    # SOURCE_DATE_EPOCH: every timestamp written into an artifact (kairos_build.reproducible).
+    epoch: int = 0
 
     def squashfs(self) -> Path:
         """The rootfs as a squashfs, made once per converted rootfs and compression."""
         compression = self.config.squashfs_compression
-        key = f"{self.rootfs_key[:40]}-{compression}"
+        key = f"{self.rootfs_key[:40]}-{compression}-{self.epoch}"
 
         def make(target: Path) -> None:
             with step(f"making the squashfs ({compression})"):
-                make_squashfs(self.rootfs, target / "rootfs.squashfs", compression)
+                make_squashfs(self.rootfs, target / "rootfs.squashfs", compression, self.epoch)
 
         return self.cache.get_or_make("squashfs", key, make) / "rootfs.squashfs"
 
     def root_image(self, size: int) -> Path:
         """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per
         converted rootfs and size."""
-        key = f"{self.rootfs_key[:40]}-{size}"
+        key = f"{self.rootfs_key[:40]}-{size}-{self.epoch}"
 
         def make(target: Path) -> None:
             with step(f"making the system image ({size >> 20} MiB ext4)"):
                 make_ext4(target / "active.img", size, "COS_ACTIVE",
-                          stable_uuid(self.rootfs_key, "COS_ACTIVE"), source=self.rootfs)
+                          stable_uuid(self.rootfs_key, "COS_ACTIVE"), source=self.rootfs,
+                          epoch=self.epoch)
 
         return self.cache.get_or_make("ext4", key, make) / "active.img"
 

@@ -70,7 +70,7 @@ class GceExporter(RawExporter):
             # The backup GPT must sit at the new end of the disk.
             run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--relocate",
                  "gpt-bak-std", str(disk)])
-        epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+        epoch = context.epoch
         # gzip -n: no name or time in the gzip header, so the same disk gives the same file.
         run(["tar", "--format=gnu", "--sparse", "--sort=name", "--owner=0", "--group=0",
              "--numeric-owner", f"--mtime=@{epoch}", "--use-compress-program=gzip -n -6",

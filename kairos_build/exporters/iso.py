@@ -15,6 +15,7 @@ from kairos_build.disk.isohybrid import make_hybrid
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext
 from kairos_build.log import step
+from kairos_build.reproducible import frozen_pycdlib_clock
 from kairos_build.templates import render
 
 LABEL = "COS_LIVE"
@@ -133,7 +134,8 @@ class IsoExporter:
             esp = work / "uefi.img"
             # grub.cfg in the ESP too: firmware booting the ESP directly (USB) reads that one.
             make_fat_image(esp, {"EFI/BOOT/BOOTX64.EFI": efi_binary,
-                                 "EFI/BOOT/grub.cfg": grub_cfg}, label="COS_GRUB")
+                                 "EFI/BOOT/grub.cfg": grub_cfg}, label="COS_GRUB",
+                           epoch=context.epoch)
 
         with step("writing the ISO"):
             files = {"/boot/grub/grub.cfg": grub_cfg, "/boot/grub/bios.img": bios_img,
@@ -142,13 +144,19 @@ class IsoExporter:
             if config.cloud_config is not None:
                 # Where Kairos looks for a config on the live medium.
                 files["/config.yaml"] = config.cloud_config
-            write_iso(files, output)
+            write_iso(files, output, context.epoch)
         with step("making it bootable from a disk too (MBR, GPT, appended ESP)"):
             hybridize(output, context.rootfs_key)
 
 
-def write_iso(files: dict[str, Path], output: Path) -> None:
-    """The ISO9660 filesystem (Rock Ridge + Joliet) with BIOS and UEFI El Torito entries."""
+def write_iso(files: dict[str, Path], output: Path, epoch: int = 0) -> None:
+    """The ISO9660 filesystem (Rock Ridge + Joliet) with BIOS and UEFI El Torito entries,
+    every date in it `epoch` (UTC)."""
+    with frozen_pycdlib_clock(epoch):
+        _write_iso(files, output)
+
+
+def _write_iso(files: dict[str, Path], output: Path) -> None:
     iso = _Iso()
     folders = {path[:cut] for path in files for cut in range(1, len(path)) if path[cut] == "/"}
     for folder in sorted(folders):

@@ -21,6 +21,7 @@ from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
 from kairos_build.exporters.base import ExportContext
 from kairos_build.exporters.iso import boot_file
 from kairos_build.log import log, step
+from kairos_build.reproducible import clamp_times
 from kairos_build.templates import render
 from kairos_build.tools import run
 
@@ -57,11 +58,13 @@ def stage(workdir: Path, name: str) -> Path:
     return folder
 
 
-def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None) -> None:
+def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None, epoch: int) -> None:
     assert part.label is not None
     with step(f"writing {part.label} ({part.size >> 20} MiB ext4)"):
+        if source is not None:
+            clamp_times(source, epoch)
         make_ext4(disk, part.size, part.label, fs_uuid(seed, part.label), source=source,
-                  offset=part.start)
+                  offset=part.start, epoch=epoch)
 
 
 def build_raw_disk(context: ExportContext, output: Path) -> Layout:
@@ -89,26 +92,27 @@ def build_raw_disk(context: ExportContext, output: Path) -> Layout:
         "grub-disk.cfg.j2", timeout=3, title=title,
         state_cmdline=state_cmdline(STATE_LABEL, extra),
         recovery_cmdline=state_cmdline("COS_RECOVERY", extra)))
-    write_ext4(output, parts["state"], seed, state)
+    write_ext4(output, parts["state"], seed, state, context.epoch)
 
     recovery = stage(work, "recovery")
     link_or_copy(squashfs, recovery / "cOS" / "recovery.squashfs")
     link_or_copy(kernel, recovery / "boot" / "vmlinuz")
     link_or_copy(initrd, recovery / "boot" / "initrd")
-    write_ext4(output, parts["recovery"], seed, recovery)
+    write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
 
     oem = stage(work, "oem")
     if config.cloud_config is not None:
         shutil.copyfile(config.cloud_config, oem / "90_custom.yaml")
-    write_ext4(output, parts["oem"], seed, oem)
-    write_ext4(output, parts["persistent"], seed, None)
+    write_ext4(output, parts["oem"], seed, oem, context.epoch)
+    write_ext4(output, parts["persistent"], seed, None, context.epoch)
 
     if "efi" in parts:
         with step("writing COS_GRUB (EFI grub)"):
             efi_binary = work / "BOOTX64.EFI"
             make_grub_image("x86_64-efi", efi_binary, STATE_LABEL, work)
             make_fat_in_disk(output, parts["efi"].start, parts["efi"].size,
-                             {"EFI/BOOT/BOOTX64.EFI": efi_binary}, "COS_GRUB", volume_id(seed))
+                             {"EFI/BOOT/BOOTX64.EFI": efi_binary}, "COS_GRUB", volume_id(seed),
+                             context.epoch)
     if "bios" in parts:
         with step("writing grub for BIOS"):
             install_bios_grub(output, parts["bios"], STATE_LABEL, work)

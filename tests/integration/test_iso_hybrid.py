@@ -186,3 +186,4 @@ def test_a_squashfs_over_4_gib_is_stored_in_several_extents(tmp_path: Path) -> N
         sh("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract_cut", "/rootfs.squashfs",
            str(offset), "4096", str(piece))
         assert piece.read_bytes() == expected
+    iso.unlink()  # 4.3 GiB written for real: do not keep it in pytest's retained temp dirs
