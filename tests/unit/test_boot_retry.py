@@ -1,0 +1,47 @@
+"""The boot harness retries once when the guest kernel panics under TCG, and only once."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kairos_build import boot as boot_module
+from kairos_build.errors import BuildError
+
+MARKER = "KAIROS-BOOT-OK flavor=debian root=ext4 root_mode=ro image=/cOS/active.img etc=overlay"
+
+
+def fake_guest(outputs: list[str]) -> tuple[list[int], Callable[[list[str]], subprocess.Popen[bytes]]]:
+    """Replaces QEMU: each start prints the next console text and exits."""
+    starts: list[int] = []
+
+    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+        text = outputs[min(len(starts), len(outputs) - 1)]
+        starts.append(1)
+        return subprocess.Popen(["printf", "%s\\n", text], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+
+    return starts, spawn
+
+
+def test_one_panic_under_tcg_is_booted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = tmp_path / "node.raw"
+    disk.write_bytes(b"\0" * 512)
+    starts, spawn = fake_guest(["[ 26.3] Kernel panic - not syncing: Fatal exception", MARKER])
+    monkeypatch.setattr(boot_module, "_spawn", spawn)
+    result = boot_module.boot(disk, "bios", timeout=20, accel="tcg")
+    assert len(starts) == 2 and result.fields["root_mode"] == "ro"
+    assert (tmp_path / "node.raw.bios.boot.log.panic").read_text().startswith("[ 26.3] Kernel panic")
+
+
+def test_a_panic_that_comes_back_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = tmp_path / "node.raw"
+    disk.write_bytes(b"\0" * 512)
+    starts, spawn = fake_guest(["Kernel panic - not syncing: VFS: Unable to mount root fs"])
+    monkeypatch.setattr(boot_module, "_spawn", spawn)
+    with pytest.raises(BuildError, match="Unable to mount root fs"):
+        boot_module.boot(disk, "bios", timeout=20, accel="tcg")
+    assert len(starts) == 2
