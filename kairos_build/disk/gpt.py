@@ -28,8 +28,13 @@ def create_disk(path: Path, layout: Layout) -> None:
     """A sparse file of the disk's size with the partition table written into it."""
     with path.open("wb") as handle:
         handle.truncate(layout.disk_size)
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "always", str(path)],
-        input_bytes=sfdisk_script(layout).encode())
+    write_partition_table(path, sfdisk_script(layout), wipe="always")
+
+
+def write_partition_table(path: Path, script: str, wipe: str) -> None:
+    """Run an sfdisk script against a file (never a device of the host: no reread, no tell)."""
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", wipe, str(path)],
+        input_bytes=script.encode())
 
 
 def mark_pmbr_bootable(path: Path) -> None:

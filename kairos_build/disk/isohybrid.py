@@ -20,10 +20,10 @@ import os
 import struct
 from pathlib import Path
 
+from kairos_build.disk.gpt import mark_pmbr_bootable, write_partition_table
 from kairos_build.disk.grub import GRUB_LIB
 from kairos_build.disk.layout import TYPE_ESP, stable_uuid
 from kairos_build.errors import BuildError
-from kairos_build.tools import run
 
 ISO_BLOCK = 2048
 SECTOR = 512
@@ -33,7 +33,6 @@ _CDBOOT_SIZE = 2048  # the El Torito image is cdboot.img, then diskboot.img, the
 _BLOCKLIST = _CDBOOT_SIZE + SECTOR - 12  # diskboot's first blocklist entry: u64 start, ...
 _BOOT_INFO = 8  # El Torito boot info table: pvd lba, file lba, length, checksum (u32 each)
 _MBR_CODE_END = 440
-_PMBR_STATUS = 446
 _ALIGN = 1 << 20  # the appended ESP starts on a MiB boundary (some firmware want 4 KiB)
 _BACKUP_GPT = 33 * SECTOR
 
@@ -80,13 +79,12 @@ def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path,
             handle.write(chunk)
         handle.truncate(esp_start + esp_size + _BACKUP_GPT)
     # --wipe never: the ISO9660 signature at 32 KiB must stay (it is what boots as a CD).
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", str(iso)],
-        input_bytes=sfdisk_script(seed, iso_end, esp_start, esp_size).encode())
+    write_partition_table(iso, sfdisk_script(seed, iso_end, esp_start, esp_size), wipe="never")
     code = bytearray((GRUB_LIB / "i386-pc" / "boot_hybrid.img").read_bytes()[:_MBR_CODE_END])
     struct.pack_into("<Q", code, _HYBRID_CORE_SECTOR, bios_image_lba * 4 + 4)
     fd = os.open(iso, os.O_RDWR)
     try:
         os.pwrite(fd, bytes(code), 0)
-        os.pwrite(fd, b"\x80", _PMBR_STATUS)  # BIOSes that only boot an "active" disk
     finally:
         os.close(fd)
+    mark_pmbr_bootable(iso)

@@ -55,6 +55,15 @@ def test_unknown_release_names_the_choices() -> None:
     assert "bookworm, trixie" in str(err.value)
 
 
+def assert_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str,
+                                  fix: str) -> None:
+    path = write_flavor(tmp_path, "mine", **changes)
+    with pytest.raises(InputError) as err:
+        parse_flavor(path)
+    message = str(err.value)
+    assert str(path) in message and f"'{key}'" in message and fix in message, message
+
+
 @pytest.mark.parametrize(("changes", "key", "fix"), [
     ({"packge_manager": "apt"}, "packge_manager", "package_manager"),
     ({"init": "upstart"}, "init", "systemd, openrc"),
@@ -68,11 +77,7 @@ def test_unknown_release_names_the_choices() -> None:
 ])
 def test_a_wrong_key_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str,
                                             fix: str) -> None:
-    path = write_flavor(tmp_path, "mine", **changes)
-    with pytest.raises(InputError) as err:
-        parse_flavor(path)
-    message = str(err.value)
-    assert str(path) in message and f"'{key}'" in message and fix in message, message
+    assert_names_file_key_and_fix(tmp_path, changes, key, fix)
 
 
 def test_name_must_match_file(tmp_path: Path) -> None:
@@ -181,11 +186,7 @@ def test_quirks_are_data_with_defaults_for_debian() -> None:
 ])
 def test_a_wrong_quirk_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str,
                                               fix: str) -> None:
-    path = write_flavor(tmp_path, "mine", **changes)
-    with pytest.raises(InputError) as err:
-        parse_flavor(path)
-    message = str(err.value)
-    assert str(path) in message and f"'{key}'" in message and fix in message, message
+    assert_names_file_key_and_fix(tmp_path, changes, key, fix)
 
 
 def test_openrc_services_are_checked_against_openrc_runlevels(tmp_path: Path) -> None:
