@@ -58,7 +58,8 @@ def clamp_newer(root: Path, epoch: int) -> None:
 
 
 def tool_env(epoch: int) -> dict[str, str]:
-    return {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch)}
+    # LC_ALL=C: mke2fs -d orders each folder with alphasort, which collates by locale.
+    return {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch), "LC_ALL": "C"}
 
 
 def clamp_times(root: Path, epoch: int) -> None:

@@ -24,6 +24,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "sgdisk": "gdisk",
     "mkfs.ext4": "e2fsprogs",
     "e2fsck": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "dumpe2fs": "e2fsprogs",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "grub-mkimage": "grub-common",

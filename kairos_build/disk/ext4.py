@@ -47,6 +47,47 @@ def make_ext4(target: Path, size: int, label: str, fs_uuid: str, source: Path | 
     # E2FSPROGS_FAKE_TIME: every time mke2fs would take from the clock (superblock, inodes
     # it makes) is `epoch`; with the UUID and hash seed fixed, the same tree gives the same bytes.
     run([*argv, str(target), f"{size // 1024}k"], env=tool_env(epoch))
+    if source is not None:
+        pin_inode_times(target, offset, epoch)
+
+
+def pin_inode_times(target: Path, offset: int, epoch: int) -> None:
+    """Every used inode's ctime and atime set to `epoch`.
+
+    mke2fs -d (1.47.0, Debian 12) copies them from the host files, where the kernel sets
+    ctime on every change and atime on reads, so two builds of the same tree differ in them;
+    mtimes are the tree's own (clamped by conversion). debugfs changes them in one batch
+    (about 0.1 s for 20,000 inodes); e2fsprogs >= 1.47.1 could read a tarball instead.
+    """
+    device = f"{target}?offset={offset}" if offset else str(target)
+    commands = "".join(f"sif <{ino}> ctime @{epoch}\nsif <{ino}> atime @{epoch}\n"
+                       for ino in used_inodes(device))
+    run(["debugfs", "-w", "-f", "-", device], input_bytes=commands.encode(), env=tool_env(epoch))
+
+
+def used_inodes(device: str) -> list[int]:
+    """Inode numbers in use: the root directory, and from the first non-reserved inode on
+    (reserved ones carry mke2fs's own times) whatever dumpe2fs lists as not free, group by
+    group. Ranges, not sets: a large partition has millions of inodes and few used."""
+    report = run(["dumpe2fs", device], capture=True)
+    per_group = int(_field(report, "Inodes per group"))
+    first = int(_field(report, "First inode"))
+    used = [2]
+    for group, ranges in enumerate(re.findall(r"^\s+Free inodes: (.*)$", report, re.MULTILINE)):
+        start = max(group * per_group + 1, first)
+        for span in filter(None, (part.strip() for part in ranges.split(","))):
+            low, _, high = span.partition("-")
+            used.extend(range(start, int(low)))
+            start = max(start, int(high or low) + 1)
+        used.extend(range(start, (group + 1) * per_group + 1))
+    return used
+
+
+def _field(report: str, name: str) -> str:
+    found = re.search(rf"^{name}:\s+(\S+)", report, re.MULTILINE)
+    if found is None:
+        raise ValueError(f"dumpe2fs printed no {name!r}")
+    return found.group(1)
 
 
 def tree_bytes(root: Path) -> int:

@@ -14,6 +14,9 @@ from kairos_build.tools import run
 
 _MiB = 1 << 20
 _SECTOR = 512
+# mkfs.fat (dosfstools 4.2) dates the volume label entry with the wall clock and does not
+# read SOURCE_DATE_EPOCH; --invariant makes it a constant date (our -i volume id still wins).
+_INVARIANT = ("--invariant",)
 
 
 def make_fat_image(output: Path, files: Mapping[str, Path], label: str, min_size: int = 2 * _MiB,
@@ -25,7 +28,7 @@ def make_fat_image(output: Path, files: Mapping[str, Path], label: str, min_size
     payload = sum(src.stat().st_size for src in files.values())
     size = max(min_size, ((payload * 11 // 10 + _MiB) // _MiB + 1) * _MiB)
     output.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-C", "-n", label[:11], "-i", volume_id, str(output), str(size // 1024)],
+    run(["mkfs.vfat", *_INVARIANT, "-C", "-n", label[:11], "-i", volume_id, str(output), str(size // 1024)],
         env=tool_env(epoch))
     copy_files(str(output), files, epoch)
 
@@ -37,8 +40,9 @@ def make_fat_in_disk(disk: Path, offset: int, size: int, files: Mapping[str, Pat
     # picks clusters so big that a 64 MiB FAT32 has too few of them for mtools (and for some
     # firmware). Choose them for the partition.
     per_cluster = "1" if size <= 256 * _MiB else "8"
-    run(["mkfs.vfat", "-F", "32", "-s", per_cluster, "--offset", str(offset // _SECTOR), "-n", label[:11],
-         "-i", volume_id, str(disk), str(size // 1024)], env=tool_env(epoch))
+    run(["mkfs.vfat", *_INVARIANT, "-F", "32", "-s", per_cluster, "--offset",
+         str(offset // _SECTOR), "-n", label[:11], "-i", volume_id, str(disk), str(size // 1024)],
+        env=tool_env(epoch))
     copy_files(f"{disk}@@{offset}", files, epoch)
 
 

@@ -124,8 +124,8 @@ class RawExporter:
     name = "raw"
     extension = "raw"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
-    tools: tuple[str, ...] = ("sfdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "mksquashfs",
-                              "grub-mkimage")
+    tools: tuple[str, ...] = ("sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs", "mkfs.vfat", "mmd",
+                              "mcopy", "mksquashfs", "grub-mkimage")
     files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/boot.img", "/usr/lib/grub/x86_64-efi/linux.mod")
 
     def export(self, context: ExportContext, output: Path) -> None:

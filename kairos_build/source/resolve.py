@@ -44,7 +44,10 @@ class SourceOptions:
 
 
 def _tree_fingerprint(root: Path) -> str:
-    """Cheap identity of a directory given as dir:PATH (paths, sizes, times; not contents)."""
+    """Cheap identity of a directory given as dir:PATH (paths, sizes, times; not contents).
+
+    Not its location: the same tree copied elsewhere (`cp -a`) is the same base, so it gives
+    the same artifacts (their UUIDs are seeded from this key) and shares the cache."""
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -52,7 +55,7 @@ def _tree_fingerprint(root: Path) -> str:
             st = os.lstat(os.path.join(dirpath, name))
             entries.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size,
                             st.st_mtime_ns, st.st_mode))
-    return cache_key("dir", path=str(root.resolve()), entries=entries)
+    return cache_key("dir", entries=entries)
 
 
 def _rootfs_key(config_digest: str) -> str:
