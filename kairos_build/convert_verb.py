@@ -19,6 +19,7 @@ from kairos_build.convert.image_writer import (
 )
 from kairos_build.errors import InputError
 from kairos_build.log import step
+from kairos_build.reproducible import build_epoch
 from kairos_build.source.refs import parse_ref
 from kairos_build.unpack_verb import copy_tree
 
@@ -49,27 +50,29 @@ def convert_to(config: BuildConfig, output: str) -> str:
     with scratch(parent if target.transport != "docker" else cache.root / "work") as work:
         layer = Path(work) / "layer.tar"
         with step("writing the converted image"):
-            diff_id = write_layer(rootfs, layer)
-            image = image_config(config, diff_id)
+            epoch = build_epoch(rootfs)
+            diff_id = write_layer(rootfs, layer, epoch)
+            image = image_config(config, diff_id, epoch)
             if target.transport == "docker":
-                return _load_into_daemon(Path(work), layer, diff_id, image, _docker_name(target.target))
+                return _load_into_daemon(Path(work), layer, diff_id, image,
+                                         _docker_name(target.target), epoch)
             layout = Path(work) / "layout"
             write_oci_layout(layout, layer, diff_id, image, target.tag or config.version)
             if target.transport == "oci":
                 layout.rename(path)
             else:
-                tar_directory(layout, Path(work) / "image.tar")
+                tar_directory(layout, Path(work) / "image.tar", epoch)
                 (Path(work) / "image.tar").rename(path)
     return str(path)
 
 
 def _load_into_daemon(work: Path, layer: Path, diff_id: str, image: dict[str, object],
-                      name: str) -> str:
+                      name: str, epoch: int) -> str:
     import docker
     from docker.errors import DockerException
 
     archive = work / "image.docker.tar"
-    write_docker_archive(archive, layer, diff_id, image, name)
+    write_docker_archive(archive, layer, diff_id, image, name, epoch)
     try:
         with closing(docker.from_env(timeout=600)) as client, archive.open("rb") as data:
             client.images.load(data)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,18 @@ _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 _OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
-def write_layer(rootfs: Path, output: Path) -> str:
+def write_layer(rootfs: Path, output: Path, epoch: int) -> str:
     """The rootfs as one uncompressed layer tar; returns its digest (the diff_id).
 
     GNU tar, not Python's tarfile: tarfile drops xattrs, and file capabilities (ping's
-    cap_net_raw) must survive. Names sorted and numeric owners, so the same tree gives the
-    same bytes; SOURCE_DATE_EPOCH clamps times.
+    cap_net_raw) must survive. Names sorted, numeric owners, no atime/ctime and no time after
+    `epoch`, so the same tree gives the same bytes on any day.
     """
     argv = [require_tool("tar"), "--create", "--file=-", "--format=pax", "--sort=name",
-            "--numeric-owner", "--xattrs", "--xattrs-include=*",
+            f"--mtime=@{epoch}", "--clamp-mtime", "--numeric-owner", "--xattrs",
+            "--xattrs-include=*",
             "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
             f"--directory={rootfs}", "."]
-    if epoch := os.environ.get("SOURCE_DATE_EPOCH"):
-        argv[2:2] = [f"--mtime=@{epoch}", "--clamp-mtime"]
     digest = hashlib.sha256()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc, \
             output.open("wb") as out:
@@ -49,16 +48,18 @@ def write_layer(rootfs: Path, output: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def image_config(config: BuildConfig, diff_id: str) -> dict[str, Any]:
+def image_config(config: BuildConfig, diff_id: str, epoch: int) -> dict[str, Any]:
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     labels = {"io.kairos.flavor": config.flavor.name, "io.kairos.version": config.version,
               "io.kairos.variant": config.variant, "io.kairos.model": config.model,
               "org.opencontainers.image.created-by": f"kairos-build {__version__}"}
     return {
-        "architecture": config.arch, "os": "linux",
+        "architecture": config.arch, "os": "linux", "created": created,
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                    "Cmd": ["/bin/sh"], "Labels": labels},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": f"kairos-build convert ({config.flavor.name})"}],
+        "history": [{"created": created,
+                     "created_by": f"kairos-build convert ({config.flavor.name})"}],
     }
 
 
@@ -86,19 +87,19 @@ def write_oci_layout(layout: Path, layer: Path, diff_id: str, config: dict[str, 
 
 
 def write_docker_archive(archive: Path, layer: Path, diff_id: str, config: dict[str, Any],
-                         name: str) -> None:
+                         name: str, epoch: int) -> None:
     """A `docker save` (legacy format) tarball that every docker version can `docker load`."""
     config_bytes = json.dumps(config, sort_keys=True).encode()
     config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
     layer_name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
     manifest = [{"Config": config_name, "RepoTags": [name], "Layers": [layer_name]}]
-    with tarfile.open(archive, "w") as tar:
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         for member, data in ((config_name, config_bytes),
                              ("manifest.json", json.dumps(manifest).encode())):
-            info = tarfile.TarInfo(member)
+            info = _pinned(tarfile.TarInfo(member), epoch)
             info.size = len(data)
             tar.addfile(info, _BytesReader(data))
-        tar.add(layer, arcname=layer_name)
+        tar.add(layer, arcname=layer_name, filter=lambda info: _pinned(info, epoch))
 
 
 class _BytesReader:
@@ -110,10 +111,18 @@ class _BytesReader:
         return chunk
 
 
-def tar_directory(directory: Path, archive: Path) -> None:
-    with tarfile.open(archive, "w") as tar:
+def tar_directory(directory: Path, archive: Path, epoch: int) -> None:
+    """`directory` as a tar with sorted names, root owner and every date `epoch`."""
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(directory.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False,
+                    filter=lambda info: _pinned(info, epoch))
+
+
+def _pinned(info: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
+    """A member with nothing of the build host in it: root owner, no names, date `epoch`."""
+    info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "", ""
+    return info
 
 
 def scratch(parent: Path) -> tempfile.TemporaryDirectory[str]:

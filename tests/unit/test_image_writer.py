@@ -4,12 +4,50 @@ from __future__ import annotations
 
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 from kairos_build.config import make_config
-from kairos_build.convert.image_writer import image_config, write_layer, write_oci_layout
+from kairos_build.convert.image_writer import (
+    image_config,
+    tar_directory,
+    write_layer,
+    write_oci_layout,
+)
 from kairos_build.source.oci import open_oci_image, unpack_image
 from tests.unit.ocihelp import CAP_NET_RAW_EP
+
+EPOCH = 1700000000
+
+
+def write_archive(tree: Path, work: Path) -> tuple[bytes, Path]:
+    """What `convert -o oci-archive:` writes for `tree` (layer, config, layout, tarred), and
+    where its layer blob is."""
+    work.mkdir()
+    diff_id = write_layer(tree, work / "layer.tar", EPOCH)
+    config = image_config(make_config("debian", None, cache_dir=work), diff_id, EPOCH)
+    write_oci_layout(work / "layout", work / "layer.tar", diff_id, config, "v1")
+    tar_directory(work / "layout", work / "image.tar", EPOCH)
+    return (work / "image.tar").read_bytes(), work / "layout/blobs/sha256" / diff_id[7:]
+
+
+def test_the_same_tree_gives_the_same_archive_on_another_day_and_path(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/kairos-release").write_text("KAIROS_VERSION=v1\n")  # dated now: clamped
+    first, layer = write_archive(tree, tmp_path / "one")
+    os.utime(tree / "etc", (EPOCH + 99, EPOCH + 99))  # a new atime and a newer mtime
+    os.chown(tree / "etc/kairos-release", 0, 0)  # a new ctime
+    second, _ = write_archive(tree, tmp_path / "elsewhere-two")
+    assert first == second
+    with tarfile.open(tmp_path / "one/image.tar") as outer:
+        assert {m.mtime for m in outer.getmembers()} == {EPOCH}
+        assert {(m.uid, m.gid, m.uname, m.gname) for m in outer.getmembers()} == {(0, 0, "", "")}
+    with tarfile.open(layer) as inner:
+        members = inner.getmembers()
+        assert {m.name for m in members} >= {"./etc", "./etc/kairos-release"}
+        assert max(m.mtime for m in members) <= EPOCH
+        assert not any({"atime", "ctime"} & set(m.pax_headers) for m in members)
 
 
 def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) -> None:
@@ -28,9 +66,9 @@ def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) 
     os.chown(tree / "home/user", 1000, 1000)
 
     layer = tmp_path / "layer.tar"
-    diff_id = write_layer(tree, layer)
-    assert diff_id == write_layer(tree, tmp_path / "again.tar")  # same tree, same bytes
-    config = image_config(make_config("debian", None, cache_dir=tmp_path), diff_id)
+    diff_id = write_layer(tree, layer, EPOCH)
+    assert diff_id == write_layer(tree, tmp_path / "again.tar", EPOCH)  # same tree, same bytes
+    config = image_config(make_config("debian", None, cache_dir=tmp_path), diff_id, EPOCH)
     write_oci_layout(tmp_path / "layout", layer, diff_id, config, "v1")
     assert open_oci_image(tmp_path / "layout", "v1").config_digest.startswith("sha256:")
 
