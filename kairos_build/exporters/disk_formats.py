@@ -1,12 +1,15 @@
 """Disk formats derived from the build's one raw disk, each in a single conversion pass:
-qcow2, vmdk and vhd with `qemu-img convert`, gce as `disk.raw` in a GNU tar.gz."""
+qcow2, vmdk and vhd with `qemu-img convert`, gce as `disk.raw` in a GNU tar.gz. The ids
+qemu-img makes up for vmdk and vhd are replaced by ones derived from the build (vm_ids)."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
-from kairos_build.disk.layout import GiB
+from kairos_build.disk.layout import GiB, stable_uuid
+from kairos_build.disk.vm_ids import pin_vhd, pin_vmdk
 from kairos_build.exporters.base import ExportContext
 from kairos_build.exporters.raw import RawExporter, raw_disk
 from kairos_build.tools import run
@@ -36,6 +39,8 @@ class VmdkExporter(RawExporter):
     def export(self, context: ExportContext, output: Path) -> None:
         # streamOptimized: the subformat vSphere/ESXi import and OVA packages take.
         qemu_img_convert(raw_disk(context), output, "vmdk", ["-o", "subformat=streamOptimized"])
+        cid = int(stable_uuid(context.rootfs_key, "vmdk-cid")[:8], 16)
+        pin_vmdk(output, cid, f"{context.config.artifact_name}.{self.extension}")
 
 
 class VhdExporter(RawExporter):
@@ -47,6 +52,7 @@ class VhdExporter(RawExporter):
         # Azure takes only fixed VHDs whose virtual size is a whole number of MiB; the raw
         # disk is MiB-aligned and force_size keeps qemu-img from rounding it to CHS geometry.
         qemu_img_convert(raw_disk(context), output, "vpc", ["-o", "subformat=fixed,force_size=on"])
+        pin_vhd(output, context.epoch, uuid.UUID(stable_uuid(context.rootfs_key, "vhd")))
 
 
 class GceExporter(RawExporter):

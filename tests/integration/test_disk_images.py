@@ -148,6 +148,16 @@ def test_converted_formats_agree_with_the_raw_disk(disks: dict[str, Path]) -> No
         handle.seek(-512, 2)
         footer = handle.read(512)
     assert footer[:8] == b"conectix" and struct.unpack_from(">I", footer, 60)[0] == 2  # fixed disk
+    # Our date and UUID went in with a checksum that still adds up (ones' complement of the
+    # byte sum, checksum field taken as zero).
+    unsummed = footer[:64] + bytes(4) + footer[68:]
+    assert struct.unpack_from(">I", footer, 64)[0] == ~sum(unsummed) & 0xFFFFFFFF
+    # The vmdk's descriptor names the file as published, not the temporary name it was written to.
+    descriptor = disks["vmdk"].read_bytes()[:64 * 1024]
+    assert f'"{disks["vmdk"].name}"'.encode() in descriptor and b".partial" not in descriptor
+    for fmt, qemu_fmt in (("vmdk", "vmdk"), ("vhd", "vpc")):
+        assert sh("qemu-img", "compare", "-f", "raw", "-F", qemu_fmt, str(disks["raw"]),
+                  str(disks[fmt])).returncode == 0, fmt
     # The qcow2 holds exactly the raw disk's bytes.
     assert sh("qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(disks["raw"]),
               str(disks["qcow2"])).returncode == 0
