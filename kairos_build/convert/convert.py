@@ -4,12 +4,15 @@ commands that run inside the rootfs come from the plan (convert/plan.py), the sa
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from kairos_build import rootfs
 from kairos_build.config import BuildConfig
 from kairos_build.convert.chroot import run_in_root
 from kairos_build.convert.framework import (
+    empty_build_records,
     find_kernel,
     layer_overlays,
     link_kernel,
@@ -42,10 +45,17 @@ def write_flavor_files(root: Path, flavor: Flavor) -> None:
         rootfs.write_text(root, path, text)
 
 
-def run_step(root: Path, planned: Step, kernel_version: str | None = None) -> None:
+def run_step(root: Path, planned: Step, epoch: int, kernel_version: str | None = None) -> None:
     for argv in planned.commands:
         run_in_root(root, with_kernel(argv, kernel_version) if kernel_version else argv,
-                    env=dict(planned.env))
+                    env=dated(planned.env, epoch))
+
+
+def dated(env: Sequence[tuple[str, str]], epoch: int) -> dict[str, str]:
+    """A step's environment plus SOURCE_DATE_EPOCH: what honours it inside the rootfs (shadow's
+    useradd and systemd-sysusers for password dates, dracut's reproducible mode) writes the
+    build date instead of the day it runs."""
+    return {**dict(env), "SOURCE_DATE_EPOCH": str(epoch)}
 
 
 def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
@@ -55,13 +65,16 @@ def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
     plan = {planned.name: planned for planned in conversion_plan(config)}
     with step("copying the base rootfs"):
         copy_base(base, target)
+    # Reproducible images: one date for everything (SOURCE_DATE_EPOCH, default the base's).
+    epoch = build_epoch(target)
     if is_converted(target):
         log.info("  the base is already a Kairos image (it has /etc/kairos-release): "
                  "only refreshing the release file and the identity")
         write_kairos_release(target, config)
         reset_identity(target)
-        clamp_newer(target, build_epoch(target))
+        clamp_newer(target, epoch)
         return
+    started = time.time()
     with step("layering framework files"):
         # Before the packages: the initramfs config must be in place when the kernel's
         # install hooks run.
@@ -70,15 +83,15 @@ def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
     packages = plan["install_packages"]
     count = len(flavor.all_packages(config.release))
     with step(f"installing {count} packages with {flavor.package_manager}"):
-        run_package_commands(target, packages.commands, packages.env)
+        run_package_commands(target, packages.commands, tuple(dated(packages.env, epoch).items()))
     if "enable_services" in plan:
-        run_step(target, plan["enable_services"])
+        run_step(target, plan["enable_services"], epoch)
     with step("writing /etc/kairos-release"):
         write_kairos_release(target, config)
     kernel, image = find_kernel(target, flavor.quirks.kernel_image)
     with step(f"building the initramfs for kernel {kernel} with {flavor.initramfs}"):
-        run_step(target, plan["build_initramfs"], kernel)
+        run_step(target, plan["build_initramfs"], epoch, kernel)
     link_kernel(target, kernel, flavor.quirks.initrd.replace(KVER, kernel), image)
     reset_identity(target)
-    # Reproducible images: nothing dated after SOURCE_DATE_EPOCH (default: the base's date).
-    clamp_newer(target, build_epoch(target))
+    empty_build_records(target, started)
+    clamp_newer(target, epoch)

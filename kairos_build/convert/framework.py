@@ -128,6 +128,32 @@ def reset_identity(root: Path) -> None:
             rootfs.remove(root, f"{SSH_KEY_DIR}/{key.name}")
 
 
+# Caches whose content is the build host's view of the files (glibc's ldconfig keeps their
+# inode numbers and ctimes): regenerated on the node, different on every build.
+HOST_CACHES = ("var/cache/ldconfig/aux-cache",)
+LOG_DIR = "var/log"
+
+
+def empty_build_records(root: Path, since: float) -> None:
+    """Empty the logs the conversion wrote (dpkg, apt, dnf, zypper, alternatives: each line
+    dated the day of the build) and drop host caches, so two conversions give the same files.
+    Logs keep their owner and mode; links are left alone (they may point anywhere), and so
+    are files with other hard links (emptying one would empty its twin elsewhere)."""
+    for path in HOST_CACHES:
+        rootfs.remove(root, path)
+    logs = rootfs.resolve_in(root, LOG_DIR)
+    if not logs.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(logs):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mtime >= since
+                    and st.st_size):
+                fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+                os.close(fd)
+
+
 DEFAULT_KERNEL_IMAGES = ("boot/vmlinuz-{kver}",)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from kairos_build.config import make_config
 from kairos_build.convert.framework import (
+    empty_build_records,
     find_kernel,
     find_kernel_version,
     framework_units,
@@ -144,3 +145,31 @@ def test_kernel_found_where_the_flavor_says(fake_root: Path) -> None:
     assert os.readlink(fake_root / "boot/initrd") == "initramfs-6.1.0-test.img"
     with pytest.raises(InputError, match="quirks.kernel_image"):
         find_kernel(fake_root, ("boot/vmlinuz-lts",))
+
+
+def test_build_records_are_emptied_and_host_caches_dropped(fake_root: Path, tmp_path: Path) -> None:
+    logs = fake_root / "var/log"
+    (logs / "apt").mkdir(parents=True)
+    (fake_root / "var/cache/ldconfig").mkdir(parents=True)
+    (fake_root / "var/cache/ldconfig/aux-cache").write_bytes(b"inode numbers")
+    old = logs / "base-image.log"
+    old.write_text("from the base image\n")
+    os.utime(old, (1000, 1000))
+    since = 2000.0
+    (logs / "dpkg.log").write_text("2026-11-22 19:00:01 install curl\n")
+    (logs / "apt/history.log").write_text("Start-Date: 2026-11-22\n")
+    os.chmod(logs / "dpkg.log", 0o640)
+    outside = tmp_path / "outside.log"
+    outside.write_text("not the image's\n")
+    (logs / "link.log").symlink_to(outside)
+    twin = fake_root / "etc/twin"
+    twin.write_text("shared inode\n")
+    os.link(twin, logs / "twin.log")
+
+    empty_build_records(fake_root, since)
+
+    assert (logs / "dpkg.log").read_text() == "" and (logs / "apt/history.log").read_text() == ""
+    assert (logs / "dpkg.log").stat().st_mode & 0o777 == 0o640  # kept, only emptied
+    assert old.read_text() == "from the base image\n"  # older than the conversion
+    assert outside.read_text() == "not the image's\n" and twin.read_text() == "shared inode\n"
+    assert not (fake_root / "var/cache/ldconfig/aux-cache").exists()
