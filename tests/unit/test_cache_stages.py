@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,9 +193,15 @@ def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.Monkey
     from kairos_build.config import BuildConfig
 
     seen: list[BuildConfig] = []
-    monkeypatch.setattr(build, "build", lambda config, formats: seen.append(config) or [])
-    run = cli_artifacts.build if verb == "build" else cli_artifacts.format_verb(verb)
-    options = {"formats": "iso"} if verb == "build" else {}
-    run(**options, no_cache=True)  # type: ignore[operator]
-    run(**options)  # type: ignore[operator]
+
+    def record(config: BuildConfig, formats: list[str]) -> list[object]:
+        seen.append(config)
+        return []
+
+    monkeypatch.setattr(build, "build", record)
+    run: Callable[..., None] = (cli_artifacts.build if verb == "build"
+                                else cli_artifacts.format_verb(verb))
+    options: dict[str, Any] = {"formats": "iso"} if verb == "build" else {}
+    run(**options, no_cache=True)
+    run(**options)
     assert [c.no_cache for c in seen] == [True, False]
