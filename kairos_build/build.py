@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build import __version__
-from kairos_build.cache import Cache, Stage, hash_tree
+from kairos_build.cache import Cache, Stage, hash_tree, pid_is_gone
 from kairos_build.checks import require_mode
 from kairos_build.config import BuildConfig
 from kairos_build.convert.convert import convert_rootfs, copy_base
@@ -56,6 +56,17 @@ def check_output_dir(path: Path) -> None:
     except OSError as exc:
         raise InputError(f"output directory {path} is not writable: {exc.strerror}",
                          hint="choose another with --output DIR") from exc
+
+
+def remove_stale_partials(output_dir: Path) -> None:
+    """Half-written artifacts of killed builds (.NAME.partial-PID, .NAME.old-PID): a build
+    that ends in any other way removes its own."""
+    for leftover in [*output_dir.glob(".*.partial-*"), *output_dir.glob(".*.old-*")]:
+        if pid_is_gone(leftover.name.rsplit("-", 1)[-1]):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def check_host_tools(exporters: list[Exporter]) -> None:
@@ -215,6 +226,7 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     exporters = [get_exporter(name) for name in formats]
     check_host_tools(exporters)
     check_output_dir(config.output_dir)
+    remove_stale_partials(config.output_dir)
     cache = Cache(config.cache_dir)
     cache.prune_partial()
 

@@ -290,17 +290,18 @@ class Cache:
         for kind_dir in kind_dirs:
             for leftover in [*kind_dir.glob(".tmp-*"), *kind_dir.glob(".old-*"),
                              *kind_dir.glob(".*.tmp-*")]:
-                if _pid_is_gone(leftover.name.rsplit("-", 1)[-1]):
+                if pid_is_gone(leftover.name.rsplit("-", 1)[-1]):
                     _remove_tree(leftover)
         for scratch in self.root.glob("work/*"):
-            if _pid_is_gone(scratch.name.split("-", 1)[0]):
+            if pid_is_gone(scratch.name.split("-", 1)[0]):
                 _remove_tree(scratch)
         for record in self.root.glob("*/.inputs/*.json"):
             if not self.path(record.parent.parent.name, record.stem).exists():
                 record.unlink(missing_ok=True)
 
 
-def _pid_is_gone(pid: str) -> bool:
+def pid_is_gone(pid: str) -> bool:
+    """Whether the process a leftover is named after has ended (a live one is still at work)."""
     return pid.isdigit() and not Path(f"/proc/{pid}").exists()
 
 

@@ -1,0 +1,172 @@
+"""The cache under real builds: two builds at once on one fresh cache, and a build killed
+with SIGKILL in the middle of the squashfs, then run again.
+
+Both build the ISO of the session's converted tree (given as dir:, so conversion is only a
+copy) with one SOURCE_DATE_EPOCH, so their outputs are comparable. The squashfs entry is
+compared byte for byte; the ISOs are compared too when the two clean builds gave the same
+ISO (ISO reproducibility is worked on separately; until then that comparison is skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kairos_build.cache import Cache
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
+
+
+def iso_command(tree: Path, cache: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "kairos_build", "iso", "--base", f"dir:{tree}",
+            "--cache-dir", str(cache), "--output", str(out)]
+
+
+def sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def only(paths: list[Path]) -> Path:
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+def squashfs_entry(cache: Path) -> Path:
+    return only([p / "rootfs.squashfs" for p in (cache / "squashfs").iterdir()
+                 if not p.name.startswith(".")])
+
+
+def check_consistent(cache: Path) -> list[dict[str, object]]:
+    """`cache ls` lists complete entries only, each with its recorded inputs; no leftovers."""
+    listing = run_cli("cache", "ls", "--cache-dir", str(cache), "--json")
+    assert listing.returncode == 0, listing.stderr
+    entries: list[dict[str, object]] = json.loads(listing.stdout)["entries"]
+    for entry in entries:
+        assert Path(str(entry["path"])).exists(), entry
+    staged = [e for e in entries if e["kind"] in ("converted", "squashfs")]
+    records = [r.key for kind in ("converted", "squashfs") for r in Cache(cache).records(kind)]
+    assert sorted(records) == sorted(str(e["key"]) for e in staged)
+    assert sorted(p.stem for p in cache.glob("*/.inputs/*.json")) == sorted(records)
+    assert not list(cache.glob("*/.tmp-*")) and not list(cache.glob("work/*"))
+    return entries
+
+
+@dataclass(frozen=True)
+class CleanBuilds:
+    cache: Path
+    isos: list[Path]
+    logs: list[str]
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def clean_builds(probe_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanBuilds]:
+    """Two ISO builds of the probe tree started at once on one fresh cache."""
+    root = tmp_path_factory.mktemp("concurrent")
+    cache, logs = root / "cache", [root / "a.log", root / "b.log"]
+    started = time.monotonic()
+    procs = []
+    for name, log_path in zip("ab", logs, strict=True):
+        with log_path.open("w") as log_file:
+            procs.append(subprocess.Popen(iso_command(probe_tree, cache, root / f"out-{name}"),
+                                          stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+                                          env={**os.environ, **EPOCH}))
+    codes = [proc.wait(timeout=3600) for proc in procs]
+    texts = [p.read_text() for p in logs]
+    assert codes == [0, 0], "\n---\n".join(t[-3000:] for t in texts)
+    isos = [only(list((root / f"out-{name}").glob("*.iso"))) for name in "ab"]
+    yield CleanBuilds(cache, isos, texts, time.monotonic() - started)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_builds_at_once_share_one_cache(clean_builds: CleanBuilds) -> None:
+    made = [log for log in clean_builds.logs if "making the squashfs" in log]
+    reused = [log for log in clean_builds.logs if "reusing cached squashfs" in log]
+    assert len(made) == 1 and len(reused) == 1, clean_builds.logs
+    assert "squashfs runs: nothing cached for this rootfs yet" in made[0]
+    assert "squashfs runs:" not in reused[0]
+    # The same goes for the conversion: one made it, the other waited and reused it.
+    assert sum("conversion runs:" in log for log in clean_builds.logs) == 1
+    entries = check_consistent(clean_builds.cache)
+    assert sorted(str(e["kind"]) for e in entries) == ["converted", "squashfs"]
+    a, b = (sha256(iso) for iso in clean_builds.isos)
+    if a != b:
+        pytest.xfail("the two ISOs differ: ISOs are not reproducible yet (the squashfs is shared)")
+
+
+def test_sigkill_during_the_squashfs_leaves_a_usable_cache(
+        probe_tree: Path, clean_builds: CleanBuilds, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    try:
+        proc = subprocess.Popen(iso_command(probe_tree, cache, out), stderr=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                                env={**os.environ, **EPOCH})
+        seen = read_until(proc, "making the squashfs", deadline=time.monotonic() + 1200)
+        partial = wait_for_partial(cache / "squashfs")
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, seen
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+        # No half entry visible, no artifact, no mount; the converted entry is complete.
+        assert partial.exists()
+        assert [p.name for p in (cache / "squashfs").iterdir() if not p.name.startswith(".")] == []
+        assert not list((cache / "squashfs").glob(".inputs/*.json"))
+        assert not out.exists() or not list(out.glob("*.iso"))
+        assert str(cache) not in Path("/proc/self/mountinfo").read_text()
+        assert [e.kind for e in Cache(cache).entries()] == ["converted"]
+        assert list(cache.glob("work/*")), "the killed build's scratch folder is left behind"
+
+        again = subprocess.run(iso_command(probe_tree, cache, out), capture_output=True,
+                               text=True, timeout=3600, env={**os.environ, **EPOCH}, check=False)
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "reusing cached converted" in again.stderr
+        assert "squashfs runs: nothing cached for this rootfs yet" in again.stderr
+        assert not partial.exists()
+        check_consistent(cache)
+        assert sha256(squashfs_entry(cache)) == sha256(squashfs_entry(clean_builds.cache))
+        iso = only(list(out.glob("*.iso")))
+        clean = [sha256(path) for path in clean_builds.isos]
+        if clean[0] == clean[1]:  # ISOs reproducible: the rebuilt one must be the same
+            assert sha256(iso) == clean[0]
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def read_until(proc: subprocess.Popen[str], words: str, deadline: float) -> str:
+    """The build's log up to the first line with `words` (it must come before `deadline`)."""
+    assert proc.stderr is not None
+    seen = ""
+    while words not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert words in seen, seen
+    return seen
+
+
+def wait_for_partial(kind_dir: Path) -> Path:
+    """The half-made entry, once mksquashfs has started writing into it."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        found = [p for p in kind_dir.glob(".tmp-*/rootfs.squashfs") if p.stat().st_size > 0]
+        if found:
+            return found[0].parent
+        time.sleep(0.2)
+    raise AssertionError(f"mksquashfs wrote nothing under {kind_dir} in 300 s")
