@@ -205,3 +205,18 @@ def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.Monkey
     run(**options, no_cache=True)
     run(**options)
     assert [c.no_cache for c in seen] == [True, False]
+
+
+def test_half_written_artifacts_of_killed_builds_are_removed(tmp_path: Path) -> None:
+    from kairos_build.build import remove_stale_partials
+
+    dead, mine = "999999999", str(os.getpid())
+    stale = [tmp_path / f".kairos.iso.partial-{dead}", tmp_path / f".kairos.iso.sha256.partial-{dead}",
+             tmp_path / f".kairos-netboot.old-{dead}"]
+    kept = [tmp_path / f".kairos.raw.partial-{mine}", tmp_path / "kairos.iso"]
+    for path in [*stale, *kept]:
+        path.write_text("x")
+    (tmp_path / f".kairos-netboot.partial-{dead}").mkdir()
+    stale.append(tmp_path / f".kairos-netboot.partial-{dead}")
+    remove_stale_partials(tmp_path)
+    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
