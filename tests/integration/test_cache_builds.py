@@ -2,9 +2,11 @@
 with SIGKILL in the middle of the squashfs, then run again.
 
 Both build the ISO of the session's converted tree (given as dir:, so conversion is only a
-copy) with one SOURCE_DATE_EPOCH, so their outputs are comparable. The squashfs entry is
-compared byte for byte; the ISOs are compared too when the two clean builds gave the same
-ISO (ISO reproducibility is worked on separately; until then that comparison is skipped).
+copy) with one SOURCE_DATE_EPOCH, so their outputs are comparable. The squashfs cache entry
+is reproducible and compared byte for byte, inside the ISOs too. Whole ISOs are compared when
+two clean builds on separate caches give the same ISO; until ISOs are reproducible (worked on
+separately: the ESP's FAT volume label still carries the wall clock) a warning says that only
+the squashfs was compared.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ import pytest
 
 from kairos_build.cache import Cache
 from tests.conftest import run_cli
+from tests.imagefiles import file_digest
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +108,12 @@ def test_two_builds_at_once_share_one_cache(clean_builds: CleanBuilds) -> None:
     assert sum("conversion runs:" in log for log in clean_builds.logs) == 1
     entries = check_consistent(clean_builds.cache)
     assert sorted(str(e["kind"]) for e in entries) == ["converted", "squashfs"]
+    squashfs = sha256(squashfs_entry(clean_builds.cache))
+    assert [file_digest(iso, "/rootfs.squashfs") for iso in clean_builds.isos] == [squashfs] * 2
     a, b = (sha256(iso) for iso in clean_builds.isos)
     if a != b:
-        pytest.xfail("the two ISOs differ: ISOs are not reproducible yet (the squashfs is shared)")
+        warnings.warn("the two ISOs differ (not reproducible yet); their squashfs is the same",
+                      stacklevel=1)
 
 
 def test_sigkill_during_the_squashfs_leaves_a_usable_cache(
@@ -139,13 +146,28 @@ def test_sigkill_during_the_squashfs_leaves_a_usable_cache(
         assert "squashfs runs: nothing cached for this rootfs yet" in again.stderr
         assert not partial.exists()
         check_consistent(cache)
-        assert sha256(squashfs_entry(cache)) == sha256(squashfs_entry(clean_builds.cache))
+        squashfs = sha256(squashfs_entry(cache))
+        assert squashfs == sha256(squashfs_entry(clean_builds.cache))
         iso = only(list(out.glob("*.iso")))
-        clean = [sha256(path) for path in clean_builds.isos]
-        if clean[0] == clean[1]:  # ISOs reproducible: the rebuilt one must be the same
-            assert sha256(iso) == clean[0]
+        assert file_digest(iso, "/rootfs.squashfs") == squashfs
+        compare_with_clean_builds(iso, clean_builds, probe_tree, tmp_path / "fresh")
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def compare_with_clean_builds(iso: Path, clean: CleanBuilds, tree: Path, scratch: Path) -> None:
+    """The ISO must equal a clean build's, as far as ISOs are reproducible: when it differs, a
+    build on another fresh cache tells a cache fault (that one equals the clean one) from an
+    ISO that is not reproducible yet (it differs too: then only the squashfs was compared)."""
+    reference = sha256(clean.isos[0])
+    if sha256(iso) == reference:
+        return
+    fresh = run_cli(*iso_command(tree, scratch / "cache", scratch / "out")[3:], env=EPOCH)
+    assert fresh.returncode == 0, fresh.stderr[-4000:]
+    fresh_iso = sha256(only(list((scratch / "out").glob("*.iso"))))
+    assert fresh_iso != reference, "clean builds agree, but the build after the kill differs"
+    warnings.warn("ISOs of separate caches differ (not reproducible yet): only the squashfs "
+                  "was compared", stacklevel=1)
 
 
 def read_until(proc: subprocess.Popen[str], words: str, deadline: float) -> str:
@@ -168,5 +190,5 @@ def wait_for_partial(kind_dir: Path) -> Path:
         found = [p for p in kind_dir.glob(".tmp-*/rootfs.squashfs") if p.stat().st_size > 0]
         if found:
             return found[0].parent
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"mksquashfs wrote nothing under {kind_dir} in 300 s")
