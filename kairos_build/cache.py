@@ -178,11 +178,13 @@ class Cache:
                 except OSError as exc:
                     log.warning("could not remove the partial cache entry %s: %s", tmp, exc)
                 raise
-            if final.exists():
-                old = final.parent / f".old-{key}-{os.getpid()}"
+            old = final.parent / f".old-{key}-{os.getpid()}"
+            replacing = final.exists()
+            if replacing:
                 final.rename(old)
-                _remove_tree(old)
             tmp.rename(final)
+            if replacing:  # after the new entry is in place: the gap without one stays short
+                _remove_tree(old)
             os.utime(final)  # `make` may have copied an old date onto it (cp -a)
             if stage is not None:
                 self._write_record(stage)
@@ -209,7 +211,7 @@ class Cache:
         names = list(dict.fromkeys([*mine, *previous.inputs]))
         changed = [n for n in names if mine.get(n) != previous.inputs.get(n)] or ["its inputs"]
         return (f"{', '.join(changed)} changed since the cached one "
-                f"({previous.key[:8]}…, used {describe_age(time.time() - used[previous.key])} ago)")
+                f"({previous.key[:12]}…, used {describe_age(time.time() - used[previous.key])} ago)")
 
     def _last_used(self, kind: str, key: str) -> float:
         try:

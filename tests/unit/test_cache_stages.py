@@ -82,7 +82,7 @@ def test_a_changed_input_names_itself(tmp_path: Path, messages: list[str]) -> No
     cache.get_or_make_stage(squashfs_stage(tool="4.6.1", compression="xz"), make_file)
     line = runs_line(messages)
     assert line.startswith(f"  squashfs runs: compression, mksquashfs changed since the cached "
-                           f"one ({first.name[:8]}…, used ")
+                           f"one ({first.name[:12]}…, used ")
     assert line.endswith(" s ago)")
     # Another rootfs is another lineage: nothing to compare with.
     cache.get_or_make_stage(squashfs_stage(rootfs="r2"), make_file)
@@ -95,7 +95,7 @@ def test_compares_with_the_most_recently_used_entry(tmp_path: Path, messages: li
     recent = cache.get_or_make_stage(squashfs_stage(compression="xz"), make_file)
     os.utime(old, (1, 1))
     cache.get_or_make_stage(squashfs_stage(tool="3", compression="xz"), make_file)
-    assert f"mksquashfs changed since the cached one ({recent.name[:8]}…" in runs_line(messages)
+    assert f"mksquashfs changed since the cached one ({recent.name[:12]}…" in runs_line(messages)
 
 
 def test_a_hit_reuses_and_no_cache_makes_it_anew(tmp_path: Path, messages: list[str]) -> None:
