@@ -146,7 +146,7 @@ class Cache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get_or_make(
-        self, kind: str, key: str, make: Callable[[Path], None], *, refresh: bool = False,
+        self, kind: str, key: str, make: Callable[[Path], object], *, refresh: bool = False,
         stage: Stage | None = None,
     ) -> Path:
         """Return the entry `kind/key`, calling `make(tmpdir)` to create it when missing.
@@ -191,7 +191,7 @@ class Cache:
             return final
 
     def get_or_make_stage(
-        self, stage: Stage, make: Callable[[Path], None], *, refresh: bool = False
+        self, stage: Stage, make: Callable[[Path], object], *, refresh: bool = False
     ) -> Path:
         """The entry of `stage` (keyed by the hash of its inputs), made when missing."""
         return self.get_or_make(stage.kind, stage.key, make, refresh=refresh, stage=stage)

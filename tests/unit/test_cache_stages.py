@@ -220,3 +220,17 @@ def test_half_written_artifacts_of_killed_builds_are_removed(tmp_path: Path) -> 
     stale.append(tmp_path / f".kairos-netboot.partial-{dead}")
     remove_stale_partials(tmp_path)
     assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+
+
+def test_unpack_no_cache_unpacks_the_base_anew(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+    from tests.unit.test_cache_and_unpack_verb import small_layout
+
+    layout, cache = small_layout(tmp_path / "src"), tmp_path / "cache"
+    first = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / "a"), "--cache-dir", str(cache))
+    again = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / "b"), "--cache-dir", str(cache),
+                    "--no-cache")
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    assert "unpacking" in again.stderr and "reusing cached rootfs" not in again.stderr
+    assert [e.kind for e in Cache(cache).entries()] == ["rootfs"]
+    assert (tmp_path / "b/etc/os-release").read_bytes() == b"ID=debian\n"
