@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build import __version__
-from kairos_build.cache import Cache, cache_key, hash_tree
+from kairos_build.cache import Cache, Stage, hash_tree, pid_is_gone
 from kairos_build.checks import require_mode
 from kairos_build.config import BuildConfig
 from kairos_build.convert.convert import convert_rootfs, copy_base
@@ -19,7 +19,7 @@ from kairos_build.data import data_dir
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
-from kairos_build.reproducible import build_epoch
+from kairos_build.reproducible import build_epoch, given_epoch
 from kairos_build.source.resolve import Base, SourceOptions, resolve_base
 from kairos_build.tools import require_file, require_tool
 
@@ -35,7 +35,7 @@ class Artifact:
 def source_options(config: BuildConfig) -> SourceOptions:
     return SourceOptions(pull=config.pull, platform=config.platform,
                          insecure_registries=config.insecure_registries,
-                         bootstrap_fallback=config.bootstrap_fallback)
+                         bootstrap_fallback=config.bootstrap_fallback, refresh=config.no_cache)
 
 
 def resolve_config_base(config: BuildConfig, cache: Cache) -> Base:
@@ -58,6 +58,17 @@ def check_output_dir(path: Path) -> None:
                          hint="choose another with --output DIR") from exc
 
 
+def remove_stale_partials(output_dir: Path) -> None:
+    """Half-written artifacts of killed builds (.NAME.partial-PID, .NAME.old-PID): a build
+    that ends in any other way removes its own."""
+    for leftover in [*output_dir.glob(".*.partial-*"), *output_dir.glob(".*.old-*")]:
+        if pid_is_gone(leftover.name.rsplit("-", 1)[-1]):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def check_host_tools(exporters: list[Exporter]) -> None:
     """Fail before any work when a program a later step drives is missing (exit code 4)."""
     for tool in ("unshare", "chroot", "cp", "mmdebstrap"):
@@ -69,39 +80,44 @@ def check_host_tools(exporters: list[Exporter]) -> None:
             require_file(path)
 
 
-def conversion_key(config: BuildConfig, base: Base) -> str:
-    """Everything that shapes the converted rootfs; change any of it and it is made anew."""
-    return cache_key(
-        "converted", base=base.key, flavor=config.flavor.source.read_text(),
-        release=config.release, overlays=hash_tree(data_dir("overlays")),
-        templates=hash_tree(data_dir("templates")), version=config.version,
-        variant=config.variant, model=config.model, arch=config.arch, tool=__version__,
-    )
+def conversion_stage(config: BuildConfig, base: Base) -> Stage:
+    """Everything that shapes the converted rootfs; change any of it and it is made anew.
+
+    SOURCE_DATE_EPOCH is in only when set: unset, the date comes from the base, in already.
+    """
+    return Stage("conversion", "converted", {
+        "base": base.key, "flavor": config.flavor.source.read_text(), "release": config.release,
+        "overlays": hash_tree(data_dir("overlays")), "templates": hash_tree(data_dir("templates")),
+        "version": config.version, "variant": config.variant, "model": config.model,
+        "arch": config.arch, "tool": __version__, "SOURCE_DATE_EPOCH": given_epoch(),
+    }, lineage=("base",))
 
 
 def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, str]:
-    key = conversion_key(config, base)
+    stage = conversion_stage(config, base)
 
     def make(target: Path) -> None:
         with step(f"converting {base.description} for {config.flavor.name}"):
             convert_rootfs(base.rootfs, target, config)
 
-    rootfs = cache.get_or_make("converted", key, make)
+    rootfs = cache.get_or_make_stage(stage, make, refresh=config.no_cache)
     if config.overlay_rootfs is None:
-        return rootfs, key
-    return overlay_rootfs(config.overlay_rootfs, rootfs, key, cache)
+        return rootfs, stage.key
+    return overlay_rootfs(config.overlay_rootfs, rootfs, stage.key, cache, config.no_cache)
 
 
-def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache) -> tuple[Path, str]:
+def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache,
+                   refresh: bool = False) -> tuple[Path, str]:
     """The converted rootfs plus the files of --overlay-rootfs, cached by both."""
-    overlaid_key = cache_key("overlaid", converted=key, files=hash_tree(folder))
+    stage = Stage("overlay", "converted", {"rootfs": key, "files": hash_tree(folder)},
+                  lineage=("rootfs",))
 
     def make(target: Path) -> None:
         with step(f"adding the files of {folder} to the rootfs"):
             copy_base(rootfs, target)
             layer_tree(target, folder)
 
-    return cache.get_or_make("converted", overlaid_key, make), overlaid_key
+    return cache.get_or_make_stage(stage, make, refresh=refresh), stage.key
 
 
 def sha256_file(path: Path) -> str:
@@ -210,6 +226,7 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     exporters = [get_exporter(name) for name in formats]
     check_host_tools(exporters)
     check_output_dir(config.output_dir)
+    remove_stale_partials(config.output_dir)
     cache = Cache(config.cache_dir)
     cache.prune_partial()
 
@@ -219,11 +236,8 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
         for exporter in exporters:
             require_mode(rootfs, exporter.boot_mode, f"the {exporter.name} artifact")
 
-    work_root = cache.root / "work"
-    work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_root) as work:
-        context = ExportContext(config, rootfs, rootfs_key, cache, Path(work),
-                                epoch=build_epoch(rootfs))
+    with cache.workdir() as work:
+        context = ExportContext(config, rootfs, rootfs_key, cache, work, epoch=build_epoch(rootfs))
         artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
     for artifact in artifacts:
         log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))

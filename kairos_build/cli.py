@@ -17,6 +17,7 @@ from kairos_build.cli_options import (
     Flavor,
     Insecure,
     Json,
+    NoCache,
     Platform,
     Pull,
     Release,
@@ -97,13 +98,14 @@ def unpack(
     target: Annotated[Path, typer.Argument(help="Directory to create (must be empty or absent).")],
     flavor: Flavor = "debian", release: Release = None, cache_dir: CacheDir = None,
     pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
-    as_json: Json = False,
+    no_cache: NoCache = False, as_json: Json = False,
 ) -> None:
     """Resolve a base and unpack it into a directory (no conversion)."""
     from kairos_build.unpack_verb import unpack_to
 
     config = _base_config(ref, flavor, release, as_json, cache_dir=cache_dir, pull=pull,
-                          platform=platform, insecure_registry=insecure_registry)
+                          platform=platform, insecure_registry=insecure_registry,
+                          no_cache=no_cache)
     base = unpack_to(config, target)
     log.info("unpacked %s into %s", base.description, target)
     _emit(as_json, {"base": base.description, "key": base.key, "target": target})
@@ -116,7 +118,7 @@ def convert(
         "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"))] = None,
     flavor: Flavor = "debian", release: Release = None, version: Version = "v0.1.0",
     cache_dir: CacheDir = None, pull: Pull = "missing", platform: Platform = "linux/amd64",
-    insecure_registry: Insecure = None, as_json: Json = False,
+    insecure_registry: Insecure = None, no_cache: NoCache = False, as_json: Json = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the conversion plan (steps, exact commands) and stop.")] = False,
 ) -> None:
@@ -125,7 +127,8 @@ def convert(
     from kairos_build.errors import InputError
 
     config = _base_config(ref, flavor, release, as_json, version=version, cache_dir=cache_dir,
-                          pull=pull, platform=platform, insecure_registry=insecure_registry)
+                          pull=pull, platform=platform, insecure_registry=insecure_registry,
+                          no_cache=no_cache)
     if dry_run:  # needs no root, no network and no base: only the flavor
         from kairos_build.convert.plan import conversion_plan, describe_plan
 

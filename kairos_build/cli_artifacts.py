@@ -19,6 +19,7 @@ from kairos_build.cli_options import (
     Insecure,
     Json,
     NoBootstrap,
+    NoCache,
     Output,
     Platform,
     Pull,
@@ -45,7 +46,7 @@ def build(
     flavor: Flavor = "debian", release: Release = None, base: Base = None,
     output: Output = Path("build"), version: Version = "v0.1.0", cache_dir: CacheDir = None,
     pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
-    no_bootstrap: NoBootstrap = False,
+    no_bootstrap: NoBootstrap = False, no_cache: NoCache = False,
     squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
     kernel_arg: Annotated[list[str] | None, typer.Option(  # noqa: UP007
         help="Extra kernel argument for every boot entry (repeatable).")] = None,
@@ -92,7 +93,8 @@ def build(
                          bootstrap_fallback=not no_bootstrap, disk=disk,
                          cloud_config=validate_cloud_config(cloud_config) if cloud_config else None,
                          overlay_iso=existing_dir(overlay_iso, "--overlay-iso"),
-                         overlay_rootfs=existing_dir(overlay_rootfs, "--overlay-rootfs"))
+                         overlay_rootfs=existing_dir(overlay_rootfs, "--overlay-rootfs"),
+                         no_cache=no_cache)
     artifacts = run_build(config, chosen)
     if as_json:
         import json

@@ -21,3 +21,7 @@ Insecure = Annotated[list[str] | None, typer.Option(
 NoBootstrap = Annotated[bool, typer.Option(
     "--no-bootstrap", help="Fail instead of bootstrapping when the flavor's image cannot be had.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="Make every stage anew (base unpack, conversion, squashfs, images) and "
+    "replace its cache entry; pulled blobs, checked by their digest, are still reused and "
+    "tags are resolved as --pull says.")]

@@ -48,6 +48,8 @@ class BuildConfig:
     cloud_config: Path | None = None
     overlay_iso: Path | None = None  # extra files on the ISO's root
     overlay_rootfs: Path | None = None  # extra files in the rootfs (every format)
+    # Make every stage anew (replacing its cache entry); digest-checked blobs are still reused.
+    no_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.pull not in PULL_POLICIES:

@@ -46,8 +46,9 @@ def convert_to(config: BuildConfig, output: str) -> str:
     if target.transport == "dir":
         copy_tree(rootfs, path)
         return str(path)
-    parent = Path.cwd() if target.transport == "docker" else path.absolute().parent
-    with scratch(parent if target.transport != "docker" else cache.root / "work") as work:
+    # Beside the output (renamed into place at the end), or in the cache for the daemon.
+    with (cache.workdir() if target.transport == "docker"
+          else scratch(path.absolute().parent)) as work:
         layer = Path(work) / "layer.tar"
         with step("writing the converted image"):
             epoch = build_epoch(rootfs)

@@ -23,15 +23,21 @@ from kairos_build import rootfs
 from kairos_build.errors import InputError
 
 
-def source_date_epoch(default: int = 0) -> int:
-    """SOURCE_DATE_EPOCH from the environment, else `default`; a bad value is an error."""
+def given_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH from the environment, None when unset; a bad value is an error."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
-        return default
+        return None
     if not value.isdigit():
         raise InputError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
                          hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)")
     return int(value)
+
+
+def source_date_epoch(default: int = 0) -> int:
+    """SOURCE_DATE_EPOCH from the environment, else `default`; a bad value is an error."""
+    given = given_epoch()
+    return default if given is None else given
 
 
 def build_epoch(root: Path) -> int:

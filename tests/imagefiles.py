@@ -1,5 +1,6 @@
 """OCI layouts of real trees for the integration tests, written by hand from the image spec
-(not with kairos-build's code, so they can judge it), streaming from disk."""
+(not with kairos-build's code, so they can judge it), streaming from disk; and a reader of
+files inside an ISO."""
 
 from __future__ import annotations
 
@@ -47,3 +48,19 @@ def write_oci_layout(layout: Path, layer: Path, tag: str) -> None:
         "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
 
 
+
+
+def file_digest(iso: Path, path: str) -> str:
+    """The sha256 of one file inside an ISO (by its Joliet path), read in chunks."""
+    import pycdlib
+
+    reader = pycdlib.PyCdlib()
+    reader.open(str(iso))
+    digest = hashlib.sha256()
+    try:
+        with reader.open_file_from_iso(joliet_path=path) as handle:
+            while chunk := handle.read(4 << 20):
+                digest.update(chunk)
+    finally:
+        reader.close()
+    return digest.hexdigest()

@@ -17,15 +17,32 @@ from kairos_build.tools import run
 
 
 @cache
+def mke2fs_version() -> str:
+    """'mke2fs 1.47.0 (5-Feb-2023)': part of the ext4 cache key.
+
+    Not captured apart: mke2fs prints its version on stderr, which run() then merges in.
+    """
+    return run(["mkfs.ext4", "-V"]).strip().splitlines()[0]
+
+
+@cache
 def _grub_safe_features() -> str:
     """GRUB 2.06 refuses ext4 with metadata_csum_seed or orphan_file, which newer e2fsprogs
     turn on by default; the disk is read by GRUB, so turn them off where mke2fs knows them."""
-    version = run(["mkfs.ext4", "-V"], capture=True)
-    found = re.search(r"mke2fs (\d+)\.(\d+)", version)
+    found = re.search(r"mke2fs (\d+)\.(\d+)", mke2fs_version())
     features = ["^metadata_csum_seed"]
     if found and (int(found.group(1)), int(found.group(2))) >= (1, 47):
         features.append("^orphan_file")
     return ",".join(features)
+
+
+def ext4_options(label: str, fs_uuid: str, offset: int = 0) -> list[str]:
+    """Every mkfs.ext4 option but the source, target and size (also in the cache key)."""
+    extended = [f"hash_seed={fs_uuid}", "lazy_itable_init=0", "lazy_journal_init=0"]
+    if offset:
+        extended.append(f"offset={offset}")
+    return ["-q", "-F", "-L", label, "-U", fs_uuid, "-O", _grub_safe_features(),
+            "-E", ",".join(extended), "-m", "0"]
 
 
 def make_ext4(target: Path, size: int, label: str, fs_uuid: str, source: Path | None = None,
@@ -37,11 +54,7 @@ def make_ext4(target: Path, size: int, label: str, fs_uuid: str, source: Path | 
     """
     if not offset:
         target.unlink(missing_ok=True)
-    extended = [f"hash_seed={fs_uuid}", "lazy_itable_init=0", "lazy_journal_init=0"]
-    if offset:
-        extended.append(f"offset={offset}")
-    argv = ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-O", _grub_safe_features(),
-            "-E", ",".join(extended), "-m", "0"]
+    argv = ["mkfs.ext4", *ext4_options(label, fs_uuid, offset)]
     if source is not None:
         argv += ["-d", str(source)]
     # E2FSPROGS_FAKE_TIME: every time mke2fs would take from the clock (superblock, inodes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from kairos_build.tools import run
@@ -11,12 +12,23 @@ from kairos_build.tools import run
 _LEVELS = {"zstd": ["-Xcompression-level", "3"]}
 
 
+@cache
+def mksquashfs_version() -> str:
+    """'mksquashfs version 4.5.1 (2022/03/17)': part of the squashfs cache key."""
+    return run(["mksquashfs", "-version"], capture=True).splitlines()[0].strip()
+
+
+def squashfs_options(compression: str, epoch: int) -> list[str]:
+    """Every mksquashfs option but the paths: what shapes the bytes (also in the cache key)."""
+    options = ["-noappend", "-no-progress", "-quiet", "-comp", compression,
+               *_LEVELS.get(compression, []),
+               # Runtime-only directories are mounted at boot; ship them empty.
+               "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
+    # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
+    return [*options, "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+
+
 def make_squashfs(root: Path, output: Path, compression: str = "zstd", epoch: int = 0) -> None:
     """Write `root` as a squashfs to `output` (replaced if present), every time `epoch`."""
-    args = ["mksquashfs", str(root), str(output), "-noappend", "-no-progress", "-quiet",
-            "-comp", compression, *_LEVELS.get(compression, []),
-            # Runtime-only directories are mounted at boot; ship them empty.
-            "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
-    # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
-    args += ["-mkfs-time", str(epoch), "-all-time", str(epoch)]
-    run(args, timeout=3600)
+    run(["mksquashfs", str(root), str(output), *squashfs_options(compression, epoch)],
+        timeout=3600)

@@ -7,11 +7,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
-from kairos_build.cache import Cache
+from kairos_build.cache import Cache, Stage
 from kairos_build.config import BuildConfig
-from kairos_build.disk.ext4 import make_ext4
+from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
 from kairos_build.disk.layout import stable_uuid
-from kairos_build.disk.squashfs import make_squashfs
+from kairos_build.disk.squashfs import make_squashfs, mksquashfs_version, squashfs_options
 from kairos_build.errors import InputError
 from kairos_build.log import step
 
@@ -34,28 +34,36 @@ class ExportContext:
     epoch: int = 0
 
     def squashfs(self) -> Path:
-        """The rootfs as a squashfs, made once per converted rootfs and compression."""
+        """The rootfs as a squashfs, made once per converted rootfs, compression and tool."""
         compression = self.config.squashfs_compression
-        key = f"{self.rootfs_key[:40]}-{compression}-{self.epoch}"
+        stage = Stage("squashfs", "squashfs", {
+            "rootfs": self.rootfs_key, "compression": compression, "epoch": self.epoch,
+            "mksquashfs": mksquashfs_version(),
+            "options": squashfs_options(compression, self.epoch)},
+            lineage=("rootfs",), prefix=f"{compression}-")
 
         def make(target: Path) -> None:
             with step(f"making the squashfs ({compression})"):
                 make_squashfs(self.rootfs, target / "rootfs.squashfs", compression, self.epoch)
 
-        return self.cache.get_or_make("squashfs", key, make) / "rootfs.squashfs"
+        entry = self.cache.get_or_make_stage(stage, make, refresh=self.config.no_cache)
+        return entry / "rootfs.squashfs"
 
     def root_image(self, size: int) -> Path:
         """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per
-        converted rootfs and size."""
-        key = f"{self.rootfs_key[:40]}-{size}-{self.epoch}"
+        converted rootfs, size and tool."""
+        fs_uuid = stable_uuid(self.rootfs_key, "COS_ACTIVE")
+        stage = Stage("ext4 image", "ext4", {
+            "rootfs": self.rootfs_key, "size": size, "epoch": self.epoch,
+            "mke2fs": mke2fs_version(), "options": ext4_options("COS_ACTIVE", fs_uuid)},
+            lineage=("rootfs",), prefix=f"{size >> 20}M-")
 
         def make(target: Path) -> None:
             with step(f"making the system image ({size >> 20} MiB ext4)"):
-                make_ext4(target / "active.img", size, "COS_ACTIVE",
-                          stable_uuid(self.rootfs_key, "COS_ACTIVE"), source=self.rootfs,
+                make_ext4(target / "active.img", size, "COS_ACTIVE", fs_uuid, source=self.rootfs,
                           epoch=self.epoch)
 
-        return self.cache.get_or_make("ext4", key, make) / "active.img"
+        return self.cache.get_or_make_stage(stage, make, refresh=self.config.no_cache) / "active.img"
 
 
 class Exporter(Protocol):

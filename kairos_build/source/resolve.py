@@ -8,9 +8,6 @@ comes back is never modified: conversion works on a copy.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +38,8 @@ class SourceOptions:
     platform: str = "linux/amd64"
     insecure_registries: tuple[str, ...] = ()
     bootstrap_fallback: bool = True
+    # --no-cache: unpack or bootstrap anew (pulled blobs, checked by digest, are reused).
+    refresh: bool = False
 
 
 def _tree_fingerprint(root: Path) -> str:
@@ -62,14 +61,6 @@ def _rootfs_key(config_digest: str) -> str:
     return config_digest.replace(":", "-")
 
 
-@contextmanager
-def _workdir(cache: Cache) -> Iterator[Path]:
-    work_root = cache.root / "work"
-    work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_root) as work:
-        yield Path(work)
-
-
 @dataclass(frozen=True)
 class _ImageById:
     """A daemon image known by ID whose rootfs is cached; exported only if the entry vanished
@@ -87,15 +78,15 @@ class _ImageById:
     def apply(self, target: Path) -> None:
         from kairos_build.source.docker_daemon import open_daemon_image
 
-        with _workdir(self.cache) as work:
+        with self.cache.workdir() as work:
             image = open_daemon_image(self.name, work, pull="never", platform=self.options.platform)
             if image is None:
                 raise InputError(f"the docker daemon went away while reading {self.name}")
             apply_image(image, target)
 
 
-def unpack_cached(image: Image | _ImageById, cache: Cache) -> Base:
-    """The image's rootfs from the cache, unpacked there first when missing."""
+def unpack_cached(image: Image | _ImageById, cache: Cache, refresh: bool = False) -> Base:
+    """The image's rootfs from the cache, unpacked there first when missing (or `refresh`)."""
     key = _rootfs_key(image.config_digest)
 
     def unpack(target: Path) -> None:
@@ -105,7 +96,7 @@ def unpack_cached(image: Image | _ImageById, cache: Cache) -> Base:
             else:
                 apply_image(image, target)
 
-    rootfs = cache.get_or_make("rootfs", key, unpack)
+    rootfs = cache.get_or_make("rootfs", key, unpack, refresh=refresh)
     return Base(rootfs, key, f"{image.description} ({image.config_digest[:19]})")
 
 
@@ -120,13 +111,13 @@ def _from_daemon(name: str, cache: Cache, options: SourceOptions) -> Base | None
     if not daemon_available():
         return None
     image_id = local_image_id(name) if options.pull != "always" else None
-    if image_id and cache.path("rootfs", _rootfs_key(image_id)).is_dir():
+    if image_id and cache.path("rootfs", _rootfs_key(image_id)).is_dir() and not options.refresh:
         # Already unpacked under its config digest: no export of the whole image again.
         log.info("  docker image %s is %s, unpacked before", name, image_id[:19])
         return unpack_cached(_ImageById(name, image_id, cache, options), cache)
-    with _workdir(cache) as work:
+    with cache.workdir() as work:
         image = open_daemon_image(name, work, pull=options.pull, platform=options.platform)
-        return None if image is None else unpack_cached(image, cache)
+        return None if image is None else unpack_cached(image, cache, options.refresh)
 
 
 def _from_daemon_or_registry(name: str, cache: Cache, options: SourceOptions) -> Base:
@@ -138,7 +129,7 @@ def _from_daemon_or_registry(name: str, cache: Cache, options: SourceOptions) ->
         return base
     image = open_registry_image(name, cache, pull=options.pull, platform=options.platform,
                                 insecure_registries=options.insecure_registries)
-    return unpack_cached(image, cache)
+    return unpack_cached(image, cache, options.refresh)
 
 
 def _bootstrap(ref: BaseRef, flavor: Flavor, cache: Cache, options: SourceOptions) -> Base:
@@ -159,7 +150,8 @@ def _bootstrap(ref: BaseRef, flavor: Flavor, cache: Cache, options: SourceOption
         with step(f"bootstrapping {distro} {suite} with {recipe.tool}"):
             bootstrap_rootfs(recipe, target)
 
-    rootfs = cache.get_or_make("rootfs", key, make, refresh=options.pull == "always")
+    rootfs = cache.get_or_make("rootfs", key, make,
+                               refresh=options.pull == "always" or options.refresh)
     return Base(rootfs, key, str(ref))
 
 
@@ -195,11 +187,13 @@ def resolve_base(base: str | None, flavor: Flavor, release: Release, cache: Cach
     if ref.transport in ("oci", "oci-archive"):
         from kairos_build.source.oci import open_oci_image
 
-        return unpack_cached(open_oci_image(_readable(ref), ref.tag, options.platform), cache)
+        return unpack_cached(open_oci_image(_readable(ref), ref.tag, options.platform), cache,
+                             options.refresh)
     if ref.transport == "docker-archive":
         from kairos_build.source.docker_archive import open_docker_archive
 
-        return unpack_cached(open_docker_archive(_readable(ref), None, options.platform), cache)
+        return unpack_cached(open_docker_archive(_readable(ref), None, options.platform), cache,
+                             options.refresh)
     if ref.transport == "bootstrap":
         return _bootstrap(ref, flavor, cache, options)
     raise InputError(f"--base {ref}: {ref.transport} bases are not supported",

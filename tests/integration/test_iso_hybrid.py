@@ -15,6 +15,7 @@ import pytest
 
 from kairos_build.exporters.iso import write_iso
 from tests.conftest import run_cli
+from tests.imagefiles import file_digest
 
 pytestmark = pytest.mark.integration
 CONFIG = "#cloud-config\nhostname: first\n"
@@ -34,19 +35,6 @@ def iso_file(iso: Path, path: str) -> bytes:
             return bytes(handle.read())
     finally:
         reader.close()
-
-
-def file_digest(iso: Path, path: str) -> str:
-    reader = pycdlib.PyCdlib()
-    reader.open(str(iso))
-    digest = hashlib.sha256()
-    try:
-        with reader.open_file_from_iso(joliet_path=path) as handle:
-            while chunk := handle.read(4 << 20):
-                digest.update(chunk)
-    finally:
-        reader.close()
-    return digest.hexdigest()
 
 
 def test_system_area_has_grub_mbr_and_a_gpt_with_the_esp(built_iso: tuple[Path, str]) -> None:
