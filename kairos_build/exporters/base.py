@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
+from kairos_build import __version__
 from kairos_build.cache import Cache, Stage
 from kairos_build.config import BuildConfig
 from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
@@ -38,7 +39,7 @@ class ExportContext:
         compression = self.config.squashfs_compression
         stage = Stage("squashfs", "squashfs", {
             "rootfs": self.rootfs_key, "compression": compression, "epoch": self.epoch,
-            "mksquashfs": mksquashfs_version(),
+            "mksquashfs": mksquashfs_version(), "tool": __version__,
             "options": squashfs_options(compression, self.epoch)},
             lineage=("rootfs",), prefix=f"{compression}-")
 
@@ -55,7 +56,8 @@ class ExportContext:
         fs_uuid = stable_uuid(self.rootfs_key, "COS_ACTIVE")
         stage = Stage("ext4 image", "ext4", {
             "rootfs": self.rootfs_key, "size": size, "epoch": self.epoch,
-            "mke2fs": mke2fs_version(), "options": ext4_options("COS_ACTIVE", fs_uuid)},
+            "mke2fs": mke2fs_version(), "tool": __version__,
+            "options": ext4_options("COS_ACTIVE", fs_uuid)},
             lineage=("rootfs",), prefix=f"{size >> 20}M-")
 
         def make(target: Path) -> None:
