@@ -21,3 +21,9 @@ Insecure = Annotated[list[str] | None, typer.Option(
 NoBootstrap = Annotated[bool, typer.Option(
     "--no-bootstrap", help="Fail instead of bootstrapping when the flavor's image cannot be had.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Compression = Annotated[str, typer.Option(
+    "--compression", help="Squashfs compression: zstd (default, level 3), zstd:LEVEL (1-22), xz (with "
+    "the arch's BCJ filter), gzip[:LEVEL], lz4, lzo.")]
+# The option's former name, still accepted.
+SquashfsCompression = Annotated[str | None, typer.Option(  # noqa: UP007
+    "--squashfs-compression", hidden=True)]

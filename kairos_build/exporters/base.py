@@ -36,7 +36,7 @@ class ExportContext:
     def squashfs(self) -> Path:
         """The rootfs as a squashfs, made once per converted rootfs and compression."""
         compression = self.config.squashfs_compression
-        key = f"{self.rootfs_key[:40]}-{compression}-{self.epoch}"
+        key = f"{self.rootfs_key[:40]}-{compression.spec}-{self.epoch}"
 
         def make(target: Path) -> None:
             with step(f"making the squashfs ({compression})"):
