@@ -46,12 +46,15 @@ class SourceOptions:
 def _tree_fingerprint(root: Path) -> str:
     """Cheap identity of a directory given as dir:PATH (paths, sizes, times; not contents)."""
     entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    # Relative paths by slicing: os.path.relpath took over half the time (1 s for 18k files).
+    top = str(root)
+    cut = len(top.rstrip("/")) + 1
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
+        prefix = f"{dirpath[cut:]}/" if dirpath != top else ""
         for name in sorted(filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            entries.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size,
-                            st.st_mtime_ns, st.st_mode))
+            st = os.lstat(f"{dirpath}/{name}")
+            entries.append((f"{prefix}{name}", st.st_size, st.st_mtime_ns, st.st_mode))
     return cache_key("dir", path=str(root.resolve()), entries=entries)
 
 
