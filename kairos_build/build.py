@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build import __version__
+from kairos_build import __version__, artifact_cache
 from kairos_build.cache import Cache, Stage, hash_tree, pid_is_gone
 from kairos_build.checks import require_mode
 from kairos_build.config import BuildConfig
@@ -168,12 +168,19 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
     """
     name = context.config.artifact_name
     partial = output_dir / f".{name}.{exporter.extension}.partial-{os.getpid()}"
+    final = output_dir / f"{name}.{exporter.extension}"
+    key = artifact_cache.artifact_key(exporter, context)
     try:
         with step(f"exporting {exporter.name}"):
-            exporter.export(context, partial)
+            if kept := artifact_cache.kept_output(context, key, final):
+                return Artifact(exporter.name, final, kept.sha256, kept.size)
+            if not artifact_cache.copy_cached(context, key, partial):
+                exporter.export(context, partial)
             if partial.is_dir():
                 return _publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")
-            return _publish_file(exporter.name, partial, output_dir / f"{name}.{exporter.extension}")
+            artifact = _publish_file(exporter.name, partial, final)
+            artifact_cache.store(context, key, final, artifact.sha256)
+            return artifact
     except BaseException:
         if partial.is_dir() and not partial.is_symlink():
             shutil.rmtree(partial, ignore_errors=True)

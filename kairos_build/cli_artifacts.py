@@ -15,6 +15,7 @@ import typer
 from kairos_build.cli_options import (
     Base,
     CacheDir,
+    Compression,
     Flavor,
     Insecure,
     Json,
@@ -24,6 +25,7 @@ from kairos_build.cli_options import (
     Platform,
     Pull,
     Release,
+    SquashfsCompression,
     Version,
 )
 from kairos_build.errors import InputError
@@ -47,7 +49,7 @@ def build(
     output: Output = Path("build"), version: Version = "v0.1.0", cache_dir: CacheDir = None,
     pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
     no_bootstrap: NoBootstrap = False, no_cache: NoCache = False,
-    squashfs_compression: Annotated[str, typer.Option(help="zstd|gzip|xz|lz4|lzo")] = "zstd",
+    compression: Compression = "zstd", squashfs_compression: SquashfsCompression = None,
     kernel_arg: Annotated[list[str] | None, typer.Option(  # noqa: UP007
         help="Extra kernel argument for every boot entry (repeatable).")] = None,
     extra_cmdline: Annotated[str | None, typer.Option(  # noqa: UP007
@@ -87,7 +89,8 @@ def build(
         image_size=parse_size(image_size, "--image-size") if image_size else None,
         compress=compress)
     config = make_config(flavor, release, base=base, output_dir=output, version=version,
-                         cache_dir=cache_dir, pull=pull, squashfs_compression=squashfs_compression,
+                         cache_dir=cache_dir, pull=pull,
+                         squashfs_compression=squashfs_compression or compression,
                          extra_kernel_args=kernel_args(kernel_arg, extra_cmdline), platform=platform,
                          insecure_registries=tuple(insecure_registry or ()),
                          bootstrap_fallback=not no_bootstrap, disk=disk,

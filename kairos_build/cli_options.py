@@ -25,3 +25,9 @@ NoCache = Annotated[bool, typer.Option(
     "--no-cache", help="Make every stage anew (base unpack, conversion, squashfs, images) and "
     "replace its cache entry; pulled blobs, checked by their digest, are still reused and "
     "tags are resolved as --pull says.")]
+Compression = Annotated[str, typer.Option(
+    "--compression", help="Squashfs compression: zstd (default, level 3), zstd:LEVEL (1-22), xz (with "
+    "the arch's BCJ filter), gzip[:LEVEL], lz4, lzo.")]
+# The option's former name, still accepted.
+SquashfsCompression = Annotated[str | None, typer.Option(  # noqa: UP007
+    "--squashfs-compression", hidden=True)]

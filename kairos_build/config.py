@@ -8,13 +8,13 @@ from pathlib import Path
 
 from kairos_build.cache import default_cache_dir
 from kairos_build.disk.layout import DiskOptions
+from kairos_build.disk.squashfs import Compression
 from kairos_build.errors import InputError
 from kairos_build.flavors import Flavor, Release, load_flavor
 
 PULL_POLICIES = ("missing", "always", "never")
 PLATFORMS = ("linux/amd64", "linux/arm64")
 VARIANTS = ("core", "standard")
-SQUASHFS_COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "lzo")
 _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
 
 
@@ -38,7 +38,8 @@ class BuildConfig:
     model: str = "generic"
     cache_dir: Path = field(default_factory=default_cache_dir)
     pull: str = "missing"
-    squashfs_compression: str = "zstd"
+    # Parsed from --compression by make_config (for the arch: xz picks its BCJ filter).
+    squashfs_compression: Compression = field(default_factory=Compression)
     extra_kernel_args: tuple[str, ...] = ()
     platform: str = "linux/amd64"
     insecure_registries: tuple[str, ...] = ()
@@ -56,9 +57,6 @@ class BuildConfig:
             raise InputError(f"--pull {self.pull!r} is not known", hint=f"use {'|'.join(PULL_POLICIES)}")
         if self.variant not in VARIANTS:
             raise InputError(f"variant {self.variant!r} is not known", hint=f"use {'|'.join(VARIANTS)}")
-        if self.squashfs_compression not in SQUASHFS_COMPRESSIONS:
-            raise InputError(f"squashfs compression {self.squashfs_compression!r} is not known",
-                             hint=f"use {'|'.join(SQUASHFS_COMPRESSIONS)}")
         if self.arch != "amd64":
             raise InputError(f"arch {self.arch!r} is not supported yet", hint="use amd64")
         if self.platform not in PLATFORMS:
@@ -78,4 +76,7 @@ def make_config(flavor: str, release: str | None = None, **options: object) -> B
     given = {k: v for k, v in options.items() if v is not None}
     if "version" in given:
         given["version"] = normalize_version(str(given["version"]))
+    if isinstance(given.get("squashfs_compression"), str):
+        given["squashfs_compression"] = Compression.parse(
+            str(given["squashfs_compression"]), arch=str(given.get("arch", "amd64")))
     return BuildConfig(flavor=loaded, release=loaded.release(release), **given)  # type: ignore[arg-type]

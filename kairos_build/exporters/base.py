@@ -38,10 +38,10 @@ class ExportContext:
         """The rootfs as a squashfs, made once per converted rootfs, compression and tool."""
         compression = self.config.squashfs_compression
         stage = Stage("squashfs", "squashfs", {
-            "rootfs": self.rootfs_key, "compression": compression, "epoch": self.epoch,
+            "rootfs": self.rootfs_key, "compression": compression.spec, "epoch": self.epoch,
             "mksquashfs": mksquashfs_version(), "tool": __version__,
             "options": squashfs_options(compression, self.epoch)},
-            lineage=("rootfs",), prefix=f"{compression}-")
+            lineage=("rootfs",), prefix=f"{compression.spec.replace(':', '')}-")
 
         def make(target: Path) -> None:
             with step(f"making the squashfs ({compression})"):

@@ -48,12 +48,15 @@ def _tree_fingerprint(root: Path) -> str:
     Not its location: the same tree copied elsewhere (`cp -a`) is the same base, so it gives
     the same artifacts (their UUIDs are seeded from this key) and shares the cache."""
     entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    # Relative paths by slicing: os.path.relpath took over half the time (1 s for 18k files).
+    top = str(root)
+    cut = len(top.rstrip("/")) + 1
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
+        prefix = f"{dirpath[cut:]}/" if dirpath != top else ""
         for name in sorted(filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            entries.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size,
-                            st.st_mtime_ns, st.st_mode))
+            st = os.lstat(f"{dirpath}/{name}")
+            entries.append((f"{prefix}{name}", st.st_size, st.st_mtime_ns, st.st_mode))
     return cache_key("dir", entries=entries)
 
 
