@@ -106,7 +106,8 @@ def test_two_builds_at_once_share_one_cache(clean_builds: CleanBuilds) -> None:
     # The same goes for the conversion: one made it, the other waited and reused it.
     assert sum("conversion runs:" in log for log in clean_builds.logs) == 1
     entries = check_consistent(clean_builds.cache)
-    assert sorted(str(e["kind"]) for e in entries) == ["converted", "squashfs"]
+    # One artifact entry: both builds made the same ISO (same key), the later one is kept.
+    assert sorted(str(e["kind"]) for e in entries) == ["artifact", "converted", "squashfs"]
     squashfs = sha256(squashfs_entry(clean_builds.cache))
     assert [file_digest(iso, "/rootfs.squashfs") for iso in clean_builds.isos] == [squashfs] * 2
     a, b = (sha256(iso) for iso in clean_builds.isos)
@@ -151,7 +152,8 @@ def test_sigkill_during_the_ext4_image_leaves_a_usable_cache(
         assert "reusing cached squashfs" in again.stderr
         assert "ext4 image runs: nothing cached for this rootfs yet" in again.stderr
         entries = check_consistent(cache)
-        assert sorted(str(e["kind"]) for e in entries) == ["converted", "ext4", "squashfs"]
+        assert sorted(str(e["kind"]) for e in entries) == ["artifact", "converted", "ext4",
+                                                           "squashfs"]
         assert sha256(squashfs_entry(cache)) == sha256(squashfs_entry(clean_builds.cache))
         clean = run_cli(*iso_command(probe_tree, tmp_path / "fresh", tmp_path / "clean", "raw")[3:],
                         env=EPOCH)
