@@ -31,6 +31,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "grub-mkimage": "grub-common",
     "xorriso": "xorriso",
     "unshare": "util-linux",
+    "gzip": "gzip",
     "chroot": "coreutils",
     "cp": "coreutils",
     "tar": "tar",

@@ -16,6 +16,7 @@ the file still boots as a CD.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
@@ -67,6 +68,25 @@ def sfdisk_script(seed: str, iso_end: int, esp_start: int, esp_size: int) -> str
     ]) + "\n"
 
 
+def copy_range(source: int, target: int, offset: int) -> None:
+    """All of `source` into `target` at `offset`, copied by the kernel (copy_file_range: no
+    pass through Python, a reflink where the filesystem can); read and written in chunks
+    where the kernel cannot (files on two filesystems of different kinds)."""
+    size = os.fstat(source).st_size
+    done = 0
+    while done < size:
+        try:
+            copied = os.copy_file_range(source, target, size - done, done, offset + done)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            copied = os.pwrite(target, os.pread(source, min(1 << 20, size - done), done),
+                               offset + done)
+        if copied == 0:
+            raise OSError(f"the copy stopped at {done} of {size} bytes")
+        done += copied
+
+
 def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path, seed: str) -> None:
     """Turn the finished ISO at `iso` into a hybrid (see the module docstring)."""
     patch_bios_image(iso, bios_image_lba, bios_image_size)
@@ -74,9 +94,7 @@ def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path,
     esp_start = -(-iso_end // _ALIGN) * _ALIGN
     esp_size = -(-esp.stat().st_size // SECTOR) * SECTOR
     with iso.open("r+b") as handle, esp.open("rb") as source:
-        handle.seek(esp_start)
-        while chunk := source.read(1 << 20):
-            handle.write(chunk)
+        copy_range(source.fileno(), handle.fileno(), esp_start)
         handle.truncate(esp_start + esp_size + _BACKUP_GPT)
     # --wipe never: the ISO9660 signature at 32 KiB must stay (it is what boots as a CD).
     write_partition_table(iso, sfdisk_script(seed, iso_end, esp_start, esp_size), wipe="never")

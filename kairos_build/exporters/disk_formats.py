@@ -76,8 +76,16 @@ class GceExporter(RawExporter):
             # The backup GPT must sit at the new end of the disk.
             run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--relocate",
                  "gpt-bak-std", str(disk)])
-        epoch = context.epoch
-        # gzip -n: no name or time in the gzip header, so the same disk gives the same file.
-        run(["tar", "--format=gnu", "--sparse", "--sort=name", "--owner=0", "--group=0",
-             "--numeric-owner", f"--mtime=@{epoch}", "--use-compress-program=gzip -n -6",
-             "-C", str(folder), "-cf", str(output), "disk.raw"])
+        write_gce_bundle(disk, output, context.epoch)
+
+
+def write_gce_bundle(disk: Path, output: Path, epoch: int) -> None:
+    """`disk` (named disk.raw) as a sparse GNU tar.gz at `output`, the same bytes for the same
+    disk content."""
+    # Holes found by reading (zero blocks), not asked of the filesystem: where it happened to
+    # allocate zeros (or shares extents by reflink) differs between machines, the content does
+    # not. gzip -n: no name or time in the gzip header.
+    run(["tar", "--format=gnu", "--sparse", "--hole-detection=raw", "--sort=name",
+         "--owner=0", "--group=0",
+         "--numeric-owner", f"--mtime=@{epoch}", "--use-compress-program=gzip -n -6",
+         "-C", str(disk.parent), "-cf", str(output), disk.name])

@@ -5,6 +5,7 @@ ISO, the raw disk, the qcow2, the vmdk, the vhd and the converted OCI image."""
 from __future__ import annotations
 
 import hashlib
+import mmap
 import subprocess
 import tarfile
 import time
@@ -48,6 +49,12 @@ def test_two_builds_give_bit_identical_artifacts(probe_tree: Path, tmp_path: Pat
     second = build(copy, tmp_path / "cache-2", tmp_path / "out-2")
     assert set(first) == {"iso", "raw", "qcow2", "vmdk", "vhd", "oci-archive"}
     assert first == second
+    # No build path in the output: not the base's, the cache's or the output folder's.
+    for artifact in [*(tmp_path / "out-1").glob("*.iso"), *(tmp_path / "out-1").glob("*.vmdk"),
+                     tmp_path / "out-1" / "converted.oci.tar"]:
+        with artifact.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for path in (tmp_path, probe_tree):
+                assert data.find(str(path).encode()) == -1, (artifact.name, path)
 
 
 def layer_members(archive: Path) -> dict[str, tuple[int, int, int, str]]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ENTRY_POINT_GROUP, exporters, get_exporter
+from kairos_build.exporters.disk_formats import write_gce_bundle
 
 FORMATS = {"iso", "raw", "qcow2", "vmdk", "vhd", "gce", "netboot"}
 
@@ -30,3 +32,23 @@ def test_an_unknown_format_lists_the_known_ones() -> None:
         get_exporter("floppy")
     assert "floppy" in err.value.message
     assert all(name in (err.value.hint or "") for name in FORMATS)
+
+
+def test_gce_bundle_depends_on_the_disk_content_not_its_allocation(tmp_path: Path) -> None:
+    """Zeros written out and zeros left as a hole are the same disk: the same tar.gz."""
+    bundles = []
+    for name, zeros_written in (("written", True), ("hole", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        with (folder / "disk.raw").open("wb") as disk:
+            disk.write(b"x" * 4096)
+            if zeros_written:
+                disk.write(bytes(1 << 20))
+            else:
+                disk.seek(4096 + (1 << 20))
+            disk.write(b"y" * 4096)
+            disk.truncate(8 << 20)
+        write_gce_bundle(folder / "disk.raw", folder / "bundle.tar.gz", 1700000000)
+        bundles.append((folder / "bundle.tar.gz").read_bytes())
+    assert (tmp_path / "written/disk.raw").stat().st_blocks > (tmp_path / "hole/disk.raw").stat().st_blocks
+    assert bundles[0] == bundles[1]

@@ -4,7 +4,9 @@ ISO overlays, the hybrid patching of the El Torito GRUB image, rootfs overlays."
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,24 @@ def test_rootfs_overlay_copies_files_as_root_and_stays_inside(tmp_path: Path) ->
     assert not Path("/tmp/outside-the-root/x").exists()  # the link resolved inside the root
     assert (root / "tmp" / "outside-the-root" / "x").read_text() == "inside"
     assert not (root / "fifo").exists()
+
+
+@pytest.mark.parametrize("across", [False, True], ids=["same-filesystem", "tmpfs-to-disk"])
+def test_copy_range_places_the_whole_source_at_the_offset(tmp_path: Path, across: bool) -> None:
+    """In the kernel on one filesystem; in chunks where it refuses (EXDEV across kinds)."""
+    from kairos_build.disk.isohybrid import copy_range
+
+    if across and not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm tmpfs to copy across from")
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if across else tmp_path
+    source, target = folder / "esp.img", tmp_path / "iso"
+    payload = os.urandom(3 << 20) + b"end"
+    source.write_bytes(payload)
+    target.write_bytes(b"head")
+    with source.open("rb") as src, target.open("r+b") as dst:
+        copy_range(src.fileno(), dst.fileno(), 1 << 20)
+    data = target.read_bytes()
+    assert data[:4] == b"head" and data[4:1 << 20] == bytes((1 << 20) - 4)
+    assert data[1 << 20:] == payload
+    if across:
+        shutil.rmtree(folder)
