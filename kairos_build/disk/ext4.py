@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+import tempfile
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -70,30 +72,36 @@ def pin_inode_times(target: Path, offset: int, epoch: int) -> None:
     mke2fs -d (1.47.0, Debian 12) copies them from the host files, where the kernel sets
     ctime on every change and atime on reads, so two builds of the same tree differ in them;
     mtimes are the tree's own (clamped by conversion). debugfs changes them in one batch
-    (about 0.1 s for 20,000 inodes); e2fsprogs >= 1.47.1 could read a tarball instead.
+    (about 0.1 s for 20,000 inodes); e2fsprogs >= 1.47.1 could read a tarball instead. The
+    batch is written to a file as it is made: memory stays flat however many files there are.
     """
     device = f"{target}?offset={offset}" if offset else str(target)
-    commands = "".join(f"sif <{ino}> ctime @{epoch}\nsif <{ino}> atime @{epoch}\n"
-                       for ino in used_inodes(device))
-    run(["debugfs", "-w", "-f", "-", device], input_bytes=commands.encode(), env=tool_env(epoch))
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".debugfs-") as batch:
+        for first, last in used_inode_ranges(device):
+            for ino in range(first, last + 1):
+                batch.write(f"sif <{ino}> ctime @{epoch}\nsif <{ino}> atime @{epoch}\n")
+        batch.flush()
+        run(["debugfs", "-w", "-f", batch.name, device], env=tool_env(epoch))
 
 
-def used_inodes(device: str) -> list[int]:
-    """Inode numbers in use: the root directory, and from the first non-reserved inode on
-    (reserved ones carry mke2fs's own times) whatever dumpe2fs lists as not free, group by
-    group. Ranges, not sets: a large partition has millions of inodes and few used."""
+def used_inode_ranges(device: str) -> Iterator[tuple[int, int]]:
+    """Inode numbers in use, as inclusive ranges: the root directory, and from the first
+    non-reserved inode on (reserved ones carry mke2fs's own times) whatever dumpe2fs does
+    not list as free, group by group."""
     report = run(["dumpe2fs", device], capture=True)
     per_group = int(_field(report, "Inodes per group"))
     first = int(_field(report, "First inode"))
-    used = [2]
+    yield 2, 2
     for group, ranges in enumerate(re.findall(r"^\s+Free inodes: (.*)$", report, re.MULTILINE)):
         start = max(group * per_group + 1, first)
         for span in filter(None, (part.strip() for part in ranges.split(","))):
             low, _, high = span.partition("-")
-            used.extend(range(start, int(low)))
+            if int(low) > start:
+                yield start, int(low) - 1
             start = max(start, int(high or low) + 1)
-        used.extend(range(start, (group + 1) * per_group + 1))
-    return used
+        end = (group + 1) * per_group
+        if start <= end:
+            yield start, end
 
 
 def _field(report: str, name: str) -> str:
