@@ -172,9 +172,10 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
     key = artifact_cache.artifact_key(exporter, context)
     try:
         with step(f"exporting {exporter.name}"):
-            if kept := artifact_cache.kept_output(context, key, final):
+            reuse = not context.config.no_cache
+            if reuse and (kept := artifact_cache.kept_output(context, key, final)):
                 return Artifact(exporter.name, final, kept.sha256, kept.size)
-            if not artifact_cache.copy_cached(context, key, partial):
+            if not (reuse and artifact_cache.copy_cached(context, key, partial)):
                 exporter.export(context, partial)
             if partial.is_dir():
                 return _publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")

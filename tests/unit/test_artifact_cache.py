@@ -72,3 +72,13 @@ def test_the_key_names_the_compression_spec(tmp_path: Path) -> None:
     keys = {artifact_cache.artifact_key(exporter, _context(tmp_path, squashfs_compression=spec))
             for spec in ("zstd", "zstd:19", "xz")}
     assert len(keys) == 3
+
+
+def test_no_cache_builds_the_artifact_anew(tmp_path: Path) -> None:
+    exporter, out = _CountingExporter(), tmp_path / "out"
+    out.mkdir()
+    export_artifact(exporter, _context(tmp_path), out)
+    export_artifact(exporter, _context(tmp_path, no_cache=True), out)
+    (out / f"{_context(tmp_path).config.artifact_name}.img").unlink()
+    export_artifact(exporter, _context(tmp_path, no_cache=True), out)
+    assert exporter.runs == 3
