@@ -65,27 +65,33 @@ class GceExporter(RawExporter):
         raw = raw_disk(context)
         folder = context.workdir / "gce"
         folder.mkdir(exist_ok=True)
-        disk = folder / "disk.raw"
         size = raw.stat().st_size
         if size % GiB == 0:
-            disk.unlink(missing_ok=True)
-            os.link(raw, disk)
+            sized = raw
         else:
-            run(["cp", "--sparse=always", "--reflink=auto", str(raw), str(disk)])
-            os.truncate(disk, -(-size // GiB) * GiB)
+            sized = folder / "sized.raw"
+            run(["cp", "--sparse=always", "--reflink=auto", str(raw), str(sized)])
+            os.truncate(sized, -(-size // GiB) * GiB)
             # The backup GPT must sit at the new end of the disk.
             run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--relocate",
-                 "gpt-bak-std", str(disk)])
-        write_gce_bundle(disk, output, context.epoch)
+                 "gpt-bak-std", str(sized)])
+        write_gce_bundle(sized, output, context.epoch, folder / "bundle")
 
 
-def write_gce_bundle(disk: Path, output: Path, epoch: int) -> None:
-    """`disk` (named disk.raw) as a sparse GNU tar.gz at `output`, the same bytes for the same
-    disk content."""
-    # Holes found by reading (zero blocks), not asked of the filesystem: where it happened to
-    # allocate zeros (or shares extents by reflink) differs between machines, the content does
-    # not. gzip -n: no name or time in the gzip header.
-    run(["tar", "--format=gnu", "--sparse", "--hole-detection=raw", "--sort=name",
-         "--owner=0", "--group=0",
+def write_gce_bundle(disk: Path, output: Path, epoch: int, work: Path) -> None:
+    """`disk` as `disk.raw` in a sparse GNU tar.gz at `output`: the same disk content gives
+    the same bytes.
+
+    tar --sparse records where the file's holes are, which is how a filesystem happened to
+    allocate it (zeros written out, extents shared by reflink), not what it holds: the disk
+    is first copied by `cp --sparse=always`, which makes every zero block a hole (reading
+    only the data, so it costs a second where tar finding holes by reading takes 20). Then
+    names sorted, root owner, date `epoch`, and gzip -n (no name or time in its header).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    bundled = work / "disk.raw"
+    bundled.unlink(missing_ok=True)
+    run(["cp", "--sparse=always", "--reflink=never", str(disk), str(bundled)])
+    run(["tar", "--format=gnu", "--sparse", "--sort=name", "--owner=0", "--group=0",
          "--numeric-owner", f"--mtime=@{epoch}", "--use-compress-program=gzip -n -6",
-         "-C", str(disk.parent), "-cf", str(output), disk.name])
+         "-C", str(work), "-cf", str(output), "disk.raw"])

@@ -48,7 +48,7 @@ def test_gce_bundle_depends_on_the_disk_content_not_its_allocation(tmp_path: Pat
                 disk.seek(4096 + (1 << 20))
             disk.write(b"y" * 4096)
             disk.truncate(8 << 20)
-        write_gce_bundle(folder / "disk.raw", folder / "bundle.tar.gz", 1700000000)
+        write_gce_bundle(folder / "disk.raw", folder / "bundle.tar.gz", 1700000000, folder / "work")
         bundles.append((folder / "bundle.tar.gz").read_bytes())
     assert (tmp_path / "written/disk.raw").stat().st_blocks > (tmp_path / "hole/disk.raw").stat().st_blocks
     assert bundles[0] == bundles[1]
