@@ -35,7 +35,10 @@ def test_ctrl_c_during_conversion_leaves_no_mount_no_partial_entry_no_artifact(
     proc = subprocess.Popen(
         [sys.executable, "-m", "kairos_build", "iso", "--base", f"dir:{trixie_base}",
          "--output", str(out), "--cache-dir", str(cache)],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # As from a terminal: Ctrl-C acts. A runner that started us in the background of a
+        # non-interactive shell (`cmd &`) passes SIGINT down ignored, and then it would not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     seen = ""
     deadline = time.monotonic() + 300
