@@ -56,8 +56,9 @@ def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
     assert second["machine_id"] == first["machine_id"]  # made once, kept
 
 
-@pytest.mark.parametrize("firmware", ["uefi", "bios"])
-def test_qcow2_boots(built_disks: tuple[dict[str, Path], str], firmware: str) -> None:
-    fields, probe = boot(built_disks[0]["qcow2"], firmware)
+def test_qcow2_boots(built_disks: tuple[dict[str, Path], str]) -> None:
+    # Under OVMF only: the qcow2 holds the raw disk's bytes (qemu-img compare, in the disk
+    # image tests), which boot under both firmwares above; this proves the container format.
+    fields, probe = boot(built_disks[0]["qcow2"], "uefi")
     assert_immutable(fields)
     assert probe["root"] == "read-only"
