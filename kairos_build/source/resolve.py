@@ -8,6 +8,7 @@ comes back is never modified: conversion works on a copy.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class SourceOptions:
 
 
 def _tree_fingerprint(root: Path) -> str:
-    """Cheap identity of a directory given as dir:PATH (paths, sizes, times; not contents).
+    """Cheap identity of a directory given as dir:PATH (paths, sizes, modes, times; not
+    contents).
 
     Not its location: the same tree copied elsewhere (`cp -a`) is the same base, so it gives
     the same artifacts (their UUIDs are seeded from this key) and shares the cache."""
@@ -54,9 +56,15 @@ def _tree_fingerprint(root: Path) -> str:
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
         prefix = f"{dirpath[cut:]}/" if dirpath != top else ""
-        for name in sorted(filenames):
+        # Folders too (empty ones, links to folders): os.walk lists a link to a folder among
+        # the folders, and does not enter it. A folder by its mode only: its size and date
+        # depend on the filesystem and on what it once held, not on what it holds.
+        for name in sorted(filenames + dirnames):
             st = os.lstat(f"{dirpath}/{name}")
-            entries.append((f"{prefix}{name}", st.st_size, st.st_mtime_ns, st.st_mode))
+            if stat.S_ISDIR(st.st_mode):
+                entries.append((f"{prefix}{name}", 0, 0, st.st_mode))
+            else:
+                entries.append((f"{prefix}{name}", st.st_size, st.st_mtime_ns, st.st_mode))
     return cache_key("dir", entries=entries)
 
 
