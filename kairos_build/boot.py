@@ -34,6 +34,8 @@ OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 FIRMWARES = ("bios", "uefi")
 EXPECTATIONS = ("live", "immutable", "any")
 GUEST_PANIC = b"Kernel panic - not syncing"
+# The last line the kernel prints on a panic (after its trace): the guest then only halts.
+GUEST_PANIC_END = b"---[ end Kernel panic"
 
 # 16-bit boot sector: use the FPU, write "KVMOK" to COM1, halt. The broken nested KVM seen
 # here runs plain real-mode code but dies on the first x87 instruction (as OVMF does), so the
@@ -79,8 +81,8 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
                         return seen, None
                 elif match := pattern.search(seen):
                     return seen, match
-                if KVM_FAILURE in seen:
-                    break
+                if KVM_FAILURE in seen or GUEST_PANIC_END in seen:
+                    break  # nothing more will come: no need to wait for the deadline
                 seen = seen[-1 << 20 :]
             elif proc.poll() is not None:
                 break

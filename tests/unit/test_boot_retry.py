@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,3 +46,25 @@ def test_a_panic_that_comes_back_is_reported(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(BuildError, match="Unable to mount root fs"):
         boot_module.boot(disk, "bios", timeout=20, accel="tcg")
     assert len(starts) == 2
+
+
+def test_a_panicked_guest_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A panicked kernel halts without QEMU exiting: its last line ends the wait, not the
+    deadline (a CI run once waited out 8 minutes for it)."""
+    disk = tmp_path / "node.raw"
+    disk.write_bytes(b"\0" * 512)
+    panic = "Kernel panic - not syncing: Fatal exception\\n---[ end Kernel panic - not syncing ]---"
+    starts: list[int] = []
+
+    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+        starts.append(1)
+        text = panic if len(starts) == 1 else MARKER
+        return subprocess.Popen(["sh", "-c", f'printf "%b\\n" "{text}"; exec sleep 120'],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    monkeypatch.setattr(boot_module, "_spawn", spawn)
+    began = time.monotonic()
+    result = boot_module.boot(disk, "bios", timeout=60, accel="tcg")
+    assert len(starts) == 2 and result.fields["root_mode"] == "ro"
+    assert time.monotonic() - began < 20
