@@ -8,6 +8,7 @@ what changed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,12 @@ def test_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def built_iso(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`kairos-build iso` on a real mmdebstrap'ed trixie: the ISO and the build's stderr."""
+    """`kairos-build iso` on a real mmdebstrap'ed trixie: the ISO and the build's stderr.
+
+    The ISO is really written (its steps are in the log): finished artifacts that earlier
+    runs left in the test cache are dropped first; the conversion and squashfs are reused."""
     out = tmp_path_factory.mktemp("iso-out")
+    shutil.rmtree(test_cache / "artifact", ignore_errors=True)
     result = run_cli("iso", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
                      "--output", str(out), "--cache-dir", str(test_cache))
     assert result.returncode == 0, result.stderr[-4000:]
