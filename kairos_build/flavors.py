@@ -50,6 +50,20 @@ class Quirks:
 
 
 @dataclass(frozen=True)
+class SecureBoot:
+    """The image's own signed UEFI chain (see _SECURE_BOOT_KEYS): where its packages put each
+    binary (first found wins), the name shim chains to, and the packages that provide them."""
+
+    shim: tuple[str, ...]
+    grub: tuple[str, ...]
+    grub_cd: tuple[str, ...]
+    mok_manager: tuple[str, ...] = ()
+    shim_loads: str = "grubx64.efi"
+    mok_name: str = "mmx64.efi"
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Flavor:
     name: str
     pretty_name: str
@@ -63,6 +77,7 @@ class Flavor:
     packages: dict[str, tuple[str, ...]]
     source: Path = field(compare=False)
     quirks: Quirks = field(default_factory=Quirks)
+    secure_boot: SecureBoot | None = None
 
     def release(self, name: str | None) -> Release:
         """The named release, or the default one; an unknown name lists the known ones."""
@@ -96,7 +111,7 @@ _TOP_KEYS = {
     "releases": "a mapping of release name to {flavor_release, image, bootstrap, packages}",
     "packages": "a mapping of role to a list of package names",
 }
-_OPTIONAL_TOP_KEYS = {"quirks"}
+_OPTIONAL_TOP_KEYS = {"quirks", "secure_boot"}
 _RELEASE_KEYS = {"flavor_release", "image", "bootstrap", "packages"}
 _BOOTSTRAP_KEYS = {"tool", "suite", "variant"}
 # Every quirk, once: its meaning is also the fix an error message offers.
@@ -108,6 +123,21 @@ _QUIRK_KEYS = {
     "services": "for systemd {enable: [...], disable: [...]}; for openrc {RUNLEVEL: [...]}",
     "files": "a mapping of path to content, written into the rootfs before the packages",
 }
+# The signed chain, once: each meaning is also the fix an error message offers.
+_SECURE_BOOT_KEYS = {
+    "shim": "a list of paths of the Microsoft-signed shim, first found wins, "
+            "e.g. [usr/lib/shim/shimx64.efi.signed]",
+    "grub": "a list of paths of the distro-signed grub for disks, "
+            "e.g. [usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed]",
+    "grub_cd": "a list of paths of the signed grub for CDs (searches the medium), "
+               "e.g. [usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed]; default: grub",
+    "mok_manager": "a list of paths of shim's MokManager, e.g. [usr/lib/shim/mmx64.efi.signed]",
+    "shim_loads": "the file name shim starts from its own folder, e.g. grubx64.efi (grub.efi on SUSE)",
+    "mok_name": "the file name shim looks for MokManager under, e.g. mmx64.efi",
+    "packages": "a mapping of piece (shim, grub, grub_cd, mok_manager, kernel) to the package "
+                "that provides it, e.g. {shim: shim-signed}",
+}
+_SECURE_BOOT_PIECES = ("shim", "grub", "grub_cd", "mok_manager", "kernel")
 SERVICE_KEYS = {"systemd": ("enable", "disable"),
                 "openrc": ("sysinit", "boot", "default", "shutdown", "nonetwork")}
 _NAME = re.compile(r"^[A-Za-z0-9@%+_.:-]+$")  # package and service names: no spaces, no shell
@@ -196,6 +226,31 @@ def _parse_quirks(path: Path, data: Any, init: str) -> Quirks:
     return quirks
 
 
+def _parse_secure_boot(path: Path, data: Any) -> SecureBoot:
+    if not isinstance(data, dict):
+        raise _fail(path, "secure_boot", "is not a mapping", f"use the keys: {', '.join(_SECURE_BOOT_KEYS)}")
+    _check_keys(path, "secure_boot.", data, set(_SECURE_BOOT_KEYS))
+    paths: dict[str, tuple[str, ...]] = {}
+    for key in ("shim", "grub", "grub_cd", "mok_manager"):
+        value = data.get(key, [] if key in ("grub_cd", "mok_manager") else None)
+        if not isinstance(value, list) or (key in ("shim", "grub") and not value):
+            raise _fail(path, f"secure_boot.{key}", "is not a list of paths", _SECURE_BOOT_KEYS[key])
+        paths[key] = tuple(_relative_path(path, f"secure_boot.{key}", v) for v in value)
+    names = {}
+    for key, default in (("shim_loads", "grubx64.efi"), ("mok_name", "mmx64.efi")):
+        value = data.get(key, default)
+        if not isinstance(value, str) or not _NAME.match(value) or "/" in value:
+            raise _fail(path, f"secure_boot.{key}", f"is {value!r}, not a file name", _SECURE_BOOT_KEYS[key])
+        names[key] = value
+    packages = data.get("packages", {})
+    if not isinstance(packages, dict) or not all(
+            k in _SECURE_BOOT_PIECES and isinstance(v, str) and _NAME.match(v) for k, v in packages.items()):
+        raise _fail(path, "secure_boot.packages", "is not piece -> package name", _SECURE_BOOT_KEYS["packages"])
+    return SecureBoot(shim=paths["shim"], grub=paths["grub"], grub_cd=paths["grub_cd"] or paths["grub"],
+                      mok_manager=paths["mok_manager"], shim_loads=names["shim_loads"],
+                      mok_name=names["mok_name"], packages={str(k): str(v) for k, v in packages.items()})
+
+
 def _parse_release(path: Path, name: str, data: Any) -> Release:
     where = f"releases.{name}."
     if not isinstance(data, dict):
@@ -249,6 +304,7 @@ def parse_flavor(path: Path) -> Flavor:
         packages=_packages(path, "packages", data["packages"]),
         source=path,
         quirks=_parse_quirks(path, data.get("quirks", {}), init),
+        secure_boot=_parse_secure_boot(path, data["secure_boot"]) if "secure_boot" in data else None,
     )
 
 
