@@ -4,6 +4,11 @@ Each rule says pass or fail and names the file that proves it. Trusted Boot need
 >= 256 and systemd-boot; Secure-Boot-only needs systemd or openrc with grub; both need a
 kernel with the EFI stub, exactly one kernel, and an initramfs tool (the Kairos seed rules,
 which no Kairos tool checks at build time: kairos#3606, kairos#2766).
+
+Secure Boot also wants the image's own signed chain: shim, grub and the kernel, each with an
+Authenticode signature, found where the flavors' `secure_boot` sections say. Those rules do not
+block a build (the exporters fall back to an unsigned grub and say so), but `kairos-build
+check` fails on them.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kairos_build import rootfs
+from kairos_build import pe, rootfs
 from kairos_build.errors import CheckFailedError, HostileContentError, InputError
+from kairos_build.flavors import SecureBoot, flavor_names, load_flavor
 from kairos_build.rpmdb import rpm_package_version
 
 MODES = ("trusted", "secureboot", "auto")
@@ -36,6 +42,12 @@ _SYSTEMCTL = ("usr/bin/systemctl", "bin/systemctl")
 _OPENRC = ("sbin/openrc", "usr/sbin/openrc", "usr/sbin/rc", "sbin/rc")
 _INITRAMFS_TOOLS = {"dracut": ("usr/bin/dracut", "sbin/dracut", "usr/sbin/dracut"),
                     "mkinitfs": ("sbin/mkinitfs", "usr/sbin/mkinitfs")}
+_OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+# os-release IDs whose flavor file has another name.
+_FLAVOR_OF_OS_ID = {"rocky": "rockylinux", "opensuse-leap": "opensuse", "opensuse-tumbleweed": "opensuse",
+                    "opensuse-slowroll": "opensuse"}
+_GENERIC_PACKAGE = {"shim": "the distro's signed shim package", "grub": "the distro's signed grub package",
+                    "kernel": "the distro's signed kernel package"}
 
 
 @dataclass(frozen=True)
@@ -44,14 +56,21 @@ class Rule:
     ok: bool
     detail: str
     evidence: str | None = None  # the file (inside the rootfs) that proves it
+    # A build stops on a failed blocking rule; a failed non-blocking one only fails `check`.
+    blocking: bool = True
 
 
 @dataclass(frozen=True)
 class Report:
     mode: str
     rules: tuple[Rule, ...]
-    ok: bool
+    ok: bool  # every rule passes, blocking or not
     facts: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def buildable(self) -> bool:
+        """Every blocking rule passes: a build may go on (without what the others prove)."""
+        return all(r.ok for r in self.rules if r.blocking)
 
 
 def _file(root: Path, rel: str) -> Path | None:
@@ -250,6 +269,64 @@ def _trusted_rules(root: Path) -> list[Rule]:
     ]
 
 
+def os_release_ids(root: Path) -> list[str]:
+    """ID, then the words of ID_LIKE, from the tree's os-release."""
+    rel = _first(root, _OS_RELEASE)
+    if rel is None or (path := _file(root, rel)) is None:
+        return []
+    ids: list[str] = []
+    for line in _read(path, 64 << 10).decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("ID", "ID_LIKE"):
+            words = value.strip().strip("'\"").split()
+            ids += words if key.strip() == "ID_LIKE" else words[:1]
+    return ids
+
+
+def secure_boot_flavor(root: Path) -> tuple[str | None, list[tuple[str, SecureBoot]]]:
+    """The name of the flavor the tree's os-release names (None when none does) and every
+    flavor's secure_boot section, that flavor's first."""
+    sections = [(name, flavor.secure_boot) for name in flavor_names()
+                if (flavor := load_flavor(name)).secure_boot is not None]
+    names = [name for name, _ in sections]
+    wanted = next((_FLAVOR_OF_OS_ID.get(i, i) for i in os_release_ids(root)
+                   if _FLAVOR_OF_OS_ID.get(i, i) in names), None)
+    return wanted, sorted(sections, key=lambda item: item[0] != wanted)
+
+
+def _signed_piece(root: Path, rule: str, candidates: list[str], package: str) -> Rule:
+    """The first candidate that is signed, else the first that exists, judged by its signature."""
+    found = [(rel, path) for rel in dict.fromkeys(candidates) if (path := _file(root, rel)) is not None]
+    judged = [(rel, pe.authenticode_signers(path)) for rel, path in found]
+    signed = next(((rel, signers) for rel, signers in judged if signers), None)
+    if signed is not None:
+        return Rule(rule, True, "signed by " + ", ".join(signed[1]), f"/{signed[0]}", blocking=False)
+    if not judged:
+        looked = ", ".join(f"/{c}" for c in candidates[:2])
+        return Rule(rule, False, f"not found (looked for {looked}); install {package}", blocking=False)
+    rel, signers = judged[0]
+    what = "not an EFI binary" if signers is None else "has no Authenticode signature"
+    return Rule(rule, False, f"{what}; install {package}", f"/{rel}", blocking=False)
+
+
+def _chain_rules(root: Path) -> list[Rule]:
+    """The image's own signed chain: shim, grub, the kernel (nothing from the image runs)."""
+    wanted, sections = secure_boot_flavor(root)
+    packages = sections[0][1].packages if wanted else {}
+
+    def package(piece: str) -> str:
+        return packages.get(piece, _GENERIC_PACKAGE[piece])
+
+    rules = [_signed_piece(root, "signed shim", [p for _, s in sections for p in s.shim], package("shim")),
+             _signed_piece(root, "signed grub", [p for _, s in sections for p in s.grub], package("grub"))]
+    kernels = kernel_versions(root)
+    if len(kernels) == 1:
+        rules.append(_signed_piece(root, "kernel signed", [kernels[0][1].lstrip("/")], package("kernel")))
+    else:
+        rules.append(Rule("kernel signed", False, "no single kernel to check", blocking=False))
+    return rules
+
+
 def _secureboot_rules(root: Path) -> list[Rule]:
     init, evidence = init_system(root)
     grub = grub_efi(root)
@@ -257,6 +334,7 @@ def _secureboot_rules(root: Path) -> list[Rule]:
         Rule("systemd or openrc in charge", init is not None, init or "neither found", evidence),
         Rule("grub for EFI", grub is not None, "found" if grub else "no grub EFI modules or binary",
              grub),
+        *_chain_rules(root),
     ]
 
 
@@ -282,15 +360,17 @@ def describe(report: Report) -> str:
     lines = []
     for rule in report.rules:
         proof = f" ({rule.evidence})" if rule.evidence else ""
-        lines.append(f"{'pass' if rule.ok else 'FAIL'}  {rule.name}: {rule.detail}{proof}")
+        optional = "" if rule.ok or rule.blocking else " [builds go on without it]"
+        lines.append(f"{'pass' if rule.ok else 'FAIL'}  {rule.name}: {rule.detail}{proof}{optional}")
     return "\n".join(lines)
 
 
 def require_mode(root: Path, mode: str, what: str) -> Report:
-    """Stop with exit code 3, naming each failed rule, when `root` cannot boot in `mode`."""
+    """Stop with exit code 3, naming each failed blocking rule, when `root` cannot boot in
+    `mode`; a failed non-blocking rule (the signed chain) is left to the caller's fallback."""
     report = check_rootfs(root, mode)
-    if not report.ok:
-        failed = "; ".join(f"{r.name}: {r.detail}" for r in report.rules if not r.ok)
+    if not report.buildable:
+        failed = "; ".join(f"{r.name}: {r.detail}" for r in report.rules if not r.ok and r.blocking)
         raise CheckFailedError(f"{what} needs a {mode} capable image, but: {failed}",
                                hint="run `kairos-build check` on the base for the full report")
     return report

@@ -54,7 +54,8 @@ def make_tree(root: Path, *, systemd: int | None = 257, sd_boot: bool = False, g
 
 
 def failed(root: Path, mode: str) -> list[str]:
-    return [r.name for r in check_rootfs(root, mode).rules if not r.ok]
+    """The failed blocking rules (these trees have no signed chain: test_checks_secureboot.py)."""
+    return [r.name for r in check_rootfs(root, mode).rules if not r.ok and r.blocking]
 
 
 def test_trixie_like_tree_passes_trusted_with_systemd_boot(tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_bookworm_like_tree_fails_trusted_on_systemd_252_but_boots_secure(tmp_pa
     assert failed(root, "trusted") == ["systemd >= 256"]
     rule = next(r for r in check_rootfs(root, "trusted").rules if r.name == "systemd >= 256")
     assert rule.detail == "systemd 252 < 256"
-    assert check_rootfs(root, "secureboot").ok
+    assert check_rootfs(root, "secureboot").buildable
     assert check_rootfs(root, "auto").mode == "secureboot"
 
 
@@ -82,7 +83,7 @@ def test_no_systemd_boot_fails_trusted(tmp_path: Path) -> None:
 
 def test_openrc_with_grub_passes_secureboot_only(tmp_path: Path) -> None:
     root = make_tree(tmp_path, systemd=None, openrc=True)
-    assert check_rootfs(root, "secureboot").ok
+    assert check_rootfs(root, "secureboot").buildable
     assert "systemd >= 256" in failed(root, "trusted")
 
 
@@ -96,7 +97,7 @@ def test_kernel_without_efi_stub_fails(tmp_path: Path) -> None:
 
 
 def test_efi_stub_proven_from_the_pe_header_when_no_config(tmp_path: Path) -> None:
-    assert check_rootfs(make_tree(tmp_path, stub=None), "secureboot").ok
+    assert check_rootfs(make_tree(tmp_path, stub=None), "secureboot").buildable
     assert is_efi_stub_image(efi_stub_header())
     assert not is_efi_stub_image(b"MZ" + bytes(4094))  # a DOS stub with no PE header
     assert not is_efi_stub_image(b"\x7fELF" + bytes(4092))
@@ -148,5 +149,13 @@ def test_check_verb_exit_codes_and_json(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["mode"] == "trusted" and report["ok"] is False and report["facts"]["systemd"] == 252
     assert any(r["name"] == "systemd >= 256" and not r["ok"] for r in report["rules"])
-    ok = run_cli("check", str(root), "--mode", "secureboot", "--cache-dir", str(tmp_path / "cache"))
-    assert ok.returncode == 0 and "secureboot passes" in ok.stdout
+    # Bootable with Secure Boot off, but no signed chain: check fails on the non-blocking rules.
+    secure = run_cli("check", str(root), "--mode", "secureboot", "--json",
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert secure.returncode == 3, secure.stderr
+    rules = {r["name"]: r for r in json.loads(secure.stdout)["rules"]}
+    assert rules["grub for EFI"]["ok"] and rules["grub for EFI"]["blocking"]
+    assert not rules["signed shim"]["ok"] and rules["signed shim"]["blocking"] is False
+    text = run_cli("check", str(root), "--mode", "secureboot", "--cache-dir", str(tmp_path / "cache"))
+    assert "secureboot FAILS" in text.stdout
+    assert "FAIL  signed shim: not found" in text.stdout and "[builds go on without it]" in text.stdout
