@@ -294,15 +294,17 @@ def secure_boot_flavor(root: Path) -> tuple[str | None, list[tuple[str, SecureBo
     return wanted, sorted(sections, key=lambda item: item[0] != wanted)
 
 
-def _signed_piece(root: Path, rule: str, candidates: list[str], package: str) -> Rule:
-    """The first candidate that is signed, else the first that exists, judged by its signature."""
+def _signed_piece(root: Path, rule: str, candidates: list[str], expected: tuple[str, ...],
+                  package: str) -> Rule:
+    """The first candidate that is signed, else the first that exists, judged by its signature;
+    when none exists, the detail names where the tree's own flavor (`expected`) puts it."""
     found = [(rel, path) for rel in dict.fromkeys(candidates) if (path := _file(root, rel)) is not None]
     judged = [(rel, pe.authenticode_signers(path)) for rel, path in found]
     signed = next(((rel, signers) for rel, signers in judged if signers), None)
     if signed is not None:
         return Rule(rule, True, "signed by " + ", ".join(signed[1]), f"/{signed[0]}", blocking=False)
     if not judged:
-        looked = ", ".join(f"/{c}" for c in candidates[:2])
+        looked = ", ".join(f"/{c}" for c in (expected or candidates[:3]))
         return Rule(rule, False, f"not found (looked for {looked}); install {package}", blocking=False)
     rel, signers = judged[0]
     what = "not an EFI binary" if signers is None else "has no Authenticode signature"
@@ -312,16 +314,19 @@ def _signed_piece(root: Path, rule: str, candidates: list[str], package: str) ->
 def _chain_rules(root: Path) -> list[Rule]:
     """The image's own signed chain: shim, grub, the kernel (nothing from the image runs)."""
     wanted, sections = secure_boot_flavor(root)
-    packages = sections[0][1].packages if wanted else {}
+    own = sections[0][1] if wanted else None
 
     def package(piece: str) -> str:
-        return packages.get(piece, _GENERIC_PACKAGE[piece])
+        return own.packages.get(piece, _GENERIC_PACKAGE[piece]) if own else _GENERIC_PACKAGE[piece]
 
-    rules = [_signed_piece(root, "signed shim", [p for _, s in sections for p in s.shim], package("shim")),
-             _signed_piece(root, "signed grub", [p for _, s in sections for p in s.grub], package("grub"))]
+    rules = [_signed_piece(root, "signed shim", [p for _, s in sections for p in s.shim],
+                           own.shim if own else (), package("shim")),
+             _signed_piece(root, "signed grub", [p for _, s in sections for p in s.grub],
+                           own.grub if own else (), package("grub"))]
     kernels = kernel_versions(root)
     if len(kernels) == 1:
-        rules.append(_signed_piece(root, "kernel signed", [kernels[0][1].lstrip("/")], package("kernel")))
+        image = kernels[0][1].lstrip("/")
+        rules.append(_signed_piece(root, "kernel signed", [image], (image,), package("kernel")))
     else:
         rules.append(Rule("kernel signed", False, "no single kernel to check", blocking=False))
     return rules
