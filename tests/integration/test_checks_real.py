@@ -9,6 +9,7 @@ import pytest
 from kairos_build.cache import Cache, cache_key
 from kairos_build.checks import check_rootfs
 from kairos_build.flavors import load_flavor
+from kairos_build.pe import authenticode_signers, grub_embedded_config, grub_prefix
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,27 @@ def test_converted_trixie_boots_secure_but_lacks_systemd_boot_for_trusted(
     assert systemd.ok and int(systemd.detail.split()[-1]) >= 256  # trixie ships 257
     stub = next(r for r in secure.rules if r.name == "kernel has the EFI stub")
     assert stub.evidence and stub.evidence.startswith("/boot/config-")
+
+
+def test_converted_trixie_has_debians_signed_chain(test_cache: Path, built_iso: tuple[Path, str]) -> None:
+    root = converted_tree(test_cache)
+    chain = {r.name: r for r in check_rootfs(root, "secureboot").rules if not r.blocking}
+    assert {name: r.evidence for name, r in chain.items()} == {
+        "signed shim": "/usr/lib/shim/shimx64.efi.signed",
+        "signed grub": "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+        "kernel signed": next(r.evidence for r in check_rootfs(root, "secureboot").rules
+                              if r.name == "exactly one kernel")}
+    assert "Microsoft Corporation UEFI CA 2011" in chain["signed shim"].detail
+    assert chain["signed grub"].detail == "signed by Debian Secure Boot Signer 2022 - grub2"
+    assert chain["kernel signed"].detail.startswith("signed by Debian Secure Boot Signer")
+    # What the exporters rely on: where each signed grub looks for its config.
+    signed = root / "usr/lib/grub/x86_64-efi-signed"
+    assert grub_prefix(signed / "grubx64.efi.signed") == "/EFI/debian"
+    assert grub_embedded_config(signed / "grubx64.efi.signed") is None  # trixie: reads $prefix/grub.cfg
+    assert grub_prefix(signed / "gcdx64.efi.signed") == "/boot/grub"
+    assert (grub_embedded_config(signed / "gcdx64.efi.signed") or "").startswith("normal (memdisk)/grub.cfg")
+    mok_manager = root / "usr/lib/shim/mmx64.efi.signed"
+    assert authenticode_signers(mok_manager) == ["Debian Secure Boot Signer 2022 - shim"]
 
 
 def test_the_bare_base_has_no_kernel(test_cache: Path, built_iso: tuple[Path, str]) -> None:
