@@ -9,11 +9,13 @@ what is not a regular file (a FIFO would block, a device would never end).
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import stat
 import struct
 import tarfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -361,12 +363,15 @@ def _memdisk_file(image: bytes, name: str) -> bytes | None:
     name = name.strip("/")
     if not name:
         return None
-    if image[257:262] == b"ustar":
-        return _tar_file(image, name)
-    if image[:4] == b"hsqs":
-        return _squashfs_file(image, name)
-    if len(image) >= 512 and image[510:512] == b"\x55\xaa":
-        return _fat_file(image, name)
+    try:
+        if image[257:262] == b"ustar":
+            return _tar_file(image, name)
+        if image[:4] == b"hsqs":
+            return _squashfs_file(image, name)
+        if len(image) >= 512 and image[510:512] == b"\x55\xaa":
+            return _fat_file(image, name)
+    except (struct.error, ValueError, IndexError):  # a lie the checks above missed: no file
+        return None
     return None
 
 
@@ -422,5 +427,94 @@ def _fat_file(image: bytes, name: str) -> bytes | None:
     return None
 
 
-def _squashfs_file(image: bytes, name: str) -> bytes | None:
+def _decompress(kind: int, data: bytes, limit: int) -> bytes | None:
+    """One squashfs block: gzip (1), lzma (2) or xz (4), the codecs Python has; at most `limit`."""
+    try:
+        if kind == 1:
+            return zlib.decompressobj().decompress(data, limit)
+        if kind in (2, 4):
+            codec = lzma.FORMAT_ALONE if kind == 2 else lzma.FORMAT_XZ
+            return lzma.LZMADecompressor(codec).decompress(data, limit)
+    except (zlib.error, lzma.LZMAError, EOFError):
+        return None
     return None
+
+
+def _squashfs_file(image: bytes, name: str) -> bytes | None:
+    """A file of a squashfs 4.0 image's root folder (Debian trixie's memdisks): small and
+    best effort, every offset checked, at most _MAX_MEMDISK bytes out."""
+    if "/" in name or len(image) < 96:
+        return None
+    _inodes, _time, block_size, _frags, kind = struct.unpack_from("<IIIIH", image, 4)
+    root_ref, = struct.unpack_from("<Q", image, 32)
+    inode_start, directory_start, fragment_start = struct.unpack_from("<QQQ", image, 64)
+
+    def metadata(start: int, ref_block: int, offset: int, size: int) -> bytes | None:
+        out, at = b"", start + ref_block
+        while len(out) < offset + size and at + 2 <= len(image) and len(out) < _MAX_MEMDISK:
+            header = _u16(image, at)
+            length = header & 0x7FFF
+            raw = image[at + 2:at + 2 + length]
+            block = raw if header & 0x8000 else _decompress(kind, raw, 8192)
+            if block is None or length == 0:
+                return None
+            out, at = out + block, at + 2 + length
+        return out[offset:offset + size] if len(out) > offset else None  # may come short
+
+    def inode(ref: int) -> bytes | None:  # a header and up to 16 block sizes
+        return metadata(inode_start, ref >> 16, ref & 0xFFFF, 32 + 4 * 16)
+
+    root = inode(root_ref)
+    if root is None or len(root) < 32 or _u16(root, 0) != 1:  # a basic folder
+        return None
+    start, _links, size, offset = struct.unpack_from("<IIHH", root, 16)
+    listing = metadata(directory_start, start, offset, max(0, size - 3)) or b""
+    at = 0
+    while at + 12 <= len(listing):
+        count, block, _number = struct.unpack_from("<III", listing, at)
+        at += 12
+        for _ in range(count + 1):
+            if at + 8 > len(listing):
+                return None
+            entry_offset, _delta, _type, name_size = struct.unpack_from("<HhHH", listing, at)
+            entry_name = listing[at + 8:at + 9 + name_size].decode(errors="replace")
+            at += 9 + name_size
+            if entry_name == name:
+                found = inode((block << 16) | entry_offset)
+                return _squashfs_read(image, kind, block_size, fragment_start, found, metadata)
+    return None
+
+
+def _squashfs_read(image: bytes, kind: int, block_size: int, fragment_start: int, node: bytes | None,
+                   metadata: Callable[[int, int, int, int], bytes | None]) -> bytes | None:
+    if node is None or len(node) < 32 or _u16(node, 0) != 2:  # a basic file
+        return None
+    start, fragment, fragment_offset, size = struct.unpack_from("<IIII", node, 16)
+    if size > _MAX_MEMDISK:
+        return None
+    whole = size // block_size if fragment != 0xFFFFFFFF else -(-size // block_size)
+    out, at = b"", start
+    if 32 + 4 * whole > len(node):  # more blocks than a memdisk's config needs
+        return None
+    for index in range(whole):
+        word = _u32(node, 32 + 4 * index)
+        length = word & 0xFFFFFF
+        raw = image[at:at + length]
+        block = raw if word & 0x1000000 else _decompress(kind, raw, block_size)
+        if block is None:
+            return None
+        out, at = out + block, at + length
+    if fragment != 0xFFFFFFFF:
+        if fragment_start + 8 * (fragment // 512) + 8 > len(image):
+            return None
+        table = _u32(image, fragment_start + 8 * (fragment // 512))  # low half of the u64
+        entry = metadata(table, 0, 16 * (fragment % 512), 16)
+        if entry is None or len(entry) < 16:
+            return None
+        where, length = struct.unpack_from("<QI", entry, 0)
+        raw = image[where:where + (length & 0xFFFFFF)]
+        block = raw if length & 0x1000000 else _decompress(kind, raw, block_size)
+        if block is None:
+            return None
+        out += block[fragment_offset:fragment_offset + size - len(out)]
+    return out if len(out) == size else None

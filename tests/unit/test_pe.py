@@ -172,6 +172,32 @@ def test_grub_config_from_a_tar_or_fat_memdisk(tmp_path: Path) -> None:
     assert grub_embedded_config(image) == f"normal (memdisk)/grub.cfg\n# (memdisk)/grub.cfg:\n{inner}"
 
 
+@pytest.mark.parametrize("compression", ["xz", "gzip"])
+def test_grub_config_from_a_squashfs_memdisk(tmp_path: Path, compression: str) -> None:
+    """Debian trixie's signed images carry their memdisk as an xz squashfs."""
+    if shutil.which("mksquashfs", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        pytest.skip("mksquashfs (squashfs-tools) not installed")
+    inner = "set prefix=($root)/boot/grub\n" * 3
+    (tmp_path / "tree/fonts").mkdir(parents=True)
+    (tmp_path / "tree/fonts/big.pf2").write_bytes(os.urandom(300_000))  # several blocks before it
+    (tmp_path / "tree/grub.cfg").write_text(inner)
+    memdisk = tmp_path / "memdisk.squashfs"
+    subprocess.run(["mksquashfs", str(tmp_path / "tree"), str(memdisk), "-comp", compression, "-noappend",
+                    "-quiet"], check=True, capture_output=True)
+    image = grub_image(tmp_path / "sq.efi", "/boot/grub", config="normal (memdisk)/grub.cfg\n",
+                       memdisk=memdisk)
+    assert grub_embedded_config(image) == f"normal (memdisk)/grub.cfg\n# (memdisk)/grub.cfg:\n{inner}"
+    data = bytearray(image.read_bytes())
+    rng = random.Random(3)
+    start = data.find(b"hsqs")
+    for _ in range(200):  # a damaged memdisk is no file, never an exception
+        copy = bytearray(data)
+        end = start + 200 if rng.random() < 0.5 else len(data)
+        copy[rng.randrange(start, end)] ^= 0xFF
+        (tmp_path / "damaged").write_bytes(bytes(copy))
+        grub_embedded_config(tmp_path / "damaged")
+
+
 def test_not_pe_truncated_and_lying_files(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     text = tmp_path / "text"
     text.write_text("#!/bin/sh\n")
