@@ -148,7 +148,7 @@ def bare_tools_iso(rootfs: Path, work: Path, compression: Compression) -> tuple[
     cfg.write_text("set timeout=3\nmenuentry Kairos {\n linux /boot/kernel root=live:CDLABEL=COS_LIVE"
                    " rd.live.image\n initrd /boot/initrd\n}\n")
     kernel, initrd = boot_file(rootfs, "vmlinuz"), boot_file(rootfs, "initrd")
-    modules = {p: grub_modules(p) for p in ("i386-pc", "x86_64-efi")}
+    modules = {p: grub_modules(GRUB_LIB / p, p) for p in ("i386-pc", "x86_64-efi")}
     start = time.monotonic()
     squashfs = work / "rootfs.squashfs"
     timed(["mksquashfs", str(rootfs), str(squashfs), "-noappend", "-no-progress", "-quiet",

@@ -27,5 +27,5 @@ fi
 # images and unpack them for comparison.
 if [ -n "$extras" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        docker-registry skopeo umoci docker.io
+        docker-registry skopeo umoci docker.io sbsigntool
 fi

@@ -245,7 +245,8 @@ def _parse_secure_boot(path: Path, data: Any) -> SecureBoot:
     packages = data.get("packages", {})
     if not isinstance(packages, dict) or not all(
             k in _SECURE_BOOT_PIECES and isinstance(v, str) and _NAME.match(v) for k, v in packages.items()):
-        raise _fail(path, "secure_boot.packages", "is not piece -> package name", _SECURE_BOOT_KEYS["packages"])
+        raise _fail(path, "secure_boot.packages", "is not piece -> package name",
+                    _SECURE_BOOT_KEYS["packages"])
     return SecureBoot(shim=paths["shim"], grub=paths["grub"], grub_cd=paths["grub_cd"] or paths["grub"],
                       mok_manager=paths["mok_manager"], shim_loads=names["shim_loads"],
                       mok_name=names["mok_name"], packages={str(k): str(v) for k, v in packages.items()})

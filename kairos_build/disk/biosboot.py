@@ -8,10 +8,9 @@ import os
 import struct
 from pathlib import Path
 
-from kairos_build.disk.grub import GRUB_LIB, early_config, grub_modules
+from kairos_build.disk.grub import make_grub_image
 from kairos_build.disk.layout import SECTOR, Partition
 from kairos_build.errors import BuildError
-from kairos_build.tools import run
 
 # Offsets inside grub's boot.img (the MBR code) and diskboot.img (first sector of core.img).
 _KERNEL_SECTOR = 0x5C  # u64: LBA of core.img's first sector
@@ -21,19 +20,12 @@ _BLOCKLIST = SECTOR - 12  # diskboot's first blocklist entry: u64 start, u16 sec
 _CORE_SEGMENT = 0x820  # where diskboot loads the rest of core.img (0x800 + one sector)
 
 
-def make_core_image(output: Path, label: str, workdir: Path) -> None:
-    config = workdir / "early-i386-pc-disk.cfg"
-    config.write_text(early_config(label))
-    run(["grub-mkimage", "--directory", str(GRUB_LIB / "i386-pc"), "--format", "i386-pc",
-         "--output", str(output), "--prefix", "/boot/grub", "--config", str(config),
-         *grub_modules("i386-pc")])
-
-
-def install_bios_grub(disk: Path, bios_partition: Partition, label: str, workdir: Path) -> None:
+def install_bios_grub(disk: Path, bios_partition: Partition, label: str, workdir: Path,
+                      modules: Path) -> None:
     """Core image (searching the filesystem labelled `label`) into `bios_partition`, boot
-    sector into the MBR."""
+    sector into the MBR, both from the grub i386-pc modules in `modules`."""
     core_path = workdir / "core.img"
-    make_core_image(core_path, label, workdir)
+    make_grub_image("i386-pc", core_path, label, workdir, modules, image_format="i386-pc")
     core = bytearray(core_path.read_bytes())
     if len(core) > bios_partition.size:
         raise BuildError(f"grub's core image ({len(core)} bytes) does not fit the "
@@ -42,7 +34,7 @@ def install_bios_grub(disk: Path, bios_partition: Partition, label: str, workdir
     sectors = -(-len(core) // SECTOR)
     struct.pack_into("<QHH", core, _BLOCKLIST, first + 1, sectors - 1, _CORE_SEGMENT)
 
-    boot = bytearray((GRUB_LIB / "i386-pc" / "boot.img").read_bytes())
+    boot = bytearray((modules / "boot.img").read_bytes())
     struct.pack_into("<Q", boot, _KERNEL_SECTOR, first)
     boot[_DRIVE_CHECK:_DRIVE_CHECK + 2] = b"\x90\x90"
 

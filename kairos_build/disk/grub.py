@@ -1,13 +1,19 @@
-"""GRUB boot images made with grub-mkimage (no grub-install, no mounted target)."""
+"""GRUB boot images made with grub-mkimage (no grub-install, no mounted target), from the
+image's own grub modules; the build host's are the fallback for an image without them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from kairos_build import rootfs
+from kairos_build.errors import HostileContentError
+from kairos_build.log import log
 from kairos_build.tools import require_file, run
 
 GRUB_LIB = Path("/usr/lib/grub")
+# Where each family's grub packages put a platform's modules (SUSE: grub2-<platform>).
+_IMAGE_GRUB_DIRS = ("usr/lib/grub/{platform}", "usr/share/grub2/{platform}", "usr/lib/grub2/{platform}")
 
 # Everything the menus use must be built in: a BIOS CD cannot load modules from an ISO whose
 # layout it does not know yet (kairos#4758 was a missing `smbios`).
@@ -42,20 +48,44 @@ def early_config(label: str) -> str:
     )
 
 
-def grub_modules(platform: str) -> list[str]:
-    directory = GRUB_LIB / platform
-    require_file(str(directory / PLATFORM_CHECK_FILE[platform]))
+def image_grub_dir(root: Path, platform: str) -> Path | None:
+    """The image's own grub modules for `platform` (resolved inside the rootfs), or None."""
+    for pattern in _IMAGE_GRUB_DIRS:
+        try:
+            directory = rootfs.resolve_in(root, pattern.format(platform=platform))
+        except HostileContentError:
+            continue
+        if (directory / "kernel.img").is_file() and (directory / PLATFORM_CHECK_FILE[platform]).is_file():
+            return directory
+    return None
+
+
+def grub_dir(root: Path, platform: str) -> Path:
+    """The grub modules a boot image for `platform` is made from: the image's own, else (one
+    log line) the build host's."""
+    if (directory := image_grub_dir(root, platform)) is not None:
+        return directory
+    log.warning("  the image has no grub %s modules: using the build host's grub for %s boots",
+                platform, "BIOS" if platform == "i386-pc" else "UEFI")
+    require_file(str(GRUB_LIB / platform / PLATFORM_CHECK_FILE[platform]))
+    return GRUB_LIB / platform
+
+
+def grub_modules(directory: Path, platform: str) -> list[str]:
+    """The modules of our menus that `directory` has (an older grub may lack a new one)."""
     wanted = COMMON_MODULES + PLATFORM_MODULES[platform]
     return [m for m in wanted if (directory / f"{m}.mod").is_file()]
 
 
-def make_grub_image(platform: str, output: Path, label: str, workdir: Path) -> None:
-    """A BIOS El Torito image (platform i386-pc) or an EFI binary (x86_64-efi)."""
+def make_grub_image(platform: str, output: Path, label: str, workdir: Path, directory: Path,
+                    image_format: str | None = None) -> None:
+    """A BIOS El Torito image (i386-pc), a BIOS disk core (i386-pc, format i386-pc) or an EFI
+    binary (x86_64-efi) from the modules in `directory`; it finds the medium labelled `label`."""
     formats = {"i386-pc": "i386-pc-eltorito", "x86_64-efi": "x86_64-efi"}
     if platform not in formats:
         raise ValueError(f"grub platform {platform} is not supported")
     config = workdir / f"early-{platform}.cfg"
     config.write_text(early_config(label))
-    run(["grub-mkimage", "--directory", str(GRUB_LIB / platform), "--format", formats[platform],
+    run(["grub-mkimage", "--directory", str(directory), "--format", image_format or formats[platform],
          "--output", str(output), "--prefix", "/boot/grub", "--config", str(config),
-         *grub_modules(platform)])
+         *grub_modules(directory, platform)])

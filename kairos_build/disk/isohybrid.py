@@ -87,8 +87,10 @@ def copy_range(source: int, target: int, offset: int) -> None:
         done += copied
 
 
-def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path, seed: str) -> None:
-    """Turn the finished ISO at `iso` into a hybrid (see the module docstring)."""
+def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path, seed: str,
+                mbr_code: bytes | None = None) -> None:
+    """Turn the finished ISO at `iso` into a hybrid (see the module docstring). `mbr_code` is
+    the grub's `boot_hybrid.img` whose core the ISO carries (default: the build host's)."""
     patch_bios_image(iso, bios_image_lba, bios_image_size)
     iso_end = iso.stat().st_size
     esp_start = -(-iso_end // _ALIGN) * _ALIGN
@@ -98,7 +100,11 @@ def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path,
         handle.truncate(esp_start + esp_size + _BACKUP_GPT)
     # --wipe never: the ISO9660 signature at 32 KiB must stay (it is what boots as a CD).
     write_partition_table(iso, sfdisk_script(seed, iso_end, esp_start, esp_size), wipe="never")
-    code = bytearray((GRUB_LIB / "i386-pc" / "boot_hybrid.img").read_bytes()[:_MBR_CODE_END])
+    if mbr_code is None:
+        mbr_code = (GRUB_LIB / "i386-pc" / "boot_hybrid.img").read_bytes()
+    if len(mbr_code) < _HYBRID_CORE_SECTOR + 8:
+        raise BuildError(f"grub's boot_hybrid.img for {iso.name} is {len(mbr_code)} bytes: not an MBR")
+    code = bytearray(mbr_code[:_MBR_CODE_END])
     struct.pack_into("<Q", code, _HYBRID_CORE_SECTOR, bios_image_lba * 4 + 4)
     fd = os.open(iso, os.O_RDWR)
     try:

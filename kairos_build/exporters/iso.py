@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
 
 import pycdlib
+from pycdlib.pycdlibexception import PyCdlibException
 
 from kairos_build import rootfs
+from kairos_build.disk.efi import esp_files
 from kairos_build.disk.fat import make_fat_image
-from kairos_build.disk.grub import grub_quote, make_grub_image
+from kairos_build.disk.grub import grub_dir, grub_quote, make_grub_image
 from kairos_build.disk.isohybrid import make_hybrid
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext
@@ -84,8 +87,11 @@ _NOT_D_CHARS = re.compile(r"[^A-Z0-9_]")
 
 # Paths the ISO itself uses: an --overlay-iso tree may not replace them.
 RESERVED = frozenset({"/boot/kernel", "/boot/initrd", "/boot/uefi.img", "/boot/boot.cat",
-                      "/boot/grub/grub.cfg", "/boot/grub/bios.img", "/rootfs.squashfs",
-                      "/config.yaml"})
+                      "/boot/grub/grub.cfg", "/boot/grub/bios.img", "/boot/grub/boot_hybrid.img",
+                      "/rootfs.squashfs", "/config.yaml", "/.disk/info"})
+# The MBR code of the hybrid ISO, kept on it so `inject` can make the disk structures again
+# from the image's own grub (kairos_build/inject.py has no rootfs).
+HYBRID_MBR = "/BOOT/GRUB/BOOT_HYBRID.IMG;1"
 
 
 def overlay_files(directory: Path) -> dict[str, Path]:
@@ -111,8 +117,8 @@ class IsoExporter:
     extension = "iso"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
     tools: tuple[str, ...] = ("mksquashfs", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy", "sfdisk")
-    files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/cdboot.img", "/usr/lib/grub/i386-pc/boot_hybrid.img",
-                              "/usr/lib/grub/x86_64-efi/linux.mod")
+    # The boot loaders come from the image (the host's grub only for an image without one).
+    files: tuple[str, ...] = ()
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
@@ -127,18 +133,21 @@ class IsoExporter:
             "grub-live.cfg.j2", timeout=3, title=f"Kairos {config.flavor.pretty_name}",
             cmdline=live_cmdline(LABEL, config.extra_kernel_args)))
         with step("making the BIOS and UEFI boot images"):
+            bios_modules = grub_dir(context.rootfs, "i386-pc")
             bios_img = work / "bios.img"
-            make_grub_image("i386-pc", bios_img, LABEL, work)
-            efi_binary = work / "BOOTX64.EFI"
-            make_grub_image("x86_64-efi", efi_binary, LABEL, work)
+            make_grub_image("i386-pc", bios_img, LABEL, work, bios_modules)
             esp = work / "uefi.img"
-            # grub.cfg in the ESP too: firmware booting the ESP directly (USB) reads that one.
-            make_fat_image(esp, {"EFI/BOOT/BOOTX64.EFI": efi_binary,
-                                 "EFI/BOOT/grub.cfg": grub_cfg}, label="COS_GRUB",
-                           epoch=context.epoch)
+            # The same ESP boots the CD (El Torito) and the USB stick (the appended partition).
+            make_fat_image(esp, esp_files(context.rootfs, config.flavor.secure_boot, LABEL, work, cd=True),
+                           label="COS_GRUB", epoch=context.epoch)
+            # Debian's signed CD grub finds the medium by this file when its prefix is missing.
+            disk_info = work / "disk-info"
+            disk_info.write_text(f"Kairos {config.flavor.pretty_name} {config.version} live\n")
 
         with step("writing the ISO"):
             files = {"/boot/grub/grub.cfg": grub_cfg, "/boot/grub/bios.img": bios_img,
+                     "/boot/grub/boot_hybrid.img": bios_modules / "boot_hybrid.img",
+                     "/.disk/info": disk_info,
                      "/boot/uefi.img": esp, "/boot/kernel": kernel, "/boot/initrd": initrd,
                      "/rootfs.squashfs": squashfs, **extra}
             if config.cloud_config is not None:
@@ -185,12 +194,23 @@ def hybridize(iso_path: Path, seed: str) -> None:
         esp = iso_path.with_name(iso_path.name + ".esp")
         with esp.open("wb") as handle:
             iso.get_file_from_iso_fp(handle, iso_path="/BOOT/UEFI.IMG;1")
+        mbr_code = _read_small(iso, HYBRID_MBR)
     finally:
         iso.close()
     try:
-        make_hybrid(iso_path, bios_lba, bios_size, esp, seed)
+        make_hybrid(iso_path, bios_lba, bios_size, esp, seed, mbr_code)
     finally:
         esp.unlink(missing_ok=True)
+
+
+def _read_small(iso: pycdlib.PyCdlib, iso_path: str) -> bytes | None:
+    """A small file of the ISO, or None when it has none (an ISO of an older kairos-build)."""
+    buffer = io.BytesIO()
+    try:
+        iso.get_file_from_iso_fp(buffer, iso_path=iso_path)
+    except PyCdlibException:
+        return None
+    return buffer.getvalue()
 
 
 def pad_tail(path: Path) -> None:

@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 
 from kairos_build.disk.biosboot import install_bios_grub
+from kairos_build.disk.efi import esp_files
 from kairos_build.disk.ext4 import make_ext4, tree_bytes
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import create_disk, mark_pmbr_bootable
-from kairos_build.disk.grub import grub_quote, make_grub_image
+from kairos_build.disk.grub import grub_dir, grub_quote
 from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
 from kairos_build.exporters.base import ExportContext
 from kairos_build.exporters.iso import boot_file
@@ -107,15 +108,13 @@ def build_raw_disk(context: ExportContext, output: Path) -> Layout:
     write_ext4(output, parts["persistent"], seed, None, context.epoch)
 
     if "efi" in parts:
-        with step("writing COS_GRUB (EFI grub)"):
-            efi_binary = work / "BOOTX64.EFI"
-            make_grub_image("x86_64-efi", efi_binary, STATE_LABEL, work)
-            make_fat_in_disk(output, parts["efi"].start, parts["efi"].size,
-                             {"EFI/BOOT/BOOTX64.EFI": efi_binary}, "COS_GRUB", volume_id(seed),
-                             context.epoch)
+        with step("writing COS_GRUB (the EFI boot loaders)"):
+            loaders = esp_files(context.rootfs, config.flavor.secure_boot, STATE_LABEL, work, cd=False)
+            make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB",
+                             volume_id(seed), context.epoch)
     if "bios" in parts:
         with step("writing grub for BIOS"):
-            install_bios_grub(output, parts["bios"], STATE_LABEL, work)
+            install_bios_grub(output, parts["bios"], STATE_LABEL, work, grub_dir(context.rootfs, "i386-pc"))
             mark_pmbr_bootable(output)
     return layout
 
@@ -126,7 +125,8 @@ class RawExporter:
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
     tools: tuple[str, ...] = ("sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs", "mkfs.vfat", "mmd",
                               "mcopy", "mksquashfs", "grub-mkimage")
-    files: tuple[str, ...] = ("/usr/lib/grub/i386-pc/boot.img", "/usr/lib/grub/x86_64-efi/linux.mod")
+    # The boot loaders come from the image (the host's grub only for an image without one).
+    files: tuple[str, ...] = ()
 
     def export(self, context: ExportContext, output: Path) -> None:
         disk = raw_disk(context)

@@ -10,6 +10,7 @@ import pytest
 from kairos_build.boot import check_root, default_expectation
 from kairos_build.disk.biosboot import install_bios_grub
 from kairos_build.disk.gpt import sfdisk_script
+from kairos_build.disk.grub import GRUB_LIB
 from kairos_build.disk.layout import (
     DiskOptions,
     GiB,
@@ -121,7 +122,7 @@ def test_bios_boot_patches_the_mbr_and_the_core_blocklist(tmp_path: Path) -> Non
         handle.seek(440)
         handle.write(b"SIGN" + b"\0" * 66 + b"\x55\xaa")  # disk signature .. boot signature
     part = Partition("bios", None, "21686148-6449-6E6F-744E-656564454649", 2 * MiB, MiB, "x")
-    install_bios_grub(disk, part, "COS_STATE", tmp_path)
+    install_bios_grub(disk, part, "COS_STATE", tmp_path, GRUB_LIB / "i386-pc")
     data = disk.read_bytes()
     assert struct.unpack_from("<Q", data, 0x5C)[0] == 2 * MiB // 512
     assert data[0x66:0x68] == b"\x90\x90"
@@ -137,7 +138,7 @@ def test_a_core_image_too_big_for_the_partition_is_an_error(tmp_path: Path) -> N
     disk.write_bytes(b"\0" * MiB)
     part = Partition("bios", None, "x", 512 * 1024, 4096, "x")
     with pytest.raises(Exception, match="does not fit"):
-        install_bios_grub(disk, part, "COS_STATE", tmp_path)
+        install_bios_grub(disk, part, "COS_STATE", tmp_path, GRUB_LIB / "i386-pc")
 
 
 def test_disks_are_expected_to_boot_immutable() -> None:
