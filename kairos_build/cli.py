@@ -58,23 +58,37 @@ def _emit(as_json: bool, payload: dict[str, object]) -> None:
 def boot(
     artifact: Annotated[Path, typer.Argument(
         help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")],
-    firmware: Annotated[str, typer.Option(help="bios or uefi.")] = "bios",
+    firmware: Annotated[str, typer.Option(
+        help="bios (SeaBIOS), uefi (OVMF, Secure Boot off) or uefi-secureboot (OVMF's Secure "
+             "Boot build with Microsoft's keys enrolled, Secure Boot enforced).")] = "bios",
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
     memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
     expect_root: Annotated[str | None, typer.Option(  # noqa: UP007
         help="live|immutable|any: what root the booted system must report "
              "(default: live for ISOs, immutable for disks).")] = None,
+    expect_secureboot: Annotated[str | None, typer.Option(  # noqa: UP007
+        help="enabled|disabled|unsupported|any: the Secure Boot state the guest must report "
+             "(default: what the firmware gives: unsupported under bios, disabled under uefi, "
+             "enabled under uefi-secureboot).")] = None,
+    expect_entry: Annotated[str | None, typer.Option(  # noqa: UP007
+        help="The boot entry (kairos.entry=, e.g. live, live-config, active, recovery, "
+             "netboot) the guest must report.")] = None,
+    nic: Annotated[str, typer.Option(
+        help="none, or user: a virtio NIC on QEMU's restricted user-mode network (DHCP, no "
+             "way out). A netboot always has its own NIC.")] = "none",
     writable: Annotated[bool, typer.Option(
         "--writable", help="Let the guest write to the disk (default: a throw-away snapshot).")] = False,
     as_disk: Annotated[bool, typer.Option(
         "--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD.")] = False,
     as_json: Json = False,
 ) -> None:
-    """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root."""
+    """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
+    settles healthy (systemd running, no failed unit)."""
     from kairos_build.boot import boot as boot_artifact
 
     result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,
-                           as_disk=as_disk)
+                           as_disk=as_disk, nic=nic, expect_secureboot=expect_secureboot,
+                           expect_entry=expect_entry)
     log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
              result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
     _emit(as_json, vars(result))

@@ -4,7 +4,12 @@
 # already sees it. Sources, in order:
 #   - the live medium's /config.yaml, when the boot entry asks for it (kairos.live_config=)
 #   - every *.yaml on the COS_OEM partition (disks; 90_custom.yaml from --cloud-config)
-# With none, no seed is written and cloud-init stays disabled for this boot.
+# With none, cloud-init is disabled for this boot: its datasource_list names NoCloud alone,
+# and ds-identify enables a single listed datasource without looking for it, so the
+# generator would start every stage with nothing to read (they then fail). The marker file
+# /etc/cloud/cloud-init.disabled (on the in-memory /etc, so for this boot only) keeps
+# cloud-init.target out (cloud-init 22.x and 25.x generators) and skips each unit by its
+# ConditionPathExists, so nothing runs and nothing fails.
 
 kairos_seed_cloud_config() {
     local_sources=""
@@ -17,6 +22,8 @@ kairos_seed_cloud_config() {
     case "$live_config" in
         /*) [ -f "/run/initramfs/live$live_config" ] && local_sources="/run/initramfs/live$live_config" ;;
     esac
+    marker=/sysroot/etc/cloud/cloud-init.disabled
+    marker_text="# kairos: no cloud-config on this boot"
     oem=/run/kairos/oem
     oem_mounted=no
     if [ -b /dev/disk/by-label/COS_OEM ]; then
@@ -49,6 +56,12 @@ kairos_seed_cloud_config() {
         set -- $(cat $local_sources | cksum)
         echo "instance-id: kairos-$1" > "$seed/meta-data"
         echo "kairos: cloud-config from:$local_sources" > /dev/kmsg 2> /dev/null
+        # Our own marker from a boot without config, should /etc/cloud be kept (persist).
+        [ "$(head -n 1 "$marker" 2> /dev/null)" = "$marker_text" ] && rm -f "$marker"
+    elif [ -d /sysroot/etc/cloud ] && [ ! -e "$marker" ]; then
+        if echo "$marker_text" > "$marker"; then
+            echo "kairos: no cloud-config, cloud-init disabled for this boot" > /dev/kmsg 2> /dev/null
+        fi
     fi
     [ "$oem_mounted" = yes ] && umount "$oem"
 }
