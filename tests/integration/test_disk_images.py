@@ -64,7 +64,7 @@ def test_gpt_validates_and_has_the_kairos_layout(disks: dict[str, Path],
 
 
 def test_mbr_carries_grub_pointing_at_the_bios_boot_partition(
-        disks: dict[str, Path], table: list[dict[str, object]]) -> None:
+        disks: dict[str, Path], table: list[dict[str, object]], probe_tree: Path) -> None:
     with disks["raw"].open("rb") as handle:
         mbr = handle.read(512)
         bios_start = int(table[1]["start"])  # type: ignore[call-overload]
@@ -73,8 +73,8 @@ def test_mbr_carries_grub_pointing_at_the_bios_boot_partition(
     assert mbr[510:512] == b"\x55\xaa"
     assert mbr[0x1BE + 4] == 0xEE and mbr[0x1BE] == 0x80  # protective entry, marked active
     assert struct.unpack_from("<Q", mbr, 0x5C)[0] == bios_start
-    boot_img = Path("/usr/lib/grub/i386-pc/boot.img").read_bytes()
-    assert mbr[:0x5C] == boot_img[:0x5C]  # grub's boot code, not a blank MBR
+    boot_img = (probe_tree / "usr/lib/grub/i386-pc/boot.img").read_bytes()
+    assert mbr[:0x5C] == boot_img[:0x5C]  # the image's grub boot code, not a blank MBR
     start, count, segment = struct.unpack_from("<QHH", diskboot, 500)
     assert (start, segment) == (bios_start + 1, 0x820) and count > 0
 
@@ -91,17 +91,23 @@ def test_every_ext4_partition_checks_clean_with_its_label(
     assert "metadata_csum_seed" not in features and "orphan_file" not in features
 
 
-def test_esp_checks_clean_and_holds_grub_efi(disks: dict[str, Path], table: list[dict[str, object]],
-                                             tmp_path: Path) -> None:
+def test_esp_checks_clean_and_holds_the_images_signed_chain(
+        disks: dict[str, Path], table: list[dict[str, object]], probe_tree: Path, tmp_path: Path) -> None:
+    """shim as the removable loader, the distro's signed disk grub (grubx64, never the CD build
+    that would search every disk) beside it, and a config where its prefix /EFI/debian points."""
     image = extract(disks["raw"], table[0], tmp_path / "esp.img")
     sh("fsck.vfat", "-n", str(image))
-    listing = sh("mdir", "-i", str(image), "-/", "::/").stdout
-    assert "BOOTX64" in listing
-    efi = tmp_path / "BOOTX64.EFI"
-    sh("mcopy", "-i", str(image), "::/EFI/BOOT/BOOTX64.EFI", str(efi))
-    data = efi.read_bytes()
-    pe = struct.unpack_from("<I", data, 0x3C)[0]
-    assert data[:2] == b"MZ" and data[pe:pe + 4] == b"PE\0\0"
+    expected = {"EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
+                "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+                "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed"}
+    for on_esp, in_rootfs in expected.items():
+        copy = tmp_path / "file"
+        sh("mcopy", "-o", "-i", str(image), f"::/{on_esp}", str(copy))
+        assert copy.read_bytes() == (probe_tree / in_rootfs).read_bytes(), on_esp
+    assert "FBX64" not in sh("mdir", "-i", str(image), "-/", "-b", "::/").stdout.upper()
+    sh("mcopy", "-i", str(image), "::/EFI/debian/grub.cfg", str(tmp_path / "stub.cfg"))
+    stub = (tmp_path / "stub.cfg").read_text()
+    assert "--label --set=root COS_STATE" in stub and "configfile ($root)/boot/grub/grub.cfg" in stub
 
 
 def debugfs(image: Path, command: str) -> str:

@@ -57,17 +57,52 @@ def test_volume_label_and_layout(iso: Path) -> None:
         assert f"'{path}'" in listing, listing
 
 
-def test_esp_image_holds_grub_efi_and_config(iso: Path, tmp_path: Path) -> None:
+def mtools_read(image: Path, path: str, dest: Path) -> bytes:
+    subprocess.run(["mcopy", "-i", str(image), f"::/{path}", str(dest)], check=True, capture_output=True)
+    return dest.read_bytes()
+
+
+def test_esp_holds_the_images_signed_shim_and_cd_grub(iso: Path, probe_tree: Path, tmp_path: Path) -> None:
+    """UEFI boots shim (Microsoft-signed) -> the distro's signed CD grub -> the signed kernel,
+    all from the converted rootfs, never a grub made on the build host."""
     esp = extract(iso, "/boot/uefi.img", tmp_path / "uefi.img")
     subprocess.run(["fsck.vfat", "-n", str(esp)], check=True, capture_output=True)
-    listing = subprocess.run(["mdir", "-i", str(esp), "-b", "::/EFI/BOOT"], check=True,
-                             capture_output=True, text=True).stdout
-    assert "BOOTX64.EFI" in listing.upper() and "GRUB.CFG" in listing.upper()
-    efi = tmp_path / "BOOTX64.EFI"
-    subprocess.run(["mcopy", "-i", str(esp), "::/EFI/BOOT/BOOTX64.EFI", str(efi)], check=True)
-    header = efi.read_bytes()[:4096]
-    pe_offset = int.from_bytes(header[0x3C:0x40], "little")
-    assert header[:2] == b"MZ" and header[pe_offset:pe_offset + 4] == b"PE\0\0"
+    listing = subprocess.run(["mdir", "-i", str(esp), "-/", "-b", "::/"], check=True,
+                             capture_output=True, text=True).stdout.upper()
+    assert "FBX64" not in listing  # shim's fallback would add firmware boot entries
+    image = {"EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
+             "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed",
+             "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed"}
+    for on_esp, in_rootfs in image.items():
+        assert mtools_read(esp, on_esp, tmp_path / "file") == (probe_tree / in_rootfs).read_bytes(), on_esp
+    signers = {name: subprocess.run(["sbverify", "--list", str(probe_tree / rel)], capture_output=True,
+                                    text=True, check=True).stdout for name, rel in image.items()}
+    assert "Microsoft Corporation UEFI CA 2011" in signers["EFI/BOOT/BOOTX64.EFI"]
+    assert "Debian Secure Boot" in signers["EFI/BOOT/grubx64.efi"]
+    # gcdx64's built-in prefix is /boot/grub: there, a config that finds the ISO by label.
+    stub = mtools_read(esp, "boot/grub/grub.cfg", tmp_path / "stub.cfg").decode()
+    assert "--label --set=root COS_LIVE" in stub and "configfile ($root)/boot/grub/grub.cfg" in stub
+    # The kernel the menu boots is the image's signed one, as is; /.disk/info is what Debian's
+    # CD grub searches for when its prefix is missing.
+    kernel = extract(iso, "/boot/kernel", tmp_path / "kernel")
+    assert kernel.read_bytes() == (probe_tree / "boot/vmlinuz").read_bytes()
+    assert "Debian Secure Boot Signer" in subprocess.run(
+        ["sbverify", "--list", str(kernel)], capture_output=True, text=True, check=True).stdout
+    assert extract(iso, "/.disk/info", tmp_path / "info").read_text().startswith("Kairos Debian")
+
+
+def test_bios_image_is_made_from_the_images_grub(iso: Path, probe_tree: Path, tmp_path: Path) -> None:
+    """cdboot.img first, then the image's own LZMA decompressor (stored uncompressed; it
+    differs between grub releases, e.g. the host's 2.06 and trixie's 2.12)."""
+    bios = extract(iso, "/boot/grub/bios.img", tmp_path / "bios.img").read_bytes()
+    modules = probe_tree / "usr/lib/grub/i386-pc"
+    cdboot = (modules / "cdboot.img").read_bytes()
+    assert bios[64:len(cdboot)] == cdboot[64:]  # bytes 8-63: the El Torito boot info table
+    decompressor = (modules / "lzma_decompress.img").read_bytes()
+    assert bios.find(decompressor[0x300:0x600]) > 0
+    host = Path("/usr/lib/grub/i386-pc/lzma_decompress.img")
+    if host.is_file() and host.read_bytes() != decompressor:
+        assert bios.find(host.read_bytes()[0x300:0x600]) == -1
 
 
 def test_grub_menu_boots_the_live_squashfs_with_a_serial_console(iso: Path, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_system_area_has_grub_mbr_and_a_gpt_with_the_esp(built_iso: tuple[Path, 
     sh("sfdisk", "--verify", str(iso))
 
 
-def test_appended_esp_is_the_el_torito_esp_and_holds_grub(built_iso: tuple[Path, str],
+def test_appended_esp_is_the_el_torito_esp_and_holds_grub(built_iso: tuple[Path, str], probe_tree: Path,
                                                           tmp_path: Path) -> None:
     iso = built_iso[0]
     dump = sh("sfdisk", "--dump", str(iso))
@@ -65,7 +65,7 @@ def test_appended_esp_is_the_el_torito_esp_and_holds_grub(built_iso: tuple[Path,
     assert "BOOTX64  EFI" in sh("mdir", "-i", str(esp), "::/EFI/BOOT")
     # MBR: grub's hybrid boot code pointing at the El Torito image's core (LBA x 4 + 4).
     mbr = iso.read_bytes()[:512]
-    hybrid = Path("/usr/lib/grub/i386-pc/boot_hybrid.img").read_bytes()
+    hybrid = (probe_tree / "usr/lib/grub/i386-pc/boot_hybrid.img").read_bytes()  # the image's grub
     assert mbr[:0x1B0] == hybrid[:0x1B0] and mbr[510:] == b"\x55\xaa"
     lba = int(next(r for r in sh("xorriso", "-indev", str(iso), "-report_el_torito", "plain")
                    .splitlines() if "El Torito boot img :   1" in r).split()[-1])
