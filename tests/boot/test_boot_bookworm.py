@@ -49,6 +49,9 @@ def test_bookworm_raw_disk_boots_immutable(bookworm_tree: Path, test_cache: Path
                      timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     fields = json.loads(result.stdout)["fields"]
+    # Healthy on cloud-init 22.x too: no cloud-config, so it stays out.
+    assert fields["state"] == "running" and fields["failed"] == "none", fields
+    assert fields["entry"] == "active" and fields["secureboot"] == "disabled"
     assert fields["flavor"] == "debian"
     assert fields["root_mode"] == "ro" and fields["image"] == "/cOS/active.img"
     assert fields["etc"] == "overlay" and fields["persistent"] == "yes"

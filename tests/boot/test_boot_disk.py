@@ -1,6 +1,8 @@
 """Boot the disk images: raw under SeaBIOS and OVMF, qcow2 under OVMF. Each must reach
 multi-user with / read-only from cOS/active.img, /etc on an overlay, and the persistent
-partition in use; what is written under /usr/local survives a reboot, /etc does not."""
+partition in use; what is written under /usr/local survives a reboot, /etc does not. Each
+boot must settle healthy (systemd `running`, no failed unit) on the `active` entry; the disks
+carry a cloud-config (COS_OEM), applied without a network card (raw) and with one (qcow2)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,15 @@ PROBE = re.compile(r"KAIROS-PROBE usr_local=(\S+) etc=(\S+) root=(\S+)")
 def boot(disk: Path, firmware: str, *extra: str) -> tuple[dict[str, str], dict[str, str]]:
     """Boot and return the marker's fields and the probe's findings."""
     result = run_cli("boot", str(disk), "--firmware", firmware, "--timeout", "420", "--json",
-                     *extra, timeout=600)
+                     "--expect-entry", "active", *extra, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
+    fields = report["fields"]
+    assert fields["state"] == "running" and fields["failed"] == "none", fields
+    assert (report["state"], report["failed"], report["entry"]) == ("running", [], "active")
+    assert report["secureboot"] == {"bios": "unsupported", "uefi": "disabled"}[firmware]
     log = Path(report["log_path"]).read_text(errors="replace")
+    assert "[FAILED]" not in log
     found = PROBE.findall(log)
     assert len(found) == 1, "the probe unit reports once per boot"
     usr_local, etc, root = found[0]
@@ -59,6 +66,7 @@ def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
 def test_qcow2_boots(built_disks: tuple[dict[str, Path], str]) -> None:
     # Under OVMF only: the qcow2 holds the raw disk's bytes (qemu-img compare, in the disk
     # image tests), which boot under both firmwares above; this proves the container format.
-    fields, probe = boot(built_disks[0]["qcow2"], "uefi")
+    fields, probe = boot(built_disks[0]["qcow2"], "uefi", "--nic", "user")
     assert_immutable(fields)
+    assert fields["hostname"] == "kairos-disk-test"  # the cloud-config, with a network card
     assert probe["root"] == "read-only"

@@ -1,4 +1,8 @@
-"""Boot the real ISO under SeaBIOS and OVMF (TCG where KVM does not really work)."""
+"""Boot the real ISO under SeaBIOS and OVMF (TCG where KVM does not really work). Every boot
+must settle healthy: systemd `running`, no failed unit (the harness refuses anything else),
+on the entry that was meant to boot. The plain ISO boots with neither a network card nor a
+cloud-config (cloud-init must stay out); the injected one applies its cloud-config with a
+network card under OVMF and without one under SeaBIOS."""
 
 from __future__ import annotations
 
@@ -10,6 +14,19 @@ import pytest
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.boot
+SECUREBOOT = {"bios": "unsupported", "uefi": "disabled"}
+
+
+def assert_healthy(report: dict[str, object], firmware: str, entry: str) -> dict[str, str]:
+    """The report's fields, after checking the boot settled healthy on `entry`."""
+    fields = report["fields"]
+    assert isinstance(fields, dict)
+    assert fields["state"] == "running" and fields["failed"] == "none", fields
+    assert (report["state"], report["failed"]) == ("running", [])
+    assert report["entry"] == fields["entry"] == entry
+    assert report["secureboot"] == fields["secureboot"] == SECUREBOOT[firmware]
+    assert fields["firmware"] == ("bios" if firmware == "bios" else "uefi")
+    return fields
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
@@ -25,8 +42,12 @@ def test_iso_boots_to_multi_user_on_the_live_root(built_iso: tuple[Path, str], f
     assert report["fields"]["flavor"] == "debian"
     assert report["fields"]["live"] == "squashfs"  # the squashfs from the ISO is the lower root
     assert report["fields"]["root"] == "overlay"  # with a writable overlay on top
+    assert_healthy(report, firmware, "live")
     log = Path(report["log_path"]).read_text(errors="replace")
     assert "KAIROS-BOOT-OK" in log
+    # No cloud-config: our initramfs disabled cloud-init, so not one of its stages ran.
+    assert "kairos: no cloud-config, cloud-init disabled for this boot" in log
+    assert "Cloud-init v." not in log and "[FAILED]" not in log
 
 
 def test_a_medium_that_does_not_boot_fails_with_the_console_tail(tmp_path: Path) -> None:
@@ -73,16 +94,20 @@ def injected_iso(built_iso: tuple[Path, str], tmp_path_factory: pytest.TempPathF
     return out
 
 
-@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+@pytest.mark.parametrize(("firmware", "nic"), [("bios", "none"), ("uefi", "user")])
 def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(injected_iso: Path,
-                                                                        firmware: str) -> None:
-    result = run_cli("boot", str(injected_iso), "--as-disk", "--firmware", firmware,
-                     "--timeout", "480", "--json", timeout=660)
+                                                                        firmware: str, nic: str) -> None:
+    result = run_cli("boot", str(injected_iso), "--as-disk", "--firmware", firmware, "--nic", nic,
+                     "--expect-entry", "live-config", "--timeout", "480", "--json", timeout=660)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["fields"]["live"] == "squashfs"
     assert report["fields"]["hostname"] == "kairos-injected"
+    assert_healthy(report, firmware, "live-config")
     log = Path(report["log_path"]).read_text(errors="replace")
+    assert "[FAILED]" not in log
+    # With no network card the wait for the network is skipped at once, not timed out.
+    assert ("kairos: no network card, not waiting for the network" in log) == (nic == "none")
     assert "Booting `Kairos Debian (live, with the cloud-config applied)'" in log
     line = next(row for row in log.splitlines() if row.startswith("KAIROS-CLOUD-CONFIG "))
     assert "groups=kairos-user,sudo" in line

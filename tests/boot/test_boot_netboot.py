@@ -1,12 +1,15 @@
 """Build the netboot directory from the real trixie and boot it over HTTP under SeaBIOS and
 OVMF: QEMU's iPXE ROM fetches boot.ipxe, the kernel and initrd from an HTTP server on
 127.0.0.1 (QEMU's user-mode network, restricted to that one forwarded address), and the
-initramfs (dracut livenet) downloads rootfs.squashfs and boots it as its live root."""
+initramfs (dracut livenet) downloads rootfs.squashfs and boots it as its live root, settling
+healthy (systemd `running`, no failed unit) on the `netboot` entry. Under Secure Boot the
+firmware refuses the kernel iPXE fetched, and the harness says so at once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,8 @@ def test_netboot_reaches_multi_user_on_the_squashfs_fetched_over_http(netboot_di
     assert report["fields"]["flavor"] == "debian"
     assert report["fields"]["live"] == "squashfs"  # the downloaded squashfs is the lower root
     assert report["fields"]["root"] == "overlay"
+    assert (report["state"], report["failed"], report["entry"]) == ("running", [], "netboot")
+    assert report["secureboot"] == {"bios": "unsupported", "uefi": "disabled"}[firmware]
     console = Path(report["log_path"]).read_text(errors="replace")
     assert "root=live:http://10.0.2.100/boot.ipxe/../rootfs.squashfs" in console
     # Every file came over HTTP from the harness's server, the squashfs by the initramfs.
@@ -62,3 +67,16 @@ def test_netboot_reaches_multi_user_on_the_squashfs_fetched_over_http(netboot_di
     requests = http_log.read_text()
     for name in ("boot.ipxe", "vmlinuz", "initrd", "rootfs.squashfs"):
         assert f'"GET /{name} HTTP/1.1" 200' in requests, requests
+
+
+def test_netboot_under_secure_boot_is_refused_with_a_clear_message(netboot_dir: Path) -> None:
+    """QEMU's iPXE fetches boot.ipxe and the kernel, then asks the firmware to run the kernel:
+    Debian's kernel is signed by Debian, not by a key OVMF's Microsoft db trusts, so it is
+    refused ("Exec format error")."""
+    began = time.monotonic()
+    result = run_cli("boot", str(netboot_dir), "--firmware", "uefi-secureboot", "--timeout", "300",
+                     timeout=400)
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "Secure Boot refused the network boot" in result.stderr
+    assert "Could not boot image" in result.stderr
+    assert time.monotonic() - began < 240
