@@ -73,13 +73,7 @@ class Report:
         return all(r.ok for r in self.rules if r.blocking)
 
 
-def _file(root: Path, rel: str) -> Path | None:
-    """A regular file of the rootfs, or None (also when a link loops or a parent is a file)."""
-    try:
-        path = rootfs.resolve_in(root, rel)
-    except HostileContentError:
-        return None
-    return path if path.is_file() else None
+_file = rootfs.regular_file
 
 
 def _first(root: Path, candidates: tuple[str, ...]) -> str | None:

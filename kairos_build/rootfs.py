@@ -77,6 +77,16 @@ def write_text(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
     return target
 
 
+def regular_file(root: Path, path: str) -> Path | None:
+    """A regular file of the rootfs, or None (also when a link loops, leaves the tree's shape
+    or a parent is a file)."""
+    try:
+        found = resolve_in(root, path)
+    except HostileContentError:
+        return None
+    return found if found.is_file() else None
+
+
 def read_text(root: Path, path: str) -> str | None:
     """The text of a file inside the rootfs, or None when it is missing or not a file."""
     target = resolve_in(root, path)

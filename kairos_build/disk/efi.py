@@ -21,7 +21,6 @@ from pathlib import Path
 
 from kairos_build import rootfs
 from kairos_build.disk.grub import early_config, grub_dir, make_grub_image
-from kairos_build.errors import HostileContentError
 from kairos_build.flavors import SecureBoot
 from kairos_build.log import log
 from kairos_build.pe import grub_prefix
@@ -41,14 +40,7 @@ class SignedChain:
 
 def find_file(root: Path, candidates: tuple[str, ...]) -> Path | None:
     """The first of `candidates` that is a regular file inside the rootfs (links resolved in it)."""
-    for rel in candidates:
-        try:
-            path = rootfs.resolve_in(root, rel)
-        except HostileContentError:
-            continue
-        if path.is_file():
-            return path
-    return None
+    return next((path for rel in candidates if (path := rootfs.regular_file(root, rel))), None)
 
 
 def signed_chain(root: Path, secure_boot: SecureBoot | None, cd: bool) -> SignedChain | None:
