@@ -30,7 +30,7 @@ from kairos_build.errors import BuildError, InputError, MissingToolError
 from kairos_build.log import log
 from kairos_build.tools import require_tool
 
-MARKER = re.compile(rb"KAIROS-BOOT-OK (?P<fields>[^\r\n]*)[\r\n]")  # whole lines only
+MARKER = re.compile(rb"KAIROS-BOOT-REPORT (?P<fields>[^\r\n]*)[\r\n]")  # whole lines only
 KVM_FAILURE = b"KVM internal error"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -411,7 +411,7 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
         elif proc.returncode not in (None, -signal.SIGKILL):
             why = "QEMU exited"
         else:
-            why = f"no boot marker within {timeout:.0f} s"
+            why = f"no boot report within {timeout:.0f} s"
         raise BuildError(f"boot of {artifact.name} ({firmware}, {accel}) failed after "
                          f"{elapsed:.0f} s: {why}; last console lines:\n{tail}\n(full log: {log_path})")
     fields = _parse_fields(match.group("fields"))

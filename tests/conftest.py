@@ -59,7 +59,7 @@ echo "KAIROS-PROBE usr_local=$kept etc=$volatile root=$root" > /dev/console
 count=$(( ${kept#none} + 1 ))
 echo "$count" > /usr/local/probe-count
 echo "$count" > /etc/probe-count
-# The harness stops the VM as soon as the boot marker appears: no clean shutdown to flush.
+# The harness stops the VM as soon as the boot report appears: no clean shutdown to flush.
 sync
 """
 PROBE_UNIT = """[Unit]

@@ -22,7 +22,7 @@ from kairos_build.boot import (
 )
 from kairos_build.errors import BuildError, InputError
 
-HEALTHY = ("KAIROS-BOOT-OK flavor=debian version=v0.1.0 root=overlay root_mode=rw image=none "
+HEALTHY = ("KAIROS-BOOT-REPORT flavor=debian version=v0.1.0 root=overlay root_mode=rw image=none "
            "etc=none persistent=no live=squashfs machine_id=0123 ssh_host_keys=3 hostname=localhost "
            "entry=live firmware=bios secureboot=unsupported lockdown=none uptime=41.20 "
            "state=running failed=none")
@@ -40,7 +40,7 @@ def test_the_report_line_parses_into_one_word_values() -> None:
     assert fields["state"] == "degraded"
     assert fields["failed"] == "cloud-config.service,cloud-final.service"
     assert fields["entry"] == "live" and fields["secureboot"] == "unsupported"
-    assert parse_report(b"KAIROS-BOOT-OK state=running") is not None  # the line ends there
+    assert parse_report(b"KAIROS-BOOT-REPORT state=running") is not None  # the line ends there
     assert parse_report(b"no report here\n") is None
 
 
@@ -65,7 +65,7 @@ def test_running_with_a_failed_unit_is_not_healthy() -> None:
 
 
 def test_a_report_without_state_is_not_taken_for_healthy() -> None:
-    old = "KAIROS-BOOT-OK flavor=debian root=overlay live=squashfs state=starting"
+    old = "KAIROS-BOOT-REPORT flavor=debian root=overlay live=squashfs state=starting"
     assert "says nothing of systemd's state" in (check_health(parse_report(old.encode()) or {}) or "")
 
 

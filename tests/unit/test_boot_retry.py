@@ -12,7 +12,7 @@ import pytest
 from kairos_build import boot as boot_module
 from kairos_build.errors import BuildError
 
-MARKER = ("KAIROS-BOOT-OK flavor=debian root=ext4 root_mode=ro image=/cOS/active.img etc=overlay "
+MARKER = ("KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img etc=overlay "
           "entry=active firmware=bios secureboot=unsupported state=running failed=none")
 
 

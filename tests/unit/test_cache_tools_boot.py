@@ -82,8 +82,8 @@ def test_kvm_probe_is_a_valid_boot_sector_with_an_fpu_instruction() -> None:
 
 
 def test_marker_only_matches_whole_lines() -> None:
-    assert MARKER.search(b"KAIROS-BOOT-OK flavor=deb") is None
-    match = MARKER.search(b"noise\r\nKAIROS-BOOT-OK flavor=debian live=squashfs\r\n")
+    assert MARKER.search(b"KAIROS-BOOT-REPORT flavor=deb") is None
+    match = MARKER.search(b"noise\r\nKAIROS-BOOT-REPORT flavor=debian live=squashfs\r\n")
     assert match and match.group("fields") == b"flavor=debian live=squashfs"
 
 
