@@ -28,7 +28,9 @@ def boot(disk: Path, firmware: str, *extra: str) -> tuple[dict[str, str], dict[s
     fields = report["fields"]
     assert fields["state"] == "running" and fields["failed"] == "none", fields
     assert (report["state"], report["failed"], report["entry"]) == ("running", [], "active")
-    assert report["secureboot"] == {"bios": "unsupported", "uefi": "disabled"}[firmware]
+    # Read in the guest (the firmware's SecureBoot variable), never assumed from the options.
+    assert report["secureboot"] == {"bios": "unsupported", "uefi": "disabled",
+                                    "uefi-secureboot": "enabled"}[firmware]
     log = Path(report["log_path"]).read_text(errors="replace")
     assert "[FAILED]" not in log
     found = PROBE.findall(log)
@@ -56,7 +58,10 @@ def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
     assert probe == {"usr_local": "none", "etc": "none", "root": "read-only"}
     assert first["hostname"] == "kairos-disk-test"  # from the cloud-config on COS_OEM
 
-    second, probe = boot(disk, "uefi", "--writable")
+    # The second boot under enforced Secure Boot: the image's shim, grub and kernel from
+    # COS_GRUB and active.img (plain OVMF boots the qcow2 below, the same bytes).
+    second, probe = boot(disk, "uefi-secureboot", "--writable")
+    assert second["lockdown"] == "integrity"
     assert_immutable(second)
     # /usr/local kept the first boot's count; /etc (in memory) did not.
     assert probe == {"usr_local": "1", "etc": "none", "root": "read-only"}
@@ -64,8 +69,9 @@ def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
 
 
 def test_qcow2_boots(built_disks: tuple[dict[str, Path], str]) -> None:
-    # Under OVMF only: the qcow2 holds the raw disk's bytes (qemu-img compare, in the disk
-    # image tests), which boot under both firmwares above; this proves the container format.
+    # Under plain OVMF only: the qcow2 holds the raw disk's bytes (qemu-img compare, in the disk
+    # image tests), which boot under SeaBIOS and Secure Boot above; this proves the container
+    # format, and a UEFI boot through shim with Secure Boot off.
     fields, probe = boot(built_disks[0]["qcow2"], "uefi", "--nic", "user")
     assert_immutable(fields)
     assert fields["hostname"] == "kairos-disk-test"  # the cloud-config, with a network card

@@ -1,8 +1,10 @@
 """Boot the real ISO under SeaBIOS and OVMF (TCG where KVM does not really work). Every boot
 must settle healthy: systemd `running`, no failed unit (the harness refuses anything else),
 on the entry that was meant to boot. The plain ISO boots with neither a network card nor a
-cloud-config (cloud-init must stay out); the injected one applies its cloud-config with a
-network card under OVMF and without one under SeaBIOS."""
+cloud-config (cloud-init must stay out), as a CD under SeaBIOS, OVMF and OVMF with Secure Boot
+enforced (Microsoft's keys: the image's own shim, grub and kernel); the injected one boots as a
+USB disk and applies its cloud-config with a network card under enforced Secure Boot and
+without one under SeaBIOS."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.boot
-SECUREBOOT = {"bios": "unsupported", "uefi": "disabled"}
+# Read in the guest (the firmware's SecureBoot variable), never assumed from the options.
+SECUREBOOT = {"bios": "unsupported", "uefi": "disabled", "uefi-secureboot": "enabled"}
 
 
 def assert_healthy(report: dict[str, object], firmware: str, entry: str) -> dict[str, str]:
@@ -26,10 +29,13 @@ def assert_healthy(report: dict[str, object], firmware: str, entry: str) -> dict
     assert report["entry"] == fields["entry"] == entry
     assert report["secureboot"] == fields["secureboot"] == SECUREBOOT[firmware]
     assert fields["firmware"] == ("bios" if firmware == "bios" else "uefi")
+    if firmware == "uefi-secureboot":  # the kernel says so too, and runs locked down
+        log = Path(str(report["log_path"])).read_text(errors="replace")
+        assert "Secure boot enabled" in log and fields["lockdown"] == "integrity"
     return fields
 
 
-@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+@pytest.mark.parametrize("firmware", ["bios", "uefi", "uefi-secureboot"])
 def test_iso_boots_to_multi_user_on_the_live_root(built_iso: tuple[Path, str], firmware: str,
                                                    tmp_path: Path) -> None:
     iso = built_iso[0]
@@ -94,7 +100,7 @@ def injected_iso(built_iso: tuple[Path, str], tmp_path_factory: pytest.TempPathF
     return out
 
 
-@pytest.mark.parametrize(("firmware", "nic"), [("bios", "none"), ("uefi", "user")])
+@pytest.mark.parametrize(("firmware", "nic"), [("bios", "none"), ("uefi-secureboot", "user")])
 def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(injected_iso: Path,
                                                                         firmware: str, nic: str) -> None:
     result = run_cli("boot", str(injected_iso), "--as-disk", "--firmware", firmware, "--nic", nic,
