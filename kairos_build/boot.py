@@ -55,6 +55,8 @@ GUEST_FIRMWARE = {"bios": ("bios", "unsupported"), "uefi": ("uefi", "disabled"),
 # device." to the screen only: a BIOS guest with nothing to boot runs into the deadline.)
 SECUREBOOT_REFUSED = (b": Access Denied", b"Security Violation", b"bad shim signature")
 IPXE_FAILED = (b"Could not boot image",)
+# grub's last words when every entry it tried failed (it then shows its menu again and waits).
+GRUB_FAILED = (b"Failed to boot both default and fallback entries",)
 NOTHING_TO_BOOT = (b"No bootable option or device was found", b"UEFI Interactive Shell")
 KERNEL_STARTED = b"Linux version "
 GUEST_PANIC = b"Kernel panic - not syncing"
@@ -93,7 +95,7 @@ def firmware_gave_up(seen: bytes) -> bytes | None:
     """The firmware's words when it refused the image or found nothing to boot, else None.
     Only the text before the kernel started counts."""
     before_kernel = seen.split(KERNEL_STARTED, 1)[0]
-    for words in (*SECUREBOOT_REFUSED, *IPXE_FAILED, *NOTHING_TO_BOOT):
+    for words in (*SECUREBOOT_REFUSED, *IPXE_FAILED, *GRUB_FAILED, *NOTHING_TO_BOOT):
         if words in before_kernel:
             return words
     return None
@@ -300,6 +302,11 @@ def refusal_message(words: bytes, firmware: str, netboot: bool, seen: bytes = b"
                 "loads the kernel from boot.ipxe through the firmware, which runs only images "
                 "signed by a key it trusts (Microsoft's UEFI CA, i.e. shim); netboot under "
                 "Secure Boot needs shim and a signed grub served instead of boot.ipxe")
+    if words in GRUB_FAILED:
+        errors = list(dict.fromkeys(line.strip() for line in seen.decode(errors="replace").splitlines()
+                                    if line.strip().startswith("error: ")))
+        return (f"grub could not start the system (console: \"{said}\"; "
+                f"{'; '.join(errors) or 'no error line'})")
     if firmware == "uefi-secureboot" and words not in IPXE_FAILED:
         return (f"Secure Boot refused the image (console: \"{said}\"): its EFI boot loader is "
                 "not signed by a key the firmware trusts (Microsoft's UEFI CA, i.e. shim)")

@@ -172,3 +172,22 @@ def test_secure_boot_firmware_options(tmp_path: Path) -> None:
     plain = boot_module.qemu_command(tmp_path / "a.raw", "uefi", "tcg", tmp_path / "vars.fd", 2048)
     assert "q35" in plain and "q35,smm=on" not in plain and "-global" not in plain
     assert plain[plain.index("-nic") + 1] == "none"
+
+
+# What Debian 12's signed grub printed when its menu entry could not open the system image
+# (seen in a real boot before templates/grub-disk.cfg.j2 unloaded its TPM verifier).
+GRUB_GAVE_UP = ("Booting `Kairos Debian'\r\nerror: out of memory.\r\nerror: no server is specified.\r\n"
+                "error: you need to load the kernel first.\r\n\r\n"
+                "  Failed to boot both default and fallback entries.\r\n\r\nPress any key to continue...")
+
+
+def test_a_grub_that_gave_up_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = tmp_path / "a.raw"
+    disk.write_bytes(b"\0" * 512)
+    monkeypatch.setattr(boot_module, "_spawn", console(GRUB_GAVE_UP, linger=120))
+    began = time.monotonic()
+    with pytest.raises(BuildError, match="grub could not start the system") as raised:
+        boot_module.boot(disk, "uefi", timeout=90, accel="tcg")
+    assert time.monotonic() - began < 20
+    assert ("error: out of memory.; error: no server is specified.; error: you need to load the "
+            "kernel first.") in str(raised.value)
