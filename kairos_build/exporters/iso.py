@@ -203,10 +203,13 @@ def hybridize(iso_path: Path, seed: str) -> None:
         esp.unlink(missing_ok=True)
 
 
-def _read_small(iso: pycdlib.PyCdlib, iso_path: str) -> bytes | None:
-    """A small file of the ISO, or None when it has none (an ISO of an older kairos-build)."""
+def _read_small(iso: pycdlib.PyCdlib, iso_path: str, limit: int = 64 << 10) -> bytes | None:
+    """A small file of the ISO, or None when it has none (an ISO of an older kairos-build) or
+    one larger than `limit` (`inject` reads ISOs it did not make)."""
     buffer = io.BytesIO()
     try:
+        if iso.get_record(iso_path=iso_path).get_data_length() > limit:
+            return None
         iso.get_file_from_iso_fp(buffer, iso_path=iso_path)
     except PyCdlibException:
         return None
