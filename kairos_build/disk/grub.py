@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from kairos_build import rootfs
-from kairos_build.errors import HostileContentError
 from kairos_build.log import log
 from kairos_build.tools import require_file, run
 
@@ -49,14 +48,19 @@ def early_config(label: str) -> str:
 
 
 def image_grub_dir(root: Path, platform: str) -> Path | None:
-    """The image's own grub modules for `platform` (resolved inside the rootfs), or None."""
+    """The image's own grub modules for `platform` (resolved inside the rootfs), or None.
+
+    grub-mkimage and we read files from it on the host: a folder holding any symlink (which
+    could point at a host file and put it into an artifact) is not used."""
     for pattern in _IMAGE_GRUB_DIRS:
-        try:
-            directory = rootfs.resolve_in(root, pattern.format(platform=platform))
-        except HostileContentError:
+        folder = pattern.format(platform=platform)
+        if rootfs.regular_file(root, f"{folder}/kernel.img") is None or \
+                rootfs.regular_file(root, f"{folder}/{PLATFORM_CHECK_FILE[platform]}") is None:
             continue
-        if (directory / "kernel.img").is_file() and (directory / PLATFORM_CHECK_FILE[platform]).is_file():
+        directory = rootfs.resolve_in(root, folder)
+        if not any(entry.is_symlink() for entry in directory.iterdir()):
             return directory
+        log.warning("  the image's %s holds symlinks: not used to make boot images", f"/{folder}")
     return None
 
 

@@ -122,3 +122,16 @@ def test_a_shim_link_leaving_the_rootfs_is_not_followed_out(debian_tree: Path, t
     shutil.copytree(GRUB_LIB / "x86_64-efi", debian_tree / "usr/lib/grub/x86_64-efi")
     files = esp_files(debian_tree, DEBIAN, "COS_STATE", tmp_path, cd=False)
     assert all(path.read_bytes() != b"MZ host" for path in files.values())
+
+
+def test_an_image_grub_folder_with_a_symlink_is_not_read_on_the_host(tmp_path: Path) -> None:
+    """grub-mkimage reads the folder's files on the host: a module linked to a host file would
+    put that file into the artifact, so such a folder is not used."""
+    from kairos_build.disk.grub import image_grub_dir
+
+    root = tmp_path / "root"
+    shutil.copytree(GRUB_LIB / "i386-pc", root / "usr/lib/grub/i386-pc")
+    assert image_grub_dir(root, "i386-pc") == root / "usr/lib/grub/i386-pc"
+    (root / "usr/lib/grub/i386-pc/echo.mod").unlink()
+    (root / "usr/lib/grub/i386-pc/echo.mod").symlink_to("/etc/hostname")
+    assert image_grub_dir(root, "i386-pc") is None
