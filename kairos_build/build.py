@@ -71,7 +71,7 @@ def remove_stale_partials(output_dir: Path) -> None:
 
 def check_host_tools(exporters: list[Exporter]) -> None:
     """Fail before any work when a program a later step drives is missing (exit code 4)."""
-    for tool in ("unshare", "chroot", "cp", "mmdebstrap"):
+    for tool in ("bwrap", "setpriv", "cp", "mmdebstrap"):
         require_tool(tool)
     for exporter in exporters:
         for tool in exporter.tools:

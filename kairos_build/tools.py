@@ -31,8 +31,9 @@ TOOL_PACKAGES: dict[str, str] = {
     "grub-mkimage": "grub-common",
     "xorriso": "xorriso",
     "unshare": "util-linux",
+    "setpriv": "util-linux",
+    "bwrap": "bubblewrap",
     "gzip": "gzip",
-    "chroot": "coreutils",
     "cp": "coreutils",
     "tar": "tar",
     "zstd": "zstd",
@@ -81,6 +82,14 @@ def require_file(path: str) -> Path:
     return Path(path)
 
 
+def dies_with_us(argv: list[str]) -> list[str]:
+    """`argv` behind `setpriv --pdeathsig KILL`: the program is killed when we are, even by
+    SIGKILL, instead of writing on into a half-made artifact (util-linux's setpriv is on every
+    host we support; without it the program runs as it is)."""
+    setpriv = shutil.which("setpriv", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+
+
 def run(
     cmd: Sequence[str | os.PathLike[str]],
     *,
@@ -89,11 +98,13 @@ def run(
     input_bytes: bytes | None = None,
     capture: bool = False,
     timeout: float | None = None,
+    name: str | None = None,
 ) -> str:
     """Run a program (never through a shell). Return its stdout when `capture`.
 
     Output is collected and only shown when the program fails, as the last lines of it, so
-    the user sees why without scrolling through a package manager's whole log.
+    the user sees why without scrolling through a package manager's whole log. `name` is the
+    program the messages speak of when argv[0] only wraps it.
     """
     argv = [os.fspath(c) for c in cmd]
     argv[0] = require_tool(argv[0]) if "/" not in argv[0] else argv[0]
@@ -101,7 +112,7 @@ def run(
     full_env = {**os.environ, **env} if env else None
     try:
         proc = subprocess.run(
-            argv,
+            dies_with_us(argv),
             env=full_env,
             cwd=cwd,
             input=input_bytes,
@@ -112,13 +123,13 @@ def run(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from exc
+        raise BuildError(f"{name or Path(argv[0]).name} did not finish within {timeout:.0f} s") from exc
     out = proc.stdout.decode(errors="replace")
     err = proc.stderr.decode(errors="replace") if capture and proc.stderr else ""
     if proc.returncode != 0:
         tail = "\n".join((out + err).strip().splitlines()[-25:])
         raise BuildError(
-            f"{Path(argv[0]).name} failed with exit code {proc.returncode}:\n{tail}",
+            f"{name or Path(argv[0]).name} failed with exit code {proc.returncode}:\n{tail}",
         )
     if not capture and out.strip():
         log.debug("%s", out.rstrip())

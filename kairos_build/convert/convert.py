@@ -10,7 +10,6 @@ from pathlib import Path
 
 from kairos_build import rootfs
 from kairos_build.config import BuildConfig
-from kairos_build.convert.chroot import run_in_root
 from kairos_build.convert.framework import (
     empty_build_records,
     find_kernel,
@@ -22,6 +21,7 @@ from kairos_build.convert.framework import (
 from kairos_build.convert.initramfs import KVER, with_kernel
 from kairos_build.convert.packages import run_package_commands
 from kairos_build.convert.plan import Step, conversion_plan
+from kairos_build.convert.sandbox import run_in_root
 from kairos_build.errors import require_root
 from kairos_build.flavors import Flavor
 from kairos_build.log import log, step

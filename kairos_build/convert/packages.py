@@ -4,11 +4,14 @@ conversion, printed by `convert --dry-run` and rendered into a Dockerfile."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.convert.chroot import network_and_no_daemons, run_in_root
+from kairos_build import rootfs
+from kairos_build.convert.sandbox import run_in_root
 from kairos_build.errors import InputError
 
 Argv = tuple[str, ...]
@@ -35,6 +38,30 @@ def run_package_commands(root: Path, commands: Sequence[Argv], env: Sequence[tup
     with network_and_no_daemons(root):
         for argv in commands:
             run_in_root(root, argv, env=dict(env))
+
+
+@contextmanager
+def network_and_no_daemons(root: Path) -> Iterator[None]:
+    """For package installs: the host's DNS config, and no service started by a postinst.
+
+    Both files are put back as the image had them afterwards (also on error or Ctrl-C).
+    """
+    resolv = "etc/resolv.conf"
+    link = rootfs.resolve_in(root, resolv, follow_last=False)
+    saved_link = os.readlink(link) if link.is_symlink() else None
+    saved_text = None if saved_link is not None else rootfs.read_text(root, resolv)
+    host_resolv = Path("/etc/resolv.conf")
+    rootfs.write_text(root, resolv, host_resolv.read_text() if host_resolv.exists() else "")
+    rootfs.write_text(root, "usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", mode=0o755)
+    try:
+        yield
+    finally:
+        rootfs.remove(root, "usr/sbin/policy-rc.d")
+        rootfs.remove(root, resolv)
+        if saved_link is not None:
+            rootfs.symlink(root, resolv, saved_link)
+        elif saved_text is not None:
+            rootfs.write_text(root, resolv, saved_text)
 
 
 APT = PackageManager(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kairos_build.errors import InputError, require_root
 from kairos_build.flavors import Bootstrap
-from kairos_build.tools import run
+from kairos_build.tools import require_tool, run
 
 
 def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:
@@ -16,9 +16,13 @@ def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:
         raise InputError(f"bootstrap tool {recipe.tool!r} is not supported", hint="use mmdebstrap")
     # No mirror argument: mmdebstrap picks the distribution's default mirror, and the host's
     # apt proxy settings apply. stdin is /dev/null so it does not wait for a sources list.
+    # mmdebstrap's root mode mounts /proc, /sys and /dev in the tree it makes: run it in a
+    # mount and PID namespace of its own that dies with it (and it with us, see tools.run), so
+    # a killed build leaves no mount on the host and no installer running.
     run(
         [
-            "mmdebstrap",
+            "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+            require_tool("mmdebstrap"),
             f"--variant={recipe.variant}",
             "--mode=root",
             "--format=directory",
@@ -26,4 +30,5 @@ def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:
             str(target),
         ],
         timeout=1800,
+        name="mmdebstrap",
     )

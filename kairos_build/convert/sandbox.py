@@ -1,0 +1,186 @@
+"""Run a program of a rootfs in a bubblewrap sandbox: code from a base image can change
+nothing outside its own tree.
+
+What the image's code gets, and why each piece:
+- the rootfs as `/`, through bubblewrap's pivot_root (no way back to the host's tree, even
+  with chroot tricks) and mounted nosuid,nodev: a device node made in the tree cannot be
+  opened;
+- a fresh `/proc` of its own PID namespace (it sees and signals only its own processes), with
+  `/proc/sys` and the other kernel knobs read-only; no `/sys` at all (a package script has no
+  business with the host's devices or firmware: shim's postinst runs grub-install when it
+  sees EFI variables);
+- a `/dev` holding only null, zero, full, random, urandom, tty and its own pts and shm;
+- its own UTS, IPC and cgroup namespaces; the host's network, which the package manager needs
+  (without CAP_NET_ADMIN it cannot reconfigure it);
+- only the capabilities package managers use (PACKAGE_CAPS), dropped from the bounding set
+  too, with NO_NEW_PRIVS: no mount, mknod, module loading, raw I/O, clock, reboot or ptrace,
+  and no setuid or file-capability binary can give any of them back.
+
+bubblewrap, run as root, keeps the bounding set whole; the two `setpriv` calls in front of it
+narrow it: the first puts what bubblewrap needs to build the sandbox in the inheritable set
+(an exec as root keeps inheritable capabilities), the second drops everything else from the
+bounding set. bubblewrap then drops its own tools before the image's command runs.
+
+Every process of the sandbox dies with the build: the chain carries a parent-death signal, and
+bubblewrap's `--die-with-parent` takes the sandbox's PID 1, and with it the whole PID
+namespace, down when the build is killed, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import stat
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kairos_build.convert.denials import explain_failure
+from kairos_build.errors import BuildError, HostileContentError
+from kairos_build.log import log
+from kairos_build.tools import require_tool
+
+# dpkg, rpm and apk setting owners, modes, setuid/setgid bits (FSETID keeps them through a
+# chown) and file capabilities (SETFCAP: ping's postinst falls back to setuid root without
+# it); apt dropping to _apt for downloads (SETUID, SETGID); scripts stopping what they started
+# in their own PID namespace (KILL); PAM tools writing audit records (AUDIT_WRITE).
+PACKAGE_CAPS = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill",
+                "setgid", "setuid", "setfcap", "audit_write")
+# What bubblewrap itself uses, as root, to make the namespaces and mounts; it never reaches
+# the image's command.
+_SETUP_CAPS = ("sys_admin", "sys_chroot")
+# Kernel knobs under /proc a root process could write with DAC_OVERRIDE alone (bubblewrap
+# covers irq and bus itself, and misses /proc/sys: it mistakes that directory's EACCES for
+# "already read-only"). Entries the host kernel lacks are skipped.
+_READ_ONLY_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "mtrr",
+                   "latency_stats", "timer_list", "driver")
+
+_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LC_ALL": "C.UTF-8",
+    "TERM": "dumb",
+}
+_PASSED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+def _ensure_mount_points(root: Path) -> None:
+    """The mount points must be real directories of the rootfs, never links out of it."""
+    for name in ("proc", "dev", "run", "tmp"):
+        path = root / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise HostileContentError(f"/{name} in the rootfs is not a directory")
+
+
+def _caps(names: Sequence[str], sign: str = "+") -> str:
+    return ",".join(f"{sign}{name}" for name in names)
+
+
+def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd: int) -> list[str]:
+    """The whole command line: setpriv twice, then bubblewrap, then `cmd` inside `root`."""
+    setpriv = require_tool("setpriv")
+    argv = [
+        setpriv, "--pdeathsig", "KILL", "--inh-caps", _caps((*_SETUP_CAPS, *PACKAGE_CAPS)), "--",
+        setpriv, "--bounding-set", "-all," + _caps(PACKAGE_CAPS), "--",
+        require_tool("bwrap"), "--die-with-parent", "--new-session",
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--bind", str(root), "/",
+        "--proc", "/proc",
+    ]
+    for name in _READ_ONLY_PROC:
+        if os.path.lexists(f"/proc/{name}"):
+            argv += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    argv += [
+        "--dev", "/dev",
+        "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--perms", "1777", "--tmpfs", "/tmp",
+        "--perms", "0755", "--tmpfs", "/run",
+        "--cap-drop", "ALL",
+    ]
+    for name in PACKAGE_CAPS:
+        argv += ["--cap-add", f"CAP_{name.upper()}"]
+    argv += ["--clearenv"]
+    for key, value in sorted(env.items()):
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", "/", "--info-fd", str(info_fd), "--", *cmd]
+    return argv
+
+
+def run_in_root(
+    root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600
+) -> str:
+    """Run `cmd` in the sandbox over `root` with a clean environment; return its output.
+
+    A failure names the command and, for a package script, the package and what the sandbox
+    refused it (convert/denials.py)."""
+    _ensure_mount_points(root)
+    full_env = dict(_BASE_ENV)
+    full_env.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})
+    full_env.update(env or {})
+    info_read, info_write = os.pipe()
+    try:
+        argv = sandbox_argv(root, cmd, full_env, info_write)
+        log.debug("$ [sandbox %s] %s", root, " ".join(cmd))
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, pass_fds=(info_write,))
+    except BaseException:
+        os.close(info_read)
+        raise
+    finally:
+        os.close(info_write)
+    sandbox_init = _sandbox_init(info_read)
+    try:
+        out_bytes, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.wait()
+        raise BuildError(f"{' '.join(cmd)} did not finish within {timeout:.0f} s in the "
+                         "sandbox") from exc
+    finally:
+        # Also on Ctrl-C: kill bubblewrap (its parent-death signal takes the sandbox down)
+        # and wait until the PID namespace is empty, so nobody writes into a tree that the
+        # caller is about to remove.
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _wait_for_exit(sandbox_init, cmd)
+    out = out_bytes.decode(errors="replace")
+    if proc.returncode != 0:
+        raise explain_failure(cmd, proc.returncode, out)
+    if out.strip():
+        log.debug("%s", out.rstrip())
+    return out
+
+
+def _sandbox_init(info_read: int) -> int | None:
+    """A pidfd on the sandbox's PID 1, from bubblewrap's --info-fd report (None if it never
+    started: bubblewrap then failed before cloning, and says why on its output)."""
+    with os.fdopen(info_read, "rb") as info:
+        report = info.read(4096)
+    try:
+        pid = int(json.loads(report)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None  # gone already
+
+
+def _wait_for_exit(pidfd: int | None, cmd: Sequence[str], limit: float = 30.0) -> None:
+    """Wait until the sandbox's PID 1 has exited. The kernel kills and reaps every other
+    process of the namespace before PID 1 counts as exited, so then none is left."""
+    if pidfd is None:
+        return
+    try:
+        ready, _, _ = select.select([pidfd], [], [], limit)
+        if not ready:
+            log.warning("the sandbox of %s still runs %.0f s after it ended", cmd[0], limit)
+    finally:
+        os.close(pidfd)
