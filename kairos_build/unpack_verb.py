@@ -30,6 +30,7 @@ def unpack_to(config: BuildConfig, target: Path) -> Base:
 def copy_tree(source: Path, target: Path) -> None:
     """Copy a tree to `target` (absent or an empty directory) through a temporary sibling."""
     partial = target.with_name(f".{target.name}.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)  # as --output DIR does for artifacts
     run(["rm", "-rf", str(partial)])
     try:
         with step(f"copying into {target}"):

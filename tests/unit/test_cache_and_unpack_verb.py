@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from kairos_build.cache import Cache
+from kairos_build.unpack_verb import copy_tree
 from tests.conftest import run_cli
 from tests.unit.ocihelp import Layout, dir_, layer_tar, reg, sym
 
@@ -103,3 +104,13 @@ def test_corrupt_images_fail_cleanly_and_leave_the_cache_unchanged(tmp_path: Pat
         assert not (tmp_path / f"out{number}").exists()
         assert Cache(cache).entries() == []
         assert not [p for p in cache.rglob(".tmp-*")]
+
+
+def test_a_tree_is_copied_into_a_folder_that_does_not_exist_yet(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "etc").mkdir(parents=True)
+    (source / "etc/os-release").write_text("ID=debian\n")
+    target = tmp_path / "not/yet/there"
+    copy_tree(source, target)
+    assert (target / "etc/os-release").read_text() == "ID=debian\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["there"]  # no partial left
