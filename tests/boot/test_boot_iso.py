@@ -9,6 +9,8 @@ without one under SeaBIOS."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,14 +92,16 @@ runcmd:
 
 
 @pytest.fixture(scope="module")
-def injected_iso(built_iso: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def injected_iso(built_iso: tuple[Path, str],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("injected")
     config = folder / "config.yaml"
     config.write_text(INJECTED)
     out = folder / "injected.iso"
     result = run_cli("inject", str(built_iso[0]), "--cloud-config", str(config), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    return out
+    yield out
+    shutil.rmtree(folder, ignore_errors=True)  # CI's disk is shared: free it once checked
 
 
 @pytest.mark.parametrize(("firmware", "nic"), [("bios", "none"), ("uefi-secureboot", "user")])

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +24,15 @@ FILES = {"vmlinuz", "initrd", "rootfs.squashfs", "boot.ipxe", "SHA256SUMS"}
 
 
 @pytest.fixture(scope="module")
-def netboot_dir(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def netboot_dir(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("netboot-out")
     result = run_cli("netboot", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
                      "--output", str(out), "--cache-dir", str(test_cache))
     assert result.returncode == 0, result.stderr[-4000:]
     built = list(out.iterdir())
     assert [p.name for p in built] == ["kairos-debian-13-core-amd64-generic-v0.1.0-netboot"]
-    return built[0]
+    yield built[0]
+    shutil.rmtree(out, ignore_errors=True)  # CI's disk is shared: free it once checked
 
 
 def test_the_netboot_directory_holds_the_boot_files_and_their_checksums(netboot_dir: Path) -> None:

@@ -6,6 +6,7 @@ daemon, and as a directory. Image forms share one config digest, so they share o
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -33,11 +34,12 @@ def trixie_tree(test_cache: Path, built_iso: tuple[Path, str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def layout(trixie_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def layout(trixie_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     work = tmp_path_factory.mktemp("image")
     (work / "layout").mkdir()
     write_oci_layout(work / "layout", tar_tree(trixie_tree, work / "layer.tar"), TAG)
-    return work / "layout"
+    yield work / "layout"
+    shutil.rmtree(work, ignore_errors=True)  # CI's disk is shared: free it once checked
 
 
 @pytest.fixture(scope="module")
