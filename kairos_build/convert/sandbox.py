@@ -14,7 +14,9 @@ What the image's code gets, and why each piece:
   (without CAP_NET_ADMIN it cannot reconfigure it);
 - only the capabilities package managers use (PACKAGE_CAPS), dropped from the bounding set
   too, with NO_NEW_PRIVS: no mount, mknod, module loading, raw I/O, clock, reboot or ptrace,
-  and no setuid or file-capability binary can give any of them back.
+  and no setuid or file-capability binary can give any of them back;
+- a system-call filter (convert/seccomp.py) against what needs no capability: a new user
+  namespace, the kernel keyrings, opening files by handle.
 
 bubblewrap, run as root, keeps the bounding set whole; the two `setpriv` calls in front of it
 narrow it: the first puts what bubblewrap needs to build the sandbox in the inheritable set
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import select
 import stat
 import subprocess
@@ -37,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kairos_build.convert.denials import explain_failure
+from kairos_build.convert.seccomp import seccomp_program
 from kairos_build.errors import BuildError, HostileContentError
 from kairos_build.log import log
 from kairos_build.tools import require_tool
@@ -45,8 +49,10 @@ from kairos_build.tools import require_tool
 # chown) and file capabilities (SETFCAP: ping's postinst falls back to setuid root without
 # it); apt dropping to _apt for downloads (SETUID, SETGID); scripts stopping what they started
 # in their own PID namespace (KILL); PAM tools writing audit records (AUDIT_WRITE).
-PACKAGE_CAPS = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill",
-                "setgid", "setuid", "setfcap", "audit_write")
+# Not DAC_READ_SEARCH: DAC_OVERRIDE already reads everything, and DAC_READ_SEARCH would also
+# open any file of the host's filesystem by its handle (open_by_handle_at, "shocker").
+PACKAGE_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid",
+                "setfcap", "audit_write")
 # What bubblewrap itself uses, as root, to make the namespaces and mounts; it never reaches
 # the image's command.
 _SETUP_CAPS = ("sys_admin", "sys_chroot")
@@ -82,7 +88,8 @@ def _caps(names: Sequence[str], sign: str = "+") -> str:
     return ",".join(f"{sign}{name}" for name in names)
 
 
-def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd: int) -> list[str]:
+def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd: int,
+                 seccomp_fd: int | None) -> list[str]:
     """The whole command line: setpriv twice, then bubblewrap, then `cmd` inside `root`."""
     setpriv = require_tool("setpriv")
     argv = [
@@ -108,6 +115,8 @@ def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd
     argv += ["--clearenv"]
     for key, value in sorted(env.items()):
         argv += ["--setenv", key, value]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", "/", "--info-fd", str(info_fd), "--", *cmd]
     return argv
 
@@ -124,16 +133,19 @@ def run_in_root(
     full_env.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})
     full_env.update(env or {})
     info_read, info_write = os.pipe()
+    seccomp_fd = _seccomp_fd()
+    passed = (info_write,) if seccomp_fd is None else (info_write, seccomp_fd)
     try:
-        argv = sandbox_argv(root, cmd, full_env, info_write)
+        argv = sandbox_argv(root, cmd, full_env, info_write, seccomp_fd)
         log.debug("$ [sandbox %s] %s", root, " ".join(cmd))
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, pass_fds=(info_write,))
+                                stderr=subprocess.STDOUT, pass_fds=passed)
     except BaseException:
         os.close(info_read)
         raise
     finally:
-        os.close(info_write)
+        for fd in passed:
+            os.close(fd)
     sandbox_init = _sandbox_init(info_read)
     try:
         out_bytes, _ = proc.communicate(timeout=timeout)
@@ -156,6 +168,19 @@ def run_in_root(
     if out.strip():
         log.debug("%s", out.rstrip())
     return out
+
+
+def _seccomp_fd() -> int | None:
+    """A pipe holding the system-call filter for bubblewrap to read (convert/seccomp.py)."""
+    program = seccomp_program()
+    if program is None:
+        log.warning("no system-call filter for %s: the sandbox relies on capabilities alone",
+                    platform.machine())
+        return None
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(program)  # a few hundred bytes: far below a pipe's buffer
+    return read_end
 
 
 def _sandbox_init(info_read: int) -> int | None:

@@ -22,7 +22,7 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 # Capability numbers (linux/capability.h) of what the sandbox keeps.
-CAP_NUMBERS = {"chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3, "fsetid": 4,
+CAP_NUMBERS = {"chown": 0, "dac_override": 1, "fowner": 3, "fsetid": 4,
                "kill": 5, "setgid": 6, "setuid": 7, "audit_write": 29, "setfcap": 31}
 REPORT = "usr/share/kairos-hostile/report"
 
@@ -46,6 +46,8 @@ probe chroot chroot / true
 probe signal-host-process kill -0 {host_pid}
 probe reach-host-path test -e {host_marker}
 probe see-host-root test -e /oldroot/proc
+probe user-namespace unshare --user true
+probe mount-in-user-namespace unshare --user --map-root-user --mount mount -t tmpfs kairos-probe /mnt
 grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|CapInh|NoNewPrivs):' /proc/self/status | tr -d ' \\t'
 echo "dev=$(ls /dev | sort | tr '\\n' ' ')"
 echo "processes=$(ls /proc | grep -c '^[0-9]')"
@@ -110,7 +112,7 @@ def test_a_hostile_base_converts_and_every_probe_is_denied(trixie_base: Path, tm
     report = dict(line.split("=", 1) for line in (out / REPORT).read_text().splitlines()
                   if "=" in line)
     probes_run = [line.split()[1] for line in PROBES.splitlines() if line.startswith("probe ")]
-    assert len(probes_run) == 13
+    assert len(probes_run) == 15
     assert {name: report.get(name) for name in probes_run} == dict.fromkeys(probes_run, "denied")
     # Only the package managers' capabilities, in every set that could hand one back.
     kept = capability_bits(PACKAGE_CAPS)

@@ -1,0 +1,56 @@
+"""The sandbox's system-call filter, run by a small classic-BPF interpreter on made-up calls
+(the real kernel runs it in tests/integration/test_sandbox.py)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+
+from kairos_build.convert.seccomp import _ARCHES, seccomp_program
+
+ALLOW, ERRNO = 0x7FFF0000, 0x00050000
+
+
+def run_filter(program: bytes, nr: int, arch: int, arg0: int = 0) -> int:
+    """What the kernel would decide for one call (the few opcodes the filter uses)."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    insns = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x20:
+            acc = struct.unpack_from("<I", data, k)[0]
+            pc += 1
+        elif code == 0x06:
+            return k
+        elif code in (0x15, 0x35, 0x45):
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += 1 + (jt if taken else jf)
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+
+
+@pytest.mark.parametrize("machine", sorted(_ARCHES))
+def test_the_filter_refuses_new_user_namespaces_keyrings_and_handles(machine: str) -> None:
+    program = seccomp_program(machine)
+    assert program is not None
+    arch, nr = _ARCHES[machine]
+    eperm, enosys = ERRNO | errno.EPERM, ERRNO | errno.ENOSYS
+    assert run_filter(program, nr["unshare"], arch, 0x10000000) == eperm  # CLONE_NEWUSER
+    assert run_filter(program, nr["unshare"], arch, 0x10020000) == eperm  # ... with NEWNS
+    assert run_filter(program, nr["unshare"], arch, 0x00020000) == ALLOW  # NEWNS alone: caps say no
+    assert run_filter(program, nr["clone"], arch, 0x10000000 | 17) == eperm
+    assert run_filter(program, nr["clone"], arch, 0x01200011) == ALLOW  # fork()
+    assert run_filter(program, nr["clone3"], arch) == enosys  # libc falls back to clone
+    for name in ("add_key", "request_key", "keyctl", "open_by_handle_at"):
+        assert run_filter(program, nr[name], arch) == eperm, name
+    for other in (0, 1, 2, 59, 60, 231):  # read, write, open, execve, exit, exit_group ...
+        assert run_filter(program, other, arch) == ALLOW
+    assert run_filter(program, 0x40000000 | 272, arch) == eperm  # the x32 ABI
+    assert run_filter(program, 310, 0x40000003) == eperm  # the i386 ABI
+
+
+def test_no_filter_for_an_architecture_we_have_no_numbers_for() -> None:
+    assert seccomp_program("riscv64") is None
