@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kairos_build import __version__, artifact_cache
 from kairos_build.cache import Cache, Stage, hash_tree, pid_is_gone
-from kairos_build.checks import require_mode
+from kairos_build.checks import Report, check_rootfs, require_mode
 from kairos_build.config import BuildConfig
 from kairos_build.convert.convert import convert_rootfs, copy_base
 from kairos_build.convert.framework import layer_tree
@@ -45,6 +45,12 @@ def resolve_config_base(config: BuildConfig, cache: Cache) -> Base:
                             source_options(config))
         log.info("  base: %s", base.description)
     return base
+
+
+def check_base(config: BuildConfig, mode: str) -> tuple[Base, Report]:
+    """`kairos-build check`: resolve the base and check its files against `mode`."""
+    base = resolve_config_base(config, Cache(config.cache_dir))
+    return base, check_rootfs(base.rootfs, mode)
 
 
 def check_output_dir(path: Path) -> None:

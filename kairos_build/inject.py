@@ -15,6 +15,7 @@ import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
 from kairos_build.build import sha256_file
+from kairos_build.cloudconfig import validate_cloud_config
 from kairos_build.errors import InputError
 from kairos_build.exporters.iso import LABEL, hybridize, pad_tail
 
@@ -46,6 +47,9 @@ def _open(path: Path) -> pycdlib.PyCdlib:
 def inject_cloud_config(iso_path: Path, cloud_config: Path, output: Path | None = None) -> Path:
     """Write `iso_path` with `cloud_config` as its /config.yaml to `output` (default: in
     place). Written under a temporary name and renamed, with its .sha256 beside it."""
+    if not iso_path.is_file():
+        raise InputError(f"{iso_path} does not exist")
+    cloud_config = validate_cloud_config(cloud_config)
     target = output or iso_path
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     checksum = target.with_name(target.name + ".sha256")

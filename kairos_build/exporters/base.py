@@ -81,24 +81,43 @@ class Exporter(Protocol):
         """Write the artifact to `output` (a temporary name; the caller renames it)."""
 
 
-def exporters() -> dict[str, type[Exporter]]:
-    """Every registered exporter by format name (built-ins, then installed plugins)."""
-    from kairos_build.exporters.disk_formats import GceExporter, Qcow2Exporter, VhdExporter, VmdkExporter
-    from kairos_build.exporters.iso import IsoExporter
-    from kairos_build.exporters.netboot import NetbootExporter
-    from kairos_build.exporters.raw import RawExporter
+@dataclass(frozen=True)
+class Format:
+    """An installed format: what its exporter declares, and which distribution provides it."""
 
-    found: dict[str, type[Exporter]] = {
-        "iso": IsoExporter, "raw": RawExporter, "qcow2": Qcow2Exporter, "vmdk": VmdkExporter,
-        "vhd": VhdExporter, "gce": GceExporter, "netboot": NetbootExporter,
-    }
+    name: str
+    extension: str
+    boot_mode: str
+    tools: tuple[str, ...]
+    files: tuple[str, ...]
+    provider: str
+    summary: str
+    exporter: type[Exporter]
+
+
+def installed_formats() -> dict[str, Format]:
+    """Every format registered in the entry point group, kairos-build's own and plugins' alike:
+    the entry points are the only list of formats."""
+    found: dict[str, Format] = {}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[entry.name] = entry.load()
+        if entry.name in found:
+            continue  # the first one installed wins (an editable install may list it twice)
+        exporter = entry.load()
+        doc = (exporter.__doc__ or "").strip().splitlines()
+        found[entry.name] = Format(
+            entry.name, exporter.extension, exporter.boot_mode, tuple(exporter.tools),
+            tuple(exporter.files), entry.dist.name if entry.dist else "?",
+            doc[0] if doc else f"Build a {entry.name} artifact.", exporter)
     return found
 
 
+def exporters() -> dict[str, type[Exporter]]:
+    """Every installed exporter class by format name."""
+    return {name: found.exporter for name, found in installed_formats().items()}
+
+
 def get_exporter(name: str) -> Exporter:
-    known = exporters()
+    known = installed_formats()
     if name not in known:
-        raise InputError(f"unknown format {name!r}", hint=f"known formats: {', '.join(sorted(known))}")
-    return known[name]()
+        raise InputError(f"unknown format {name!r}", hint=f"known formats: {', '.join(known)}")
+    return known[name].exporter()

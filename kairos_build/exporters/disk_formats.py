@@ -20,6 +20,8 @@ def qemu_img_convert(source: Path, output: Path, fmt: str, options: list[str]) -
 
 
 class Qcow2Exporter(RawExporter):
+    """Build a qcow2 disk for QEMU/KVM, libvirt, OpenStack."""
+
     name = "qcow2"
     extension = "qcow2"
     tools = (*RawExporter.tools, "qemu-img")
@@ -32,6 +34,8 @@ class Qcow2Exporter(RawExporter):
 
 
 class VmdkExporter(RawExporter):
+    """Build a VMDK disk for VMware."""
+
     name = "vmdk"
     extension = "vmdk"
     tools = (*RawExporter.tools, "qemu-img")
@@ -44,6 +48,8 @@ class VmdkExporter(RawExporter):
 
 
 class VhdExporter(RawExporter):
+    """Build a fixed VHD for Azure (size aligned to 1 MiB)."""
+
     name = "vhd"
     extension = "vhd"
     tools = (*RawExporter.tools, "qemu-img")
@@ -56,6 +62,8 @@ class VhdExporter(RawExporter):
 
 
 class GceExporter(RawExporter):
+    """Build a Google Compute Engine image (disk.raw in a GNU tar.gz)."""
+
     name = "gce"
     extension = "tar.gz"
     tools = (*RawExporter.tools, "tar", "gzip")

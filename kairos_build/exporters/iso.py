@@ -113,6 +113,8 @@ def overlay_files(directory: Path) -> dict[str, Path]:
 
 
 class IsoExporter:
+    """Build a live ISO (BIOS + UEFI) from a base."""
+
     name = "iso"
     extension = "iso"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel

@@ -33,6 +33,8 @@ def render_script(title: str, extra: tuple[str, ...] = (), config_url: str | Non
 
 
 class NetbootExporter:
+    """Build a netboot directory: kernel, initrd, rootfs.squashfs and an iPXE script (HTTP)."""
+
     name = "netboot"
     extension = "netboot"  # a directory: NAME-netboot/ (kairos_build.build.export_artifact)
     # The same system as the live ISO's, and installable from it the same way: iPXE starts the

@@ -120,6 +120,8 @@ def build_raw_disk(context: ExportContext, output: Path) -> Layout:
 
 
 class RawExporter:
+    """Build a raw GPT disk with the Kairos partition layout (dd it to a disk)."""
+
     name = "raw"
     extension = "raw"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
