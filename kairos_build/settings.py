@@ -206,5 +206,6 @@ def options_table() -> str:
         default_text = "" if s.default in (None, (), False) else f"`{s.default}`"
         verbs = ", ".join("build, iso, raw, ..." if v == ARTIFACTS else v for v in s.verbs)
         where = f"{verbs}; also before the verb" if s.is_global else verbs
-        rows.append(f"| `{s.flag}` | {s.allowed()} | {default_text} | {where} | {s.help} |")
+        cells = [f"`{s.flag}`", s.allowed(), default_text, where, s.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
