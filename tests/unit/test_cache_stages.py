@@ -209,7 +209,7 @@ def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.Monkey
 
 
 def test_half_written_artifacts_of_killed_builds_are_removed(tmp_path: Path) -> None:
-    from kairos_build.build import remove_stale_partials
+    from kairos_build.publish import remove_stale_partials
 
     dead, mine = "999999999", str(os.getpid())
     stale = [tmp_path / f".kairos.iso.partial-{dead}", tmp_path / f".kairos.iso.sha256.partial-{dead}",
