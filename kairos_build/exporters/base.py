@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kairos_build import __version__
+from kairos_build import rootfs as rootfs_module
 from kairos_build.cache import Cache, Stage
 from kairos_build.config import BuildConfig
 from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
@@ -49,6 +50,20 @@ class ExportContext:
 
         entry = self.cache.get_or_make_stage(stage, make, refresh=self.config.no_cache)
         return entry / "rootfs.squashfs"
+
+    def boot_file(self, name: str) -> Path:
+        """/boot/vmlinuz or /boot/initrd of the converted rootfs, resolved inside it."""
+        path = rootfs_module.resolve_in(self.rootfs, f"boot/{name}")
+        if not path.is_file():
+            raise InputError(f"the converted rootfs has no /boot/{name}",
+                             hint="was it converted? kairos-build links the kernel and initrd there")
+        return path
+
+    def kernel(self) -> Path:
+        return self.boot_file("vmlinuz")
+
+    def initrd(self) -> Path:
+        return self.boot_file("initrd")
 
     def root_image(self, size: int) -> Path:
         """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 from kairos_build.exporters.base import ExportContext
-from kairos_build.exporters.iso import boot_file
 from kairos_build.log import step
 from kairos_build.templates import render
 
@@ -45,8 +44,8 @@ class NetbootExporter:
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
-        parts = {"vmlinuz": boot_file(context.rootfs, "vmlinuz"),
-                 "initrd": boot_file(context.rootfs, "initrd"), "rootfs.squashfs": context.squashfs()}
+        parts = {"vmlinuz": context.kernel(),
+                 "initrd": context.initrd(), "rootfs.squashfs": context.squashfs()}
         if config.cloud_config is not None:
             parts["config.yaml"] = config.cloud_config
         output.mkdir()

@@ -20,7 +20,6 @@ from kairos_build.disk.gpt import create_disk, mark_pmbr_bootable
 from kairos_build.disk.grub import grub_dir, grub_quote
 from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
 from kairos_build.exporters.base import ExportContext
-from kairos_build.exporters.iso import boot_file
 from kairos_build.log import log, step
 from kairos_build.reproducible import clamp_times
 from kairos_build.templates import render
@@ -71,8 +70,8 @@ def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None, epoc
 def build_raw_disk(context: ExportContext, output: Path) -> Layout:
     """Write the whole disk image to `output`; returns the layout it used."""
     config, work, seed = context.config, context.workdir, context.rootfs_key
-    kernel = boot_file(context.rootfs, "vmlinuz")
-    initrd = boot_file(context.rootfs, "initrd")
+    kernel = context.kernel()
+    initrd = context.initrd()
     with step("measuring the rootfs"):
         rootfs_bytes = tree_bytes(context.rootfs)
     squashfs = context.squashfs()
