@@ -15,7 +15,7 @@ from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
 from kairos_build.disk.layout import stable_uuid
 from kairos_build.disk.squashfs import make_squashfs, mksquashfs_version, squashfs_options
 from kairos_build.errors import InputError
-from kairos_build.log import step
+from kairos_build.log import log, step
 
 ENTRY_POINT_GROUP = "kairos_build.exporters"
 
@@ -112,18 +112,38 @@ class Format:
 
 def installed_formats() -> dict[str, Format]:
     """Every format registered in the entry point group, kairos-build's own and plugins' alike:
-    the entry points are the only list of formats."""
+    the entry points are the only list of formats. A plugin that cannot be loaded is skipped
+    with a warning."""
     found: dict[str, Format] = {}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in found:
             continue  # the first one installed wins (an editable install may list it twice)
+        loaded = _load_format(entry)
+        if loaded is not None:
+            found[entry.name] = loaded
+    return found
+
+
+# Plugins already reported in this process: every command lists the formats more than once.
+_skipped: set[str] = set()
+
+
+def _load_format(entry: metadata.EntryPoint) -> Format | None:
+    provider = entry.dist.name if entry.dist else "?"
+    try:
         exporter = entry.load()
         doc = (exporter.__doc__ or "").strip().splitlines()
-        found[entry.name] = Format(
-            entry.name, exporter.extension, exporter.boot_mode, tuple(exporter.tools),
-            tuple(exporter.files), entry.dist.name if entry.dist else "?",
-            doc[0] if doc else f"Build a {entry.name} artifact.", exporter)
-    return found
+        return Format(entry.name, exporter.extension, exporter.boot_mode, tuple(exporter.tools),
+                      tuple(exporter.files), provider,
+                      doc[0] if doc else f"Build a {entry.name} artifact.", exporter)
+    # Any exception: a plugin is someone else's code, and one that is broken (a missing module,
+    # a syntax error, a member it lacks) must not take every command down with it.
+    except Exception as exc:
+        if entry.name not in _skipped:
+            _skipped.add(entry.name)
+            log.warning("warning: skipping the format plugin %r (%s, from %s): %s: %s",
+                        entry.name, entry.value, provider, type(exc).__name__, exc)
+        return None
 
 
 def exporters() -> dict[str, type[Exporter]]:
