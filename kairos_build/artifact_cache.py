@@ -29,6 +29,8 @@ from kairos_build.log import log
 from kairos_build.tools import run
 
 KIND = "artifact"
+# A cached artifact is copied out with cp (a reflink where it can, holes kept).
+TOOLS = ("cp",)
 _FILE = "artifact"
 _RECORD = "record.json"
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build import __version__, artifact_cache
 from kairos_build.cache import Cache, Stage, hash_tree
 from kairos_build.checks import Report, check_rootfs, require_mode
 from kairos_build.config import BuildConfig
-from kairos_build.convert.convert import convert_rootfs, copy_base
+from kairos_build.convert.convert import conversion_tools, convert_rootfs, copy_base
 from kairos_build.convert.framework import layer_tree
 from kairos_build.data import data_dir
+from kairos_build.errors import MissingToolError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
 from kairos_build.publish import (
@@ -23,7 +25,8 @@ from kairos_build.publish import (
     remove_stale_partials,
 )
 from kairos_build.reproducible import build_epoch, given_epoch
-from kairos_build.source.resolve import Base, SourceOptions, resolve_base
+from kairos_build.source.refs import parse_ref
+from kairos_build.source.resolve import Base, SourceOptions, base_tools, resolve_base
 from kairos_build.tools import require_file, require_tool
 
 
@@ -48,15 +51,49 @@ def check_base(config: BuildConfig, mode: str) -> tuple[Base, Report]:
     return base, check_rootfs(base.rootfs, mode)
 
 
-def check_host_tools(exporters: list[Exporter]) -> None:
-    """Fail before any work when a program a later step drives is missing (exit code 4)."""
-    for tool in ("bwrap", "setpriv", "cp", "mmdebstrap"):
-        require_tool(tool)
-    for exporter in exporters:
-        for tool in exporter.tools:
-            require_tool(tool)
-        for path in exporter.files:
-            require_file(path)
+@dataclass(frozen=True)
+class HostNeeds:
+    """What one stage of a build drives on the host."""
+
+    stage: str
+    tools: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+# --overlay-rootfs: the converted rootfs is copied with cp before the files are added.
+OVERLAY_TOOLS = ("cp",)
+
+
+def host_needs(config: BuildConfig, exporters: list[Exporter]) -> list[HostNeeds]:
+    """Each stage this build runs, in order, with the host programs and files it drives."""
+    needs = [HostNeeds("resolving the base", base_tools(config.base, config.release)),
+             HostNeeds("the conversion", conversion_tools(dir_base(config.base)))]
+    if config.overlay_rootfs is not None:
+        needs.append(HostNeeds("adding the --overlay-rootfs files", OVERLAY_TOOLS))
+    needs.extend(HostNeeds(f"the {e.name} export", (*e.tools, *artifact_cache.TOOLS), tuple(e.files))
+                 for e in exporters)
+    return needs
+
+
+def dir_base(base: str | None) -> Path | None:
+    """The folder of a dir: base: the one base whose content is known before resolving it."""
+    if base is None:
+        return None
+    ref = parse_ref(base)
+    return Path(ref.target) if ref.transport == "dir" and Path(ref.target).is_dir() else None
+
+
+def check_host_tools(config: BuildConfig, exporters: list[Exporter]) -> None:
+    """Fail before any work when a program or file a stage drives is missing (exit code 4),
+    saying which stage needs it."""
+    for need in host_needs(config, exporters):
+        try:
+            for tool in need.tools:
+                require_tool(tool)
+            for path in need.files:
+                require_file(path)
+        except MissingToolError as exc:
+            raise MissingToolError(f"{exc.message}, needed for {need.stage}", hint=exc.hint) from None
 
 
 def conversion_stage(config: BuildConfig, base: Base) -> Stage:
@@ -128,7 +165,7 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
 
 def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     exporters = [get_exporter(name) for name in formats]
-    check_host_tools(exporters)
+    check_host_tools(config, exporters)
     check_output_dir(config.output_dir)
     remove_stale_partials(config.output_dir)
     cache = Cache(config.cache_dir)
