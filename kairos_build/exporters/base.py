@@ -13,6 +13,7 @@ from kairos_build.cache import Cache, Stage
 from kairos_build.config import BuildConfig
 from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
 from kairos_build.disk.layout import stable_uuid
+from kairos_build.disk.raw_disk import make_raw_disk
 from kairos_build.disk.squashfs import make_squashfs, mksquashfs_version, squashfs_options
 from kairos_build.errors import InputError
 from kairos_build.log import log, step
@@ -64,6 +65,15 @@ class ExportContext:
 
     def initrd(self) -> Path:
         return self.boot_file("initrd")
+
+    def raw_disk(self) -> Path:
+        """The raw GPT disk of this build (kairos_build.disk.raw_disk), made once and shared
+        by every disk format: raw, qcow2, vmdk, vhd and gce are that disk, converted."""
+        if "raw" not in self.made:
+            path = self.workdir / "disk.raw"
+            make_raw_disk(self, path)
+            self.made["raw"] = path
+        return self.made["raw"]
 
     def root_image(self, size: int) -> Path:
         """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per

@@ -78,3 +78,17 @@ def test_a_plugin_that_fails_to_load_is_skipped_with_a_warning(monkeypatch: pyte
     assert len(warned) == 2, "each broken plugin is reported once per run"
     with pytest.raises(InputError, match="unknown format 'broken'"):
         get_exporter("broken")
+
+
+def test_no_exporter_imports_another() -> None:
+    """Shared parts (squashfs, ext4 image, raw disk, kernel, initrd) come from the export
+    context; an exporter imports only the protocol's module, and base.py no exporter."""
+    import ast
+
+    folder = Path(base.__file__).parent
+    for module in folder.glob("*.py"):
+        imported = {node.module for node in ast.walk(ast.parse(module.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        others = {m for m in imported if m.startswith("kairos_build.exporters")} - {
+            "kairos_build.exporters.base"}
+        assert not others, f"{module.name} imports {others}"
