@@ -1,7 +1,8 @@
 """Publishing: an artifact appears under its final name only when complete, with its checksum.
 
 Written under a hidden temporary name (.NAME.partial-PID) and renamed; what a killed build
-left behind is removed by the next one. `build` and `inject` both publish through here.
+left behind is removed by the next one. `build` and `inject` publish through here, and
+`unpack` and `convert -o dir:` their trees.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from kairos_build.cache import pid_is_gone
 from kairos_build.errors import InputError
+from kairos_build.log import step
+from kairos_build.tools import run
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,20 @@ def publish_directory(format_name: str, partial: Path, final: Path) -> Artifact:
         else:
             old.unlink()
     return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy a tree to `target` (absent or an empty directory) through a temporary sibling, as
+    `unpack DIR` and `convert -o dir:` publish theirs."""
+    partial = target.with_name(f".{target.name}.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)  # as --output DIR does for artifacts
+    run(["rm", "-rf", str(partial)])
+    try:
+        with step(f"copying into {target}"):
+            run(["cp", "-a", "--reflink=auto", str(source), str(partial)])
+            if target.exists():
+                target.rmdir()
+            partial.rename(target)
+    except BaseException:
+        run(["rm", "-rf", str(partial)])
+        raise
