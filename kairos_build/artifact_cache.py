@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ from kairos_build.log import log
 from kairos_build.tools import run
 
 KIND = "artifact"
+# A cached artifact is copied out with cp (a reflink where it can, holes kept).
+TOOLS = ("cp",)
 _FILE = "artifact"
 _RECORD = "record.json"
 
@@ -45,6 +48,7 @@ def artifact_key(exporter: Exporter, context: ExportContext) -> str:
     """The converted rootfs, every setting, our code and templates, the host tools used."""
     return cache_key(KIND, format=exporter.name, rootfs=context.rootfs_key, epoch=context.epoch,
                      config=_config_record(context.config), code=_code_digest(),
+                     plugin=_plugin_digest(type(exporter).__module__),
                      templates=hash_tree(data_dir("templates")), tool=__version__,
                      host=_host_record(exporter))
 
@@ -135,6 +139,26 @@ def _code_digest() -> str:
     package = Path(__file__).resolve().parent
     for path in sorted(package.rglob("*.py")):
         digest.update(f"{path.relative_to(package)}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@memoize
+def _plugin_digest(module: str) -> str | None:
+    """A plugin's own sources (the top-level package or module its exporter comes from): a
+    plugin upgraded must not reuse what its older version built. None for our own exporters,
+    which _code_digest covers."""
+    top = module.partition(".")[0]
+    if top == __name__.partition(".")[0]:
+        return None
+    origin = importlib.util.find_spec(top)
+    if origin is None or origin.origin is None:
+        return None
+    source = Path(origin.origin)
+    files = sorted(source.parent.rglob("*.py")) if source.name == "__init__.py" else [source]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(source.parent)}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 

@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build import __version__, artifact_cache
-from kairos_build.cache import Cache, Stage, hash_tree, pid_is_gone
-from kairos_build.checks import require_mode
+from kairos_build.cache import Cache, Stage, hash_tree
+from kairos_build.checks import Report, check_rootfs, require_mode
 from kairos_build.config import BuildConfig
-from kairos_build.convert.convert import convert_rootfs, copy_base
+from kairos_build.convert.convert import conversion_tools, convert_rootfs, copy_base
 from kairos_build.convert.framework import layer_tree
 from kairos_build.data import data_dir
-from kairos_build.errors import InputError
+from kairos_build.errors import MissingToolError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
+from kairos_build.publish import (
+    Artifact,
+    check_output_dir,
+    discard,
+    partial_path,
+    publish_directory,
+    publish_file,
+    remove_stale_partials,
+)
 from kairos_build.reproducible import build_epoch, given_epoch
-from kairos_build.source.resolve import Base, SourceOptions, resolve_base
+from kairos_build.source.refs import parse_ref
+from kairos_build.source.resolve import Base, SourceOptions, base_tools, resolve_base
 from kairos_build.tools import require_file, require_tool
-
-
-@dataclass(frozen=True)
-class Artifact:
-    format: str
-    path: Path
-    sha256: str
-    size: int
 
 
 def source_options(config: BuildConfig) -> SourceOptions:
@@ -47,37 +45,55 @@ def resolve_config_base(config: BuildConfig, cache: Cache) -> Base:
     return base
 
 
-def check_output_dir(path: Path) -> None:
-    """Fail before any work when the artifacts could not be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".kairos-build-probe-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"output directory {path} is not writable: {exc.strerror}",
-                         hint="choose another with --output DIR") from exc
+def check_base(config: BuildConfig, mode: str) -> tuple[Base, Report]:
+    """`kairos-build check`: resolve the base and check its files against `mode`."""
+    base = resolve_config_base(config, Cache(config.cache_dir))
+    return base, check_rootfs(base.rootfs, mode)
 
 
-def remove_stale_partials(output_dir: Path) -> None:
-    """Half-written artifacts of killed builds (.NAME.partial-PID, .NAME.old-PID): a build
-    that ends in any other way removes its own."""
-    for leftover in [*output_dir.glob(".*.partial-*"), *output_dir.glob(".*.old-*")]:
-        if pid_is_gone(leftover.name.rsplit("-", 1)[-1]):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+@dataclass(frozen=True)
+class HostNeeds:
+    """What one stage of a build drives on the host."""
+
+    stage: str
+    tools: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
 
 
-def check_host_tools(exporters: list[Exporter]) -> None:
-    """Fail before any work when a program a later step drives is missing (exit code 4)."""
-    for tool in ("bwrap", "setpriv", "cp", "mmdebstrap"):
-        require_tool(tool)
-    for exporter in exporters:
-        for tool in exporter.tools:
-            require_tool(tool)
-        for path in exporter.files:
-            require_file(path)
+# --overlay-rootfs: the converted rootfs is copied with cp before the files are added.
+OVERLAY_TOOLS = ("cp",)
+
+
+def host_needs(config: BuildConfig, exporters: list[Exporter]) -> list[HostNeeds]:
+    """Each stage this build runs, in order, with the host programs and files it drives."""
+    needs = [HostNeeds("resolving the base", base_tools(config.base, config.release)),
+             HostNeeds("the conversion", conversion_tools(dir_base(config.base)))]
+    if config.overlay_rootfs is not None:
+        needs.append(HostNeeds("adding the --overlay-rootfs files", OVERLAY_TOOLS))
+    needs.extend(HostNeeds(f"the {e.name} export", (*e.tools, *artifact_cache.TOOLS), tuple(e.files))
+                 for e in exporters)
+    return needs
+
+
+def dir_base(base: str | None) -> Path | None:
+    """The folder of a dir: base: the one base whose content is known before resolving it."""
+    if base is None:
+        return None
+    ref = parse_ref(base)
+    return Path(ref.target) if ref.transport == "dir" and Path(ref.target).is_dir() else None
+
+
+def check_host_tools(config: BuildConfig, exporters: list[Exporter]) -> None:
+    """Fail before any work when a program or file a stage drives is missing (exit code 4),
+    saying which stage needs it."""
+    for need in host_needs(config, exporters):
+        try:
+            for tool in need.tools:
+                require_tool(tool)
+            for path in need.files:
+                require_file(path)
+        except MissingToolError as exc:
+            raise MissingToolError(f"{exc.message}, needed for {need.stage}", hint=exc.hint) from None
 
 
 def conversion_stage(config: BuildConfig, base: Base) -> Stage:
@@ -120,46 +136,6 @@ def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache,
     return cache.get_or_make_stage(stage, make, refresh=refresh), stage.key
 
 
-def sha256_file(path: Path) -> str:
-    """The file's sha256, reading only its data: a disk image is mostly holes, and reading a
-    hole makes the kernel produce zeros page by page (seconds per GiB), while hashing a zero
-    buffer we already have is several times faster."""
-    digest = hashlib.sha256()
-    chunk = 4 << 20
-    zeros = memoryview(bytes(chunk))
-    with path.open("rb") as handle:
-        fd = handle.fileno()
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left (or no SEEK_DATA: read it all)
-                data = size if _has_seek_data(fd) else pos
-            for offset in range(pos, data, chunk):
-                digest.update(zeros[:min(chunk, data - offset)])
-            if data >= size:
-                break
-            end = os.lseek(fd, data, os.SEEK_HOLE)
-            offset = data
-            while offset < end:
-                block = os.pread(fd, min(chunk, end - offset), offset)
-                if not block:
-                    raise OSError(f"{path} shrank while it was hashed")
-                digest.update(block)
-                offset += len(block)
-            pos = end
-    return digest.hexdigest()
-
-
-def _has_seek_data(fd: int) -> bool:
-    try:
-        os.lseek(fd, 0, os.SEEK_HOLE)
-        return True
-    except OSError:
-        return False
-
-
 def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:
     """Write to hidden temporary names, then rename: no half-written artifact is ever visible.
 
@@ -167,8 +143,8 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
     named NAME-EXTENSION/ and checksummed file by file in a SHA256SUMS inside it.
     """
     name = context.config.artifact_name
-    partial = output_dir / f".{name}.{exporter.extension}.partial-{os.getpid()}"
     final = output_dir / f"{name}.{exporter.extension}"
+    partial = partial_path(final)
     key = artifact_cache.artifact_key(exporter, context)
     try:
         with step(f"exporting {exporter.name}"):
@@ -178,61 +154,18 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
             if not (reuse and artifact_cache.copy_cached(context, key, partial)):
                 exporter.export(context, partial)
             if partial.is_dir():
-                return _publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")
-            artifact = _publish_file(exporter.name, partial, final)
+                return publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")
+            artifact = publish_file(exporter.name, partial, final)
             artifact_cache.store(context, key, final, artifact.sha256)
             return artifact
     except BaseException:
-        if partial.is_dir() and not partial.is_symlink():
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.unlink(missing_ok=True)
+        discard(partial)
         raise
-
-
-def _publish_file(format_name: str, partial: Path, final: Path) -> Artifact:
-    checksum = final.with_name(f"{final.name}.sha256")
-    checksum_partial = final.with_name(f".{checksum.name}.partial-{os.getpid()}")
-    try:
-        digest = sha256_file(partial)
-        checksum_partial.write_text(f"{digest}  {final.name}\n")
-        partial.rename(final)
-        checksum_partial.rename(checksum)
-    except BaseException:
-        checksum_partial.unlink(missing_ok=True)
-        raise
-    return Artifact(format_name, final, digest, final.stat().st_size)
-
-
-def _publish_directory(format_name: str, partial: Path, final: Path) -> Artifact:
-    """SHA256SUMS (`sha256sum -c` format) inside, then the rename; the artifact's digest is
-    that of SHA256SUMS, which pins every file. A directory cannot replace a non-empty one in
-    one rename: a previous build's is moved aside first and removed after."""
-    files = sorted(p for p in partial.rglob("*") if p.is_file() and not p.is_symlink())
-    sums = "".join(f"{sha256_file(p)}  {p.relative_to(partial).as_posix()}\n" for p in files)
-    (partial / "SHA256SUMS").write_text(sums)
-    size = sum(p.stat().st_size for p in files) + len(sums)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    replacing = final.exists() or final.is_symlink()
-    if replacing:
-        final.rename(old)
-    try:
-        partial.rename(final)
-    except BaseException:
-        if replacing:
-            old.rename(final)
-        raise
-    if replacing:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size)
 
 
 def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     exporters = [get_exporter(name) for name in formats]
-    check_host_tools(exporters)
+    check_host_tools(config, exporters)
     check_output_dir(config.output_dir)
     remove_stale_partials(config.output_dir)
     cache = Cache(config.cache_dir)

@@ -12,23 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kairos_build import __version__, cli_artifacts
-from kairos_build.cli_options import (
-    CacheDir,
-    Flavor,
-    Insecure,
-    Json,
-    NoCache,
-    Platform,
-    Pull,
-    Release,
-    Version,
-)
+from kairos_build.cli_settings import global_callback, verb
+from kairos_build.configfile import CommandLine, effective, resolve_settings
 from kairos_build.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
 from kairos_build.log import log, quiet_progress, setup_logging, timings
+from kairos_build.settings import Value
 
 if TYPE_CHECKING:
     from kairos_build.cache import Cache
-    from kairos_build.config import BuildConfig
 
 app = typer.Typer(
     name="kairos-build", no_args_is_help=True, add_completion=False,
@@ -37,27 +28,40 @@ app = typer.Typer(
 )
 
 
-
-@app.callback()
+@global_callback(app)
 def global_options(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
-) -> None:
+    config: Annotated[Path | None, typer.Option(  # noqa: UP007
+        "--config", help="A YAML file of settings (the options' names as keys); flags and "
+        "--set win over it.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(  # noqa: UP007
+        "--set", help="KEY=VALUE: a setting, as in a config file (repeatable).")] = None,
+) -> CommandLine:
     setup_logging(-1 if quiet else verbose)
+    return CommandLine(config, tuple(set_ or ()))
 
 
-cli_artifacts.register(app)
+def _settings(verb_name: str, command_line: CommandLine) -> dict[str, Value]:
+    """The verb's settings from every layer; with --json the progress display stays off."""
+    values = resolve_settings(verb_name, command_line)
+    if values.get("json"):
+        quiet_progress()
+    return values
 
 
-def _emit(as_json: bool, payload: dict[str, object]) -> None:
-    if as_json:
-        print(json.dumps(payload, indent=2, default=str))
+def _emit(values: dict[str, Value], payload: dict[str, object]) -> None:
+    if values.get("json"):
+        settings = {k: v for k, v in effective(values).items() if k != "json"}
+        print(json.dumps({**payload, **({"settings": settings} if settings else {})},
+                         indent=2, default=str))
 
 
-@app.command()
+@verb(app, "boot")
 def boot(
     artifact: Annotated[Path, typer.Argument(
         help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")],
+    command_line: CommandLine,
     firmware: Annotated[str, typer.Option(
         help="bios (SeaBIOS), uefi (OVMF, Secure Boot off) or uefi-secureboot (OVMF's Secure "
              "Boot build with Microsoft's keys enrolled, Secure Boot enforced).")] = "bios",
@@ -80,78 +84,63 @@ def boot(
         "--writable", help="Let the guest write to the disk (default: a throw-away snapshot).")] = False,
     as_disk: Annotated[bool, typer.Option(
         "--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD.")] = False,
-    as_json: Json = False,
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
     from kairos_build.boot import boot as boot_artifact
 
+    values = _settings("boot", command_line)
     result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,
                            as_disk=as_disk, nic=nic, expect_secureboot=expect_secureboot,
                            expect_entry=expect_entry)
     log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
              result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
-    _emit(as_json, vars(result))
+    _emit(values, vars(result))
 
 
-def _base_config(ref: str, flavor: str, release: str | None, as_json: bool,
-                 **options: object) -> BuildConfig:
-    """The config of a verb that works on a given base: never swaps in a bootstrap."""
-    from kairos_build.config import make_config
-
-    if as_json:
-        quiet_progress()
-    insecure = options.pop("insecure_registry", None)
-    return make_config(flavor, release, base=ref, bootstrap_fallback=False,
-                       insecure_registries=tuple(insecure or ()), **options)  # type: ignore[arg-type]
-
-
-@app.command()
+@verb(app, "unpack")
 def unpack(
     ref: Annotated[str, typer.Argument(help="Base reference (as for --base).")],
     target: Annotated[Path, typer.Argument(help="Directory to create (must be empty or absent).")],
-    flavor: Flavor = "debian", release: Release = None, cache_dir: CacheDir = None,
-    pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
-    no_cache: NoCache = False, as_json: Json = False,
+    command_line: CommandLine,
 ) -> None:
     """Resolve a base and unpack it into a directory (no conversion)."""
+    from kairos_build.config import config_from
     from kairos_build.unpack_verb import unpack_to
 
-    config = _base_config(ref, flavor, release, as_json, cache_dir=cache_dir, pull=pull,
-                          platform=platform, insecure_registry=insecure_registry,
-                          no_cache=no_cache)
-    base = unpack_to(config, target)
+    values = _settings("unpack", command_line)
+    # A verb given its base never swaps in a bootstrap.
+    base = unpack_to(config_from(values, base=ref, bootstrap_fallback=False), target)
     log.info("unpacked %s into %s", base.description, target)
-    _emit(as_json, {"base": base.description, "key": base.key, "target": target})
+    _emit(values, {"base": base.description, "key": base.key, "target": target})
 
 
-@app.command()
+@verb(app, "convert")
 def convert(
     ref: Annotated[str, typer.Argument(help="The base to convert (as for --base).")],
+    command_line: CommandLine,
     output: Annotated[str | None, typer.Option("--output", "-o", help=(  # noqa: UP007
         "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"))] = None,
-    flavor: Flavor = "debian", release: Release = None, version: Version = "v0.1.0",
-    cache_dir: CacheDir = None, pull: Pull = "missing", platform: Platform = "linux/amd64",
-    insecure_registry: Insecure = None, no_cache: NoCache = False, as_json: Json = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the conversion plan (steps, exact commands) and stop.")] = False,
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
+    from kairos_build.config import config_from
     from kairos_build.convert_verb import convert_to
     from kairos_build.errors import InputError
 
-    config = _base_config(ref, flavor, release, as_json, version=version, cache_dir=cache_dir,
-                          pull=pull, platform=platform, insecure_registry=insecure_registry,
-                          no_cache=no_cache)
+    values = _settings("convert", command_line)
+    config = config_from(values, base=ref, bootstrap_fallback=False)
     if dry_run:  # needs no root, no network and no base: only the flavor
         from kairos_build.convert.plan import conversion_plan, describe_plan
 
         steps = conversion_plan(config, ref)
-        if as_json:
-            _emit(True, {"flavor": flavor, "release": config.release.name,
-                         "steps": [vars(s) for s in steps]})
+        if values.get("json"):
+            _emit(values, {"flavor": config.flavor.name, "release": config.release.name,
+                           "steps": [vars(s) for s in steps]})
         else:
-            print(f"conversion plan for {flavor} {config.release.name} (nothing was run):")
+            print(f"conversion plan for {config.flavor.name} {config.release.name} "
+                  "(nothing was run):")
             print(describe_plan(steps))
         return
     if output is None:
@@ -159,47 +148,43 @@ def convert(
                          "or --dry-run to only see the plan")
     written = convert_to(config, output)
     log.info("wrote the converted image to %s", written)
-    _emit(as_json, {"output": written, "timings": timings})
+    _emit(values, {"output": written, "timings": timings})
 
 
-@app.command()
+@verb(app, "dockerfile")
 def dockerfile(
     output: Annotated[Path, typer.Option("--output", "-o", help="Build context directory to write.")],
-    flavor: Flavor = "debian", release: Release = None, version: Version = "v0.1.0",
-    from_image: Annotated[str | None, typer.Option(
+    command_line: CommandLine,
+    from_image: Annotated[str | None, typer.Option(  # noqa: UP007
         "--from", help="Base image (default: the flavor's).")] = None,
 ) -> None:
     """Write the conversion as a Dockerfile and its build context (docker build OUTPUT)."""
-    from kairos_build.config import make_config
+    from kairos_build.config import config_from
     from kairos_build.dockerfile_verb import write_build_context
 
-    config = make_config(flavor, release, version=version)
+    config = config_from(_settings("dockerfile", command_line))
     written = write_build_context(config, output, from_image)
     log.info("wrote %s; build it with: docker build -t IMAGE %s", written, output)
 
 
-@app.command()
+@verb(app, "check")
 def check(
     ref: Annotated[str, typer.Argument(help="A base reference or a directory.")],
+    command_line: CommandLine,
     mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",
-    flavor: Flavor = "debian", release: Release = None, cache_dir: CacheDir = None,
-    pull: Pull = "missing", platform: Platform = "linux/amd64", insecure_registry: Insecure = None,
-    as_json: Json = False,
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
-    from kairos_build.build import resolve_config_base
-    from kairos_build.cache import Cache
-    from kairos_build.checks import check_rootfs, describe
+    from kairos_build.build import check_base
+    from kairos_build.checks import describe
+    from kairos_build.config import config_from
     from kairos_build.errors import CheckFailedError
 
+    values = _settings("check", command_line)
     base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref
-    config = _base_config(base_ref, flavor, release, as_json, cache_dir=cache_dir, pull=pull,
-                          platform=platform, insecure_registry=insecure_registry)
-    base = resolve_config_base(config, Cache(config.cache_dir))
-    report = check_rootfs(base.rootfs, mode)
-    if as_json:
-        _emit(True, {"base": base.description, "mode": report.mode, "ok": report.ok,
-                     "rules": [vars(r) for r in report.rules], "facts": report.facts})
+    base, report = check_base(config_from(values, base=base_ref, bootstrap_fallback=False), mode)
+    if values.get("json"):
+        _emit(values, {"base": base.description, "mode": report.mode, "ok": report.ok,
+                       "rules": [vars(r) for r in report.rules], "facts": report.facts})
     else:
         print(f"{base.description}: {report.mode} {'passes' if report.ok else 'FAILS'}")
         print(describe(report))
@@ -207,46 +192,45 @@ def check(
         raise CheckFailedError(f"{base.description} does not meet the {report.mode} requirements")
 
 
-@app.command()
+@verb(app, "inject")
 def inject(
     iso: Annotated[Path, typer.Argument(help="An ISO made by kairos-build iso.")],
     cloud_config: Annotated[Path, typer.Option(help="The #cloud-config file to embed.")],
+    command_line: CommandLine,
     output: Annotated[Path | None, typer.Option(  # noqa: UP007
         "--output", "-o", help="Write a new ISO here (default: change ISO in place).")] = None,
-    as_json: Json = False,
 ) -> None:
     """Put a new cloud-config (/config.yaml) into a built ISO without rebuilding it."""
-    from kairos_build.cloudconfig import validate_cloud_config
-    from kairos_build.errors import InputError
     from kairos_build.inject import inject_cloud_config
 
-    if not iso.is_file():
-        raise InputError(f"{iso} does not exist")
+    values = _settings("inject", command_line)
     started = time.monotonic()
-    written = inject_cloud_config(iso, validate_cloud_config(cloud_config), output)
+    written = inject_cloud_config(iso, cloud_config, output)
     log.info("wrote %s with %s as /config.yaml in %.1f s", written, cloud_config,
              time.monotonic() - started)
-    _emit(as_json, {"output": written, "seconds": time.monotonic() - started})
+    _emit(values, {"output": written, "seconds": time.monotonic() - started})
 
 
 cache_app = typer.Typer(help="Inspect or prune the build cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 
-def _cache(cache_dir: Path | None) -> Cache:
+def _cache(values: dict[str, Value]) -> Cache:
     from kairos_build.cache import Cache, default_cache_dir
 
-    return Cache(cache_dir or default_cache_dir())
+    folder = values.get("cache-dir")
+    return Cache(folder if isinstance(folder, Path) else default_cache_dir())
 
 
-@cache_app.command("ls")
-def cache_ls(cache_dir: CacheDir = None, as_json: Json = False) -> None:
+@verb(cache_app, "cache ls")
+def cache_ls(command_line: CommandLine) -> None:
     """List cache entries: kind, key, size, last use."""
-    entries = _cache(cache_dir).entries()
+    values = _settings("cache ls", command_line)
+    entries = _cache(values).entries()
     sizes = [e.size() for e in entries]
     used = [e.path.lstat().st_mtime for e in entries]
-    if as_json:
-        _emit(True, {"entries": [
+    if values.get("json"):
+        _emit(values, {"entries": [
             {"kind": e.kind, "key": e.key, "size": size, "path": str(e.path), "last_used": when}
             for e, size, when in zip(entries, sizes, used, strict=True)]})
         return
@@ -256,17 +240,17 @@ def cache_ls(cache_dir: CacheDir = None, as_json: Json = False) -> None:
     print(f"{len(entries)} entries, {sum(sizes) / (1 << 20):.1f} MiB")
 
 
-@cache_app.command("prune")
+@verb(cache_app, "cache prune")
 def cache_prune(
-    cache_dir: CacheDir = None,
+    command_line: CommandLine,
     older_than: Annotated[float, typer.Option(help="Only entries unused for this many days.")] = 7,
     all_entries: Annotated[bool, typer.Option("--all", help="Remove every entry.")] = False,
-    as_json: Json = False,
 ) -> None:
     """Remove cache entries (by default those unused for a week) and leftovers of killed builds."""
-    removed = _cache(cache_dir).prune(None if all_entries else older_than)
+    values = _settings("cache prune", command_line)
+    removed = _cache(values).prune(None if all_entries else older_than)
     log.info("removed %d cache entries", len(removed))
-    _emit(as_json, {"removed": [{"kind": e.kind, "key": e.key} for e in removed]})
+    _emit(values, {"removed": [{"kind": e.kind, "key": e.key} for e in removed]})
 
 
 @app.command("install-deps")
@@ -283,14 +267,15 @@ def install_deps(
     log.info("host packages installed: %s", " ".join(installed))
 
 
-@app.command()
-def flavors(as_json: Json = False) -> None:
+@verb(app, "flavors")
+def flavors(command_line: CommandLine) -> None:
     """List the flavors: family, releases, package manager, init, bootloader, initramfs."""
     from kairos_build.flavors import flavor_names, load_flavor
 
+    values = _settings("flavors", command_line)
     rows = [load_flavor(name) for name in flavor_names()]
-    if as_json:
-        _emit(True, {"flavors": [
+    if values.get("json"):
+        _emit(values, {"flavors": [
             {"name": f.name, "pretty_name": f.pretty_name, "family": f.family,
              "default_release": f.default_release, "releases": list(f.releases),
              "images": {r.name: r.image for r in f.releases.values()},
@@ -301,6 +286,26 @@ def flavors(as_json: Json = False) -> None:
         print(f"{f.name:11} {f.family:7} releases: {', '.join(f.releases)} "
               f"(default {f.default_release}); {f.package_manager}, {f.init}, {f.bootloader}, "
               f"{f.initramfs}")
+
+
+@verb(app, "formats")
+def formats(command_line: CommandLine) -> None:
+    """List the artifact formats installed (kairos_build.exporters entry points)."""
+    from kairos_build.exporters.base import installed_formats
+
+    values = _settings("formats", command_line)
+    found = installed_formats()
+    if values.get("json"):
+        _emit(values, {"formats": [
+            {"name": f.name, "extension": f.extension, "boot_mode": f.boot_mode,
+             "tools": list(f.tools), "files": list(f.files), "provider": f.provider,
+             "summary": f.summary} for f in found.values()]})
+        return
+    for f in found.values():
+        print(f"{f.name:8} .{f.extension:8} {f.provider:14} {f.summary}")
+
+
+cli_artifacts.register(app)
 
 
 @app.command("version")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from kairos_build.cache import default_cache_dir
-from kairos_build.disk.layout import DiskOptions
+from kairos_build.disk.layout import DiskOptions, parse_partition_sizes, parse_size
 from kairos_build.disk.squashfs import Compression
 from kairos_build.errors import InputError
 from kairos_build.flavors import Flavor, Release, load_flavor
+from kairos_build.settings import PLATFORMS, PULL_POLICIES, Value, default
 
-PULL_POLICIES = ("missing", "always", "never")
-PLATFORMS = ("linux/amd64", "linux/arm64")
 VARIANTS = ("core", "standard")
 _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
 
@@ -31,17 +33,17 @@ class BuildConfig:
     flavor: Flavor
     release: Release
     base: str | None = None
-    output_dir: Path = Path("build")
-    version: str = "v0.1.0"
+    output_dir: Path = Path(str(default("output")))
+    version: str = str(default("version"))
     variant: str = "core"
     arch: str = "amd64"
     model: str = "generic"
     cache_dir: Path = field(default_factory=default_cache_dir)
-    pull: str = "missing"
+    pull: str = str(default("pull"))
     # Parsed from --compression by make_config (for the arch: xz picks its BCJ filter).
     squashfs_compression: Compression = field(default_factory=Compression)
     extra_kernel_args: tuple[str, ...] = ()
-    platform: str = "linux/amd64"
+    platform: str = str(default("platform"))
     insecure_registries: tuple[str, ...] = ()
     bootstrap_fallback: bool = True
     disk: DiskOptions = field(default_factory=DiskOptions)
@@ -70,8 +72,21 @@ class BuildConfig:
                 f"{self.arch}-{self.model}-{self.version}")
 
 
-def make_config(flavor: str, release: str | None = None, **options: object) -> BuildConfig:
-    """Load the flavor and build a frozen config; options left as None take the defaults."""
+def kernel_args(repeated: list[str] | None, line: str | None) -> tuple[str, ...]:
+    """--kernel-arg A --kernel-arg B and --extra-cmdline 'C D' together: (A, B, C, D)."""
+    try:
+        words = shlex.split(line or "")
+    except ValueError as exc:
+        raise InputError(f"--extra-cmdline {line!r} does not parse: {exc}") from exc
+    for word in [*(repeated or []), *words]:
+        if not word.isprintable():
+            raise InputError(f"kernel argument {word!r} has control characters")
+    return (*(repeated or []), *words)
+
+
+def make_config(flavor: str, release: str | None = None, **options: Any) -> BuildConfig:
+    """Load the flavor and build a frozen config from BuildConfig's own field names (for code
+    and tests; the command line goes through config_from); None takes the default."""
     loaded = load_flavor(flavor)
     given = {k: v for k, v in options.items() if v is not None}
     if "version" in given:
@@ -79,4 +94,48 @@ def make_config(flavor: str, release: str | None = None, **options: object) -> B
     if isinstance(given.get("squashfs_compression"), str):
         given["squashfs_compression"] = Compression.parse(
             str(given["squashfs_compression"]), arch=str(given.get("arch", "amd64")))
-    return BuildConfig(flavor=loaded, release=loaded.release(release), **given)  # type: ignore[arg-type]
+    return replace(BuildConfig(flavor=loaded, release=loaded.release(release)), **given)
+
+
+def _text(values: Mapping[str, Value], key: str) -> str | None:
+    value = values.get(key)
+    return None if value is None else str(value)
+
+
+def _path(values: Mapping[str, Value], key: str) -> Path | None:
+    value = values.get(key)
+    return value if isinstance(value, Path) else None
+
+
+def _words(values: Mapping[str, Value], key: str) -> tuple[str, ...]:
+    value = values.get(key)
+    return value if isinstance(value, tuple) else ()
+
+
+def config_from(values: Mapping[str, Value], **fixed: Any) -> BuildConfig:
+    """The BuildConfig of resolved settings (kairos_build.configfile.resolve_settings); `fixed`
+    sets fields a verb decides itself (the base of `unpack REF`)."""
+    flavor = load_flavor(str(values.get("flavor") or default("flavor")))
+    disk_size, image_size = _text(values, "disk-size"), _text(values, "image-size")
+    disk = DiskOptions(
+        firmware=str(values.get("firmware") or default("firmware")),
+        disk_size=parse_size(disk_size, "--disk-size") if disk_size else None,
+        sizes=parse_partition_sizes(list(_words(values, "partition-size"))),
+        image_size=parse_size(image_size, "--image-size") if image_size else None,
+        compress=values.get("compress") is True)
+    compression = Compression.parse(str(values.get("compression") or default("compression")))
+    options: dict[str, Any] = {
+        "base": _text(values, "base"), "output_dir": _path(values, "output"),
+        "version": _text(values, "version"), "cache_dir": _path(values, "cache-dir"),
+        "pull": _text(values, "pull"), "platform": _text(values, "platform"),
+        "squashfs_compression": compression,
+        "extra_kernel_args": kernel_args(list(_words(values, "kernel-arg")),
+                                         _text(values, "extra-cmdline")),
+        "insecure_registries": _words(values, "insecure-registry"),
+        "bootstrap_fallback": values.get("no-bootstrap") is not True, "disk": disk,
+        "cloud_config": _path(values, "cloud-config"),
+        "overlay_iso": _path(values, "overlay-iso"),
+        "overlay_rootfs": _path(values, "overlay-rootfs"),
+        "no_cache": values.get("no-cache") is True, **fixed}
+    return replace(BuildConfig(flavor=flavor, release=flavor.release(_text(values, "release"))),
+                   **{k: v for k, v in options.items() if v is not None})

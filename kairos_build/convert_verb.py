@@ -19,9 +19,9 @@ from kairos_build.convert.image_writer import (
 )
 from kairos_build.errors import InputError
 from kairos_build.log import step
+from kairos_build.publish import copy_tree
 from kairos_build.reproducible import build_epoch
 from kairos_build.source.refs import parse_ref
-from kairos_build.unpack_verb import copy_tree
 
 OUTPUT_FORMS = "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"
 

@@ -8,15 +8,15 @@ ESP) are then made again for the new layout. Seconds, not a rebuild.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from kairos_build.build import sha256_file
+from kairos_build.cloudconfig import validate_cloud_config
 from kairos_build.errors import InputError
 from kairos_build.exporters.iso import LABEL, hybridize, pad_tail
+from kairos_build.publish import discard, partial_path, publish_file
 
 CONFIG_ISO_PATH = "/CONFIG.YAML;1"
 
@@ -46,9 +46,11 @@ def _open(path: Path) -> pycdlib.PyCdlib:
 def inject_cloud_config(iso_path: Path, cloud_config: Path, output: Path | None = None) -> Path:
     """Write `iso_path` with `cloud_config` as its /config.yaml to `output` (default: in
     place). Written under a temporary name and renamed, with its .sha256 beside it."""
+    if not iso_path.is_file():
+        raise InputError(f"{iso_path} does not exist")
+    cloud_config = validate_cloud_config(cloud_config)
     target = output or iso_path
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    checksum = target.with_name(target.name + ".sha256")
+    partial = partial_path(target)
     iso = _open(iso_path)
     try:
         try:
@@ -63,13 +65,8 @@ def inject_cloud_config(iso_path: Path, cloud_config: Path, output: Path | None 
         pad_tail(partial)
         seed = hashlib.sha256(cloud_config.read_bytes()).hexdigest() + target.name
         hybridize(partial, seed)
-        digest = sha256_file(partial)
-        checksum_partial = checksum.with_name(f".{checksum.name}.partial-{os.getpid()}")
-        checksum_partial.write_text(f"{digest}  {target.name}\n")
-        partial.rename(target)
-        checksum_partial.rename(checksum)
+        publish_file("iso", partial, target)
     except BaseException:
-        partial.unlink(missing_ok=True)
-        checksum.with_name(f".{checksum.name}.partial-{os.getpid()}").unlink(missing_ok=True)
+        discard(partial)
         raise
     return target

@@ -8,9 +8,8 @@ from kairos_build.build import resolve_config_base
 from kairos_build.cache import Cache
 from kairos_build.config import BuildConfig
 from kairos_build.errors import InputError
-from kairos_build.log import step
+from kairos_build.publish import copy_tree
 from kairos_build.source.resolve import Base
-from kairos_build.tools import run
 
 
 def unpack_to(config: BuildConfig, target: Path) -> Base:
@@ -26,18 +25,3 @@ def unpack_to(config: BuildConfig, target: Path) -> Base:
     copy_tree(base.rootfs, target)
     return base
 
-
-def copy_tree(source: Path, target: Path) -> None:
-    """Copy a tree to `target` (absent or an empty directory) through a temporary sibling."""
-    partial = target.with_name(f".{target.name}.partial")
-    target.parent.mkdir(parents=True, exist_ok=True)  # as --output DIR does for artifacts
-    run(["rm", "-rf", str(partial)])
-    try:
-        with step(f"copying into {target}"):
-            run(["cp", "-a", "--reflink=auto", str(source), str(partial)])
-            if target.exists():
-                target.rmdir()
-            partial.rename(target)
-    except BaseException:
-        run(["rm", "-rf", str(partial)])
-        raise

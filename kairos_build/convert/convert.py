@@ -38,6 +38,19 @@ def is_converted(root: Path) -> bool:
     return rootfs.read_text(root, "etc/kairos-release") is not None
 
 
+# The base is copied with cp; packages, services and the initramfs are installed by commands run
+# under bubblewrap behind setpriv (convert/sandbox.py).
+CONVERSION_TOOLS = ("cp", "bwrap", "setpriv")
+# A base that is already a Kairos image is only copied, its release file and identity rewritten.
+REFRESH_TOOLS = ("cp",)
+
+
+def conversion_tools(base_root: Path | None) -> tuple[str, ...]:
+    """The host programs converting a base drives; `base_root` is the base's folder when it is
+    known before resolving it (a dir: base), else None and a full conversion is assumed."""
+    return REFRESH_TOOLS if base_root is not None and is_converted(base_root) else CONVERSION_TOOLS
+
+
 def write_flavor_files(root: Path, flavor: Flavor) -> None:
     """The flavor's quirks.files (e.g. a switch that keeps a package trigger from probing
     the build host's disks), written like overlay files: through resolve_in."""

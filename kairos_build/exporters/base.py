@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Protocol
 
 from kairos_build import __version__
+from kairos_build import rootfs as rootfs_module
 from kairos_build.cache import Cache, Stage
 from kairos_build.config import BuildConfig
 from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
 from kairos_build.disk.layout import stable_uuid
+from kairos_build.disk.raw_disk import make_raw_disk
 from kairos_build.disk.squashfs import make_squashfs, mksquashfs_version, squashfs_options
 from kairos_build.errors import InputError
-from kairos_build.log import step
+from kairos_build.log import log, step
 
 ENTRY_POINT_GROUP = "kairos_build.exporters"
 
@@ -50,6 +52,29 @@ class ExportContext:
         entry = self.cache.get_or_make_stage(stage, make, refresh=self.config.no_cache)
         return entry / "rootfs.squashfs"
 
+    def boot_file(self, name: str) -> Path:
+        """/boot/vmlinuz or /boot/initrd of the converted rootfs, resolved inside it."""
+        path = rootfs_module.resolve_in(self.rootfs, f"boot/{name}")
+        if not path.is_file():
+            raise InputError(f"the converted rootfs has no /boot/{name}",
+                             hint="was it converted? kairos-build links the kernel and initrd there")
+        return path
+
+    def kernel(self) -> Path:
+        return self.boot_file("vmlinuz")
+
+    def initrd(self) -> Path:
+        return self.boot_file("initrd")
+
+    def raw_disk(self) -> Path:
+        """The raw GPT disk of this build (kairos_build.disk.raw_disk), made once and shared
+        by every disk format: raw, qcow2, vmdk, vhd and gce are that disk, converted."""
+        if "raw" not in self.made:
+            path = self.workdir / "disk.raw"
+            make_raw_disk(self, path)
+            self.made["raw"] = path
+        return self.made["raw"]
+
     def root_image(self, size: int) -> Path:
         """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per
         converted rootfs, size and tool."""
@@ -81,24 +106,63 @@ class Exporter(Protocol):
         """Write the artifact to `output` (a temporary name; the caller renames it)."""
 
 
-def exporters() -> dict[str, type[Exporter]]:
-    """Every registered exporter by format name (built-ins, then installed plugins)."""
-    from kairos_build.exporters.disk_formats import GceExporter, Qcow2Exporter, VhdExporter, VmdkExporter
-    from kairos_build.exporters.iso import IsoExporter
-    from kairos_build.exporters.netboot import NetbootExporter
-    from kairos_build.exporters.raw import RawExporter
+@dataclass(frozen=True)
+class Format:
+    """An installed format: what its exporter declares, and which distribution provides it."""
 
-    found: dict[str, type[Exporter]] = {
-        "iso": IsoExporter, "raw": RawExporter, "qcow2": Qcow2Exporter, "vmdk": VmdkExporter,
-        "vhd": VhdExporter, "gce": GceExporter, "netboot": NetbootExporter,
-    }
+    name: str
+    extension: str
+    boot_mode: str
+    tools: tuple[str, ...]
+    files: tuple[str, ...]
+    provider: str
+    summary: str
+    exporter: type[Exporter]
+
+
+def installed_formats() -> dict[str, Format]:
+    """Every format registered in the entry point group, kairos-build's own and plugins' alike:
+    the entry points are the only list of formats. A plugin that cannot be loaded is skipped
+    with a warning."""
+    found: dict[str, Format] = {}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[entry.name] = entry.load()
+        if entry.name in found:
+            continue  # the first one installed wins (an editable install may list it twice)
+        loaded = _load_format(entry)
+        if loaded is not None:
+            found[entry.name] = loaded
     return found
 
 
+# Plugins already reported in this process: every command lists the formats more than once.
+_skipped: set[str] = set()
+
+
+def _load_format(entry: metadata.EntryPoint) -> Format | None:
+    provider = entry.dist.name if entry.dist else "?"
+    try:
+        exporter = entry.load()
+        doc = (exporter.__doc__ or "").strip().splitlines()
+        return Format(entry.name, exporter.extension, exporter.boot_mode, tuple(exporter.tools),
+                      tuple(exporter.files), provider,
+                      doc[0] if doc else f"Build a {entry.name} artifact.", exporter)
+    # Any exception: a plugin is someone else's code, and one that is broken (a missing module,
+    # a syntax error, a member it lacks) must not take every command down with it.
+    except Exception as exc:
+        if entry.name not in _skipped:
+            _skipped.add(entry.name)
+            log.warning("warning: skipping the format plugin %r (%s, from %s): %s: %s",
+                        entry.name, entry.value, provider, type(exc).__name__, exc)
+        return None
+
+
+def exporters() -> dict[str, type[Exporter]]:
+    """Every installed exporter class by format name."""
+    return {name: found.exporter for name, found in installed_formats().items()}
+
+
 def get_exporter(name: str) -> Exporter:
-    known = exporters()
+    known = installed_formats()
     if name not in known:
-        raise InputError(f"unknown format {name!r}", hint=f"known formats: {', '.join(sorted(known))}")
-    return known[name]()
+        raise InputError(f"unknown format {name!r}", hint=f"known formats: {', '.join(known)}")
+    return known[name].exporter()

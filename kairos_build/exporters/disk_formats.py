@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 from kairos_build.disk.layout import GiB, stable_uuid
+from kairos_build.disk.raw_disk import RAW_DISK_TOOLS
 from kairos_build.disk.vm_ids import pin_vhd, pin_vmdk
 from kairos_build.exporters.base import ExportContext
-from kairos_build.exporters.raw import RawExporter, raw_disk
 from kairos_build.tools import run
 
 
@@ -19,50 +19,66 @@ def qemu_img_convert(source: Path, output: Path, fmt: str, options: list[str]) -
     run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *options, str(source), str(output)])
 
 
-class Qcow2Exporter(RawExporter):
+class DiskFormat:
+    """What every format made from the raw disk shares: its boot mode and that it needs no
+    host file (the boot loaders come from the image)."""
+
+    boot_mode = "secureboot"
+    files: tuple[str, ...] = ()
+
+
+class Qcow2Exporter(DiskFormat):
+    """Build a qcow2 disk for QEMU/KVM, libvirt, OpenStack."""
+
     name = "qcow2"
     extension = "qcow2"
-    tools = (*RawExporter.tools, "qemu-img")
+    tools = (*RAW_DISK_TOOLS, "qemu-img")
 
     def export(self, context: ExportContext, output: Path) -> None:
         # With --compress: zstd clusters, about half the size for a few seconds (zlib takes
         # four times as long). Uncompressed by default: the fastest first boot.
         options = ["-c", "-o", "compression_type=zstd"] if context.config.disk.compress else []
-        qemu_img_convert(raw_disk(context), output, "qcow2", options)
+        qemu_img_convert(context.raw_disk(), output, "qcow2", options)
 
 
-class VmdkExporter(RawExporter):
+class VmdkExporter(DiskFormat):
+    """Build a VMDK disk for VMware."""
+
     name = "vmdk"
     extension = "vmdk"
-    tools = (*RawExporter.tools, "qemu-img")
+    tools = (*RAW_DISK_TOOLS, "qemu-img")
 
     def export(self, context: ExportContext, output: Path) -> None:
         # streamOptimized: the subformat vSphere/ESXi import and OVA packages take.
-        qemu_img_convert(raw_disk(context), output, "vmdk", ["-o", "subformat=streamOptimized"])
+        qemu_img_convert(context.raw_disk(), output, "vmdk", ["-o", "subformat=streamOptimized"])
         cid = int(stable_uuid(context.rootfs_key, "vmdk-cid")[:8], 16)
         pin_vmdk(output, cid, f"{context.config.artifact_name}.{self.extension}")
 
 
-class VhdExporter(RawExporter):
+class VhdExporter(DiskFormat):
+    """Build a fixed VHD for Azure (size aligned to 1 MiB)."""
+
     name = "vhd"
     extension = "vhd"
-    tools = (*RawExporter.tools, "qemu-img")
+    tools = (*RAW_DISK_TOOLS, "qemu-img")
 
     def export(self, context: ExportContext, output: Path) -> None:
         # Azure takes only fixed VHDs whose virtual size is a whole number of MiB; the raw
         # disk is MiB-aligned and force_size keeps qemu-img from rounding it to CHS geometry.
-        qemu_img_convert(raw_disk(context), output, "vpc", ["-o", "subformat=fixed,force_size=on"])
+        qemu_img_convert(context.raw_disk(), output, "vpc", ["-o", "subformat=fixed,force_size=on"])
         pin_vhd(output, context.epoch, uuid.UUID(stable_uuid(context.rootfs_key, "vhd")))
 
 
-class GceExporter(RawExporter):
+class GceExporter(DiskFormat):
+    """Build a Google Compute Engine image (disk.raw in a GNU tar.gz)."""
+
     name = "gce"
     extension = "tar.gz"
-    tools = (*RawExporter.tools, "tar", "gzip")
+    tools = (*RAW_DISK_TOOLS, "tar", "gzip")
 
     def export(self, context: ExportContext, output: Path) -> None:
         """GCE wants `disk.raw` (the name is fixed) of a whole number of GiB, in a GNU tar.gz."""
-        raw = raw_disk(context)
+        raw = context.raw_disk()
         folder = context.workdir / "gce"
         folder.mkdir(exist_ok=True)
         size = raw.stat().st_size

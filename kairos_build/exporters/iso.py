@@ -10,7 +10,6 @@ from pathlib import Path
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from kairos_build import rootfs
 from kairos_build.disk.efi import esp_files
 from kairos_build.disk.fat import make_fat_image
 from kairos_build.disk.grub import grub_dir, grub_quote, make_grub_image
@@ -32,15 +31,6 @@ def live_cmdline(label: str, extra: tuple[str, ...] = ()) -> str:
         "rd.live.overlay.overlayfs=1", "console=tty1", "console=ttyS0,115200",
         *(grub_quote(word) for word in extra),
     ])
-
-
-def boot_file(root: Path, name: str) -> Path:
-    """/boot/vmlinuz or /boot/initrd of the converted rootfs, resolved inside it."""
-    path = rootfs.resolve_in(root, f"boot/{name}")
-    if not path.is_file():
-        raise InputError(f"the converted rootfs has no /boot/{name}",
-                         hint="was it converted? kairos-build links the kernel and initrd there")
-    return path
 
 
 class _Iso:
@@ -113,6 +103,8 @@ def overlay_files(directory: Path) -> dict[str, Path]:
 
 
 class IsoExporter:
+    """Build a live ISO (BIOS + UEFI) from a base."""
+
     name = "iso"
     extension = "iso"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
@@ -123,8 +115,8 @@ class IsoExporter:
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
         work = context.workdir
-        kernel = boot_file(context.rootfs, "vmlinuz")
-        initrd = boot_file(context.rootfs, "initrd")
+        kernel = context.kernel()
+        initrd = context.initrd()
         extra = overlay_files(config.overlay_iso) if config.overlay_iso else {}
         squashfs = context.squashfs()
 

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 from kairos_build.exporters.base import ExportContext
-from kairos_build.exporters.iso import boot_file
 from kairos_build.log import step
 from kairos_build.templates import render
 
@@ -33,6 +32,8 @@ def render_script(title: str, extra: tuple[str, ...] = (), config_url: str | Non
 
 
 class NetbootExporter:
+    """Build a netboot directory: kernel, initrd, rootfs.squashfs and an iPXE script (HTTP)."""
+
     name = "netboot"
     extension = "netboot"  # a directory: NAME-netboot/ (kairos_build.build.export_artifact)
     # The same system as the live ISO's, and installable from it the same way: iPXE starts the
@@ -43,8 +44,8 @@ class NetbootExporter:
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
-        parts = {"vmlinuz": boot_file(context.rootfs, "vmlinuz"),
-                 "initrd": boot_file(context.rootfs, "initrd"), "rootfs.squashfs": context.squashfs()}
+        parts = {"vmlinuz": context.kernel(),
+                 "initrd": context.initrd(), "rootfs.squashfs": context.squashfs()}
         if config.cloud_config is not None:
             parts["config.yaml"] = config.cloud_config
         output.mkdir()

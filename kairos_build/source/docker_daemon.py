@@ -18,10 +18,10 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 from kairos_build.errors import InputError
 from kairos_build.log import log, progress
+from kairos_build.settings import PULL_POLICIES
 from kairos_build.source.docker_archive import normalize_name, open_docker_archive
 from kairos_build.source.image import Image
 
-PULL_POLICIES = ("missing", "always", "never")
 _PING_TIMEOUT = 3
 # Seconds one read from the daemon may take: a pull or a save of a large image is slow.
 _WORK_TIMEOUT = 600

@@ -29,6 +29,7 @@ from typing import IO, Any
 from kairos_build.cache import Cache
 from kairos_build.errors import BuildError, InputError
 from kairos_build.log import log, progress
+from kairos_build.settings import PULL_POLICIES
 from kairos_build.source.image import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -40,7 +41,6 @@ from kairos_build.source.image import (
 
 DOCKER_HUB = "registry-1.docker.io"
 _HUB_NAMES = {"docker.io", "index.docker.io", DOCKER_HUB}
-PULL_POLICIES = ("missing", "always", "never")
 TIMEOUT = 30.0  # seconds, for connecting and for every read
 _CHUNK = 1 << 20
 _MAX_JSON = 4 << 20

@@ -173,6 +173,18 @@ def _readable(ref: BaseRef) -> Path:
     return path
 
 
+# A bootstrap: base runs mmdebstrap in a mount and PID namespace of its own (source/bootstrap.py).
+BOOTSTRAP_TOOLS = ("unshare", "mmdebstrap")
+
+
+def base_tools(base: str | None, release: Release) -> tuple[str, ...]:
+    """The host programs resolving `base` drives: a bootstrap's; none for an image or a folder,
+    read in Python. (A flavor's image that cannot be had and falls back to its bootstrap checks
+    mmdebstrap when it gets there.)"""
+    ref = parse_ref(base) if base else parse_ref(release.image)
+    return BOOTSTRAP_TOOLS if ref.transport == "bootstrap" else ()
+
+
 def resolve_base(base: str | None, flavor: Flavor, release: Release, cache: Cache,
                  options: SourceOptions | None = None) -> Base:
     """Resolve `base` (or, without one, the flavor's default image) into a root directory."""

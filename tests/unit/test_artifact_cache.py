@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from kairos_build import artifact_cache
 from kairos_build.build import export_artifact
 from kairos_build.cache import Cache
@@ -82,3 +84,16 @@ def test_no_cache_builds_the_artifact_anew(tmp_path: Path) -> None:
     (out / f"{_context(tmp_path).config.artifact_name}.img").unlink()
     export_artifact(exporter, _context(tmp_path, no_cache=True), out)
     assert exporter.runs == 3
+
+
+def test_a_plugins_own_code_is_in_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgraded plugin must not reuse what its older version built; our own exporters are
+    covered by the digest of kairos-build's sources."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = tmp_path / "kb_keyed_plugin.py"
+    digest = artifact_cache._plugin_digest.__wrapped__
+    plugin.write_text("VERSION = 1\n")
+    first = digest("kb_keyed_plugin")
+    plugin.write_text("VERSION = 2\n")
+    assert first is not None and digest("kb_keyed_plugin") not in (None, first)
+    assert digest("kairos_build.exporters.iso") is None

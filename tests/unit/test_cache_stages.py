@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -189,7 +188,10 @@ def test_source_date_epoch_is_a_named_input_of_the_conversion(
 
 @pytest.mark.parametrize("verb", ["build", "iso", "raw"])
 def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kairos_build import build, cli_artifacts
+    from typer.testing import CliRunner
+
+    from kairos_build import build
+    from kairos_build.cli import app
     from kairos_build.config import BuildConfig
 
     seen: list[BuildConfig] = []
@@ -199,16 +201,15 @@ def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.Monkey
         return []
 
     monkeypatch.setattr(build, "build", record)
-    run: Callable[..., None] = (cli_artifacts.build if verb == "build"
-                                else cli_artifacts.format_verb(verb))
-    options: dict[str, Any] = {"formats": "iso"} if verb == "build" else {}
-    run(**options, no_cache=True)
-    run(**options)
+    options = ["--format", "iso"] if verb == "build" else []
+    for extra in (["--no-cache"], []):
+        result = CliRunner().invoke(app, [verb, *options, *extra])
+        assert result.exit_code == 0, result.output
     assert [c.no_cache for c in seen] == [True, False]
 
 
 def test_half_written_artifacts_of_killed_builds_are_removed(tmp_path: Path) -> None:
-    from kairos_build.build import remove_stale_partials
+    from kairos_build.publish import remove_stale_partials
 
     dead, mine = "999999999", str(os.getpid())
     stale = [tmp_path / f".kairos.iso.partial-{dead}", tmp_path / f".kairos.iso.sha256.partial-{dead}",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from kairos_build.errors import InputError
-from kairos_build.exporters.base import ENTRY_POINT_GROUP, exporters, get_exporter
+from kairos_build.exporters import base
+from kairos_build.exporters.base import ENTRY_POINT_GROUP, exporters, get_exporter, installed_formats
 from kairos_build.exporters.disk_formats import write_gce_bundle
 
 FORMATS = {"iso", "raw", "qcow2", "vmdk", "vhd", "gce", "netboot"}
@@ -52,3 +54,41 @@ def test_gce_bundle_depends_on_the_disk_content_not_its_allocation(tmp_path: Pat
         bundles.append((folder / "bundle.tar.gz").read_bytes())
     assert (tmp_path / "written/disk.raw").stat().st_blocks > (tmp_path / "hole/disk.raw").stat().st_blocks
     assert bundles[0] == bundles[1]
+
+
+def test_a_plugin_that_fails_to_load_is_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One broken plugin must not break every command: the others are still listed."""
+    entries = [
+        metadata.EntryPoint("broken", "kb_no_such_plugin:Exporter", ENTRY_POINT_GROUP),
+        metadata.EntryPoint("nomembers", "kairos_build.errors:InputError", ENTRY_POINT_GROUP),
+        metadata.EntryPoint("iso", "kairos_build.exporters.iso:IsoExporter", ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(base.metadata, "entry_points", lambda group: entries)
+    monkeypatch.setattr(base, "_skipped", set())
+    warned: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    # Only this handler: other tests may have set up logging to a stream since closed.
+    monkeypatch.setattr(base.log, "handlers", [handler])
+    assert list(installed_formats()) == ["iso"]
+    assert len(warned) == 2, warned
+    assert "'broken'" in warned[0] and "kb_no_such_plugin" in warned[0]
+    assert "'nomembers'" in warned[1] and "extension" in warned[1]
+    installed_formats()
+    assert len(warned) == 2, "each broken plugin is reported once per run"
+    with pytest.raises(InputError, match="unknown format 'broken'"):
+        get_exporter("broken")
+
+
+def test_no_exporter_imports_another() -> None:
+    """Shared parts (squashfs, ext4 image, raw disk, kernel, initrd) come from the export
+    context; an exporter imports only the protocol's module, and base.py no exporter."""
+    import ast
+
+    folder = Path(base.__file__).parent
+    for module in folder.glob("*.py"):
+        imported = {node.module for node in ast.walk(ast.parse(module.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        others = {m for m in imported if m.startswith("kairos_build.exporters")} - {
+            "kairos_build.exporters.base"}
+        assert not others, f"{module.name} imports {others}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cli_artifacts import kernel_args
+from kairos_build.config import kernel_args
 from kairos_build.convert.framework import layer_tree
 from kairos_build.disk.grub import grub_quote
 from kairos_build.disk.isohybrid import patch_bios_image, sfdisk_script

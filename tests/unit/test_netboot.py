@@ -109,7 +109,7 @@ def test_a_failing_directory_export_leaves_no_directory(context: ExportContext, 
     exporter = _DirectoryExporter(fail=True)
     if error is KeyboardInterrupt:  # Ctrl-C while the checksums are computed
         exporter.fail = False
-        monkeypatch.setattr("kairos_build.build.sha256_file", lambda path: (_ for _ in ()).throw(error()))
+        monkeypatch.setattr("kairos_build.publish.sha256_file", lambda path: (_ for _ in ()).throw(error()))
     with pytest.raises(error):
         export_artifact(exporter, context, out)
     assert list(out.iterdir()) == []

@@ -1,0 +1,126 @@
+"""The raw GPT disk with the Kairos partition layout, built without loop devices or mounts: the
+one disk every disk format is made from (the export context makes it once per build).
+
+Every partition is made in place inside one sparse file: ext4 with `mkfs.ext4 -d -E offset=`,
+the ESP with `mkfs.vfat --offset` + mtools, grub's BIOS core written into the BIOS boot
+partition. The system boots `cOS/active.img` from COS_STATE through our kairos-immutable
+initramfs module; COS_RECOVERY holds the shared squashfs as `cOS/recovery.squashfs`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kairos_build.disk.biosboot import install_bios_grub
+from kairos_build.disk.efi import esp_files
+from kairos_build.disk.ext4 import make_ext4, tree_bytes
+from kairos_build.disk.fat import make_fat_in_disk
+from kairos_build.disk.gpt import create_disk, mark_pmbr_bootable
+from kairos_build.disk.grub import grub_dir, grub_quote
+from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
+from kairos_build.log import log, step
+from kairos_build.reproducible import clamp_times
+from kairos_build.templates import render
+from kairos_build.tools import run
+
+if TYPE_CHECKING:  # the context makes the disk through this module: no import at run time
+    from kairos_build.exporters.base import ExportContext
+
+# What making the disk drives on the host: every disk format needs these.
+RAW_DISK_TOOLS: tuple[str, ...] = ("sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs", "mkfs.vfat",
+                                   "mmd", "mcopy", "mksquashfs", "grub-mkimage")
+
+STATE_LABEL = "COS_STATE"
+CONSOLES = ("console=tty1", "console=ttyS0,115200")  # ttyS0 last: it becomes /dev/console
+
+
+def state_cmdline(label: str, extra: tuple[str, ...]) -> str:
+    return " ".join([f"root=LABEL={label}", "ro", *CONSOLES, *(grub_quote(word) for word in extra)])
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when source and target share a filesystem (cache and work dir do), else a
+    copy that keeps the holes of a sparse file (a disk image is mostly holes)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        run(["cp", "--sparse=always", "--reflink=auto", str(source), str(target)])
+
+
+def fs_uuid(seed: str, label: str) -> str:
+    return stable_uuid(seed, f"fs/{label}")
+
+
+def volume_id(seed: str) -> str:
+    return fs_uuid(seed, "COS_GRUB").replace("-", "")[:8]
+
+
+def stage(workdir: Path, name: str) -> Path:
+    folder = workdir / f"stage-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return folder
+
+
+def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None, epoch: int) -> None:
+    assert part.label is not None
+    with step(f"writing {part.label} ({part.size >> 20} MiB ext4)"):
+        if source is not None:
+            clamp_times(source, epoch)
+        make_ext4(disk, part.size, part.label, fs_uuid(seed, part.label), source=source,
+                  offset=part.start, epoch=epoch)
+
+
+def make_raw_disk(context: ExportContext, output: Path) -> Layout:
+    """Write the whole disk image to `output`; returns the layout it used."""
+    config, work, seed = context.config, context.workdir, context.rootfs_key
+    kernel = context.kernel()
+    initrd = context.initrd()
+    with step("measuring the rootfs"):
+        rootfs_bytes = tree_bytes(context.rootfs)
+    squashfs = context.squashfs()
+    recovery_bytes = sum(p.stat().st_size for p in (squashfs, kernel, initrd))
+    layout = plan_layout(config.disk, rootfs_bytes, recovery_bytes, seed)
+    log.info("  layout: %s; disk %d MiB", layout.describe(), layout.disk_size >> 20)
+    active = context.root_image(layout.image_size)
+
+    create_disk(output, layout)
+    parts = {p.name: p for p in layout.partitions}
+    title = f"Kairos {config.flavor.pretty_name}"
+    extra = config.extra_kernel_args
+
+    state = stage(work, "state")
+    link_or_copy(active, state / "cOS" / "active.img")
+    (state / "boot" / "grub").mkdir(parents=True)
+    (state / "boot" / "grub" / "grub.cfg").write_text(render(
+        "grub-disk.cfg.j2", timeout=3, title=title,
+        state_cmdline=state_cmdline(STATE_LABEL, extra),
+        recovery_cmdline=state_cmdline("COS_RECOVERY", extra)))
+    write_ext4(output, parts["state"], seed, state, context.epoch)
+
+    recovery = stage(work, "recovery")
+    link_or_copy(squashfs, recovery / "cOS" / "recovery.squashfs")
+    link_or_copy(kernel, recovery / "boot" / "vmlinuz")
+    link_or_copy(initrd, recovery / "boot" / "initrd")
+    write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
+
+    oem = stage(work, "oem")
+    if config.cloud_config is not None:
+        shutil.copyfile(config.cloud_config, oem / "90_custom.yaml")
+    write_ext4(output, parts["oem"], seed, oem, context.epoch)
+    write_ext4(output, parts["persistent"], seed, None, context.epoch)
+
+    if "efi" in parts:
+        with step("writing COS_GRUB (the EFI boot loaders)"):
+            loaders = esp_files(context.rootfs, config.flavor.secure_boot, STATE_LABEL, work, cd=False)
+            make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB",
+                             volume_id(seed), context.epoch)
+    if "bios" in parts:
+        with step("writing grub for BIOS"):
+            install_bios_grub(output, parts["bios"], STATE_LABEL, work, grub_dir(context.rootfs, "i386-pc"))
+            mark_pmbr_bootable(output)
+    return layout

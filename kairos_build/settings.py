@@ -1,0 +1,211 @@
+"""Every setting, declared once: its key, kind, default, what it accepts, its help and the verbs
+that take it. The command-line options, the config-file keys, `--set KEY=VALUE`, the effective
+configuration printed by `--json` and the README's options table all come from SETTINGS.
+
+A key is also the option's name (`cache-dir` is `--cache-dir` and `cache-dir:` in a config
+file), so a user who knows one knows the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kairos_build.disk.layout import FIRMWARES
+from kairos_build.errors import InputError
+
+PULL_POLICIES = ("missing", "always", "never")
+PLATFORMS = ("linux/amd64", "linux/arm64")
+
+# The verbs that make artifacts: `build` and one verb per installed format share their settings.
+ARTIFACTS = "build"
+# The verbs that resolve a base.
+_SOURCE = ("unpack", "convert", "check", ARTIFACTS)
+_FLAVORED = (*_SOURCE, "dockerfile")
+
+Kind = str  # "text", "path", "flag" or "list" (a repeatable option; a YAML list in a file)
+Value = str | Path | bool | tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: Kind
+    default: Value
+    help: str
+    verbs: tuple[str, ...]
+    choices: tuple[str, ...] = ()
+    # Turns a given value into the one used, or refuses it (InputError) saying what is allowed.
+    check: Callable[[str, Value], Value] | None = None
+    short: str | None = None
+    # Given once before the verb too (`kairos-build --json iso ...`).
+    is_global: bool = False
+    # Former option names, still accepted on the command line and hidden from --help.
+    former: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.key}"
+
+    @property
+    def name(self) -> str:
+        """The Python name (a keyword argument of the command)."""
+        return self.key.replace("-", "_")
+
+    def allowed(self) -> str:
+        """What the setting takes, for an error's hint and the README table."""
+        if self.choices:
+            return "|".join(self.choices)
+        return {"text": "text", "path": "a path", "flag": "true|false",
+                "list": "a list (repeatable)"}[self.kind]
+
+    def takes(self, verb: str) -> bool:
+        return verb in self.verbs
+
+    def validate(self, value: Value) -> Value:
+        """The value to use, or InputError naming what is allowed."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            raise InputError(f"{self.flag} {value!r} is not known", hint=f"use {self.allowed()}")
+        return self.check(self.flag, value) if self.check else value
+
+
+def _version(flag: str, value: Value) -> Value:
+    from kairos_build.config import normalize_version
+
+    return normalize_version(str(value))
+
+
+def _flavor(flag: str, value: Value) -> Value:
+    from kairos_build.flavors import load_flavor
+
+    return load_flavor(str(value)).name
+
+
+def _compression(flag: str, value: Value) -> Value:
+    from kairos_build.disk.squashfs import Compression
+
+    Compression.parse(str(value))  # refuses an unknown one; the arch is chosen later
+    return value
+
+
+def _size(flag: str, value: Value) -> Value:
+    from kairos_build.disk.layout import parse_size
+
+    parse_size(str(value), flag)
+    return value
+
+
+def _partition_sizes(flag: str, value: Value) -> Value:
+    from kairos_build.disk.layout import parse_partition_sizes
+
+    parse_partition_sizes(list(value) if isinstance(value, tuple) else [str(value)])
+    return value
+
+
+def _kernel_args(flag: str, value: Value) -> Value:
+    from kairos_build.config import kernel_args
+
+    kernel_args(list(value) if isinstance(value, tuple) else [str(value)], None)
+    return value
+
+
+def _cmdline(flag: str, value: Value) -> Value:
+    from kairos_build.config import kernel_args
+
+    kernel_args(None, str(value))
+    return value
+
+
+def _folder(flag: str, value: Value) -> Value:
+    path = Path(str(value))
+    if not path.is_dir():
+        raise InputError(f"{flag} {path} is not a folder", hint="give an existing folder")
+    return path.resolve()
+
+
+def _cloud_config(flag: str, value: Value) -> Value:
+    from kairos_build.cloudconfig import validate_cloud_config
+
+    return validate_cloud_config(Path(str(value)))
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("flavor", "text", "debian", "Flavor name (see `kairos-build flavors`).", _FLAVORED,
+            check=_flavor, short="-f"),
+    Setting("release", "text", None, "Flavor release, e.g. trixie or bookworm (default: the "
+            "flavor's).", _FLAVORED),
+    Setting("base", "text", None, "Base: docker://NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+            "dir:PATH, bootstrap:DISTRO/SUITE (default: the flavor's image).", (ARTIFACTS,)),
+    Setting("output", "path", Path("build"), "Directory for the artifacts.", (ARTIFACTS,),
+            short="-o"),
+    Setting("version", "text", "v0.1.0", "Kairos version of the image (v1.2.3).",
+            ("convert", "dockerfile", ARTIFACTS), check=_version),
+    Setting("cache-dir", "path", None, "Cache directory (default: $KAIROS_BUILD_CACHE or "
+            "~/.cache/kairos-build).", (*_SOURCE, "cache ls", "cache prune"), is_global=True),
+    Setting("pull", "text", "missing", "When to fetch the base anew.", _SOURCE,
+            choices=PULL_POLICIES, is_global=True),
+    Setting("platform", "text", "linux/amd64", "Picks from multi-platform images.", _SOURCE,
+            choices=PLATFORMS),
+    Setting("insecure-registry", "list", (), "Registry host reached over plain http.", _SOURCE),
+    Setting("no-bootstrap", "flag", False, "Fail instead of bootstrapping when the flavor's "
+            "image cannot be had.", (ARTIFACTS,)),
+    Setting("no-cache", "flag", False, "Make every stage anew (base unpack, conversion, "
+            "squashfs, images) and replace its cache entry; pulled blobs, checked by their "
+            "digest, are still reused and tags are resolved as --pull says.",
+            ("unpack", "convert", ARTIFACTS)),
+    Setting("compression", "text", "zstd", "Squashfs compression: zstd (level 3), zstd:LEVEL "
+            "(1-22), xz (with the arch's BCJ filter), gzip[:LEVEL], lz4, lzo.", (ARTIFACTS,),
+            check=_compression, former=("--squashfs-compression",)),
+    Setting("kernel-arg", "list", (), "Extra kernel argument for every boot entry.",
+            (ARTIFACTS,), check=_kernel_args),
+    Setting("extra-cmdline", "text", None, "Extra kernel arguments for every boot entry, as "
+            "one string ('quiet rd.debug').", (ARTIFACTS,), check=_cmdline),
+    Setting("overlay-iso", "path", None, "ISO: a folder whose files are added to the ISO's "
+            "root.", (ARTIFACTS,), check=_folder),
+    Setting("overlay-rootfs", "path", None, "A folder whose files are added to the converted "
+            "rootfs (every format).", (ARTIFACTS,), check=_folder),
+    Setting("cloud-config", "path", None, "A #cloud-config file: /config.yaml on the ISO, "
+            "90_custom.yaml on COS_OEM.", (ARTIFACTS,), check=_cloud_config),
+    Setting("firmware", "text", "both", "Disks: the firmware they boot under.", (ARTIFACTS,),
+            choices=FIRMWARES),
+    Setting("disk-size", "text", None, "Disks: total size, e.g. 16G (default: what the "
+            "partitions need).", (ARTIFACTS,), check=_size),
+    Setting("partition-size", "list", (), "Disks: NAME=SIZE for efi, oem, recovery, state, "
+            "persistent.", (ARTIFACTS,), check=_partition_sizes),
+    Setting("image-size", "text", None, "Disks: size of cOS/active.img (default: rootfs + 10% "
+            "+ 200 MiB).", (ARTIFACTS,), check=_size),
+    Setting("compress", "flag", False, "qcow2: zstd-compressed clusters (about half the size).",
+            (ARTIFACTS,)),
+    Setting("json", "flag", False, "Print the result as JSON on stdout.",
+            (*_SOURCE, "boot", "inject", "flavors", "formats", "cache ls", "cache prune"),
+            is_global=True),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def default(key: str) -> Value:
+    return BY_KEY[key].default
+
+
+def settings_of(verb: str) -> tuple[Setting, ...]:
+    return tuple(s for s in SETTINGS if s.takes(verb))
+
+
+def global_settings() -> tuple[Setting, ...]:
+    return tuple(s for s in SETTINGS if s.is_global)
+
+
+def options_table() -> str:
+    """The README's options table (Markdown), made from SETTINGS."""
+    rows = ["| option / config key | takes | default | verbs | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        default_text = "" if s.default in (None, (), False) else f"`{s.default}`"
+        verbs = ", ".join("build, iso, raw, ..." if v == ARTIFACTS else v for v in s.verbs)
+        where = f"{verbs}; also before the verb" if s.is_global else verbs
+        cells = [f"`{s.flag}`", s.allowed(), default_text, where, s.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
