@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800
                           check=False)
 
 
+_TEST_CACHE: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def test_cache() -> Path:
     path = Path(os.environ.get("KAIROS_BUILD_TEST_CACHE",
                                Path.home() / ".cache" / "kairos-build-tests"))
     path.mkdir(parents=True, exist_ok=True)
+    _TEST_CACHE["path"] = path
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_finished_artifacts() -> Iterator[None]:
+    """After each test module, the test cache's finished artifacts go: no later module reuses
+    one (each rebuilds what it checks), and CI's disk is shared and small. The cached rootfs,
+    squashfs and ext4 stages, which later modules do reuse, stay."""
+    yield
+    if "path" in _TEST_CACHE:  # a test of this session asked for the test cache
+        shutil.rmtree(_TEST_CACHE["path"] / "artifact", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
