@@ -174,10 +174,10 @@ def check(
     mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
-    from kairos_build.build import check_base
     from kairos_build.checks import describe
     from kairos_build.config import config_from
     from kairos_build.errors import CheckFailedError
+    from kairos_build.pipelines.build import check_base
 
     values = _settings("check", command_line)
     base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref
