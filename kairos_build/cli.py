@@ -177,7 +177,7 @@ def check(
     from kairos_build.checks import describe
     from kairos_build.config import config_from
     from kairos_build.errors import CheckFailedError
-    from kairos_build.pipelines.build import check_base
+    from kairos_build.pipelines.check import check_base
 
     values = _settings("check", command_line)
     base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref

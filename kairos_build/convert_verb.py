@@ -18,7 +18,7 @@ from kairos_build.convert.image_writer import (
 )
 from kairos_build.errors import InputError
 from kairos_build.log import step
-from kairos_build.pipelines.build import convert_base, resolve_config_base
+from kairos_build.pipelines.stages import convert_base, resolve_config_base
 from kairos_build.publish import copy_tree
 from kairos_build.reproducible import build_epoch
 from kairos_build.source.refs import parse_ref

@@ -1,20 +1,20 @@
-"""The pipeline: resolve the base -> convert it -> export artifacts. Read top to bottom."""
+"""`kairos-build build` (and one verb per format): resolve the base -> convert it -> check it
+for each artifact's boot mode -> export the artifacts -> publish them. Read top to bottom."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build import __version__, artifact_cache
-from kairos_build.cache import Cache, Stage, hash_tree
-from kairos_build.checks import Report, check_rootfs, require_mode
+from kairos_build import artifact_cache
+from kairos_build.cache import Cache
+from kairos_build.checks import require_mode
 from kairos_build.config import BuildConfig
-from kairos_build.convert.convert import conversion_tools, convert_rootfs, copy_base
-from kairos_build.convert.framework import layer_tree
-from kairos_build.data import data_dir
+from kairos_build.convert.convert import conversion_tools
 from kairos_build.errors import MissingToolError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
+from kairos_build.pipelines.stages import convert_base, resolve_config_base
 from kairos_build.publish import (
     Artifact,
     check_output_dir,
@@ -24,31 +24,33 @@ from kairos_build.publish import (
     publish_file,
     remove_stale_partials,
 )
-from kairos_build.reproducible import build_epoch, given_epoch
+from kairos_build.reproducible import build_epoch
 from kairos_build.source.refs import parse_ref
-from kairos_build.source.resolve import Base, SourceOptions, base_tools, resolve_base
+from kairos_build.source.resolve import base_tools
 from kairos_build.tools import require_file, require_tool
 
 
-def source_options(config: BuildConfig) -> SourceOptions:
-    return SourceOptions(pull=config.pull, platform=config.platform,
-                         insecure_registries=config.insecure_registries,
-                         bootstrap_fallback=config.bootstrap_fallback, refresh=config.no_cache)
+def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
+    """The artifacts of `formats`, written to config.output_dir."""
+    exporters = [get_exporter(name) for name in formats]
+    check_host_tools(config, exporters)
+    check_output_dir(config.output_dir)
+    remove_stale_partials(config.output_dir)
+    cache = Cache(config.cache_dir)
+    cache.prune_partial()
 
+    base = resolve_config_base(config, cache)
+    rootfs, rootfs_key = convert_base(config, base, cache)
+    with step("checking requirements"):
+        for exporter in exporters:
+            require_mode(rootfs, exporter.boot_mode, f"the {exporter.name} artifact")
 
-def resolve_config_base(config: BuildConfig, cache: Cache) -> Base:
-    """The configured base (or the flavor's default image) as a cached root directory."""
-    with step("resolving the base"):
-        base = resolve_base(config.base, config.flavor, config.release, cache,
-                            source_options(config))
-        log.info("  base: %s", base.description)
-    return base
-
-
-def check_base(config: BuildConfig, mode: str) -> tuple[Base, Report]:
-    """`kairos-build check`: resolve the base and check its files against `mode`."""
-    base = resolve_config_base(config, Cache(config.cache_dir))
-    return base, check_rootfs(base.rootfs, mode)
+    with cache.workdir() as work:
+        context = ExportContext(config, rootfs, rootfs_key, cache, work, epoch=build_epoch(rootfs))
+        artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
+    for artifact in artifacts:
+        log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))
+    return artifacts
 
 
 @dataclass(frozen=True)
@@ -96,46 +98,6 @@ def check_host_tools(config: BuildConfig, exporters: list[Exporter]) -> None:
             raise MissingToolError(f"{exc.message}, needed for {need.stage}", hint=exc.hint) from None
 
 
-def conversion_stage(config: BuildConfig, base: Base) -> Stage:
-    """Everything that shapes the converted rootfs; change any of it and it is made anew.
-
-    SOURCE_DATE_EPOCH is in only when set: unset, the date comes from the base, in already.
-    """
-    return Stage("conversion", "converted", {
-        "base": base.key, "flavor": config.flavor.source.read_text(), "release": config.release,
-        "overlays": hash_tree(data_dir("overlays")), "templates": hash_tree(data_dir("templates")),
-        "version": config.version, "variant": config.variant, "model": config.model,
-        "arch": config.arch, "tool": __version__, "SOURCE_DATE_EPOCH": given_epoch(),
-    }, lineage=("base",))
-
-
-def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, str]:
-    stage = conversion_stage(config, base)
-
-    def make(target: Path) -> None:
-        with step(f"converting {base.description} for {config.flavor.name}"):
-            convert_rootfs(base.rootfs, target, config)
-
-    rootfs = cache.get_or_make_stage(stage, make, refresh=config.no_cache)
-    if config.overlay_rootfs is None:
-        return rootfs, stage.key
-    return overlay_rootfs(config.overlay_rootfs, rootfs, stage.key, cache, config.no_cache)
-
-
-def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache,
-                   refresh: bool = False) -> tuple[Path, str]:
-    """The converted rootfs plus the files of --overlay-rootfs, cached by both."""
-    stage = Stage("overlay", "converted", {"rootfs": key, "files": hash_tree(folder)},
-                  lineage=("rootfs",))
-
-    def make(target: Path) -> None:
-        with step(f"adding the files of {folder} to the rootfs"):
-            copy_base(rootfs, target)
-            layer_tree(target, folder)
-
-    return cache.get_or_make_stage(stage, make, refresh=refresh), stage.key
-
-
 def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:
     """Write to hidden temporary names, then rename: no half-written artifact is ever visible.
 
@@ -161,25 +123,3 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
     except BaseException:
         discard(partial)
         raise
-
-
-def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
-    exporters = [get_exporter(name) for name in formats]
-    check_host_tools(config, exporters)
-    check_output_dir(config.output_dir)
-    remove_stale_partials(config.output_dir)
-    cache = Cache(config.cache_dir)
-    cache.prune_partial()
-
-    base = resolve_config_base(config, cache)
-    rootfs, rootfs_key = convert_base(config, base, cache)
-    with step("checking requirements"):
-        for exporter in exporters:
-            require_mode(rootfs, exporter.boot_mode, f"the {exporter.name} artifact")
-
-    with cache.workdir() as work:
-        context = ExportContext(config, rootfs, rootfs_key, cache, work, epoch=build_epoch(rootfs))
-        artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
-    for artifact in artifacts:
-        log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))
-    return artifacts
