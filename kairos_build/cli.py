@@ -174,7 +174,7 @@ def check(
     mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
-    from kairos_build.checks import describe
+    from kairos_build.check.rules import describe
     from kairos_build.config import config_from
     from kairos_build.errors import CheckFailedError
     from kairos_build.pipelines.check import check_base

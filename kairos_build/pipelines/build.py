@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kairos_build import artifact_cache
 from kairos_build.cache import Cache
-from kairos_build.checks import require_mode
+from kairos_build.check.rules import require_mode
 from kairos_build.config import BuildConfig
 from kairos_build.convert.convert import conversion_tools
 from kairos_build.errors import MissingToolError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kairos_build.cache import Cache
-from kairos_build.checks import Report, check_rootfs
+from kairos_build.check.rules import Report, check_rootfs
 from kairos_build.config import BuildConfig
 from kairos_build.pipelines.stages import resolve_config_base
 from kairos_build.source.resolve import Base
