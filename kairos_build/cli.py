@@ -87,7 +87,7 @@ def boot(
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
-    from kairos_build.boot import boot as boot_artifact
+    from kairos_build.boot.harness import boot as boot_artifact
 
     values = _settings("boot", command_line)
     result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,

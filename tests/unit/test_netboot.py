@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build import netboot_server
-from kairos_build.boot import default_expectation, netboot_directory, qemu_command
+from kairos_build.boot import netboot_server
+from kairos_build.boot.harness import default_expectation, netboot_directory, qemu_command
 from kairos_build.cache import Cache
 from kairos_build.config import make_config
 from kairos_build.exporters.base import ExportContext, get_exporter
