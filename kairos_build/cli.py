@@ -1,4 +1,4 @@
-"""The command line: one thin function per verb; the work happens in build.py and friends."""
+"""The command line: one thin function per verb; the work happens in pipelines/ (a module each)."""
 
 from __future__ import annotations
 

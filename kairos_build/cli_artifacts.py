@@ -1,6 +1,6 @@
 """The verbs that build artifacts: `build --format iso,raw,...` and one verb per installed
 format (`iso`, `raw`, `qcow2`, ... and any plugin's), all with the same settings, all through
-build.build()."""
+pipelines.build.build()."""
 
 # No `from __future__ import annotations`: the --format help is made from the installed formats
 # when `build` is defined, and Typer reads it from the evaluated annotation.
