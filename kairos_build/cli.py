@@ -1,4 +1,4 @@
-"""The command line: one thin function per verb; the work happens in build.py and friends."""
+"""The command line: one thin function per verb; the work happens in pipelines/ (a module each)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def boot(
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
-    from kairos_build.boot import boot as boot_artifact
+    from kairos_build.boot.harness import boot as boot_artifact
 
     values = _settings("boot", command_line)
     result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,
@@ -106,7 +106,7 @@ def unpack(
 ) -> None:
     """Resolve a base and unpack it into a directory (no conversion)."""
     from kairos_build.config import config_from
-    from kairos_build.unpack_verb import unpack_to
+    from kairos_build.pipelines.unpack import unpack_to
 
     values = _settings("unpack", command_line)
     # A verb given its base never swaps in a bootstrap.
@@ -126,8 +126,8 @@ def convert(
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
     from kairos_build.config import config_from
-    from kairos_build.convert_verb import convert_to
     from kairos_build.errors import InputError
+    from kairos_build.pipelines.convert import convert_to
 
     values = _settings("convert", command_line)
     config = config_from(values, base=ref, bootstrap_fallback=False)
@@ -160,7 +160,7 @@ def dockerfile(
 ) -> None:
     """Write the conversion as a Dockerfile and its build context (docker build OUTPUT)."""
     from kairos_build.config import config_from
-    from kairos_build.dockerfile_verb import write_build_context
+    from kairos_build.pipelines.dockerfile import write_build_context
 
     config = config_from(_settings("dockerfile", command_line))
     written = write_build_context(config, output, from_image)
@@ -174,10 +174,10 @@ def check(
     mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
-    from kairos_build.build import check_base
-    from kairos_build.checks import describe
+    from kairos_build.check.rules import describe
     from kairos_build.config import config_from
     from kairos_build.errors import CheckFailedError
+    from kairos_build.pipelines.check import check_base
 
     values = _settings("check", command_line)
     base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref
@@ -201,7 +201,7 @@ def inject(
         "--output", "-o", help="Write a new ISO here (default: change ISO in place).")] = None,
 ) -> None:
     """Put a new cloud-config (/config.yaml) into a built ISO without rebuilding it."""
-    from kairos_build.inject import inject_cloud_config
+    from kairos_build.pipelines.inject import inject_cloud_config
 
     values = _settings("inject", command_line)
     started = time.monotonic()

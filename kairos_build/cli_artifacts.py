@@ -1,6 +1,6 @@
 """The verbs that build artifacts: `build --format iso,raw,...` and one verb per installed
 format (`iso`, `raw`, `qcow2`, ... and any plugin's), all with the same settings, all through
-build.build()."""
+pipelines.build.build()."""
 
 # No `from __future__ import annotations`: the --format help is made from the installed formats
 # when `build` is defined, and Typer reads it from the evaluated annotation.
@@ -20,8 +20,8 @@ from kairos_build.settings import ARTIFACTS
 
 def build_artifacts(formats: list[str], command_line: CommandLine) -> None:
     """Resolve the settings, build, print: the whole of every artifact verb."""
-    from kairos_build.build import build as run_build
     from kairos_build.config import config_from
+    from kairos_build.pipelines.build import build as run_build
 
     values = resolve_settings(ARTIFACTS, command_line)
     if values.get("json"):

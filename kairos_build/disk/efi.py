@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build import rootfs
+from kairos_build.check.pe import grub_prefix
 from kairos_build.disk.grub import early_config, grub_dir, make_grub_image
 from kairos_build.flavors import SecureBoot
 from kairos_build.log import log
-from kairos_build.pe import grub_prefix
 
 REMOVABLE_DIR = "EFI/BOOT"
 REMOVABLE_LOADER = f"{REMOVABLE_DIR}/BOOTX64.EFI"

@@ -96,7 +96,7 @@ class ExportContext:
 class Exporter(Protocol):
     name: str
     extension: str
-    # The boot mode the artifact's rootfs must pass (kairos_build.checks) before export.
+    # The boot mode the artifact's rootfs must pass (kairos_build.check.rules) before export.
     boot_mode: str
     # Host programs and files it drives: checked before the build spends any time.
     tools: tuple[str, ...]

@@ -80,7 +80,7 @@ RESERVED = frozenset({"/boot/kernel", "/boot/initrd", "/boot/uefi.img", "/boot/b
                       "/boot/grub/grub.cfg", "/boot/grub/bios.img", "/boot/grub/boot_hybrid.img",
                       "/rootfs.squashfs", "/config.yaml", "/.disk/info"})
 # The MBR code of the hybrid ISO, kept on it so `inject` can make the disk structures again
-# from the image's own grub (kairos_build/inject.py has no rootfs).
+# from the image's own grub (kairos_build/pipelines/inject.py has no rootfs).
 HYBRID_MBR = "/BOOT/GRUB/BOOT_HYBRID.IMG;1"
 
 

@@ -35,7 +35,7 @@ class NetbootExporter:
     """Build a netboot directory: kernel, initrd, rootfs.squashfs and an iPXE script (HTTP)."""
 
     name = "netboot"
-    extension = "netboot"  # a directory: NAME-netboot/ (kairos_build.build.export_artifact)
+    extension = "netboot"  # a directory: NAME-netboot/ (kairos_build.pipelines.build.export_artifact)
     # The same system as the live ISO's, and installable from it the same way: iPXE starts the
     # kernel through its EFI stub under UEFI, and the installed system boots with grub.
     boot_mode = "secureboot"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from kairos_build.cache import Cache, cache_key
-from kairos_build.checks import check_rootfs
+from kairos_build.check.pe import authenticode_signers, grub_embedded_config, grub_prefix
+from kairos_build.check.rules import check_rootfs
 from kairos_build.flavors import load_flavor
-from kairos_build.pe import authenticode_signers, grub_embedded_config, grub_prefix
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration

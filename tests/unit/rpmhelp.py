@@ -1,6 +1,6 @@
 """Build rpm package databases the way rpm writes them, for tests: header blobs (big-endian
 index + data store, with the HEADERIMMUTABLE region trailer), sqlite rpmdb.sqlite (rpm >= 4.16)
-and ndb Packages.db (openSUSE). Written from the formats, independent of kairos_build.rpmdb."""
+and ndb Packages.db (openSUSE). Written from the formats, independent of kairos_build.check.rpmdb."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build import boot as boot_module
-from kairos_build.boot import (
+from kairos_build.boot import harness as boot_module
+from kairos_build.boot.harness import (
     check_health,
     check_platform,
     firmware_gave_up,

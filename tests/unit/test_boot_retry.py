@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build import boot as boot_module
+from kairos_build.boot import harness as boot_module
 from kairos_build.errors import BuildError
 
 MARKER = ("KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img etc=overlay "

@@ -169,8 +169,8 @@ def test_recordable_keeps_short_values_and_ages_read_naturally() -> None:
 
 def test_source_date_epoch_is_a_named_input_of_the_conversion(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages: list[str]) -> None:
-    from kairos_build.build import conversion_stage
     from kairos_build.config import make_config
+    from kairos_build.pipelines.stages import conversion_stage
     from kairos_build.source.resolve import Base
 
     config, base = make_config("debian", "trixie"), Base(tmp_path, "base-key", "a base")
@@ -190,9 +190,9 @@ def test_source_date_epoch_is_a_named_input_of_the_conversion(
 def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from kairos_build import build
     from kairos_build.cli import app
     from kairos_build.config import BuildConfig
+    from kairos_build.pipelines import build
 
     seen: list[BuildConfig] = []
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.boot import _PROBE_SECTOR, MARKER, artifact_drive, check_root
+from kairos_build.boot.harness import _PROBE_SECTOR, MARKER, artifact_drive, check_root
 from kairos_build.cache import Cache, cache_key, hash_tree
 from kairos_build.errors import InputError, MissingToolError
 from kairos_build.tools import APT_HOST_PACKAGES, require_tool, run

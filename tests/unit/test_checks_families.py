@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.checks import check_rootfs, systemd_version
-from kairos_build.rpmdb import BadHeader, header_strings, rpm_package_version
+from kairos_build.check.rpmdb import BadHeader, header_strings, rpm_package_version
+from kairos_build.check.rules import check_rootfs, systemd_version
 from tests.unit.rpmhelp import (
     NAME,
     RELEASE,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.checks import Rule, check_rootfs, require_mode
+from kairos_build.check.rules import Rule, check_rootfs, require_mode
 from tests.conftest import run_cli
 from tests.unit.test_checks import make_tree
 from tests.unit.test_pe import TEST_SIGNER, grub_image, make_key, sign

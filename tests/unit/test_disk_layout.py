@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.boot import check_root, default_expectation
+from kairos_build.boot.harness import check_root, default_expectation
 from kairos_build.disk.biosboot import install_bios_grub
 from kairos_build.disk.gpt import sfdisk_script
 from kairos_build.disk.grub import GRUB_LIB

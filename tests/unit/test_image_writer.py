@@ -86,8 +86,8 @@ def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) 
 def test_dockerfile_context_carries_the_conversion_data(tmp_path: Path) -> None:
     import pytest
 
-    from kairos_build.dockerfile_verb import write_build_context
     from kairos_build.errors import InputError
+    from kairos_build.pipelines.dockerfile import write_build_context
 
     config = make_config("debian", "bookworm", version="1.2.3", cache_dir=tmp_path)
     dockerfile = write_build_context(config, tmp_path / "ctx", "docker://example/base:1")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build import netboot_server
-from kairos_build.boot import default_expectation, netboot_directory, qemu_command
-from kairos_build.build import export_artifact
+from kairos_build.boot import netboot_server
+from kairos_build.boot.harness import default_expectation, netboot_directory, qemu_command
 from kairos_build.cache import Cache
 from kairos_build.config import make_config
 from kairos_build.exporters.base import ExportContext, get_exporter
 from kairos_build.exporters.netboot import render_script
+from kairos_build.pipelines.build import export_artifact
 
 # What the script may run: iPXE commands, nothing else (a typo would stop the boot at a prompt).
 IPXE_COMMANDS = {"isset", "set", "echo", "kernel", "initrd", "boot"}

@@ -18,9 +18,9 @@ from kairos_build.config import make_config
 from kairos_build.convert import convert as convert_module
 from kairos_build.convert.packages import MANAGERS, package_manager
 from kairos_build.convert.plan import conversion_plan, describe_plan, kernel_link_script, shell_words
-from kairos_build.dockerfile_verb import write_build_context
 from kairos_build.errors import InputError
 from kairos_build.flavors import flavor_names
+from kairos_build.pipelines.dockerfile import write_build_context
 
 # The install command each manager runs, exactly (packages follow).
 INSTALL = {

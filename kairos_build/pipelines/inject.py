@@ -21,28 +21,6 @@ from kairos_build.publish import discard, partial_path, publish_file
 CONFIG_ISO_PATH = "/CONFIG.YAML;1"
 
 
-def _has(iso: pycdlib.PyCdlib, iso_path: str) -> bool:
-    try:
-        iso.get_record(iso_path=iso_path)
-    except PyCdlibException:
-        return False
-    return True
-
-
-def _open(path: Path) -> pycdlib.PyCdlib:
-    iso = pycdlib.PyCdlib()
-    try:
-        iso.open(str(path))
-    except (PyCdlibException, OSError) as exc:
-        raise InputError(f"{path} is not an ISO image kairos-build can read: {exc}") from exc
-    volume = iso.pvd.volume_identifier.decode(errors="replace").strip()
-    if volume != LABEL or not _has(iso, "/BOOT/GRUB/BIOS.IMG;1"):
-        iso.close()
-        raise InputError(f"{path} is not a Kairos live ISO (volume {volume!r})",
-                         hint="inject works on ISOs made by kairos-build iso")
-    return iso
-
-
 def inject_cloud_config(iso_path: Path, cloud_config: Path, output: Path | None = None) -> Path:
     """Write `iso_path` with `cloud_config` as its /config.yaml to `output` (default: in
     place). Written under a temporary name and renamed, with its .sha256 beside it."""
@@ -70,3 +48,25 @@ def inject_cloud_config(iso_path: Path, cloud_config: Path, output: Path | None 
         discard(partial)
         raise
     return target
+
+
+def _has(iso: pycdlib.PyCdlib, iso_path: str) -> bool:
+    try:
+        iso.get_record(iso_path=iso_path)
+    except PyCdlibException:
+        return False
+    return True
+
+
+def _open(path: Path) -> pycdlib.PyCdlib:
+    iso = pycdlib.PyCdlib()
+    try:
+        iso.open(str(path))
+    except (PyCdlibException, OSError) as exc:
+        raise InputError(f"{path} is not an ISO image kairos-build can read: {exc}") from exc
+    volume = iso.pvd.volume_identifier.decode(errors="replace").strip()
+    if volume != LABEL or not _has(iso, "/BOOT/GRUB/BIOS.IMG;1"):
+        iso.close()
+        raise InputError(f"{path} is not a Kairos live ISO (volume {volume!r})",
+                         hint="inject works on ISOs made by kairos-build iso")
+    return iso

@@ -6,7 +6,6 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
-from kairos_build.build import convert_base, resolve_config_base
 from kairos_build.cache import Cache
 from kairos_build.config import BuildConfig
 from kairos_build.convert.image_writer import (
@@ -19,6 +18,7 @@ from kairos_build.convert.image_writer import (
 )
 from kairos_build.errors import InputError
 from kairos_build.log import step
+from kairos_build.pipelines.stages import convert_base, resolve_config_base
 from kairos_build.publish import copy_tree
 from kairos_build.reproducible import build_epoch
 from kairos_build.source.refs import parse_ref

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build import netboot_server
+from kairos_build.boot import netboot_server
 from kairos_build.errors import BuildError, InputError, MissingToolError
 from kairos_build.log import log
 from kairos_build.tools import require_tool

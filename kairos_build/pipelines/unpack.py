@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kairos_build.build import resolve_config_base
 from kairos_build.cache import Cache
 from kairos_build.config import BuildConfig
 from kairos_build.errors import InputError
+from kairos_build.pipelines.stages import resolve_config_base
 from kairos_build.publish import copy_tree
 from kairos_build.source.resolve import Base
 

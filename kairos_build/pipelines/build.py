@@ -1,0 +1,125 @@
+"""`kairos-build build` (and one verb per format): resolve the base -> convert it -> check it
+for each artifact's boot mode -> export the artifacts -> publish them. Read top to bottom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kairos_build import artifact_cache
+from kairos_build.cache import Cache
+from kairos_build.check.rules import require_mode
+from kairos_build.config import BuildConfig
+from kairos_build.convert.convert import conversion_tools
+from kairos_build.errors import MissingToolError
+from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
+from kairos_build.log import log, step
+from kairos_build.pipelines.stages import convert_base, resolve_config_base
+from kairos_build.publish import (
+    Artifact,
+    check_output_dir,
+    discard,
+    partial_path,
+    publish_directory,
+    publish_file,
+    remove_stale_partials,
+)
+from kairos_build.reproducible import build_epoch
+from kairos_build.source.refs import parse_ref
+from kairos_build.source.resolve import base_tools
+from kairos_build.tools import require_file, require_tool
+
+
+def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
+    """The artifacts of `formats`, written to config.output_dir."""
+    exporters = [get_exporter(name) for name in formats]
+    check_host_tools(config, exporters)
+    check_output_dir(config.output_dir)
+    remove_stale_partials(config.output_dir)
+    cache = Cache(config.cache_dir)
+    cache.prune_partial()
+
+    base = resolve_config_base(config, cache)
+    rootfs, rootfs_key = convert_base(config, base, cache)
+    with step("checking requirements"):
+        for exporter in exporters:
+            require_mode(rootfs, exporter.boot_mode, f"the {exporter.name} artifact")
+
+    with cache.workdir() as work:
+        context = ExportContext(config, rootfs, rootfs_key, cache, work, epoch=build_epoch(rootfs))
+        artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
+    for artifact in artifacts:
+        log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))
+    return artifacts
+
+
+@dataclass(frozen=True)
+class HostNeeds:
+    """What one stage of a build drives on the host."""
+
+    stage: str
+    tools: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+# --overlay-rootfs: the converted rootfs is copied with cp before the files are added.
+OVERLAY_TOOLS = ("cp",)
+
+
+def host_needs(config: BuildConfig, exporters: list[Exporter]) -> list[HostNeeds]:
+    """Each stage this build runs, in order, with the host programs and files it drives."""
+    needs = [HostNeeds("resolving the base", base_tools(config.base, config.release)),
+             HostNeeds("the conversion", conversion_tools(dir_base(config.base)))]
+    if config.overlay_rootfs is not None:
+        needs.append(HostNeeds("adding the --overlay-rootfs files", OVERLAY_TOOLS))
+    needs.extend(HostNeeds(f"the {e.name} export", (*e.tools, *artifact_cache.TOOLS), tuple(e.files))
+                 for e in exporters)
+    return needs
+
+
+def dir_base(base: str | None) -> Path | None:
+    """The folder of a dir: base: the one base whose content is known before resolving it."""
+    if base is None:
+        return None
+    ref = parse_ref(base)
+    return Path(ref.target) if ref.transport == "dir" and Path(ref.target).is_dir() else None
+
+
+def check_host_tools(config: BuildConfig, exporters: list[Exporter]) -> None:
+    """Fail before any work when a program or file a stage drives is missing (exit code 4),
+    saying which stage needs it."""
+    for need in host_needs(config, exporters):
+        try:
+            for tool in need.tools:
+                require_tool(tool)
+            for path in need.files:
+                require_file(path)
+        except MissingToolError as exc:
+            raise MissingToolError(f"{exc.message}, needed for {need.stage}", hint=exc.hint) from None
+
+
+def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:
+    """Write to hidden temporary names, then rename: no half-written artifact is ever visible.
+
+    An exporter writes a file, checksummed in NAME.sha256 beside it, or a directory (netboot),
+    named NAME-EXTENSION/ and checksummed file by file in a SHA256SUMS inside it.
+    """
+    name = context.config.artifact_name
+    final = output_dir / f"{name}.{exporter.extension}"
+    partial = partial_path(final)
+    key = artifact_cache.artifact_key(exporter, context)
+    try:
+        with step(f"exporting {exporter.name}"):
+            reuse = not context.config.no_cache
+            if reuse and (kept := artifact_cache.kept_output(context, key, final)):
+                return Artifact(exporter.name, final, kept.sha256, kept.size)
+            if not (reuse and artifact_cache.copy_cached(context, key, partial)):
+                exporter.export(context, partial)
+            if partial.is_dir():
+                return publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")
+            artifact = publish_file(exporter.name, partial, final)
+            artifact_cache.store(context, key, final, artifact.sha256)
+            return artifact
+    except BaseException:
+        discard(partial)
+        raise
