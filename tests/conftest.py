@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800
 
 
 _TEST_CACHE: dict[str, Path] = {}
+
+
+def read_until(proc: subprocess.Popen[str], word: str, limit: float = 300) -> str:
+    """What a running build printed on stderr until a line with `word` (or its end)."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + limit
+    while word not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    return seen
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 from kairos_build.cache import Cache, cache_key
 from kairos_build.flavors import load_flavor
 from kairos_build.source.resolve import resolve_base
+from tests.conftest import read_until
 from tests.imagefiles import write_oci_layout
 
 pytestmark = pytest.mark.integration
@@ -39,17 +40,11 @@ def test_ctrl_c_during_conversion_leaves_no_mount_no_partial_entry_no_artifact(
         # As from a terminal: Ctrl-C acts. A runner that started us in the background of a
         # non-interactive shell (`cmd &`) passes SIGINT down ignored, and then it would not.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 300
-    while "installing" not in seen and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
+    seen = read_until(proc, "installing")
     assert "installing" in seen, seen
     time.sleep(3)  # let apt run inside the namespace with its mounts in place
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    assert proc.stderr is not None
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130, seen + rest
     assert "interrupted" in rest

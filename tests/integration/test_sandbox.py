@@ -17,7 +17,7 @@ import pytest
 from kairos_build.cache import Cache, cache_key
 from kairos_build.convert.sandbox import PACKAGE_CAPS
 from kairos_build.flavors import load_flavor
-from tests.conftest import run_cli
+from tests.conftest import read_until, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -202,15 +202,9 @@ def test_sigkill_during_the_install_leaves_no_process_behind(trixie_base: Path, 
         [sys.executable, "-m", "kairos_build", "convert", f"dir:{trixie_base}", "--flavor",
          "debian", "--output", f"dir:{tmp_path / 'out'}", "--cache-dir", str(cache)],
         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + 300
-    while "installing" not in seen and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
+    seen = read_until(proc, "installing")
     assert "installing" in seen, seen
+    deadline = time.monotonic() + 300
     # Wait until the package manager really runs in the sandbox (apt-get or dpkg below us).
     names: set[str] = set()
     while time.monotonic() < deadline:
