@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from kairos_build.cache import Cache, cache_key
+from kairos_build.flavors import load_flavor
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800,
             ) -> subprocess.CompletedProcess[str]:
@@ -104,6 +107,15 @@ ExecStart=/usr/lib/kairos-test/probe
 WantedBy=multi-user.target
 """
 CLOUD_CONFIG = "#cloud-config\nhostname: kairos-disk-test\n"
+
+
+@pytest.fixture(scope="session")
+def trixie_base(test_cache: Path, built_iso: tuple[Path, str]) -> Path:
+    """The bootstrapped trixie rootfs the session's ISO was built from."""
+    recipe = load_flavor("debian").release("trixie").bootstrap
+    path = Cache(test_cache).path("rootfs", cache_key("bootstrap", recipe=recipe))
+    assert path.is_dir()
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache, cache_key
+from kairos_build.cache import Cache
 from kairos_build.flavors import load_flavor
 from kairos_build.source.resolve import resolve_base
 from tests.conftest import read_until
 from tests.imagefiles import write_oci_layout
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def trixie_base(test_cache: Path, built_iso: tuple[Path, str]) -> Path:
-    """The bootstrapped trixie rootfs the session's ISO was built from."""
-    recipe = load_flavor("debian").release("trixie").bootstrap
-    path = Cache(test_cache).path("rootfs", cache_key("bootstrap", recipe=recipe))
-    assert path.is_dir()
-    return path
 
 
 def test_ctrl_c_during_conversion_leaves_no_mount_no_partial_entry_no_artifact(

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache, cache_key
 from kairos_build.convert.sandbox import PACKAGE_CAPS
-from kairos_build.flavors import load_flavor
 from tests.conftest import read_until, run_cli
 
 pytestmark = pytest.mark.integration
@@ -61,15 +59,6 @@ fi
 {extra}
 exec /usr/bin/apt-get.real "$@"
 """
-
-
-@pytest.fixture(scope="module")
-def trixie_base(test_cache: Path, built_iso: tuple[Path, str]) -> Path:
-    """The bootstrapped trixie rootfs the session's ISO was built from."""
-    recipe = load_flavor("debian").release("trixie").bootstrap
-    path = Cache(test_cache).path("rootfs", cache_key("bootstrap", recipe=recipe))
-    assert path.is_dir()
-    return path
 
 
 def hostile_copy(base: Path, target: Path, probes: str, extra: str = "") -> Path:
