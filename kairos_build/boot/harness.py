@@ -28,7 +28,7 @@ from pathlib import Path
 from kairos_build.boot import netboot_server
 from kairos_build.errors import BuildError, InputError, MissingToolError
 from kairos_build.log import log
-from kairos_build.tools import require_tool
+from kairos_build.tools import dies_with_us, require_tool
 
 MARKER = re.compile(rb"KAIROS-BOOT-REPORT (?P<fields>[^\r\n]*)[\r\n]")  # whole lines only
 KVM_FAILURE = b"KVM internal error"
@@ -156,7 +156,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    # QEMU dies with us: a killed `boot` must not leave a guest running with no end.
+    return subprocess.Popen(dies_with_us(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
