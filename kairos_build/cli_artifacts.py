@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
     def build(
         command_line: CommandLine,
         formats: Annotated[str | None, typer.Option(  # noqa: UP007
-            "--format", help=f"Comma-separated formats: {','.join(found)}.")] = None,
+            "--format", help=f"Comma-separated formats, of: {', '.join(found)}.")] = None,
     ) -> None:
         """Build several artifacts in one run; shared parts (rootfs, squashfs, disk) are made once."""
         if not formats:
