@@ -146,8 +146,9 @@ def run_in_root(
     finally:
         for fd in passed:
             os.close(fd)
-    sandbox_init = _sandbox_init(info_read)
+    sandbox_init = None
     try:
+        sandbox_init = _sandbox_init(info_read)
         out_bytes, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         proc.kill()
