@@ -126,17 +126,13 @@ def read_sets(sets: tuple[str, ...]) -> dict[str, Given]:
     return found
 
 
-def _flag_origin(setting: Setting) -> str:
-    return setting.flag
-
-
 def given_settings(verb: str, command_line: CommandLine) -> dict[str, Given]:
     """Each setting of `verb` with its value and where that came from, the last layer winning."""
     layers: dict[str, Given] = {s.key: Given(s.default, "default") for s in settings_of(verb)}
     if command_line.config_file is not None:
         layers.update(read_config_file(command_line.config_file))
     layers.update(read_sets(command_line.sets))
-    layers.update({key: Given(value, _flag_origin(BY_KEY[key]))
+    layers.update({key: Given(value, BY_KEY[key].flag)
                    for key, value in command_line.flags.items() if value is not None})
     return {key: given for key, given in layers.items() if BY_KEY[key].takes(verb)}
 
