@@ -26,6 +26,8 @@ from typing import Any
 
 from kairos_build.log import log
 
+PACKAGE_CACHE = "pkgcache"  # the kind under which shared package downloads live
+
 
 def default_cache_dir() -> Path:
     if env := os.environ.get("KAIROS_BUILD_CACHE"):
@@ -98,8 +100,17 @@ def hash_tree(root: Path) -> str:
     """A fingerprint of a directory tree (paths, types, modes, sizes, link targets, contents).
 
     Used for data we ship (overlays/, templates/) so editing a framework file changes the key.
+    A file is a tree of one.
     """
     digest = hashlib.sha256()
+    if not root.is_dir() or root.is_symlink():
+        digest.update(f"{root.lstat().st_mode:o}\0".encode())
+        if root.is_symlink():
+            digest.update(os.readlink(root).encode())
+        else:
+            with root.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        return digest.hexdigest()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]):
@@ -244,6 +255,19 @@ class Cache:
                   "made": time.time()}
         partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         partial.rename(path)
+
+    @contextmanager
+    def package_cache(self, name: str, subdirs: tuple[str, ...] = ()) -> Iterator[Path]:
+        """The download folder `pkgcache/NAME` shared by conversions, held by this build alone
+        while it runs (a second build with the same NAME waits): a package manager expects
+        to be the only one writing its downloads. A build killed half-way leaves only what the
+        manager itself considers partial (apt's partial/), which it checks before use."""
+        path = self.root / PACKAGE_CACHE / name
+        with self._lock(PACKAGE_CACHE, name):
+            for folder in (path, *(path / sub for sub in subdirs)):
+                folder.mkdir(parents=True, exist_ok=True)
+            os.utime(path)  # last use, for `cache prune --older-than`
+            yield path
 
     @contextmanager
     def workdir(self) -> Iterator[Path]:

@@ -47,6 +47,7 @@ class Quirks:
     initrd: str = "boot/initrd.img-{kver}"
     services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    install_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,11 @@ _QUIRK_KEYS = {
     "initrd": "the path the distro's own tools give the initramfs, e.g. boot/initrd-{kver}",
     "services": "for systemd {enable: [...], disable: [...]}; for openrc {RUNLEVEL: [...]}",
     "files": "a mapping of path to content, written into the rootfs before the packages",
+    "install_env": "a mapping of environment variables for the install commands, e.g. "
+                   "{INITRD: \"No\"}: the kernel's own hook builds no initramfs (the conversion "
+                   "builds it once, in its initramfs stage)",
 }
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The signed chain, once: each meaning is also the fix an error message offers.
 _SECURE_BOOT_KEYS = {
     "shim": "a list of paths of the Microsoft-signed shim, first found wins, "
@@ -223,6 +228,14 @@ def _parse_quirks(path: Path, data: Any, init: str) -> Quirks:
             raise _fail(path, "quirks.files", "is not path -> text", _QUIRK_KEYS["files"])
         quirks = replace(quirks, files={
             _relative_path(path, f"quirks.files.{name}", name): text for name, text in files.items()})
+    if "install_env" in data:
+        env = data["install_env"]
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
+                for k, v in env.items()):
+            raise _fail(path, "quirks.install_env", "is not a mapping of NAME to text",
+                        _QUIRK_KEYS["install_env"])
+        quirks = replace(quirks, install_env=dict(env))
     return quirks
 
 

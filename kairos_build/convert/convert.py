@@ -1,9 +1,22 @@
-"""Conversion: a distro rootfs in, the Kairos layout out. Each step is one function; the
-commands that run inside the rootfs come from the plan (convert/plan.py), the same data that
-`--dry-run` prints and `kairos-build dockerfile` renders."""
+"""Conversion: a distro rootfs in, the Kairos layout out, as three stages that each fill a
+cache entry (pipelines/stages.py keys them):
+
+- packages: the base plus the flavor's packages, installed by the distro's own package manager;
+- initramfs: the initramfs alone, built on the packages tree plus the framework's files for the
+  initramfs tool (its configuration and our dracut module), nothing else of the framework;
+- framework: the packages tree plus every framework file, the services, /etc/kairos-release,
+  the initramfs in place, a fresh identity.
+
+Each step is one function; the commands that run inside the rootfs come from the plan
+(convert/plan.py), the same data that `--dry-run` prints and `kairos-build dockerfile` renders.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,24 +27,58 @@ from kairos_build.convert.framework import (
     empty_build_records,
     find_kernel,
     layer_overlays,
+    layer_tree,
     link_kernel,
+    overlay_dirs,
     reset_identity,
     write_kairos_release,
 )
-from kairos_build.convert.initramfs import KVER, with_kernel
-from kairos_build.convert.packages import run_package_commands
-from kairos_build.convert.plan import Step, conversion_plan
+from kairos_build.convert.initramfs import KVER, initramfs_paths, with_kernel
+from kairos_build.convert.packages import package_manager, run_package_commands
+from kairos_build.convert.plan import Step, conversion_plan, install_env
 from kairos_build.convert.sandbox import run_in_root
-from kairos_build.errors import require_root
+from kairos_build.errors import BuildError, require_root
 from kairos_build.flavors import Flavor
 from kairos_build.log import log, step
 from kairos_build.reproducible import build_epoch, clamp_newer
 from kairos_build.tools import run
 
+# What the initramfs stage leaves in its entry: the image, and the kernel it is for.
+INITRD_FILE, KERNEL_FILE = "initrd", "kernel-version"
+
 
 def copy_base(base: Path, target: Path) -> None:
     """The base stays untouched (it is a cache entry); conversion works on a copy."""
     run(["cp", "-a", "--reflink=auto", f"{base}/.", str(target)])
+
+
+_reflinks: dict[Path, bool] = {}
+
+
+def can_reflink(folder: Path) -> bool:
+    """Whether the filesystem of `folder` clones files (btrfs, XFS): tried once per folder."""
+    if folder not in _reflinks:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".reflink-") as probe:
+            (Path(probe) / "a").write_bytes(b"x")
+            result = subprocess.run(["cp", "--reflink=always", f"{probe}/a", f"{probe}/b"],
+                                    capture_output=True, check=False)
+            _reflinks[folder] = result.returncode == 0
+    return _reflinks[folder]
+
+
+def copy_stage(source: Path, target: Path) -> None:
+    """Start a stage from the earlier stage's entry: clones where the filesystem makes them
+    (copy-on-write), else hard links (ext4: 0.4 s instead of 4.5 s for Debian's 20,000 files).
+
+    With hard links the two entries share their files, so a stage never writes into a file it
+    did not make: every write of ours replaces the file (rootfs.write_text, layer_tree,
+    rootfs.symlink unlink first), the initramfs tool writes a file removed beforehand, and
+    the services are enabled with links. Dates are clamped in the packages stage, which owns
+    those files, so later clamps find nothing of theirs to touch."""
+    if can_reflink(target.parent):
+        run(["cp", "-a", "--reflink=always", f"{source}/.", str(target)])
+    else:
+        run(["cp", "-al", f"{source}/.", str(target)])
 
 
 def is_converted(root: Path) -> bool:
@@ -71,40 +118,93 @@ def dated(env: Sequence[tuple[str, str]], epoch: int) -> dict[str, str]:
     return {**dict(env), "SOURCE_DATE_EPOCH": str(epoch)}
 
 
-def convert_rootfs(base: Path, target: Path, config: BuildConfig) -> None:
-    """Convert the rootfs at `base` into `target` (an empty directory)."""
+def _plan(config: BuildConfig) -> dict[str, Step]:
+    return {planned.name: planned for planned in conversion_plan(config)}
+
+
+def install_packages(base: Path, target: Path, config: BuildConfig,
+                     package_cache: Path | None = None) -> None:
+    """The packages stage: the base at `base` plus the flavor's packages, into `target`."""
     require_root("converting a rootfs")
     flavor = config.flavor
-    plan = {planned.name: planned for planned in conversion_plan(config)}
     with step("copying the base rootfs"):
         copy_base(base, target)
     # Reproducible images: one date for everything (SOURCE_DATE_EPOCH, default the base's).
     epoch = build_epoch(target)
-    if is_converted(target):
-        log.info("  the base is already a Kairos image (it has /etc/kairos-release): "
-                 "only refreshing the release file and the identity")
-        write_kairos_release(target, config)
-        reset_identity(target)
-        clamp_newer(target, epoch)
-        return
+    started = time.time()
+    write_flavor_files(target, flavor)
+    names = flavor.all_packages(config.release)
+    commands = package_manager(flavor.package_manager).commands(
+        names, flavor.quirks.install_options, cache=package_cache is not None)
+    with step(f"installing {len(names)} packages with {flavor.package_manager}"):
+        run_package_commands(target, commands, tuple(dated(install_env(flavor), epoch).items()),
+                             package_cache)
+    empty_build_records(target, started)
+    clamp_newer(target, epoch)
+
+
+def build_initramfs(packages_root: Path, target: Path, config: BuildConfig) -> None:
+    """The initramfs stage: the image and its kernel's name in `target`, built on a copy of the
+    packages tree that gets only the framework files of the initramfs tool."""
+    require_root("converting a rootfs")
+    flavor = config.flavor
+    kernel, _image = find_kernel(packages_root, flavor.quirks.kernel_image)
+    initrd = flavor.quirks.initrd.replace(KVER, kernel)
+    work = target / "tree"
+    work.mkdir()
+    try:
+        copy_stage(packages_root, work)
+        epoch = build_epoch(work)
+        for overlay in overlay_dirs(flavor.family):
+            for path in initramfs_paths(flavor.initramfs):
+                layer_tree(work, overlay, only=path)
+        rootfs.remove(work, initrd)  # a hard link to the packages entry: never written into
+        with step(f"building the initramfs for kernel {kernel} with {flavor.initramfs}"):
+            run_step(work, _plan(config)["build_initramfs"], epoch, kernel)
+        built = rootfs.regular_file(work, initrd)
+        if built is None:
+            raise BuildError(f"{flavor.initramfs} ended without writing /{initrd}")
+        os.rename(built, target / INITRD_FILE)
+        os.utime(target / INITRD_FILE, (epoch, epoch))
+        (target / KERNEL_FILE).write_text(kernel + "\n")
+    finally:
+        shutil.rmtree(work)
+
+
+def apply_framework(packages_root: Path, initramfs: Path, target: Path, config: BuildConfig) -> None:
+    """The framework stage: the packages tree plus the framework files, services, release file,
+    the initramfs stage's image and a fresh identity, into `target`."""
+    require_root("converting a rootfs")
+    flavor = config.flavor
+    plan = _plan(config)
     started = time.time()
     with step("layering framework files"):
-        # Before the packages: the initramfs config must be in place when the kernel's
-        # install hooks run.
+        copy_stage(packages_root, target)
+        epoch = build_epoch(target)
         layer_overlays(target, flavor.family)
-        write_flavor_files(target, flavor)
-    packages = plan["install_packages"]
-    count = len(flavor.all_packages(config.release))
-    with step(f"installing {count} packages with {flavor.package_manager}"):
-        run_package_commands(target, packages.commands, tuple(dated(packages.env, epoch).items()))
     if "enable_services" in plan:
         run_step(target, plan["enable_services"], epoch)
     with step("writing /etc/kairos-release"):
         write_kairos_release(target, config)
     kernel, image = find_kernel(target, flavor.quirks.kernel_image)
-    with step(f"building the initramfs for kernel {kernel} with {flavor.initramfs}"):
-        run_step(target, plan["build_initramfs"], epoch, kernel)
-    link_kernel(target, kernel, flavor.quirks.initrd.replace(KVER, kernel), image)
+    if (initramfs / KERNEL_FILE).read_text().strip() != kernel:
+        raise BuildError(f"the cached initramfs {initramfs.name} is not for kernel {kernel}")
+    initrd = flavor.quirks.initrd.replace(KVER, kernel)
+    rootfs.remove(target, initrd)
+    shutil.copy2(initramfs / INITRD_FILE, rootfs.resolve_in(target, initrd, follow_last=False))
+    link_kernel(target, kernel, initrd, image)
     reset_identity(target)
     empty_build_records(target, started)
+    clamp_newer(target, epoch)
+
+
+def refresh_converted(base: Path, target: Path, config: BuildConfig) -> None:
+    """A base that is a Kairos image already: copied, its release file and identity rewritten."""
+    with step("copying the base rootfs"):
+        copy_base(base, target)
+    epoch = build_epoch(target)
+    log.info("  the base is already a Kairos image (it has /etc/kairos-release): "
+             "only refreshing the release file and the identity")
+    write_kairos_release(target, config)
+    reset_identity(target)
     clamp_newer(target, epoch)

@@ -33,14 +33,19 @@ def layer_overlays(root: Path, family: str) -> None:
         layer_tree(root, overlay)
 
 
-def layer_tree(root: Path, source_dir: Path) -> None:
+def layer_tree(root: Path, source_dir: Path, only: str | None = None) -> None:
     """Copy the files under `source_dir` into the rootfs (through `resolve_in`: links stay
-    inside). Files become root's; modes are kept; folders that exist keep theirs."""
+    inside), or only those at or under its relative path `only`. Files become root's; modes
+    are kept; folders that exist keep theirs. A file is replaced, never written into (a
+    stage's tree may share its files with the entry it started from: convert.copy_stage)."""
     for dirpath, dirnames, filenames in os.walk(source_dir):
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             source = Path(dirpath, name)
             rel = source.relative_to(source_dir).as_posix()
+            if only is not None and not (rel == only or rel.startswith(f"{only}/")
+                                         or only.startswith(f"{rel}/")):
+                continue
             st = source.lstat()
             if stat.S_ISLNK(st.st_mode):
                 rootfs.symlink(root, rel, os.readlink(source))

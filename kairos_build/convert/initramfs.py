@@ -6,6 +6,13 @@ from kairos_build.errors import InputError
 
 KVER = "{kver}"  # stands for the kernel version (the /lib/modules name) in command templates
 
+# Where each tool reads its configuration and modules (dracut's modules.d holds ours): the
+# framework files under these paths are the initramfs stage's inputs; the others are not.
+_CONFIG_PATHS = {
+    "dracut": ("etc/dracut.conf", "etc/dracut.conf.d", "usr/lib/dracut"),
+    "mkinitfs": ("etc/mkinitfs", "usr/share/mkinitfs"),
+}
+
 
 def initramfs_command(tool: str, initrd: str) -> tuple[str, ...]:
     """The command that builds `initrd` (a rootfs path with {kver}) for kernel {kver}.
@@ -19,6 +26,13 @@ def initramfs_command(tool: str, initrd: str) -> tuple[str, ...]:
     if tool == "mkinitfs":
         return ("mkinitfs", "-o", target, KVER)
     raise InputError(f"initramfs tool {tool!r} is not supported", hint="use dracut or mkinitfs")
+
+
+def initramfs_paths(tool: str) -> tuple[str, ...]:
+    """The rootfs paths `tool` reads its configuration and modules from."""
+    if tool not in _CONFIG_PATHS:
+        raise InputError(f"initramfs tool {tool!r} is not supported", hint="use dracut or mkinitfs")
+    return _CONFIG_PATHS[tool]
 
 
 def with_kernel(argv: tuple[str, ...], kernel_version: str) -> tuple[str, ...]:

@@ -1,6 +1,12 @@
 """Package managers behind one small interface: the commands each runs to install a list of
 packages (refresh, install, clean), as data. The same command lists are run in a rootfs by a
-conversion, printed by `convert --dry-run` and rendered into a Dockerfile."""
+conversion, printed by `convert --dry-run` and rendered into a Dockerfile.
+
+A conversion keeps the downloaded packages in a cache shared by conversions (the cache
+directory's `pkgcache/`, one folder per manager, flavor, release and architecture): the folder
+is shown to the package manager under the sandbox's /tmp and named by its own options, so it
+never becomes part of the image, and the manager checks every cached package against its
+signed index before using it, as it does a download."""
 
 from __future__ import annotations
 
@@ -11,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kairos_build import rootfs
-from kairos_build.convert.sandbox import run_in_root
+from kairos_build.convert.sandbox import Bind, run_in_root
 from kairos_build.errors import InputError
 
 Argv = tuple[str, ...]
+# Where the shared package cache appears inside the sandbox (a tmpfs there: no mount point in
+# the image's tree).
+PACKAGE_CACHE = "/tmp/kairos-packages"
 
 
 @dataclass(frozen=True)
@@ -24,20 +33,30 @@ class PackageManager:
     install: Argv  # install without questions and without recommended extras; names follow
     clean: tuple[Argv, ...]  # package lists and downloads are useless in an immutable image
     env: tuple[tuple[str, str], ...] = ()
+    # Options (after the program's name) that keep downloads in PACKAGE_CACHE, and those used
+    # instead when there is no cache.
+    cached: Argv = ()
+    uncached: Argv = ()
+    cache_dirs: tuple[str, ...] = ()  # folders the manager expects in its download folder
 
-    def commands(self, packages: Sequence[str], options: Sequence[str] = ()) -> list[Argv]:
-        """Every command, in order; `options` (a flavor's install_options) go before the names."""
-        return [*self.refresh, (*self.install, *options, *packages), *self.clean]
+    def commands(self, packages: Sequence[str], options: Sequence[str] = (), *,
+                 cache: bool = False) -> list[Argv]:
+        """Every command, in order; `options` (a flavor's install_options) go before the names.
+        With `cache`, refresh and install keep their downloads in PACKAGE_CACHE."""
+        extra = self.cached if cache else self.uncached
+        fetching = [*self.refresh, (*self.install, *options, *packages)]
+        return [(argv[0], *extra, *argv[1:]) for argv in fetching] + list(self.clean)
 
-    def install_into(self, root: Path, packages: Sequence[str], options: Sequence[str] = ()) -> None:
-        run_package_commands(root, self.commands(packages, options), self.env)
 
-
-def run_package_commands(root: Path, commands: Sequence[Argv], env: Sequence[tuple[str, str]]) -> None:
-    """Run a manager's commands in `root` with the host's DNS and no service starting."""
+def run_package_commands(root: Path, commands: Sequence[Argv], env: Sequence[tuple[str, str]],
+                         package_cache: Path | None = None) -> None:
+    """Run a manager's commands in `root` with the host's DNS and no service starting, the
+    shared package cache at PACKAGE_CACHE when given, and no fsync: a package stage killed
+    half-way is thrown away and made again from its cached input."""
+    binds: tuple[Bind, ...] = () if package_cache is None else ((package_cache, PACKAGE_CACHE),)
     with network_and_no_daemons(root):
         for argv in commands:
-            run_in_root(root, argv, env=dict(env))
+            run_in_root(root, argv, env=dict(env), binds=binds, no_sync=True)
 
 
 @contextmanager
@@ -71,6 +90,10 @@ APT = PackageManager(
              "-o", "Dpkg::Options::=--force-confold"),
     clean=(("apt-get", "clean"), ("sh", "-c", "rm -rf /var/lib/apt/lists/*")),
     env=(("DEBIAN_FRONTEND", "noninteractive"), ("DEBCONF_NONINTERACTIVE_SEEN", "true")),
+    # The archives folder only: the package lists stay the image's own (a list is trusted once
+    # fetched, a .deb is checked against it each time). apt-get keeps what it downloads.
+    cached=("-o", f"Dir::Cache::Archives={PACKAGE_CACHE}/"),
+    cache_dirs=("partial",),
 )
 # dnf 4 (EL9, Fedora 40) and dnf 5 (Fedora 41+) take the same words here.
 DNF = PackageManager(
@@ -78,6 +101,7 @@ DNF = PackageManager(
     refresh=(("dnf", "-y", "makecache"),),
     install=("dnf", "-y", "install", "--setopt=install_weak_deps=False"),
     clean=(("dnf", "clean", "all"),),
+    cached=("--setopt=keepcache=True", f"--setopt=cachedir={PACKAGE_CACHE}"),
 )
 ZYPPER = PackageManager(
     "zypper",
@@ -86,14 +110,19 @@ ZYPPER = PackageManager(
     refresh=(("zypper", "--non-interactive", "--gpg-auto-import-keys", "refresh"),),
     install=("zypper", "--non-interactive", "install", "--no-recommends"),
     clean=(("zypper", "--non-interactive", "clean", "--all"),),
+    # zypper keeps a package only for repositories marked keeppackages.
+    cached=("--pkg-cache-dir", PACKAGE_CACHE),
 )
 APK = PackageManager(
     "apk",
     # --no-cache fetches the indexes for this one command and keeps nothing: no refresh and no
-    # clean step needed. apk has no recommends to skip.
+    # clean step needed. apk has no recommends to skip. With a cache, its signed indexes and
+    # packages go there (apk checks both on use).
     refresh=(),
-    install=("apk", "add", "--no-cache", "--no-progress"),
+    install=("apk", "add", "--no-progress"),
     clean=(),
+    cached=("--cache-dir", PACKAGE_CACHE),
+    uncached=("--no-cache",),
 )
 MANAGERS = {m.name: m for m in (APT, DNF, ZYPPER, APK)}
 

@@ -1,6 +1,6 @@
 """The conversion plan: every step of a conversion, in order, as data.
 
-One plan serves three readers: `convert_rootfs` runs its commands inside the rootfs,
+One plan serves three readers: the conversion's stages run its commands inside the rootfs,
 `kairos-build convert --dry-run` prints it, and `kairos-build dockerfile` renders it. Making it
 needs no root, no network and no base image: only the flavor and the config.
 """
@@ -18,11 +18,15 @@ from kairos_build.convert.framework import (
     framework_units,
     overlay_dirs,
 )
-from kairos_build.convert.initramfs import KVER, initramfs_command
+from kairos_build.convert.initramfs import KVER, initramfs_command, initramfs_paths
 from kairos_build.convert.packages import Argv, package_manager
 from kairos_build.flavors import Flavor
 
 SHELL_KVER = "${KVER}"  # how a shell (the Dockerfile, the dry run) spells the kernel version
+
+
+# The conversion's cached stages, in order (pipelines/stages.py keys each by its inputs).
+STAGES = ("packages", "initramfs", "framework")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,13 @@ class Step:
     commands: tuple[Argv, ...] = ()  # run inside the rootfs, in order; {kver} = the kernel
     env: tuple[tuple[str, str], ...] = ()
     actions: tuple[str, ...] = ()  # what a step done by kairos-build itself changes
+    stage: str = "packages"  # the cached stage it belongs to (STAGES)
+
+
+def install_env(flavor: Flavor) -> tuple[tuple[str, str], ...]:
+    """The install commands' environment: the manager's, then the flavor's (install_env)."""
+    manager = package_manager(flavor.package_manager)
+    return (*manager.env, *sorted(flavor.quirks.install_env.items()))
 
 
 def service_commands(flavor: Flavor) -> list[Argv]:
@@ -59,30 +70,39 @@ def conversion_plan(config: BuildConfig, base: str | None = None) -> list[Step]:
                        for p in (quirks.kernel_image[0], quirks.initrd))
     steps = [
         Step("copy_base", f"copy the base {base or release.image} (the cached base stays untouched)"),
-        Step("layer_overlays", "layer the framework files (before the packages: the initramfs "
-             "configuration must be in place when the kernel's hooks run)",
-             actions=overlays + tuple(f"write /{path} (flavor quirk)" for path in quirks.files)),
-        Step("install_packages", f"install {len(packages)} packages with {manager.name}",
-             commands=tuple(manager.commands(packages, quirks.install_options)), env=manager.env),
+        Step("write_flavor_files", "write the flavor's files the package scripts read",
+             actions=tuple(f"write /{path}" for path in quirks.files)),
+        Step("install_packages", f"install {len(packages)} packages with {manager.name} "
+             "(downloads kept in the cache's pkgcache/, fsync skipped)",
+             commands=tuple(manager.commands(packages, quirks.install_options)),
+             env=install_env(config.flavor)),
+        Step("find_kernel", "find the one kernel: the /lib/modules/KVER with a kernel image",
+             actions=(f"the image is {images}",), stage="initramfs"),
+        Step("build_initramfs", f"build the initramfs with {flavor.initramfs}, on the packages "
+             f"stage's tree plus the framework's {flavor.initramfs} files",
+             commands=(initramfs_command(flavor.initramfs, quirks.initrd),),
+             actions=tuple(f"overlays/{d.name}/{p}/ -> /{p}/" for d in overlay_dirs(flavor.family)
+                           for p in initramfs_paths(flavor.initramfs) if (d / p).exists()),
+             stage="initramfs"),
+        Step("layer_overlays", "layer the framework files", actions=overlays, stage="framework"),
     ]
     if services := service_commands(flavor):
-        steps.append(Step("enable_services", f"enable services ({flavor.init})", tuple(services)))
+        steps.append(Step("enable_services", f"enable services ({flavor.init})", tuple(services),
+                          stage="framework"))
     steps += [
         Step("write_kairos_release", "write /etc/kairos-release",
              actions=(f"KAIROS_FLAVOR={flavor.name} KAIROS_FAMILY={flavor.family} "
                       f"KAIROS_VERSION={config.version}; KAIROS_FLAVOR_RELEASE from the base's "
-                      f"os-release (VERSION_ID), else {release.flavor_release}",)),
-        Step("find_kernel", "find the one kernel: the /lib/modules/KVER with a kernel image",
-             actions=(f"the image is {images}",)),
-        Step("build_initramfs", f"build the initramfs with {flavor.initramfs}",
-             commands=(initramfs_command(flavor.initramfs, quirks.initrd),)),
-        Step("link_kernel", "link the kernel and the initramfs to their fixed names",
+                      f"os-release (VERSION_ID), else {release.flavor_release}",),
+             stage="framework"),
+        Step("link_kernel", "put the initramfs in place; link the kernel and the initramfs to "
+             "their fixed names",
              actions=(f"/boot/vmlinuz -> {vmlinuz} (or the other image found)"
                       if len(quirks.kernel_image) > 1 else f"/boot/vmlinuz -> {vmlinuz}",
-                      f"/boot/initrd -> {initrd}")),
+                      f"/boot/initrd -> {initrd}"), stage="framework"),
         Step("reset_identity", "reset the identity: every node makes its own",
              actions=tuple(f"remove /{path}" for path in IDENTITY_FILES)
-             + (f"remove /{SSH_KEY_DIR}/ssh_host_*",)),
+             + (f"remove /{SSH_KEY_DIR}/ssh_host_*",), stage="framework"),
     ]
     return steps
 
@@ -111,8 +131,11 @@ def kernel_link_script(images: tuple[str, ...], initrd: str) -> str:
 def describe_plan(steps: list[Step]) -> str:
     """The plan for people: numbered steps, the exact commands (`#` marks work done by
     kairos-build itself rather than by a program inside the rootfs)."""
-    lines = []
+    lines, stage = [], ""
     for number, step in enumerate(steps, 1):
+        if step.stage != stage:
+            stage = step.stage
+            lines.append(f"stage {stage}:")
         lines.append(f"{number}. {step.name}: {step.summary}")
         if step.env:
             lines.append("   env " + " ".join(f"{k}={v}" for k, v in step.env))

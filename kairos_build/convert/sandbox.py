@@ -88,8 +88,13 @@ def _caps(names: Sequence[str], sign: str = "+") -> str:
     return ",".join(f"{sign}{name}" for name in names)
 
 
+# A host folder the command may write into, and where it appears inside the sandbox (under
+# /tmp, a tmpfs of the sandbox: the mount point is never made in the image's tree).
+Bind = tuple[Path, str]
+
+
 def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd: int,
-                 seccomp_fd: int | None) -> list[str]:
+                 seccomp_fd: int | None, binds: Sequence[Bind] = ()) -> list[str]:
     """The whole command line: setpriv twice, then bubblewrap, then `cmd` inside `root`."""
     setpriv = require_tool("setpriv")
     argv = [
@@ -108,8 +113,12 @@ def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd
         "--perms", "1777", "--tmpfs", "/dev/shm",
         "--perms", "1777", "--tmpfs", "/tmp",
         "--perms", "0755", "--tmpfs", "/run",
-        "--cap-drop", "ALL",
     ]
+    for source, inside in binds:
+        if not inside.startswith("/tmp/") or ".." in inside.split("/"):
+            raise ValueError(f"a sandbox bind goes under /tmp: {inside}")
+        argv += ["--bind", str(source), inside]
+    argv += ["--cap-drop", "ALL"]
     for name in PACKAGE_CAPS:
         argv += ["--cap-add", f"CAP_{name.upper()}"]
     argv += ["--clearenv"]
@@ -122,21 +131,24 @@ def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd
 
 
 def run_in_root(
-    root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600
+    root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600,
+    binds: Sequence[Bind] = (), no_sync: bool = False,
 ) -> str:
     """Run `cmd` in the sandbox over `root` with a clean environment; return its output.
 
-    A failure names the command and, for a package script, the package and what the sandbox
-    refused it (convert/denials.py)."""
+    `binds` are host folders shown under the sandbox's /tmp (the shared package cache);
+    `no_sync` turns fsync and its kin into no-ops (for a tree that is thrown away if the build
+    dies). A failure names the command and, for a package script, the package and what the
+    sandbox refused it (convert/denials.py)."""
     _ensure_mount_points(root)
     full_env = dict(_BASE_ENV)
     full_env.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})
     full_env.update(env or {})
     info_read, info_write = os.pipe()
-    seccomp_fd = _seccomp_fd()
+    seccomp_fd = _seccomp_fd(no_sync)
     passed = (info_write,) if seccomp_fd is None else (info_write, seccomp_fd)
     try:
-        argv = sandbox_argv(root, cmd, full_env, info_write, seccomp_fd)
+        argv = sandbox_argv(root, cmd, full_env, info_write, seccomp_fd, binds)
         log.debug("$ [sandbox %s] %s", root, " ".join(cmd))
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, pass_fds=passed)
@@ -171,9 +183,9 @@ def run_in_root(
     return out
 
 
-def _seccomp_fd() -> int | None:
+def _seccomp_fd(no_sync: bool) -> int | None:
     """A pipe holding the system-call filter for bubblewrap to read (convert/seccomp.py)."""
-    program = seccomp_program()
+    program = seccomp_program(no_sync=no_sync)
     if program is None:
         log.warning("no system-call filter for %s: the sandbox relies on capabilities alone",
                     platform.machine())

@@ -170,20 +170,20 @@ def test_recordable_keeps_short_values_and_ages_read_naturally() -> None:
 def test_source_date_epoch_is_a_named_input_of_the_conversion(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages: list[str]) -> None:
     from kairos_build.config import make_config
-    from kairos_build.pipelines.stages import conversion_stage
+    from kairos_build.pipelines.stages import packages_stage
     from kairos_build.source.resolve import Base
 
     config, base = make_config("debian", "trixie"), Base(tmp_path, "base-key", "a base")
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    unset = conversion_stage(config, base)
+    unset = packages_stage(config, base)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    given = conversion_stage(config, base)
+    given = packages_stage(config, base)
     assert unset.inputs["SOURCE_DATE_EPOCH"] is None and given.inputs["SOURCE_DATE_EPOCH"] == 1700000000
     assert unset.key != given.key
     cache = Cache(tmp_path / "cache")
     cache.get_or_make_stage(unset, lambda t: None)
     cache.get_or_make_stage(given, lambda t: None)
-    assert runs_line(messages).startswith("  conversion runs: SOURCE_DATE_EPOCH changed since")
+    assert runs_line(messages).startswith("  packages runs: SOURCE_DATE_EPOCH changed since")
 
 
 @pytest.mark.parametrize("verb", ["build", "iso", "raw"])

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kairos_build import rootfs
+from kairos_build.cache import Cache
 from kairos_build.cli import app
 from kairos_build.config import make_config
 from kairos_build.convert import convert as convert_module
@@ -21,13 +23,15 @@ from kairos_build.convert.plan import conversion_plan, describe_plan, kernel_lin
 from kairos_build.errors import InputError
 from kairos_build.flavors import flavor_names
 from kairos_build.pipelines.dockerfile import write_build_context
+from kairos_build.pipelines.stages import convert_in_stages
+from kairos_build.source.resolve import Base
 
 # The install command each manager runs, exactly (packages follow).
 INSTALL = {
     "apt": "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold",
     "dnf": "dnf -y install --setopt=install_weak_deps=False",
     "zypper": "zypper --non-interactive install --no-recommends",
-    "apk": "apk add --no-cache --no-progress",
+    "apk": "apk --no-cache add --no-progress",
 }
 REFRESH = {"apt": ["apt-get update -q"], "dnf": ["dnf -y makecache"],
            "zypper": ["zypper --non-interactive --gpg-auto-import-keys refresh"], "apk": []}
@@ -42,8 +46,12 @@ INITRAMFS = {
     "opensuse": "dracut --force --kver ${KVER} /boot/initrd-${KVER}",
     "alpine": "mkinitfs -o /boot/initramfs-lts ${KVER}",
 }
-ORDER = ["copy_base", "layer_overlays", "install_packages", "enable_services",
-         "write_kairos_release", "find_kernel", "build_initramfs", "link_kernel", "reset_identity"]
+ORDER = ["copy_base", "write_flavor_files", "install_packages", "find_kernel", "build_initramfs",
+         "layer_overlays", "enable_services", "write_kairos_release", "link_kernel",
+         "reset_identity"]
+STAGE_OF = {"copy_base": "packages", "write_flavor_files": "packages",
+            "install_packages": "packages", "find_kernel": "initramfs",
+            "build_initramfs": "initramfs"}
 
 
 def test_the_apt_commands_are_the_ones_debian_was_converted_with() -> None:
@@ -61,6 +69,28 @@ def test_the_apt_commands_are_the_ones_debian_was_converted_with() -> None:
         package_manager("pacman")
 
 
+# How each manager keeps its downloads in the shared cache (mounted at /tmp/kairos-packages).
+CACHED = {
+    "apt": ["apt-get -o Dir::Cache::Archives=/tmp/kairos-packages/ update -q",
+            "apt-get -o Dir::Cache::Archives=/tmp/kairos-packages/ install -y -q "
+            "--no-install-recommends -o Dpkg::Options::=--force-confold p1"],
+    "dnf": ["dnf --setopt=keepcache=True --setopt=cachedir=/tmp/kairos-packages -y makecache",
+            "dnf --setopt=keepcache=True --setopt=cachedir=/tmp/kairos-packages -y install "
+            "--setopt=install_weak_deps=False p1"],
+    "zypper": ["zypper --pkg-cache-dir /tmp/kairos-packages --non-interactive "
+               "--gpg-auto-import-keys refresh",
+               "zypper --pkg-cache-dir /tmp/kairos-packages --non-interactive install "
+               "--no-recommends p1"],
+    "apk": ["apk --cache-dir /tmp/kairos-packages add --no-progress p1"],
+}
+
+
+@pytest.mark.parametrize("manager", sorted(MANAGERS))
+def test_with_the_package_cache_downloads_go_there_and_clean_stays_the_images(manager: str) -> None:
+    lines = [shell_words(a) for a in package_manager(manager).commands(["p1"], cache=True)]
+    assert lines == [*CACHED[manager], *CLEAN[manager]]
+
+
 @pytest.mark.parametrize("manager", sorted(MANAGERS))
 def test_each_manager_is_refresh_install_clean(manager: str) -> None:
     lines = [shell_words(argv) for argv in package_manager(manager).commands(["p1", "p2"], ["--x"])]
@@ -72,6 +102,7 @@ def test_dry_run_plan_for_every_flavor(name: str, tmp_path: Path) -> None:
     config = make_config(name, None, cache_dir=tmp_path)
     steps = conversion_plan(config, "docker://example/base:1")
     assert [s.name for s in steps] == ORDER  # every flavor enables something (framework units or openrc)
+    assert {s.name: s.stage for s in steps} == {n: STAGE_OF.get(n, "framework") for n in ORDER}
     text = describe_plan(steps)
     manager = config.flavor.package_manager
     install = " ".join([INSTALL[manager], *config.flavor.quirks.install_options,
@@ -82,8 +113,10 @@ def test_dry_run_plan_for_every_flavor(name: str, tmp_path: Path) -> None:
     assert f"   $ {INITRAMFS[name]}" in text
     assert "copy the base docker://example/base:1" in text
     assert "remove /etc/machine-id" in text and "remove /etc/ssh/ssh_host_*" in text
-    # the order people read is the order of the work
-    assert text.index(INSTALL[manager]) < text.index("kairos-release") < text.index(INITRAMFS[name])
+    # the order people read is the order of the work, stage by stage
+    assert (text.index("stage packages:") < text.index(INSTALL[manager])
+            < text.index("stage initramfs:") < text.index(INITRAMFS[name])
+            < text.index("stage framework:") < text.index("kairos-release"))
 
 
 def test_rocky_plan_allows_erasing_and_disables_the_metadata_timer(tmp_path: Path) -> None:
@@ -99,7 +132,7 @@ def test_alpine_plan_uses_openrc_runlevels_and_flavour_named_kernel(tmp_path: Pa
     text = describe_plan(steps)
     assert "$ rc-update add udev sysinit" in text and "$ rc-update add sshd default" in text
     assert "systemctl" not in text  # no systemd on Alpine
-    assert "write /etc/update-grub.conf (flavor quirk)" in text
+    assert "# write /etc/update-grub.conf" in text
     assert "# /boot/vmlinuz -> vmlinuz-lts" in text and "# /boot/initrd -> initramfs-lts" in text
     assert "else 3.19" in text
 
@@ -222,32 +255,39 @@ def fake_tree(root: Path, os_release: str) -> Path:
 def test_convert_runs_the_plan_commands_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                  name: str, kver: str, image: str, vmlinuz: str,
                                                  initrd: str) -> None:
-    """The wiring of convert_rootfs for flavors this machine cannot install for real: the
-    commands it would run inside the rootfs are recorded; the 'package install' makes a kernel."""
+    """The wiring of the conversion's stages for flavors this machine cannot install for real:
+    the commands they would run inside the rootfs are recorded; the 'package install' makes a
+    kernel, the initramfs command its image."""
     config = make_config(name, None, cache_dir=tmp_path)
     base = fake_tree(tmp_path / "base", f"ID={name}\nVERSION_ID=9.9\n")
-    target = tmp_path / "target"
-    target.mkdir()
     ran: list[tuple[str, ...]] = []
-    installer = package_manager(config.flavor.package_manager).install
+    manager = package_manager(config.flavor.package_manager)
+    plan = {s.name: s for s in conversion_plan(config)}
+    initramfs = plan["build_initramfs"].commands[0]
 
-    def record(root: Path, argv: tuple[str, ...], env: dict[str, str] | None = None) -> str:
+    def record(root: Path, argv: tuple[str, ...], **_options: object) -> str:
         ran.append(tuple(argv))
-        if tuple(argv[:len(installer)]) == installer:  # the package install makes the kernel
+        if set(manager.install) <= set(argv):  # the package install makes the kernel
             (root / "lib/modules" / kver).mkdir(parents=True, exist_ok=True)
             (root / image).parent.mkdir(parents=True, exist_ok=True)
             (root / image).write_bytes(b"MZ")
+        if argv[0] == initramfs[0]:
+            (root / initramfs[-1 if name != "alpine" else 2].replace("{kver}", kver)
+             .lstrip("/")).write_bytes(b"initramfs")
         return ""
 
     monkeypatch.setattr(convert_module, "run_in_root", record)
     monkeypatch.setattr("kairos_build.convert.packages.run_in_root", record)
     monkeypatch.setattr(convert_module, "require_root", lambda _what: None)
-    convert_module.convert_rootfs(base, target, config)
+    target, _stage = convert_in_stages(config, Base(base, "base-key", "a fake base"),
+                                       Cache(tmp_path / "cache"))
 
-    plan = {s.name: s for s in conversion_plan(config)}
-    expected = [*plan["install_packages"].commands, *plan["enable_services"].commands,
-                tuple(a.replace("{kver}", kver) for a in plan["build_initramfs"].commands[0])]
+    installing = manager.commands(config.flavor.all_packages(config.release),
+                                  config.flavor.quirks.install_options, cache=True)
+    expected = [*installing, tuple(a.replace("{kver}", kver) for a in initramfs),
+                *plan["enable_services"].commands]
     assert ran == expected
+    assert rootfs.read_text(target, f"boot/{initrd}") == "initramfs"
     assert os.readlink(target / "boot/vmlinuz") == vmlinuz
     assert os.readlink(target / "boot/initrd") == initrd
     assert 'KAIROS_FLAVOR_RELEASE="9.9"' in (target / "etc/kairos-release").read_text()

@@ -54,3 +54,18 @@ def test_the_filter_refuses_new_user_namespaces_keyrings_and_handles(machine: st
 
 def test_no_filter_for_an_architecture_we_have_no_numbers_for() -> None:
     assert seccomp_program("riscv64") is None
+
+
+@pytest.mark.parametrize("machine", sorted(_ARCHES))
+def test_no_sync_makes_flushes_succeed_without_running_and_keeps_the_rest(machine: str) -> None:
+    arch, nr = _ARCHES[machine]
+    plain, no_sync = seccomp_program(machine), seccomp_program(machine, no_sync=True)
+    assert plain is not None and no_sync is not None
+    for name in ("fsync", "fdatasync", "sync", "syncfs", "sync_file_range"):
+        assert run_filter(plain, nr[name], arch) == ALLOW, name
+        assert run_filter(no_sync, nr[name], arch) == ERRNO | 0, name
+    # The refusals stay as they were.
+    assert run_filter(no_sync, nr["keyctl"], arch) == ERRNO | errno.EPERM
+    assert run_filter(no_sync, nr["unshare"], arch, 0x10000000) == ERRNO | errno.EPERM
+    assert run_filter(no_sync, nr["clone3"], arch) == ERRNO | errno.ENOSYS
+    assert run_filter(no_sync, 0, arch) == ALLOW
