@@ -24,8 +24,8 @@ fi
 .venv/bin/kairos-build install-deps
 
 # The tests' independent peers: a real registry and docker daemon, and the tools that push
-# images and unpack them for comparison.
+# images and unpack them for comparison (zstd: to read an initramfs).
 if [ -n "$extras" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        docker-registry skopeo umoci docker.io sbsigntool
+        docker-registry skopeo umoci docker.io sbsigntool zstd
 fi
