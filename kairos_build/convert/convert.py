@@ -77,8 +77,10 @@ def copy_stage(source: Path, target: Path) -> None:
     those files, so later clamps find nothing of theirs to touch."""
     if can_reflink(target.parent):
         run(["cp", "-a", "--reflink=always", f"{source}/.", str(target)])
-    else:
+    elif os.stat(source).st_dev == os.stat(target).st_dev:
         run(["cp", "-al", f"{source}/.", str(target)])
+    else:  # a cache folder on another filesystem than its neighbour (a link): a plain copy
+        copy_base(source, target)
 
 
 def is_converted(root: Path) -> bool:

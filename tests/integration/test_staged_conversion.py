@@ -60,7 +60,8 @@ class Staged:
 
     def converted(self) -> Path:
         """The newest converted rootfs of the cache."""
-        return max((self.cache / "converted").iterdir(), key=lambda p: p.stat().st_mtime)
+        entries = [p for p in (self.cache / "converted").iterdir() if not p.name.startswith(".")]
+        return max(entries, key=lambda p: p.stat().st_mtime)
 
 
 def ran(log: str) -> set[str]:
@@ -169,6 +170,8 @@ def describe(tree: Path) -> list[tuple[str, ...]]:
     rows = []
     for line in sorted(listing.splitlines()):
         path, kind, *rest = line.split("\t")
+        if path == ".":  # the folder itself: a cache entry's date is its last use
+            continue
         digest = ""
         if kind == "f":
             digest = subprocess.run(["sha256sum", path], cwd=tree, capture_output=True,
