@@ -163,7 +163,7 @@ def test_the_staged_rootfs_equals_a_conversion_from_nothing(staged: Staged) -> N
 
 
 def describe(tree: Path) -> list[tuple[str, ...]]:
-    """Every entry's path, type and mode, owner, size, date and content (or link target)."""
+    """Every entry's path, type and mode, owner, size (files), date, content or link target."""
     listing = subprocess.run(
         ["find", ".", "-printf", r"%p\t%y\t%m\t%U:%G\t%s\t%T@\t%l\n"], cwd=tree,
         capture_output=True, text=True, check=True).stdout
@@ -172,6 +172,8 @@ def describe(tree: Path) -> list[tuple[str, ...]]:
         path, kind, *rest = line.split("\t")
         if path == ".":  # the folder itself: a cache entry's date is its last use
             continue
+        if kind == "d":  # a folder's size is its blocks: ext4 grows them, never shrinks them
+            rest[2] = ""
         digest = ""
         if kind == "f":
             digest = subprocess.run(["sha256sum", path], cwd=tree, capture_output=True,
