@@ -38,7 +38,7 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def append(path: Path, text: str) -> None:
-    path.write_text(path.read_text() + text)
+    path.write_text((path.read_text() if path.exists() else "") + text)
 
 
 def edit_flavor(old: str, new: str) -> Callable[[Path], None]:
@@ -55,7 +55,7 @@ CHANGES: dict[str, tuple[Callable[[Path], None], set[str]]] = {
         lambda d: append(d / "overlays/common/etc/cloud/cloud.cfg.d/05-kairos.cfg", "# x\n"),
         {"framework"}),
     "a new framework file": (
-        lambda d: (d / "overlays/common/etc/motd").write_text("hello\n"), {"framework"}),
+        lambda d: append(d / "overlays/common/etc/motd", "hello\n"), {"framework"}),
     "the kairos-release template": (
         lambda d: append(d / "templates/kairos-release.j2", "\n"), {"framework"}),
     "a template of the exporters only": (
