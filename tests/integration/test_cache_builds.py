@@ -103,8 +103,9 @@ def test_two_builds_at_once_share_one_cache(clean_builds: CleanBuilds) -> None:
     assert len(made) == 1 and len(reused) == 1, clean_builds.logs
     assert "squashfs runs: nothing cached for this rootfs yet" in made[0]
     assert "squashfs runs:" not in reused[0]
-    # The same goes for the conversion: one made it, the other waited and reused it.
-    assert sum("conversion runs:" in log for log in clean_builds.logs) == 1
+    # The same goes for the conversion (of a converted tree: a refresh): one made it, the
+    # other waited and reused it.
+    assert sum("refresh runs:" in log for log in clean_builds.logs) == 1
     entries = check_consistent(clean_builds.cache)
     # One artifact entry: both builds made the same ISO (same key), the later one is kept.
     assert sorted(str(e["kind"]) for e in entries) == ["artifact", "converted", "squashfs"]
