@@ -38,14 +38,22 @@ class PackageManager:
     cached: Argv = ()
     uncached: Argv = ()
     cache_dirs: tuple[str, ...] = ()  # folders the manager expects in its download folder
+    refresh_cached: bool = False  # whether the refresh also uses the folder (dnf's metadata)
 
     def commands(self, packages: Sequence[str], options: Sequence[str] = (), *,
                  cache: bool = False) -> list[Argv]:
         """Every command, in order; `options` (a flavor's install_options) go before the names.
-        With `cache`, refresh and install keep their downloads in PACKAGE_CACHE."""
-        extra = self.cached if cache else self.uncached
-        fetching = [*self.refresh, (*self.install, *options, *packages)]
-        return [(argv[0], *extra, *argv[1:]) for argv in fetching] + list(self.clean)
+        With `cache`, the install (and the refresh where it fetches into the same folder)
+        keeps its downloads in PACKAGE_CACHE."""
+        refresh = [_after_program(argv, self.cached) if cache and self.refresh_cached else argv
+                   for argv in self.refresh]
+        install = _after_program((*self.install, *options, *packages),
+                                 self.cached if cache else self.uncached)
+        return [*refresh, install, *self.clean]
+
+
+def _after_program(argv: Argv, options: Argv) -> Argv:
+    return (argv[0], *options, *argv[1:])
 
 
 def run_package_commands(root: Path, commands: Sequence[Argv], env: Sequence[tuple[str, str]],
@@ -102,6 +110,7 @@ DNF = PackageManager(
     install=("dnf", "-y", "install", "--setopt=install_weak_deps=False"),
     clean=(("dnf", "clean", "all"),),
     cached=("--setopt=keepcache=True", f"--setopt=cachedir={PACKAGE_CACHE}"),
+    refresh_cached=True,
 )
 ZYPPER = PackageManager(
     "zypper",

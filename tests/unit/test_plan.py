@@ -71,14 +71,13 @@ def test_the_apt_commands_are_the_ones_debian_was_converted_with() -> None:
 
 # How each manager keeps its downloads in the shared cache (mounted at /tmp/kairos-packages).
 CACHED = {
-    "apt": ["apt-get -o Dir::Cache::Archives=/tmp/kairos-packages/ update -q",
+    "apt": ["apt-get update -q",
             "apt-get -o Dir::Cache::Archives=/tmp/kairos-packages/ install -y -q "
             "--no-install-recommends -o Dpkg::Options::=--force-confold p1"],
     "dnf": ["dnf --setopt=keepcache=True --setopt=cachedir=/tmp/kairos-packages -y makecache",
             "dnf --setopt=keepcache=True --setopt=cachedir=/tmp/kairos-packages -y install "
             "--setopt=install_weak_deps=False p1"],
-    "zypper": ["zypper --pkg-cache-dir /tmp/kairos-packages --non-interactive "
-               "--gpg-auto-import-keys refresh",
+    "zypper": ["zypper --non-interactive --gpg-auto-import-keys refresh",
                "zypper --pkg-cache-dir /tmp/kairos-packages --non-interactive install "
                "--no-recommends p1"],
     "apk": ["apk --cache-dir /tmp/kairos-packages add --no-progress p1"],
