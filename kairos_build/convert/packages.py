@@ -107,7 +107,10 @@ APT = PackageManager(
 DNF = PackageManager(
     "dnf",
     refresh=(("dnf", "-y", "makecache"),),
-    install=("dnf", "-y", "install", "--setopt=install_weak_deps=False"),
+    # Ten downloads at once (dnf's default is three); zypper already fetches in parallel; apt
+    # and apk fetch one package after the other and have no such switch.
+    install=("dnf", "-y", "install", "--setopt=install_weak_deps=False",
+             "--setopt=max_parallel_downloads=10"),
     clean=(("dnf", "clean", "all"),),
     cached=("--setopt=keepcache=True", f"--setopt=cachedir={PACKAGE_CACHE}"),
     refresh_cached=True,

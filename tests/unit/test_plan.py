@@ -29,7 +29,7 @@ from kairos_build.source.resolve import Base
 # The install command each manager runs, exactly (packages follow).
 INSTALL = {
     "apt": "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold",
-    "dnf": "dnf -y install --setopt=install_weak_deps=False",
+    "dnf": "dnf -y install --setopt=install_weak_deps=False --setopt=max_parallel_downloads=10",
     "zypper": "zypper --non-interactive install --no-recommends",
     "apk": "apk --no-cache add --no-progress",
 }
@@ -76,7 +76,7 @@ CACHED = {
             "--no-install-recommends -o Dpkg::Options::=--force-confold p1"],
     "dnf": ["dnf --setopt=keepcache=True --setopt=cachedir=/tmp/kairos-packages -y makecache",
             "dnf --setopt=keepcache=True --setopt=cachedir=/tmp/kairos-packages -y install "
-            "--setopt=install_weak_deps=False p1"],
+            "--setopt=install_weak_deps=False --setopt=max_parallel_downloads=10 p1"],
     "zypper": ["zypper --non-interactive --gpg-auto-import-keys refresh",
                "zypper --pkg-cache-dir /tmp/kairos-packages --non-interactive install "
                "--no-recommends p1"],
@@ -120,7 +120,8 @@ def test_dry_run_plan_for_every_flavor(name: str, tmp_path: Path) -> None:
 
 def test_rocky_plan_allows_erasing_and_disables_the_metadata_timer(tmp_path: Path) -> None:
     text = describe_plan(conversion_plan(make_config("rockylinux", None, cache_dir=tmp_path)))
-    assert "$ dnf -y install --setopt=install_weak_deps=False --allowerasing kernel " in text
+    assert ("$ dnf -y install --setopt=install_weak_deps=False --setopt=max_parallel_downloads=10 "
+            "--allowerasing kernel ") in text
     assert "$ systemctl preset kairos-boot-report.service" in text
     assert "$ systemctl disable dnf-makecache.timer" in text
     assert "/boot/vmlinuz -> vmlinuz-${KVER} (or the other image found)" in text
