@@ -33,7 +33,20 @@ from kairos_build.convert.framework import (
     reset_identity,
     write_kairos_release,
 )
-from kairos_build.convert.initramfs import KVER, initramfs_paths, with_kernel
+from kairos_build.convert.initramfs import (
+    KVER,
+    initramfs_command,
+    initramfs_paths,
+    staging_folder,
+    with_kernel,
+)
+from kairos_build.convert.initramfs_reads import (
+    READS_FILE,
+    Reads,
+    copied_files,
+    reads_digest,
+    script_words,
+)
 from kairos_build.convert.packages import package_manager, run_package_commands
 from kairos_build.convert.plan import Step, conversion_plan, install_env
 from kairos_build.convert.sandbox import run_in_root
@@ -145,32 +158,70 @@ def install_packages(base: Path, target: Path, config: BuildConfig,
     clamp_newer(target, epoch)
 
 
-def build_initramfs(packages_root: Path, target: Path, config: BuildConfig) -> None:
-    """The initramfs stage: the image and its kernel's name in `target`, built on a copy of the
+# Where the initramfs tool keeps its staging folder (inside the stage's throw-away tree).
+_KEEP = "var/tmp/kairos-initramfs"
+
+
+def build_initramfs(packages_root: Path, target: Path, config: BuildConfig,
+                    inputs: dict[str, str]) -> None:
+    """The initramfs stage: the image, its kernel's name and what it was made from
+    (initramfs_reads.Reads, with the stage's `inputs`) in `target`, built on a copy of the
     packages tree that gets only the framework files of the initramfs tool."""
     require_root("converting a rootfs")
     flavor = config.flavor
     kernel, _image = find_kernel(packages_root, flavor.quirks.kernel_image)
     initrd = flavor.quirks.initrd.replace(KVER, kernel)
+    own = initramfs_paths(flavor.initramfs)
     work = target / "tree"
     work.mkdir()
     try:
         copy_stage(packages_root, work)
         epoch = build_epoch(work)
         for overlay in overlay_dirs(flavor.family):
-            for path in initramfs_paths(flavor.initramfs):
+            for path in own:
                 layer_tree(work, overlay, only=path)
         rootfs.remove(work, initrd)  # a hard link to the packages entry: never written into
+        rootfs.resolve_in(work, _KEEP, mkdirs=True).mkdir(exist_ok=True)
+        command = with_kernel(initramfs_command(flavor.initramfs, flavor.quirks.initrd,
+                                                keep=f"/{_KEEP}"), kernel)
         with step(f"building the initramfs for kernel {kernel} with {flavor.initramfs}"):
-            run_step(work, _plan(config)["build_initramfs"], epoch, kernel)
+            run_in_root(work, command, env=dated((), epoch))
         built = rootfs.regular_file(work, initrd)
-        if built is None:
+        staging = staging_folder(flavor.initramfs, rootfs.resolve_in(work, _KEEP))
+        if built is None or staging is None:
             raise BuildError(f"{flavor.initramfs} ended without writing /{initrd}")
+        files = copied_files(packages_root, staging, own)
+        words = script_words(packages_root, own)
+        Reads(inputs, files, words, reads_digest(packages_root, files, words)).save(target)
         os.rename(built, target / INITRD_FILE)
         os.utime(target / INITRD_FILE, (epoch, epoch))
         (target / KERNEL_FILE).write_text(kernel + "\n")
     finally:
         shutil.rmtree(work)
+
+
+def reuse_initramfs(packages_root: Path, target: Path, donors: Sequence[Path],
+                    inputs: dict[str, str]) -> bool:
+    """Link into `target` the first of `donors` (initramfs entries, newest first) made with
+    the same `inputs` from files that this packages tree has alike; False if none was."""
+    for donor in donors:
+        reads = Reads.load(donor)
+        if reads is None or reads.inputs != inputs:
+            continue
+        if reads_digest(packages_root, reads.files, reads.words) != reads.digest:
+            continue
+        try:
+            for name in (INITRD_FILE, KERNEL_FILE, READS_FILE):
+                os.link(donor / name, target / name)
+        except OSError:  # pruned meanwhile: build instead
+            for name in (INITRD_FILE, KERNEL_FILE, READS_FILE):
+                (target / name).unlink(missing_ok=True)
+            continue
+        log.info("  taking the initramfs of %s: the %d files it copied, the programs its "
+                 "modules look for and the kernel's modules and firmware are the same here",
+                 donor.name[:12], len(reads.files))
+        return True
+    return False
 
 
 def apply_framework(packages_root: Path, initramfs: Path, target: Path, config: BuildConfig) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kairos_build.errors import InputError
 
 KVER = "{kver}"  # stands for the kernel version (the /lib/modules name) in command templates
@@ -14,18 +16,28 @@ _CONFIG_PATHS = {
 }
 
 
-def initramfs_command(tool: str, initrd: str) -> tuple[str, ...]:
-    """The command that builds `initrd` (a rootfs path with {kver}) for kernel {kver}.
+def initramfs_command(tool: str, initrd: str, keep: str | None = None) -> tuple[str, ...]:
+    """The command that builds `initrd` (a rootfs path with {kver}) for kernel {kver}; with
+    `keep` (a folder of the rootfs), the tool leaves its staging folder under it
+    (staging_folder finds it).
 
     Its options (not host-only, dmsquash-live, zstd for dracut; features for mkinitfs) come
     from overlays/, so a later kernel update inside the image builds the same kind of initramfs.
     """
     target = f"/{initrd}"
     if tool == "dracut":
-        return ("dracut", "--force", "--kver", KVER, target)
+        kept = ("--keep", "--tmpdir", keep) if keep else ()
+        return ("dracut", "--force", *kept, "--kver", KVER, target)
     if tool == "mkinitfs":
-        return ("mkinitfs", "-o", target, KVER)
+        kept = ("-k", "-t", f"{keep}/staging") if keep else ()
+        return ("mkinitfs", *kept, "-o", target, KVER)
     raise InputError(f"initramfs tool {tool!r} is not supported", hint="use dracut or mkinitfs")
+
+
+def staging_folder(tool: str, keep: Path) -> Path | None:
+    """The staging folder a tool run with initramfs_command(keep=...) left under `keep`."""
+    found = sorted(keep.glob("dracut.*/initramfs")) if tool == "dracut" else [keep / "staging"]
+    return next((f for f in found if f.is_dir() and not f.is_symlink()), None)
 
 
 def initramfs_paths(tool: str) -> tuple[str, ...]:

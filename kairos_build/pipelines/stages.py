@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from kairos_build import rootfs
 from kairos_build.cache import Cache, Stage, hash_tree
 from kairos_build.config import BuildConfig
-from kairos_build.convert import convert, framework, initramfs, packages
+from kairos_build.convert import convert, framework, initramfs, initramfs_reads, packages
 from kairos_build.convert.convert import (
     apply_framework,
     build_initramfs,
@@ -26,13 +27,14 @@ from kairos_build.convert.convert import (
     install_packages,
     is_converted,
     refresh_converted,
+    reuse_initramfs,
 )
-from kairos_build.convert.framework import layer_tree, overlay_dirs
+from kairos_build.convert.framework import find_kernel, layer_tree, overlay_dirs
 from kairos_build.convert.initramfs import initramfs_command, initramfs_paths
 from kairos_build.convert.plan import install_env, service_commands
 from kairos_build.data import data_dir
 from kairos_build.log import log, step
-from kairos_build.reproducible import given_epoch
+from kairos_build.reproducible import build_epoch, given_epoch
 from kairos_build.source.resolve import Base, SourceOptions, resolve_base
 
 
@@ -99,8 +101,32 @@ def initramfs_stage(config: BuildConfig, base: Base, packages_key: str) -> Stage
         "base": base.key, "packages": packages_key,
         "command": initramfs_command(flavor.initramfs, flavor.quirks.initrd),
         "initramfs_files": initramfs_files_digest(config),
-        "code": code_digest(initramfs, convert.build_initramfs),
+        "code": code_digest(initramfs, initramfs_reads, convert.build_initramfs),
     }, lineage=("base",))
+
+
+def initramfs_inputs(config: BuildConfig, packages_root: Path) -> dict[str, str]:
+    """What an initramfs is made from besides the files it reads from the packages tree
+    (convert/initramfs_reads.py): the kernel, the tool's own files in that tree, our files for
+    it, its command, the date and the code. An initramfs made with the same may be taken."""
+    flavor = config.flavor
+    own = [hash_tree(path) for rel in initramfs_paths(flavor.initramfs)
+           if (path := rootfs.resolve_in(packages_root, rel)).exists()]
+    return {
+        "kernel": find_kernel(packages_root, flavor.quirks.kernel_image)[0],
+        "tool": hashlib.sha256(repr(own).encode()).hexdigest(),
+        "initramfs_files": initramfs_files_digest(config),
+        "command": repr(initramfs_command(flavor.initramfs, flavor.quirks.initrd)),
+        "epoch": str(build_epoch(packages_root)),
+        "code": code_digest(initramfs, initramfs_reads, convert.build_initramfs),
+    }
+
+
+def initramfs_donors(cache: Cache) -> list[Path]:
+    """The initramfs entries, the most recently used first."""
+    entries = [cache.path("initramfs", r.key) for r in cache.records("initramfs")]
+    return sorted((e for e in entries if e.is_dir()), key=lambda e: e.stat().st_mtime,
+                  reverse=True)
 
 
 def framework_stage(config: BuildConfig, base: Base, packages_key: str, initramfs_key: str) -> Stage:
@@ -165,11 +191,15 @@ def convert_in_stages(config: BuildConfig, base: Base, cache: Cache) -> tuple[Pa
                 install_packages(base.rootfs, target, config, downloads)
         return cache.get_or_make_stage(packages_entry, install, refresh=refresh)
 
+    def make_initramfs(target: Path) -> None:
+        root = packages_root()
+        inputs = initramfs_inputs(config, root)
+        if refresh or not reuse_initramfs(root, target, initramfs_donors(cache), inputs):
+            build_initramfs(root, target, config, inputs)
+
     @functools.cache
     def initrd() -> Path:
-        return cache.get_or_make_stage(
-            initrd_entry, lambda target: build_initramfs(packages_root(), target, config),
-            refresh=refresh)
+        return cache.get_or_make_stage(initrd_entry, make_initramfs, refresh=refresh)
 
     with step(f"converting {base.description} for {flavor.name}"):
         if refresh or not cache.path(final.kind, final.key).is_dir():

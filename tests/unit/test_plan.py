@@ -18,6 +18,8 @@ from kairos_build.cache import Cache
 from kairos_build.cli import app
 from kairos_build.config import make_config
 from kairos_build.convert import convert as convert_module
+from kairos_build.convert.initramfs import initramfs_command
+from kairos_build.convert.initramfs_reads import Reads
 from kairos_build.convert.packages import MANAGERS, package_manager
 from kairos_build.convert.plan import conversion_plan, describe_plan, kernel_link_script, shell_words
 from kairos_build.errors import InputError
@@ -271,9 +273,13 @@ def test_convert_runs_the_plan_commands_in_order(monkeypatch: pytest.MonkeyPatch
             (root / "lib/modules" / kver).mkdir(parents=True, exist_ok=True)
             (root / image).parent.mkdir(parents=True, exist_ok=True)
             (root / image).write_bytes(b"MZ")
-        if argv[0] == initramfs[0]:
-            (root / initramfs[-1 if name != "alpine" else 2].replace("{kver}", kver)
-             .lstrip("/")).write_bytes(b"initramfs")
+        if argv[0] == initramfs[0]:  # the tool: its image, and the staging folder it keeps
+            output = argv[argv.index("-o") + 1] if "-o" in argv else argv[-1]
+            (root / output.lstrip("/")).write_bytes(b"initramfs")
+            keep = argv[argv.index("--tmpdir") + 1] + "/dracut.1/initramfs" if "--tmpdir" in argv \
+                else argv[argv.index("-t") + 1]
+            (root / keep.lstrip("/") / "etc").mkdir(parents=True)
+            (root / keep.lstrip("/") / "etc/os-release").write_text("copied")
         return ""
 
     monkeypatch.setattr(convert_module, "run_in_root", record)
@@ -284,9 +290,13 @@ def test_convert_runs_the_plan_commands_in_order(monkeypatch: pytest.MonkeyPatch
 
     installing = manager.commands(config.flavor.all_packages(config.release),
                                   config.flavor.quirks.install_options, cache=True)
-    expected = [*installing, tuple(a.replace("{kver}", kver) for a in initramfs),
+    kept = initramfs_command(config.flavor.initramfs, config.flavor.quirks.initrd,
+                             keep="/var/tmp/kairos-initramfs")
+    expected = [*installing, tuple(a.replace("{kver}", kver) for a in kept),
                 *plan["enable_services"].commands]
     assert ran == expected
+    reads = Reads.load(target.parent.parent / "initramfs" / _stage_key(target, "initramfs"))
+    assert reads is not None and reads.files == ("etc/os-release",)
     assert rootfs.read_text(target, f"boot/{initrd}") == "initramfs"
     assert os.readlink(target / "boot/vmlinuz") == vmlinuz
     assert os.readlink(target / "boot/initrd") == initrd
@@ -294,3 +304,9 @@ def test_convert_runs_the_plan_commands_in_order(monkeypatch: pytest.MonkeyPatch
     assert not (target / "etc/machine-id").exists()
     for path, text in config.flavor.quirks.files.items():
         assert (target / path).read_text() == text
+
+
+def _stage_key(converted: Path, kind: str) -> str:
+    """The key of the one `kind` entry beside the converted rootfs `converted`."""
+    return next(p.name for p in (converted.parent.parent / kind).iterdir()
+                if not p.name.startswith("."))
