@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kairos_build import rootfs
+from kairos_build.convert.framework import IDENTITY_FILES
 
 READS_FILE = "reads.json"
 # Where a module's check looks for a program it names.
@@ -53,14 +54,18 @@ class Reads:
 
 def copied_files(root: Path, staging: Path, own: tuple[str, ...]) -> tuple[str, ...]:
     """The regular files of `staging` (a tool's kept staging folder) that are regular files at
-    the same path in `root`, but those under the tool's own paths `own` (its inputs already)."""
+    the same path in `root`, but those under the tool's own paths `own` (its inputs already)
+    and the node's identity files: systemd's postinst makes a random machine-id in every
+    packages tree, the framework stage removes it, and dracut writes an empty one of its own.
+    Files the tool writes from what it read (passwd, ld.so.cache, modules.dep) stay: what
+    they come from is in the tree at the same path."""
     found = []
     for dirpath, _dirnames, filenames in os.walk(staging):
         for name in filenames:
             path = Path(dirpath, name)
             rel = path.relative_to(staging).as_posix()
             if (path.is_symlink() or any(rel == p or rel.startswith(f"{p}/") for p in own)
-                    or rootfs.regular_file(root, rel) is None):
+                    or rel in IDENTITY_FILES or rootfs.regular_file(root, rel) is None):
                 continue
             found.append(rel)
     return tuple(sorted(found))

@@ -31,7 +31,8 @@ def write(root: Path, rel: str, text: str = "x") -> None:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     root = tmp_path / "root"
-    for rel, text in {"usr/bin/sh": "shell", "usr/bin/mount": "mount", "etc/os-release": "ID=x",
+    for rel, text in {"etc/machine-id": "0123", "usr/bin/sh": "shell", "usr/bin/mount": "mount",
+                      "etc/os-release": "ID=x",
                       f"usr/lib/modules/{KVER}/kernel/loop.ko": "ko",
                       "usr/lib/dracut/modules.d/90crypt/module-setup.sh":
                           "check() { require_binaries cryptsetup || return 1; }",
@@ -47,7 +48,8 @@ def staged(tmp_path: Path) -> Path:
     """What dracut kept: copies of some tree files, a file of its own, a link."""
     staging = tmp_path / "staging"
     for rel in ("usr/bin/sh", "etc/os-release", f"usr/lib/modules/{KVER}/kernel/loop.ko",
-                "usr/lib/dracut/modules.d/90crypt/module-setup.sh", "init-generated"):
+                "usr/lib/dracut/modules.d/90crypt/module-setup.sh", "init-generated",
+                "etc/machine-id"):
         write(staging, rel)
     (staging / "usr/bin/bash").symlink_to("sh")
     return staging
@@ -62,7 +64,8 @@ def reads_of(tree: Path, tmp_path: Path) -> Reads:
 def test_the_record_holds_the_copied_tree_files_and_the_module_words(tree: Path,
                                                                      tmp_path: Path) -> None:
     reads = reads_of(tree, tmp_path)
-    # Not the tool's own files (inputs of the stage already), not its own, not links.
+    # Not the tool's own files (inputs of the stage already), not its own, not links, not the
+    # machine-id (random in every packages tree).
     assert reads.files == ("etc/os-release", "usr/bin/sh",
                            f"usr/lib/modules/{KVER}/kernel/loop.ko")
     assert "cryptsetup" in reads.words and "require_binaries" in reads.words
@@ -70,6 +73,7 @@ def test_the_record_holds_the_copied_tree_files_and_the_module_words(tree: Path,
 
 CHANGES: dict[str, tuple[Callable[[Path], None], bool]] = {
     "a program no module names (htop)": (lambda t: write(t, "usr/bin/htop"), True),
+    "the build's machine-id": (lambda t: write(t, "etc/machine-id", "4567"), True),
     "its documentation": (lambda t: write(t, "usr/share/doc/htop/README"), True),
     "a file the tool did not copy": (lambda t: write(t, "usr/bin/mount", "new mount"), True),
     "a file it copied": (lambda t: write(t, "usr/bin/sh", "new shell"), False),
