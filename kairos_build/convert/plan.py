@@ -82,7 +82,9 @@ def conversion_plan(config: BuildConfig, base: str | None = None) -> list[Step]:
              f"stage's tree plus the framework's {flavor.initramfs} files",
              commands=(initramfs_command(flavor.initramfs, quirks.initrd),),
              actions=tuple(f"overlays/{d.name}/{p}/ -> /{p}/" for d in overlay_dirs(flavor.family)
-                           for p in initramfs_paths(flavor.initramfs) if (d / p).exists()),
+                           for p in initramfs_paths(flavor.initramfs) if (d / p).exists())
+             + ("run with its staging folder kept, to record what it copied; an initramfs made "
+                "from the same files by an earlier conversion is taken instead",),
              stage="initramfs"),
         Step("layer_overlays", "layer the framework files", actions=overlays, stage="framework"),
     ]
