@@ -166,13 +166,13 @@ def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, s
     refresh = config.no_cache
     if is_converted(base.rootfs):
         stage = refresh_stage(config, base)
-        rootfs = cache.get_or_make_stage(
+        tree = cache.get_or_make_stage(
             stage, lambda target: refresh_converted(base.rootfs, target, config), refresh=refresh)
     else:
-        rootfs, stage = convert_in_stages(config, base, cache)
+        tree, stage = convert_in_stages(config, base, cache)
     if config.overlay_rootfs is None:
-        return rootfs, stage.key
-    return overlay_rootfs(config.overlay_rootfs, rootfs, stage.key, cache, refresh)
+        return tree, stage.key
+    return overlay_rootfs(config.overlay_rootfs, tree, stage.key, cache, refresh)
 
 
 def convert_in_stages(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, Stage]:
@@ -205,10 +205,10 @@ def convert_in_stages(config: BuildConfig, base: Base, cache: Cache) -> tuple[Pa
         if refresh or not cache.path(final.kind, final.key).is_dir():
             packages_root()  # in stage order, so the log reads top to bottom
             initrd()
-        rootfs = cache.get_or_make_stage(
+        tree = cache.get_or_make_stage(
             final, lambda target: apply_framework(packages_root(), initrd(), target, config),
             refresh=refresh)
-    return rootfs, final
+    return tree, final
 
 
 def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache,
