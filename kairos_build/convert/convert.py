@@ -87,7 +87,8 @@ def copy_stage(source: Path, target: Path) -> None:
     did not make: every write of ours replaces the file (rootfs.write_text, layer_tree,
     rootfs.symlink unlink first), the initramfs tool writes a file removed beforehand, and
     the services are enabled with links. Dates are clamped in the packages stage, which owns
-    those files, so later clamps find nothing of theirs to touch."""
+    those files: a later clamp sets at most a shared file's access time back (reading it
+    moved it), never its content or modification time."""
     if can_reflink(target.parent):
         run(["cp", "-a", "--reflink=always", f"{source}/.", str(target)])
     elif os.stat(source).st_dev == os.stat(target).st_dev:
