@@ -121,10 +121,9 @@ def write_flavor_files(root: Path, flavor: Flavor) -> None:
         rootfs.write_text(root, path, text)
 
 
-def run_step(root: Path, planned: Step, epoch: int, kernel_version: str | None = None) -> None:
+def run_step(root: Path, planned: Step, epoch: int) -> None:
     for argv in planned.commands:
-        run_in_root(root, with_kernel(argv, kernel_version) if kernel_version else argv,
-                    env=dated(planned.env, epoch))
+        run_in_root(root, argv, env=dated(planned.env, epoch))
 
 
 def dated(env: Sequence[tuple[str, str]], epoch: int) -> dict[str, str]:
@@ -189,8 +188,12 @@ def build_initramfs(packages_root: Path, target: Path, config: BuildConfig,
             run_in_root(work, command, env=dated((), epoch))
         built = rootfs.regular_file(work, initrd)
         staging = staging_folder(flavor.initramfs, rootfs.resolve_in(work, _KEEP))
-        if built is None or staging is None:
+        if built is None:
             raise BuildError(f"{flavor.initramfs} ended without writing /{initrd}")
+        if staging is None:
+            raise BuildError(f"{flavor.initramfs} kept no staging folder under /{_KEEP}",
+                             hint="its version may not support keeping it (dracut --keep, "
+                             "mkinitfs -k)")
         files = copied_files(packages_root, staging, own)
         words = script_words(packages_root, own)
         Reads(inputs, files, words, reads_digest(packages_root, files, words)).save(target)
