@@ -99,17 +99,21 @@ def run(
     capture: bool = False,
     timeout: float | None = None,
     name: str | None = None,
+    unset: Sequence[str] = (),
 ) -> str:
     """Run a program (never through a shell). Return its stdout when `capture`.
 
     Output is collected and only shown when the program fails, as the last lines of it, so
     the user sees why without scrolling through a package manager's whole log. `name` is the
-    program the messages speak of when argv[0] only wraps it.
+    program the messages speak of when argv[0] only wraps it; `unset` names variables of our
+    environment the program must not see.
     """
     argv = [os.fspath(c) for c in cmd]
     argv[0] = require_tool(argv[0]) if "/" not in argv[0] else argv[0]
     log.debug("$ %s", " ".join(argv))
-    full_env = {**os.environ, **env} if env else None
+    full_env = None
+    if env or unset:
+        full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     try:
         proc = subprocess.run(
             dies_with_us(argv),

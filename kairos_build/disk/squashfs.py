@@ -87,15 +87,18 @@ def squashfs_options(compression: Compression, epoch: int) -> list[str]:
     No `-processors` and no `-mem`: mksquashfs then compresses on every core and uses up to a
     quarter of the RAM for its caches, which is what a build machine wants.
     """
-    options = ["-noappend", "-no-progress", "-quiet", *compression.mksquashfs_args(),
-               # Runtime-only directories are mounted at boot; ship them empty.
-               "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
-    # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
-    return [*options, "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+    return ["-noappend", "-no-progress", "-quiet", *compression.mksquashfs_args(),
+            # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
+            "-mkfs-time", str(epoch), "-all-time", str(epoch),
+            # Runtime-only directories are mounted at boot; ship them empty. Last: mksquashfs
+            # reads every word after -e as a path to exclude, options included.
+            "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
 
 
 def make_squashfs(root: Path, output: Path, compression: Compression | None = None,
                   epoch: int = 0) -> None:
     """Write `root` as a squashfs to `output` (replaced if present), every time `epoch`."""
     options = squashfs_options(compression or Compression(), epoch)
-    run(["mksquashfs", str(root), str(output), *options], timeout=3600)
+    # mksquashfs refuses SOURCE_DATE_EPOCH beside -mkfs-time; the options carry the epoch.
+    run(["mksquashfs", str(root), str(output), *options], timeout=3600,
+        unset=("SOURCE_DATE_EPOCH",))
