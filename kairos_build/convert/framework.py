@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from kairos_build import rootfs
+from kairos_build.agent import agent_files
 from kairos_build.config import BuildConfig
 from kairos_build.data import data_dir
 from kairos_build.errors import InputError
@@ -28,9 +29,20 @@ def overlay_dirs(family: str) -> list[Path]:
 
 
 def layer_overlays(root: Path, family: str) -> None:
-    """Copy every overlay file into the rootfs."""
+    """Copy every overlay file into the rootfs, then the node agent's modules."""
     for overlay in overlay_dirs(family):
         layer_tree(root, overlay)
+    layer_agent(root)
+
+
+def layer_agent(root: Path) -> None:
+    """kairos-agent's Python modules (overlays/ has its /usr/bin launcher), each replaced."""
+    for rel, source in agent_files().items():
+        target = rootfs.resolve_in(root, rel, follow_last=False, mkdirs=True)
+        rootfs.remove(root, rel)
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o644)
+        os.chown(target, 0, 0)
 
 
 def layer_tree(root: Path, source_dir: Path, only: str | None = None) -> None:

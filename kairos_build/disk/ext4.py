@@ -6,14 +6,13 @@ Written either as an image file or straight into a disk file at a partition's of
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from kairos_build.disk.filesystems import grub_safe_features
 from kairos_build.reproducible import tool_env
 from kairos_build.tools import run
 
@@ -29,13 +28,7 @@ def mke2fs_version() -> str:
 
 @cache
 def _grub_safe_features() -> str:
-    """GRUB 2.06 refuses ext4 with metadata_csum_seed or orphan_file, which newer e2fsprogs
-    turn on by default; the disk is read by GRUB, so turn them off where mke2fs knows them."""
-    found = re.search(r"mke2fs (\d+)\.(\d+)", mke2fs_version())
-    features = ["^metadata_csum_seed"]
-    if found and (int(found.group(1)), int(found.group(2))) >= (1, 47):
-        features.append("^orphan_file")
-    return ",".join(features)
+    return grub_safe_features(mke2fs_version())
 
 
 def ext4_options(label: str, fs_uuid: str, offset: int = 0) -> list[str]:
@@ -109,18 +102,3 @@ def _field(report: str, name: str) -> str:
     if found is None:
         raise ValueError(f"dumpe2fs printed no {name!r}")
     return found.group(1)
-
-
-def tree_bytes(root: Path) -> int:
-    """Disk space the files under `root` use (hard links once), plus an inode's worth each."""
-    seen: set[int] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                if st.st_ino in seen:
-                    continue
-                seen.add(st.st_ino)
-            total += st.st_blocks * 512 + 256
-    return total

@@ -1,4 +1,5 @@
-"""The Kairos disk layout: which partitions, how big, where. Pure arithmetic, no tools.
+"""The Kairos disk layout: which partitions, how big, where. Pure arithmetic, no tools, stdlib
+only: the raw exporter and the node agent's install (which imports it in the image) share it.
 
 Defaults follow Kairos (64 MiB ESP and OEM, recovery = 2 x its image + 200 MiB, state = room
 for active + passive + an upgrade, persistent = the rest), every size can be given, and a
@@ -176,3 +177,14 @@ def plan_layout(options: DiskOptions, rootfs_bytes: int, recovery_bytes: int, se
         raise InputError(f"the partitions need {(offset + TAIL) // MiB} MiB, the disk has {disk // MiB} MiB",
                          hint="give a larger --disk-size or smaller partitions")
     return Layout(disk, stable_uuid(seed, "disk"), tuple(partitions), image)
+
+
+def sfdisk_script(layout: Layout) -> str:
+    """The partition table as an sfdisk script (the build writes it into an image file, the
+    node agent onto a disk)."""
+    lines = ["label: gpt", f"label-id: {layout.disk_guid.upper()}", "unit: sectors",
+             "first-lba: 2048", "sector-size: 512"]
+    for part in layout.partitions:
+        lines.append(f"start={part.start // SECTOR}, size={part.size // SECTOR}, "
+                     f"type={part.type_guid}, uuid={part.guid.upper()}, name=\"{part.name}\"")
+    return "\n".join(lines) + "\n"

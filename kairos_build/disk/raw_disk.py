@@ -14,11 +14,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kairos_build.disk.biosboot import install_bios_grub
+from kairos_build.agent import kit
+from kairos_build.disk.biosboot import bios_core_image, install_bios_grub
 from kairos_build.disk.efi import esp_files
-from kairos_build.disk.ext4 import make_ext4, tree_bytes
+from kairos_build.disk.ext4 import make_ext4
 from kairos_build.disk.fat import make_fat_in_disk
-from kairos_build.disk.gpt import create_disk, mark_pmbr_bootable
+from kairos_build.disk.filesystems import tree_bytes
+from kairos_build.disk.gpt import create_disk
 from kairos_build.disk.grub import grub_dir, grub_quote
 from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
 from kairos_build.log import log, step
@@ -75,6 +77,31 @@ def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None, epoc
                   offset=part.start, epoch=epoch)
 
 
+def state_menu(context: ExportContext) -> str:
+    """COS_STATE's /boot/grub/grub.cfg: the active, passive, recovery and reset entries."""
+    config, extra = context.config, context.config.extra_kernel_args
+    return render("grub-disk.cfg.j2", timeout=3, title=f"Kairos {config.flavor.pretty_name}",
+                  state_cmdline=state_cmdline(STATE_LABEL, extra),
+                  recovery_cmdline=state_cmdline("COS_RECOVERY", extra))
+
+
+def install_kit(context: ExportContext) -> dict[str, Path]:
+    """Kit path -> host file: the boot loaders and menu of an installed disk, the same this
+    module writes into a raw disk, for kairos-agent to lay down (agent/kit.py names them)."""
+    work = context.workdir / "install-kit"
+    work.mkdir(exist_ok=True)
+    rootfs = context.rootfs
+    loaders = esp_files(rootfs, context.config.flavor.secure_boot, STATE_LABEL, work, cd=False)
+    files = {f"{kit.ESP_DIR}/{path}": source for path, source in loaders.items()}
+    modules = grub_dir(rootfs, "i386-pc")
+    files[kit.BIOS_CORE] = bios_core_image(STATE_LABEL, work, modules)
+    files[kit.BIOS_BOOT] = modules / "boot.img"
+    menu = work / "grub.cfg"
+    menu.write_text(state_menu(context))
+    files[kit.STATE_MENU] = menu
+    return files
+
+
 def make_raw_disk(context: ExportContext, output: Path) -> Layout:
     """Write the whole disk image to `output`; returns the layout it used."""
     config, work, seed = context.config, context.workdir, context.rootfs_key
@@ -90,22 +117,20 @@ def make_raw_disk(context: ExportContext, output: Path) -> Layout:
 
     create_disk(output, layout)
     parts = {p.name: p for p in layout.partitions}
-    title = f"Kairos {config.flavor.pretty_name}"
-    extra = config.extra_kernel_args
 
     state = stage(work, "state")
     link_or_copy(active, state / "cOS" / "active.img")
     (state / "boot" / "grub").mkdir(parents=True)
-    (state / "boot" / "grub" / "grub.cfg").write_text(render(
-        "grub-disk.cfg.j2", timeout=3, title=title,
-        state_cmdline=state_cmdline(STATE_LABEL, extra),
-        recovery_cmdline=state_cmdline("COS_RECOVERY", extra)))
+    (state / "boot" / "grub" / "grub.cfg").write_text(state_menu(context))
     write_ext4(output, parts["state"], seed, state, context.epoch)
 
     recovery = stage(work, "recovery")
     link_or_copy(squashfs, recovery / "cOS" / "recovery.squashfs")
     link_or_copy(kernel, recovery / "boot" / "vmlinuz")
     link_or_copy(initrd, recovery / "boot" / "initrd")
+    # What kairos-agent reset needs to lay the boot loaders down again.
+    for path, source in install_kit(context).items():
+        link_or_copy(source, recovery / kit.KIT_DIR / path)
     write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
 
     oem = stage(work, "oem")
@@ -122,5 +147,4 @@ def make_raw_disk(context: ExportContext, output: Path) -> Layout:
     if "bios" in parts:
         with step("writing grub for BIOS"):
             install_bios_grub(output, parts["bios"], STATE_LABEL, work, grub_dir(context.rootfs, "i386-pc"))
-            mark_pmbr_bootable(output)
     return layout

@@ -10,10 +10,12 @@ from pathlib import Path
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
+from kairos_build.agent import kit
 from kairos_build.disk.efi import esp_files
 from kairos_build.disk.fat import make_fat_image
 from kairos_build.disk.grub import grub_dir, grub_quote, make_grub_image
 from kairos_build.disk.isohybrid import make_hybrid
+from kairos_build.disk.raw_disk import install_kit
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext
 from kairos_build.log import step
@@ -142,6 +144,9 @@ class IsoExporter:
                      "/.disk/info": disk_info,
                      "/boot/uefi.img": esp, "/boot/kernel": kernel, "/boot/initrd": initrd,
                      "/rootfs.squashfs": squashfs, **extra}
+            # What kairos-agent install lays down: the installed disk's boot loaders and menu.
+            files.update({f"/{kit.KIT_DIR}/{path}": source
+                          for path, source in install_kit(context).items()})
             if config.cloud_config is not None:
                 # Where Kairos looks for a config on the live medium.
                 files["/config.yaml"] = config.cloud_config

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from kairos_build import __version__
+from kairos_build.agent import agent_files
 from kairos_build.config import BuildConfig
 from kairos_build.convert.framework import IDENTITY_FILES, SSH_KEY_DIR, kairos_release_values, overlay_dirs
 from kairos_build.convert.plan import conversion_plan, kernel_link_script, shell_words
@@ -32,6 +33,9 @@ def write_build_context(config: BuildConfig, directory: Path, image: str | None 
     overlay = directory / "overlay"
     for source in overlay_dirs(flavor.family):
         shutil.copytree(source, overlay, symlinks=True, dirs_exist_ok=True)
+    for path, source in agent_files().items():
+        (overlay / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, overlay / path)
     for path, text in sorted(flavor.quirks.files.items()):
         (overlay / path).parent.mkdir(parents=True, exist_ok=True)
         (overlay / path).write_text(text)

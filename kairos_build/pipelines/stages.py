@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kairos_build import rootfs
+from kairos_build.agent import agent_files
 from kairos_build.cache import Cache, Stage, hash_tree
 from kairos_build.config import BuildConfig
 from kairos_build.convert import convert, framework, initramfs, initramfs_reads, packages
@@ -75,7 +76,9 @@ def initramfs_files_digest(config: BuildConfig) -> str:
 def framework_files_digest(config: BuildConfig) -> str:
     """Every framework file the framework stage lays (overlays/) or renders (its template)."""
     trees = [(d.name, hash_tree(d)) for d in overlay_dirs(config.flavor.family)]
-    return hashlib.sha256(repr((trees, hash_tree(data_dir("templates") / "kairos-release.j2")))
+    agent = [(rel, hashlib.sha256(source.read_bytes()).hexdigest())
+             for rel, source in sorted(agent_files().items())]
+    return hashlib.sha256(repr((trees, agent, hash_tree(data_dir("templates") / "kairos-release.j2")))
                           .encode()).hexdigest()
 
 

@@ -9,6 +9,7 @@ OCI whiteouts delete what lower layers brought; opaque whiteouts empty a directo
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -18,8 +19,11 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from kairos_build.errors import HostileContentError, InputError
-from kairos_build.log import log
 from kairos_build.rootfs import resolve_in
+
+# The tool's logger, taken from logging rather than kairos_build.log (which needs tqdm): the
+# node agent applies an upgrade image's layers with this module, on the image's own python3.
+log = logging.getLogger("kairos-build")
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"

@@ -9,7 +9,6 @@ import pytest
 
 from kairos_build.boot.harness import check_root, default_expectation
 from kairos_build.disk.biosboot import install_bios_grub
-from kairos_build.disk.gpt import sfdisk_script
 from kairos_build.disk.grub import GRUB_LIB
 from kairos_build.disk.layout import (
     DiskOptions,
@@ -20,6 +19,7 @@ from kairos_build.disk.layout import (
     parse_partition_sizes,
     parse_size,
     plan_layout,
+    sfdisk_script,
 )
 from kairos_build.errors import InputError
 

@@ -4,6 +4,8 @@
 # already sees it. Sources, in order:
 #   - the live medium's /config.yaml, when the boot entry asks for it (kairos.live_config=)
 #   - every *.yaml on the COS_OEM partition (disks; 90_custom.yaml from --cloud-config)
+# Each source is also copied to /run/kairos/cloud-config/ (kept across the switch to the real
+# root) for kairos-agent, which applies the Kairos keys (users, stages...) before cloud-init.
 # With none, cloud-init is disabled for this boot: its datasource_list names NoCloud alone,
 # and ds-identify enables a single listed datasource without looking for it, so the
 # generator would start every stage with nothing to read (they then fail). The marker file
@@ -36,6 +38,14 @@ kairos_seed_cloud_config() {
         fi
     fi
     if [ -n "$local_sources" ]; then
+        copies=/run/kairos/cloud-config
+        mkdir -p "$copies"
+        chmod 0700 "$copies"
+        number=10
+        for file in $local_sources; do
+            cp "$file" "$copies/$number-${file##*/}"
+            number=$((number + 1))
+        done
         seed=/sysroot/var/lib/cloud/seed/nocloud
         mkdir -p "$seed"
         {

@@ -3,6 +3,8 @@
 # layout from the image itself:
 #   /usr/lib/kairos/immutable.conf               the framework's defaults
 #   /etc/kairos/immutable.conf.d/*.conf          additions (a derived image or a Dockerfile)
+#   immutable.conf on COS_OEM                    the node's own (install's bind_mounts and
+#                                                ephemeral_mounts, written by kairos-agent)
 # Lines are `overlay PATH` (writable, in memory, gone at reboot) and `persist PATH` (kept on
 # the COS_PERSISTENT partition, bind-mounted). Parents come before children (e.g. `overlay
 # /var` before `persist /var/log`): overlays are set up first, then persistent paths, each in
@@ -14,14 +16,24 @@ persistent_label=COS_PERSISTENT
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rd.kairos.persistent=*) persistent_label=${arg#rd.kairos.persistent=} ;;
+        # Recovery leaves COS_PERSISTENT alone: reset formats it from there.
+        kairos.entry=recovery|kairos.entry=statereset) persistent_label=none ;;
     esac
 done
 
 say() { echo "kairos-immutable: $*"; }
 
+node_conf=$run/immutable-oem.conf
+if [ -b /dev/disk/by-label/COS_OEM ] && mkdir -p "$run/oem-conf" \
+        && mount -o ro /dev/disk/by-label/COS_OEM "$run/oem-conf" 2> /dev/null; then
+    [ -f "$run/oem-conf/immutable.conf" ] && cp "$run/oem-conf/immutable.conf" "$node_conf"
+    umount "$run/oem-conf"
+fi
+
 entries() {
     # Every config line as "KIND PATH", comments and blank lines dropped.
-    for file in "$root/usr/lib/kairos/immutable.conf" "$root"/etc/kairos/immutable.conf.d/*.conf; do
+    for file in "$root/usr/lib/kairos/immutable.conf" "$root"/etc/kairos/immutable.conf.d/*.conf \
+            "$node_conf"; do
         [ -f "$file" ] || continue
         while read -r kind path _rest; do
             case "$kind" in ''|\#*) continue ;; esac
@@ -54,6 +66,7 @@ done
 store="$run/overlay/.persistent"
 device="/dev/disk/by-label/$persistent_label"
 tries=0
+[ "$persistent_label" = none ] && tries=5
 while [ ! -b "$device" ] && [ $tries -lt 5 ]; do
     command -v udevadm > /dev/null && udevadm settle --timeout=2
     tries=$((tries + 1))
@@ -66,6 +79,8 @@ if [ -b "$device" ]; then
     else
         say "cannot mount $device: persistent paths live in memory this boot"
     fi
+elif [ "$persistent_label" = none ]; then
+    say "recovery: persistent paths live in memory this boot"
 else
     say "no $persistent_label partition: persistent paths live in memory this boot"
 fi

@@ -20,7 +20,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple mount umount mkdir cp cat tr sleep cksum
+    inst_multiple mount umount mkdir cp cat tr sleep cksum chmod
     inst_multiple -o udevadm
     inst_script "$moddir/kairos-immutable-generator.sh" \
         "$systemdutildir/system-generators/kairos-immutable-generator"

@@ -1,0 +1,184 @@
+"""System images on the node: an upgrade source made into a tree (a folder, or an OCI image
+whose layers go through the build's own safe unpack), and a tree made into an ext4 image."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, cast
+
+from kairos_build.agent.system import NodeError, run
+from kairos_build.disk.filesystems import grub_safe_features
+from kairos_build.errors import KairosError
+from kairos_build.source.unpack import apply_layer
+
+SOURCE_FORMS = "dir:PATH, oci:DIR[:TAG], oci-archive:FILE (what `kairos-build convert` writes)"
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+def make_ext4_image(tree: Path, image: Path, size: int, label: str) -> None:
+    """`tree` as an ext4 filesystem image of `size` bytes (sparse), one grub can read."""
+    version = run(["mkfs.ext4", "-V"])  # its version goes to stderr, which run() keeps
+    image.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-O", grub_safe_features(version), "-m", "0",
+         "-d", str(tree), str(image), f"{size // 1024}k"])
+
+
+class _Store:
+    """The blobs of an OCI layout: a folder, or a tar archive of one (read in place)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tar: tarfile.TarFile | None = None
+        if path.is_file():
+            try:
+                self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
+            except (tarfile.TarError, OSError) as exc:
+                raise NodeError(f"{path} is not an OCI archive: {exc}") from exc
+        elif not (path / "index.json").is_file():
+            raise NodeError(f"{path} is not an OCI layout (no index.json)")
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        if self.tar is None:
+            with (self.path / name).open("rb") as handle:
+                yield handle
+            return
+        try:
+            member = self.tar.getmember(name)
+        except KeyError as exc:
+            raise NodeError(f"{self.path} has no {name}") from exc
+        extracted = self.tar.extractfile(member)
+        if extracted is None:
+            raise NodeError(f"{self.path}: {name} is not a file")
+        with extracted:
+            yield extracted
+
+    def json(self, name: str) -> Any:
+        with self.open(name) as handle:
+            data = handle.read(4 << 20)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise NodeError(f"{self.path}: {name} is not JSON") from exc
+
+
+class _Verified:
+    """Reads a blob and hashes it; `check()` after the last read."""
+
+    def __init__(self, handle: IO[bytes], digest: str) -> None:
+        self.handle, self.digest, self.hash = handle, digest, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.hash.update(data)
+        return data
+
+    def check(self) -> None:
+        while self.read(1 << 20):
+            pass
+        if f"sha256:{self.hash.hexdigest()}" != self.digest:
+            raise NodeError(f"blob {self.digest} does not match its digest: the image is corrupt")
+
+
+def _blob(digest: Any) -> str:
+    if not isinstance(digest, str) or not digest.startswith("sha256:") or \
+            len(digest) != 71 or not all(c in "0123456789abcdef" for c in digest[7:]):
+        raise NodeError(f"{digest!r} is not a sha256 digest")
+    return f"blobs/sha256/{digest[7:]}"
+
+
+def _manifest(store: _Store, tag: str | None) -> dict[str, Any]:
+    document = store.json("index.json")
+    for _ in range(4):
+        manifests = document.get("manifests")
+        if not manifests and document.get("mediaType") not in _INDEX_TYPES:
+            return dict(document)
+        if tag:
+            manifests = [m for m in manifests or []
+                         if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
+        amd64 = [m for m in manifests or [] if (m.get("platform") or {}).get("architecture") in
+                 (None, "amd64")]
+        if not amd64:
+            raise NodeError(f"{store.path} has no amd64 image{f' tagged {tag}' if tag else ''}")
+        document, tag = store.json(_blob(amd64[0].get("digest"))), None
+    raise NodeError(f"{store.path}: image indexes nest too deeply")
+
+
+def _apply_blob(store: _Store, descriptor: dict[str, Any], root: Path) -> None:
+    digest = descriptor.get("digest")
+    with store.open(_blob(digest)) as handle:
+        verified = _Verified(handle, str(digest))
+        head = handle.peek(4)[:4] if hasattr(handle, "peek") else b""
+        kind = str(descriptor.get("mediaType", ""))
+        if kind.endswith("zstd") or head.startswith(b"\x28\xb5\x2f\xfd"):
+            raise NodeError("zstd-compressed layers are not supported on the node yet",
+                            hint="use an image with uncompressed or gzip layers "
+                                 "(`kairos-build convert -o oci-archive:` writes one)")
+        raw = cast(IO[bytes], verified)
+        gzipped = kind.endswith("gzip") or head.startswith(b"\x1f\x8b")
+        stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if gzipped else raw
+        try:
+            apply_layer(stream, root, str(digest)[7:19])
+        except KairosError as exc:
+            raise NodeError(f"layer {str(digest)[7:19]}: {exc.message}") from exc
+        verified.check()
+
+
+def unpack_image(reference: Path, tag: str | None, root: Path) -> None:
+    store = _Store(reference)
+    try:
+        manifest = _manifest(store, tag)
+        layers = manifest.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise NodeError(f"{reference}: the image has no layers")
+        root.mkdir(parents=True, exist_ok=True)
+        for layer in layers:
+            _apply_blob(store, layer, root)
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def source_tree(source: str, scratch: Path) -> Iterator[Path]:
+    """The tree of an upgrade source; an image is unpacked under `scratch` (removed after)."""
+    kind, sep, rest = source.partition(":")
+    if not sep or not rest:
+        raise NodeError(f"upgrade source {source!r} is not one this node reads",
+                        hint=f"use {SOURCE_FORMS}")
+    if kind == "dir":
+        tree = Path(rest)
+        if not (tree / "etc" / "kairos-release").is_file():
+            raise NodeError(f"{tree} is not a Kairos system (no etc/kairos-release)")
+        yield tree
+        return
+    if kind not in ("oci", "oci-archive"):
+        raise NodeError(f"upgrade sources of kind {kind!r} are not supported on the node yet",
+                        hint=f"use {SOURCE_FORMS}")
+    path, tag = Path(rest), None
+    if kind == "oci" and not path.exists() and ":" in rest:
+        head, _, tag = rest.rpartition(":")
+        path = Path(head)
+    if not path.exists():
+        raise NodeError(f"the upgrade source {path} does not exist")
+    tree = scratch / "tree"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        unpack_image(path, tag, tree)
+        if not (tree / "etc" / "kairos-release").is_file():
+            raise NodeError(f"{source} is not a Kairos image (no /etc/kairos-release)",
+                            hint="make it with `kairos-build convert ... -o oci-archive:FILE`")
+        yield tree
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""`kairos-agent reset`: from recovery, active and passive made again from the recovery image,
+COS_PERSISTENT formatted unless told otherwise, COS_OEM too when asked.
+
+Recovery boots with COS_PERSISTENT unmounted (the initramfs keeps persistent paths in memory
+there), so it can be formatted. The system images are replaced one rename at a time, as an
+upgrade does: a power cut leaves a complete image under each name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kairos_build.agent.bootstate import (
+    ASSESSMENT,
+    GRUBENV,
+    boot_state,
+    read_grubenv,
+    update_grubenv,
+    write_grubenv,
+)
+from kairos_build.agent.config import ResetSpec
+from kairos_build.agent.images import make_ext4_image
+from kairos_build.agent.system import NodeError, label_device, mounted, replace_durably, run, say
+from kairos_build.agent.upgrade import STATE_MOUNT, check_room, image_size
+from kairos_build.disk.filesystems import grub_safe_features
+
+RECOVERY_IMAGE = "cOS/recovery.squashfs"
+
+
+def format_ext4(label: str) -> None:
+    device = label_device(label)
+    if device is None:
+        raise NodeError(f"this node has no {label} partition")
+    features = grub_safe_features(run(["mkfs.ext4", "-V"]))
+    run(["mkfs.ext4", "-q", "-F", "-L", label, "-O", features, "-m", "0", str(device)])
+
+
+def redeploy(source: Path) -> None:
+    device = label_device("COS_STATE")
+    if device is None:
+        raise NodeError("this node has no COS_STATE partition")
+    with mounted(device, "rw") as state:
+        images = state / "cOS"
+        images.mkdir(exist_ok=True)
+        size = image_size(source, images / "active.img")
+        check_room(images, size, "COS_STATE")
+        say(f"writing the system image ({size >> 20} MiB) from recovery")
+        make_ext4_image(source, images / "transition.img", size, "COS_ACTIVE")
+        run(["cp", "--sparse=always", str(images / "transition.img"), str(images / "passive.tmp")])
+        replace_durably(images / "passive.tmp", images / "passive.img")
+        replace_durably(images / "transition.img", images / "active.img")
+
+
+def reset(spec: ResetSpec) -> None:
+    booted = boot_state()
+    if booted != "recovery_boot":
+        raise NodeError(f"reset runs from the recovery system; this boot is {booted}",
+                        hint="boot the recovery or reset entry of the menu "
+                             "(`kairos-agent reset --reboot-to-recovery` does it)")
+    image = STATE_MOUNT / RECOVERY_IMAGE
+    if not image.is_file():
+        raise NodeError(f"{image} is missing: this recovery cannot reset the node")
+    with mounted(image, "ro,loop", fstype="squashfs") as source:
+        redeploy(source)
+    if spec.reset_persistent:
+        say("formatting COS_PERSISTENT")
+        format_ext4("COS_PERSISTENT")
+    keep = {"extra_cmdline": ""}
+    if spec.reset_oem:
+        device = label_device("COS_OEM")
+        if device is not None:
+            with mounted(device, "ro") as oem:
+                keep["extra_cmdline"] = read_grubenv(oem / GRUBENV).get("extra_cmdline", "")
+        say("formatting COS_OEM")
+        format_ext4("COS_OEM")
+        device = label_device("COS_OEM") or device
+        with mounted(device, "rw") as oem:  # type: ignore[arg-type]
+            write_grubenv(oem / GRUBENV, keep)
+    update_grubenv({ASSESSMENT: "", "next_entry": ""})
+    os.sync()
+    say("reset done: active and passive are the recovery system"
+        + ("; COS_PERSISTENT is empty" if spec.reset_persistent else ""))
+
+
+def reboot_to_recovery() -> None:
+    """The reset entry starts on the next boot (once), which resets unattended."""
+    update_grubenv({"next_entry": "statereset"})
+    say("the next boot resets this node from recovery")
