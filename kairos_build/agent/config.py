@@ -18,6 +18,8 @@ from kairos_build.agent.system import NodeError
 # Where the initramfs copies the boot's config sources (the live medium's /config.yaml, every
 # *.yaml on COS_OEM), in the order it found them.
 BOOT_CONFIG_DIR = Path("/run/kairos/cloud-config")
+# Configs a node keeps on COS_PERSISTENT (Kairos reads them too), after the boot's.
+PERSISTENT_CONFIG_DIR = Path("/usr/local/cloud-config")
 MiB = 1 << 20
 
 # Keys the agent applies (cloud-init does not see them).
@@ -83,7 +85,9 @@ def read_configs(paths: list[Path]) -> dict[str, Any]:
 
 
 def boot_config_paths() -> list[Path]:
-    return sorted(BOOT_CONFIG_DIR.glob("*.yaml")) if BOOT_CONFIG_DIR.is_dir() else []
+    """The boot's config files, then the node's own, each folder in name order."""
+    return [path for folder in (BOOT_CONFIG_DIR, PERSISTENT_CONFIG_DIR) if folder.is_dir()
+            for path in sorted(folder.glob("*.yaml"))]
 
 
 def unsupported(config: dict[str, Any]) -> list[str]:

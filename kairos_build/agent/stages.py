@@ -7,6 +7,7 @@ import base64
 import contextlib
 import os
 import pwd
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -87,9 +88,21 @@ def add_ssh_keys(name: str, keys: tuple[str, ...]) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def apply_hostname(name: str) -> None:
-    if "{{" in name:
-        say(f"not supported yet: a templated hostname ({name}); hostname left as it is")
+_MACHINE_ID = re.compile(r"\{\{\s*trunc\s+(\d+)\s+\.MachineID\s*\}\}")
+
+
+def expand_hostname(name: str, machine_id: str) -> str | None:
+    """Kairos's `metal-{{ trunc 4 .MachineID }}`: the machine id's first N characters; None
+    for any other template."""
+    expanded = _MACHINE_ID.sub(lambda found: machine_id[:int(found.group(1))], name)
+    return None if "{{" in expanded else expanded
+
+
+def apply_hostname(template: str) -> None:
+    machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+    name = expand_hostname(template, machine_id)
+    if name is None:
+        say(f"not supported yet: the hostname template {template!r}; hostname left as it is")
         return
     Path("/etc/hostname").write_text(f"{name}\n")
     with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ harness.check_health (running, no failed unit).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import select
@@ -17,12 +18,19 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from kairos_build.boot import harness
 from kairos_build.tools import dies_with_us
 
 PROMPT = "KAIROS-SHELL# "
+
+
+@functools.cache
+def kvm_works() -> bool:
+    """Probed once per session: the probe may wait its whole timeout on a broken /dev/kvm."""
+    return harness.kvm_works()
 _RC = re.compile(rb"KAIROS-RC=(\d+)")
 
 
@@ -35,7 +43,7 @@ class Node:
 
     def __init__(self, log_path: Path, disks: list[Path], cdrom: Path | None = None,
                  firmware: str = "bios", memory: int = 2048, vars_file: Path | None = None,
-                 extra_drives: list[Path] = ()) -> None:  # type: ignore[assignment]
+                 extra_drives: Sequence[Path] = ()) -> None:
         self.log_path = log_path
         self.seen = b""
         self.offset = 0  # what earlier waits consumed
@@ -45,7 +53,7 @@ class Node:
             vars_file = Path(self._tmp.name) / "OVMF_VARS.fd"
             shutil.copyfile(firmware_files[1], vars_file)
         first = cdrom or disks[0]
-        accel = "kvm" if harness.kvm_works() else "tcg"
+        accel = "kvm" if kvm_works() else "tcg"
         argv = harness.qemu_command(first, firmware, accel, vars_file or Path("/dev/null"),
                                     memory, writable=True)
         argv.remove("-no-reboot")

@@ -111,6 +111,12 @@ def shell(node: Node, command: str, timeout: float = 120) -> str:
     return output
 
 
+def state_images(node: Node) -> list[str]:
+    """Name, size and change time of each image on COS_STATE."""
+    output = shell(node, "stat -c '%n %s %Z' /run/kairos/state/cOS/*")
+    return sorted(line.strip() for line in output.splitlines() if line.startswith("/run/kairos"))
+
+
 def timed(flow: Flow, name: str, started: float) -> None:
     flow.times[name] = time.monotonic() - started
     print(f"{name}: {flow.times[name]:.0f} s")
@@ -154,6 +160,17 @@ def test_the_installed_disk_boots_read_only_and_upgrades_from_an_oci_archive(flo
             node.type("exit\n")
             login_and_mount(node)
             shell(node, f"echo kept > {PERSISTENT_MARK}")
+            # Refusals: one message, a non-zero exit, the node unchanged.
+            before = state_images(node)
+            for command, message in (
+                    ("kairos-agent upgrade --source oci-archive:/mnt/up/missing.tar",
+                     "the upgrade source /mnt/up/missing.tar does not exist"),
+                    ("kairos-agent upgrade --source docker.io/library/x", "is not one this node reads"),
+                    ("kairos-agent install", "install runs from the live system")):
+                status, output = node.run(f"{command} 2>&1")
+                assert status != 0 and message in output, output
+                assert "Traceback" not in output
+            assert state_images(node) == before
             upgrading = time.monotonic()
             output = shell(node, "kairos-agent upgrade --source oci-archive:/mnt/up/v2.tar", 1500)
             assert "upgraded to v2.0.0" in output
