@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from kairos_build.agent import IMAGE_DIR as AGENT_DIR
 from kairos_build.config import BuildConfig
 from kairos_build.convert.framework import (
     IDENTITY_FILES,
@@ -86,7 +87,9 @@ def conversion_plan(config: BuildConfig, base: str | None = None) -> list[Step]:
              + ("run with its staging folder kept, to record what it copied; an initramfs made "
                 "from the same files by an earlier conversion is taken instead",),
              stage="initramfs"),
-        Step("layer_overlays", "layer the framework files", actions=overlays, stage="framework"),
+        Step("layer_overlays", "layer the framework files and the node agent",
+             actions=(*overlays, f"kairos-agent's modules -> /{AGENT_DIR}/kairos_build/"),
+             stage="framework"),
     ]
     if services := service_commands(flavor):
         steps.append(Step("enable_services", f"enable services ({flavor.init})", tuple(services),

@@ -45,6 +45,7 @@ stages:
 k3s:
   enabled: true
 """
+pytestmark = pytest.mark.boot
 LAYOUT = ("COS_GRUB", "COS_OEM", "COS_RECOVERY", "COS_STATE", "COS_PERSISTENT")
 
 
@@ -124,10 +125,12 @@ def timed(flow: Flow, name: str, started: float) -> None:
 
 def test_the_live_iso_installs_itself_by_its_config(flow: Flow) -> None:
     started = time.monotonic()
-    with Node(flow.folder / "install.log", [flow.disk], cdrom=flow.iso) as node:
+    # Plain OVMF: test_boot_iso.py boots the ISO under SeaBIOS and Secure Boot.
+    with Node(flow.folder / "install.log", [flow.disk], cdrom=flow.iso, firmware="uefi") as node:
         try:
             live = node.report(900)
             assert live["entry"] == "live-config" and live["boot"] == "livecd_boot", live
+            assert (live["firmware"], live["secureboot"]) == ("uefi", "disabled")
             node.wait_for(b"kairos-agent: installing to /dev/vda", 300)
             assert node.wait_exit(1200) == 0  # install.poweroff
         except BaseException as exc:
