@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
-from kairos_build.agent.system import NodeError, run
+from kairos_build.agent.system import NodeError, replace_durably, run
 from kairos_build.disk.filesystems import grub_safe_features
 from kairos_build.errors import KairosError
 from kairos_build.source.unpack import apply_layer
@@ -23,12 +23,33 @@ _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
+def format_ext4(target: Path, label: str, tree: Path | None = None, size: int | None = None) -> None:
+    """An ext4 grub can read on a partition, or as an image file of `size` bytes (sparse)
+    holding `tree`."""
+    version = run(["mkfs.ext4", "-V"])  # its version goes to stderr, which run() keeps
+    argv = ["mkfs.ext4", "-q", "-F", "-L", label, "-O", grub_safe_features(version), "-m", "0"]
+    if tree is not None:
+        argv += ["-d", str(tree)]
+    if size is not None:
+        target.unlink(missing_ok=True)
+    run([*argv, str(target), *([f"{size // 1024}k"] if size is not None else [])])
+
+
 def make_ext4_image(tree: Path, image: Path, size: int, label: str) -> None:
     """`tree` as an ext4 filesystem image of `size` bytes (sparse), one grub can read."""
-    version = run(["mkfs.ext4", "-V"])  # its version goes to stderr, which run() keeps
-    image.unlink(missing_ok=True)
-    run(["mkfs.ext4", "-q", "-F", "-L", label, "-O", grub_safe_features(version), "-m", "0",
-         "-d", str(tree), str(image), f"{size // 1024}k"])
+    format_ext4(image, label, tree, size)
+
+
+def deploy_system(tree: Path, images: Path, size: int) -> None:
+    """active.img and passive.img both made from `tree` (install, reset): each written under a
+    temporary name and renamed in place. The old passive goes first (COS_STATE has room for
+    three images, not four); a power cut then leaves the old active or the new one."""
+    images.mkdir(parents=True, exist_ok=True)
+    (images / "passive.img").unlink(missing_ok=True)
+    make_ext4_image(tree, images / "transition.img", size, "COS_ACTIVE")
+    run(["cp", "--sparse=always", str(images / "transition.img"), str(images / "passive.tmp")])
+    replace_durably(images / "passive.tmp", images / "passive.img")
+    replace_durably(images / "transition.img", images / "active.img")
 
 
 class _Store:

@@ -16,10 +16,10 @@ from kairos_build.agent import kit
 from kairos_build.agent.bootstate import GRUBENV, boot_state, write_grubenv
 from kairos_build.agent.config import InstallSpec
 from kairos_build.agent.disks import disk_size, partition_device, pick_device
-from kairos_build.agent.images import make_ext4_image
-from kairos_build.agent.system import NodeError, mounted, replace_durably, run, say, settle
+from kairos_build.agent.images import deploy_system, format_ext4
+from kairos_build.agent.system import NodeError, mounted, run, say, settle
 from kairos_build.disk.bootsector import BootSectorError, write_bios_boot
-from kairos_build.disk.filesystems import grub_safe_features, tree_bytes
+from kairos_build.disk.filesystems import tree_bytes
 from kairos_build.disk.layout import DiskOptions, Layout, plan_layout, sfdisk_script
 from kairos_build.errors import InputError
 
@@ -47,7 +47,6 @@ def partition(device: Path, layout: Layout) -> dict[str, Path]:
     run(["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always", str(device)],
         input_text=sfdisk_script(layout))
     settle()
-    features = grub_safe_features(run(["mkfs.ext4", "-V"]))
     devices = {}
     for number, part in enumerate(layout.partitions, start=1):
         node = partition_device(device, number)
@@ -55,7 +54,7 @@ def partition(device: Path, layout: Layout) -> dict[str, Path]:
         if part.name == "efi":
             run(["mkfs.vfat", "-F", "32", "-n", "COS_GRUB", str(node)])
         elif part.label is not None:
-            run(["mkfs.ext4", "-q", "-F", "-L", part.label, "-O", features, "-m", "0", str(node)])
+            format_ext4(node, part.label)
     settle()
     return devices
 
@@ -85,14 +84,9 @@ def write_system(devices: dict[str, Path], image_size: int, medium: Path, source
             copy_file(medium / name, recovery / target)
         copy_tree(medium / kit.KIT_DIR, recovery / kit.KIT_DIR)
     with mounted(devices["state"], "rw") as state:
-        images = state / "cOS"
-        images.mkdir()
         copy_file(medium / kit.KIT_DIR / kit.STATE_MENU, state / "boot" / "grub" / "grub.cfg")
         say(f"writing the system image ({image_size >> 20} MiB) from {source}")
-        make_ext4_image(source, images / "transition.img", image_size, "COS_ACTIVE")
-        run(["cp", "--sparse=always", str(images / "transition.img"), str(images / "passive.tmp")])
-        replace_durably(images / "passive.tmp", images / "passive.img")
-        replace_durably(images / "transition.img", images / "active.img")
+        deploy_system(source, state / "cOS", image_size)
 
 
 def write_oem(device: Path, spec: InstallSpec, config_text: str) -> None:

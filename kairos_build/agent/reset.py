@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kairos_build.agent import images
 from kairos_build.agent.bootstate import (
     ASSESSMENT,
     GRUBENV,
@@ -20,10 +21,14 @@ from kairos_build.agent.bootstate import (
     write_grubenv,
 )
 from kairos_build.agent.config import ResetSpec
-from kairos_build.agent.images import make_ext4_image
-from kairos_build.agent.system import NodeError, label_device, mounted, replace_durably, run, say
-from kairos_build.agent.upgrade import STATE_MOUNT, check_room, image_size
-from kairos_build.disk.filesystems import grub_safe_features
+from kairos_build.agent.system import (
+    NodeError,
+    label_device,
+    mounted,
+    say,
+    settle,
+)
+from kairos_build.agent.upgrade import STATE_MOUNT, image_size
 
 RECOVERY_IMAGE = "cOS/recovery.squashfs"
 
@@ -32,8 +37,22 @@ def format_ext4(label: str) -> None:
     device = label_device(label)
     if device is None:
         raise NodeError(f"this node has no {label} partition")
-    features = grub_safe_features(run(["mkfs.ext4", "-V"]))
-    run(["mkfs.ext4", "-q", "-F", "-L", label, "-O", features, "-m", "0", str(device)])
+    images.format_ext4(device, label)
+    settle()
+
+
+def reset_oem() -> None:
+    """COS_OEM formatted (the node's configs go), grub's environment made again with the
+    command line additions it had."""
+    device = label_device("COS_OEM")
+    if device is None:
+        raise NodeError("this node has no COS_OEM partition")
+    with mounted(device, "ro") as oem:
+        extra = read_grubenv(oem / GRUBENV).get("extra_cmdline", "")
+    say("formatting COS_OEM")
+    format_ext4("COS_OEM")
+    with mounted(device, "rw") as oem:
+        write_grubenv(oem / GRUBENV, {"extra_cmdline": extra})
 
 
 def redeploy(source: Path) -> None:
@@ -41,15 +60,10 @@ def redeploy(source: Path) -> None:
     if device is None:
         raise NodeError("this node has no COS_STATE partition")
     with mounted(device, "rw") as state:
-        images = state / "cOS"
-        images.mkdir(exist_ok=True)
-        size = image_size(source, images / "active.img")
-        check_room(images, size, "COS_STATE")
+        folder = state / "cOS"
+        size = image_size(source, folder / "active.img")
         say(f"writing the system image ({size >> 20} MiB) from recovery")
-        make_ext4_image(source, images / "transition.img", size, "COS_ACTIVE")
-        run(["cp", "--sparse=always", str(images / "transition.img"), str(images / "passive.tmp")])
-        replace_durably(images / "passive.tmp", images / "passive.img")
-        replace_durably(images / "transition.img", images / "active.img")
+        images.deploy_system(source, folder, size)
 
 
 def reset(spec: ResetSpec) -> None:
@@ -66,17 +80,8 @@ def reset(spec: ResetSpec) -> None:
     if spec.reset_persistent:
         say("formatting COS_PERSISTENT")
         format_ext4("COS_PERSISTENT")
-    keep = {"extra_cmdline": ""}
     if spec.reset_oem:
-        device = label_device("COS_OEM")
-        if device is not None:
-            with mounted(device, "ro") as oem:
-                keep["extra_cmdline"] = read_grubenv(oem / GRUBENV).get("extra_cmdline", "")
-        say("formatting COS_OEM")
-        format_ext4("COS_OEM")
-        device = label_device("COS_OEM") or device
-        with mounted(device, "rw") as oem:  # type: ignore[arg-type]
-            write_grubenv(oem / GRUBENV, keep)
+        reset_oem()
     update_grubenv({ASSESSMENT: "", "next_entry": ""})
     os.sync()
     say("reset done: active and passive are the recovery system"

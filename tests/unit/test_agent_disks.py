@@ -76,3 +76,25 @@ def test_grub_images_are_patched_to_find_each_other() -> None:
     assert len(mbr) == 440  # the partition table after it is left alone
     with pytest.raises(BootSectorError, match="does not fit"):
         patched_images(bytes(3 << 20), boot, start=1 << 20, size=1 << 20)
+
+
+def test_deploy_writes_both_images_and_leaves_no_partial_one(tmp_path: Path) -> None:
+    """The real mkfs.ext4 and cp, as on a node: twice, the second replacing the first."""
+    import subprocess
+
+    from kairos_build.agent.images import deploy_system
+
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "kairos-release").write_text('KAIROS_VERSION="v1"\n')
+    images = tmp_path / "state" / "cOS"
+    for _ in range(2):
+        deploy_system(tree, images, 32 << 20)
+    assert sorted(path.name for path in images.iterdir()) == ["active.img", "passive.img"]
+    for name in ("active.img", "passive.img"):
+        image = images / name
+        assert image.stat().st_size == 32 << 20
+        assert image.stat().st_blocks * 512 < 32 << 20  # sparse
+        subprocess.run(["e2fsck", "-fn", str(image)], check=True, capture_output=True)
+        label = subprocess.run(["e2label", str(image)], capture_output=True, text=True, check=True)
+        assert label.stdout.strip() == "COS_ACTIVE"
