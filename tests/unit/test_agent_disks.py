@@ -98,3 +98,24 @@ def test_deploy_writes_both_images_and_leaves_no_partial_one(tmp_path: Path) -> 
         subprocess.run(["e2fsck", "-fn", str(image)], check=True, capture_output=True)
         label = subprocess.run(["e2label", str(image)], capture_output=True, text=True, check=True)
         assert label.stdout.strip() == "COS_ACTIVE"
+
+
+@pytest.mark.parametrize(("booted", "hint"), [("recovery_boot", "reboot into the active system"),
+                                              ("livecd_boot", "install the node first")])
+def test_an_upgrade_is_refused_off_an_installed_system(monkeypatch: pytest.MonkeyPatch,
+                                                        booted: str, hint: str) -> None:
+    from kairos_build.agent import upgrade
+
+    monkeypatch.setattr(upgrade, "boot_state", lambda: booted)
+    with pytest.raises(NodeError, match=f"this boot is {booted}") as found:
+        upgrade.upgrade("oci-archive:/nowhere.tar")
+    assert found.value.hint == hint
+
+
+def test_a_reset_is_refused_off_recovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kairos_build.agent import reset
+    from kairos_build.agent.config import ResetSpec
+
+    monkeypatch.setattr(reset, "boot_state", lambda: "active_boot")
+    with pytest.raises(NodeError, match="reset runs from the recovery system"):
+        reset.reset(ResetSpec())
