@@ -13,7 +13,7 @@ from pathlib import Path
 MODULES = (
     "__init__.py", "errors.py", "rootfs.py",
     "disk/__init__.py", "disk/layout.py", "disk/bootsector.py", "disk/filesystems.py",
-    "source/__init__.py", "source/unpack.py",
+    "source/__init__.py", "source/unpack.py", "source/registry_api.py",
     "agent/__init__.py", "agent/main.py", "agent/system.py", "agent/config.py",
     "agent/stages.py", "agent/disks.py", "agent/images.py", "agent/bootstate.py",
     "agent/install.py", "agent/upgrade.py", "agent/reset.py", "agent/kit.py",

@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
@@ -16,9 +17,11 @@ from typing import IO, Any, cast
 from kairos_build.agent.system import NodeError, replace_durably, run
 from kairos_build.disk.filesystems import grub_safe_features
 from kairos_build.errors import KairosError
+from kairos_build.source.registry_api import RegistryClient, parse_image_name
 from kairos_build.source.unpack import apply_layer
 
-SOURCE_FORMS = "dir:PATH, oci:DIR[:TAG], oci-archive:FILE (what `kairos-build convert` writes)"
+SOURCE_FORMS = ("dir:PATH, oci:DIR[:TAG], oci-archive:FILE (what `kairos-build convert` writes), "
+                "docker://[REGISTRY/]IMAGE[:TAG] (a registry)")
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
 
@@ -123,83 +126,133 @@ def _blob(digest: Any) -> str:
 def _manifest(store: _Store, tag: str | None) -> dict[str, Any]:
     document = store.json("index.json")
     for _ in range(4):
-        manifests = document.get("manifests")
-        if not manifests and document.get("mediaType") not in _INDEX_TYPES:
+        digest = _pick(document, tag, str(store.path))
+        if digest is None:
             return dict(document)
-        if tag:
-            manifests = [m for m in manifests or []
-                         if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
-        amd64 = [m for m in manifests or [] if (m.get("platform") or {}).get("architecture") in
-                 (None, "amd64")]
-        if not amd64:
-            raise NodeError(f"{store.path} has no amd64 image{f' tagged {tag}' if tag else ''}")
-        document, tag = store.json(_blob(amd64[0].get("digest"))), None
+        document, tag = store.json(_blob(digest)), None
     raise NodeError(f"{store.path}: image indexes nest too deeply")
 
 
-def _apply_blob(store: _Store, descriptor: dict[str, Any], root: Path) -> None:
-    digest = descriptor.get("digest")
-    with store.open(_blob(digest)) as handle:
-        verified = _Verified(handle, str(digest))
-        head = handle.peek(4)[:4] if hasattr(handle, "peek") else b""
-        kind = str(descriptor.get("mediaType", ""))
-        if kind.endswith("zstd") or head.startswith(b"\x28\xb5\x2f\xfd"):
-            raise NodeError("zstd-compressed layers are not supported on the node yet",
-                            hint="use an image with uncompressed or gzip layers "
-                                 "(`kairos-build convert -o oci-archive:` writes one)")
-        raw = cast(IO[bytes], verified)
-        gzipped = kind.endswith("gzip") or head.startswith(b"\x1f\x8b")
-        stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if gzipped else raw
-        try:
-            apply_layer(stream, root, str(digest)[7:19])
-        except KairosError as exc:
-            raise NodeError(f"layer {str(digest)[7:19]}: {exc.message}") from exc
-        verified.check()
+def apply_blob(handle: IO[bytes], descriptor: dict[str, Any], root: Path) -> None:
+    """One layer, streamed from `handle` through its digest check and the build's safe unpack."""
+    digest = str(descriptor.get("digest"))
+    verified = _Verified(handle, digest)
+    peek = getattr(handle, "peek", None)
+    head = peek(4)[:4] if peek is not None else b""
+    kind = str(descriptor.get("mediaType", ""))
+    if kind.endswith("zstd") or head.startswith(b"\x28\xb5\x2f\xfd"):
+        raise NodeError("zstd-compressed layers are not supported on the node yet",
+                        hint="use an image with uncompressed or gzip layers "
+                             "(`kairos-build convert -o oci-archive:` writes one)")
+    raw = cast(IO[bytes], verified)
+    gzipped = kind.endswith("gzip") or head.startswith(b"\x1f\x8b")
+    stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if gzipped else raw
+    try:
+        apply_layer(stream, root, digest[7:19])
+    except KairosError as exc:
+        raise NodeError(f"layer {digest[7:19]}: {exc.message}") from exc
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise NodeError(f"layer {digest[7:19]} is corrupt: it does not decompress ({exc})") from exc
+    verified.check()
+
+
+def _layers(manifest: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, dict) for x in layers):
+        raise NodeError(f"{where}: the image has no layers")
+    return layers
+
+
+def _pick(document: dict[str, Any], tag: str | None, where: str) -> str | None:
+    """The digest of the amd64 manifest an index points at; None when `document` is one."""
+    manifests = document.get("manifests")
+    if not manifests and document.get("mediaType") not in _INDEX_TYPES:
+        return None
+    if tag:
+        manifests = [m for m in manifests or []
+                     if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
+    amd64 = [m for m in manifests or [] if (m.get("platform") or {}).get("architecture") in
+             (None, "amd64")]
+    if not amd64:
+        raise NodeError(f"{where} has no amd64 image{f' tagged {tag}' if tag else ''}")
+    return str(amd64[0].get("digest"))
 
 
 def unpack_image(reference: Path, tag: str | None, root: Path) -> None:
     store = _Store(reference)
     try:
-        manifest = _manifest(store, tag)
-        layers = manifest.get("layers")
-        if not isinstance(layers, list) or not layers:
-            raise NodeError(f"{reference}: the image has no layers")
+        layers = _layers(_manifest(store, tag), str(reference))
         root.mkdir(parents=True, exist_ok=True)
         for layer in layers:
-            _apply_blob(store, layer, root)
+            with store.open(_blob(layer.get("digest"))) as handle:
+                apply_blob(handle, layer, root)
     finally:
         store.close()
 
 
+def pull_image(name: str, root: Path, insecure: bool = False) -> None:
+    """An image from a registry (docker's config file for a login), layer by layer straight
+    into `root`: nothing of it is stored first."""
+    try:
+        parsed = parse_image_name(name)
+        client = RegistryClient(parsed, name, (parsed.registry,) if insecure else ())
+        document = json.loads(client.manifest(parsed.reference))
+        for _ in range(4):
+            digest = _pick(document, None, name)
+            if digest is None:
+                break
+            document = json.loads(client.manifest(digest))
+        layers = _layers(document, name)
+        root.mkdir(parents=True, exist_ok=True)
+        for layer in layers:
+            digest = _blob(layer.get("digest")).rpartition("/")[2]
+            with client.get(f"{parsed.repository}/blobs/sha256:{digest}",
+                            f"the registry has no blob sha256:{digest}") as response:
+                apply_blob(cast(IO[bytes], response), layer, root)
+    except KairosError as exc:
+        if isinstance(exc, NodeError):
+            raise
+        raise NodeError(exc.message, hint=exc.hint) from exc
+    except ValueError as exc:
+        raise NodeError(f"{name}: the registry sent a manifest that is not JSON") from exc
+
+
+def require_kairos(tree: Path, source: str) -> None:
+    if not (tree / "etc" / "kairos-release").is_file():
+        raise NodeError(f"{source} is not a Kairos system (no /etc/kairos-release)",
+                        hint="make it with `kairos-build convert ... -o oci-archive:FILE`")
+
+
 @contextlib.contextmanager
-def source_tree(source: str, scratch: Path) -> Iterator[Path]:
-    """The tree of an upgrade source; an image is unpacked under `scratch` (removed after)."""
+def source_tree(source: str, scratch: Path, insecure: bool = False) -> Iterator[Path]:
+    """The tree of an upgrade source; an image is unpacked under `scratch` (removed after).
+    `oci:NAME` that is no path here is a registry image, as Kairos reads it."""
     kind, sep, rest = source.partition(":")
-    if not sep or not rest:
+    registry = source.removeprefix("docker://") if source.startswith("docker://") else \
+        rest if kind == "oci" and "/" in rest and not rest.startswith(("/", ".")) \
+        and not Path(rest.rpartition(":")[0] or rest).exists() and not Path(rest).exists() \
+        else None
+    if registry is None and kind == "dir" and rest:
+        require_kairos(Path(rest), source)
+        yield Path(rest)
+        return
+    if registry is None and (kind not in ("oci", "oci-archive") or not rest):
         raise NodeError(f"upgrade source {source!r} is not one this node reads",
                         hint=f"use {SOURCE_FORMS}")
-    if kind == "dir":
-        tree = Path(rest)
-        if not (tree / "etc" / "kairos-release").is_file():
-            raise NodeError(f"{tree} is not a Kairos system (no etc/kairos-release)")
-        yield tree
-        return
-    if kind not in ("oci", "oci-archive"):
-        raise NodeError(f"upgrade sources of kind {kind!r} are not supported on the node yet",
-                        hint=f"use {SOURCE_FORMS}")
     path, tag = Path(rest), None
-    if kind == "oci" and not path.exists() and ":" in rest:
+    if registry is None and kind == "oci" and not path.exists() and ":" in rest:
         head, _, tag = rest.rpartition(":")
         path = Path(head)
-    if not path.exists():
+    if registry is None and not path.exists():
         raise NodeError(f"the upgrade source {path} does not exist")
     tree = scratch / "tree"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        unpack_image(path, tag, tree)
-        if not (tree / "etc" / "kairos-release").is_file():
-            raise NodeError(f"{source} is not a Kairos image (no /etc/kairos-release)",
-                            hint="make it with `kairos-build convert ... -o oci-archive:FILE`")
+        if registry is not None:
+            pull_image(registry, tree, insecure)
+        else:
+            unpack_image(path, tag, tree)
+        require_kairos(tree, source)
         yield tree
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -139,9 +139,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     spec = config.upgrade_spec(node_config())
     source = args.source or spec.source
     if not source:
-        raise NodeError("no upgrade source", hint="give --source oci-archive:FILE (or dir:, "
-                        "oci:) or upgrade.system.uri in the config")
-    upgrade.upgrade(source, recovery=args.recovery or spec.recovery)
+        raise NodeError("no upgrade source", hint="give --source oci-archive:FILE (or dir:, oci:, "
+                        "docker://) or upgrade.system.uri in the config")
+    upgrade.upgrade(source, recovery=args.recovery or spec.recovery, insecure=args.insecure)
     stages.run_stage(node_config(), "after-upgrade")
     install.finish(args.reboot or spec.reboot, args.poweroff or spec.poweroff)
     return 0
@@ -198,7 +198,10 @@ def parser() -> argparse.ArgumentParser:
     verb.add_argument("config")
     verb.set_defaults(run=cmd_manual_install)
     verb = verbs.add_parser("upgrade", help="put a new system image in place")
-    verb.add_argument("--source", help="dir:PATH, oci:DIR[:TAG] or oci-archive:FILE")
+    verb.add_argument("--source", help="dir:PATH, oci:DIR[:TAG], oci-archive:FILE or "
+                      "docker://[REGISTRY/]IMAGE[:TAG]")
+    verb.add_argument("--insecure", action="store_true",
+                      help="the source's registry speaks plain HTTP")
     verb.add_argument("--recovery", action="store_true", help="upgrade the recovery system")
     verb.add_argument("--reboot", action="store_true")
     verb.add_argument("--poweroff", action="store_true")

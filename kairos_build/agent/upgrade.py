@@ -95,7 +95,8 @@ def upgrade_recovery(tree: Path) -> None:
             replace_durably(recovery / "boot" / f"{name}.new", recovery / "boot" / name)
 
 
-def upgrade(source: str, recovery: bool = False) -> None:
+def upgrade(source: str, recovery: bool = False, insecure: bool = False) -> None:
+    """`insecure`: the source's registry speaks plain HTTP (loopback registries always do)."""
     booted = boot_state()
     if booted in ("recovery_boot", "livecd_boot", "unknown"):
         raise NodeError(f"upgrade runs on an installed system booted from active or passive; "
@@ -104,7 +105,7 @@ def upgrade(source: str, recovery: bool = False) -> None:
                         else "install the node first")
     if not os.path.ismount(STATE_MOUNT):
         raise NodeError(f"COS_STATE is not mounted at {STATE_MOUNT}")
-    with source_tree(source, scratch_dir()) as tree:
+    with source_tree(source, scratch_dir(), insecure) as tree:
         release = (tree / "etc" / "kairos-release").read_text()
         version = next((line.split("=", 1)[1].strip().strip('"') for line in release.splitlines()
                         if line.startswith("KAIROS_VERSION=")), "unknown")

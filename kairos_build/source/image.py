@@ -24,16 +24,9 @@ import zstandard
 
 from kairos_build.errors import InputError
 from kairos_build.log import progress
+from kairos_build.source.registry_api import INDEX_TYPES
 from kairos_build.source.unpack import apply_layer
 
-INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
-MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-}
 TAG_ANNOTATION = "org.opencontainers.image.ref.name"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 

@@ -30,7 +30,7 @@ import yaml
 
 from kairos_build.cache import Cache
 from kairos_build.errors import BuildError, InputError
-from kairos_build.source import registry as registry_module
+from kairos_build.source import registry_api as registry_module
 from kairos_build.source.image import apply_image
 from kairos_build.source.registry import open_registry_image
 from tests.unit.ocihelp import Layout, dir_, entry, layer_tar, reg, sym, whiteout

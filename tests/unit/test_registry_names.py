@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from kairos_build.errors import InputError
-from kairos_build.source.registry import (
+from kairos_build.source.registry_api import (
     ImageName,
-    _plain_http,
     docker_credentials,
     parse_image_name,
     parse_www_authenticate,
+    plain_http,
 )
 
 DIGEST = "sha256:" + "ab" * 32
@@ -126,4 +126,4 @@ def test_broken_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     ("registry.lan:6000", False), ("plain.lan:1234", True),
 ])
 def test_plain_http_only_for_loopback_and_insecure(registry: str, plain: bool) -> None:
-    assert _plain_http(registry, ("registry.lan:5000", "plain.lan")) is plain
+    assert plain_http(registry, ("registry.lan:5000", "plain.lan")) is plain
