@@ -17,13 +17,11 @@ from typing import IO, Any, cast
 from kairos_build.agent.system import NodeError, replace_durably, run
 from kairos_build.disk.filesystems import grub_safe_features
 from kairos_build.errors import KairosError
-from kairos_build.source.registry_api import RegistryClient, parse_image_name
+from kairos_build.source.registry_api import INDEX_TYPES, RegistryClient, parse_image_name
 from kairos_build.source.unpack import apply_layer
 
 SOURCE_FORMS = ("dir:PATH, oci:DIR[:TAG], oci-archive:FILE (what `kairos-build convert` writes), "
                 "docker://[REGISTRY/]IMAGE[:TAG] (a registry)")
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-                "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
 def format_ext4(target: Path, label: str, tree: Path | None = None, size: int | None = None) -> None:
@@ -166,7 +164,7 @@ def _layers(manifest: dict[str, Any], where: str) -> list[dict[str, Any]]:
 def _pick(document: dict[str, Any], tag: str | None, where: str) -> str | None:
     """The digest of the amd64 manifest an index points at; None when `document` is one."""
     manifests = document.get("manifests")
-    if not manifests and document.get("mediaType") not in _INDEX_TYPES:
+    if not manifests and document.get("mediaType") not in INDEX_TYPES:
         return None
     if tag:
         manifests = [m for m in manifests or []
