@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.node import Node
+from tests.boot.node import GuestError, Node
 from tests.conftest import run_cli
 
 BASE = "bootstrap:debian/trixie"
@@ -123,20 +123,35 @@ def timed(flow: Flow, name: str, started: float) -> None:
     print(f"{name}: {flow.times[name]:.0f} s")
 
 
+def boot_live(flow: Flow) -> tuple[Node, dict[str, str]]:
+    """The ISO as a CD with the empty disk, up to its boot report. Plain OVMF:
+    test_boot_iso.py boots the ISO under SeaBIOS and Secure Boot. A guest kernel panic under
+    TCG before the report (rare, see harness.boot) is given one more boot, as the harness does."""
+    for attempt in (1, 2):
+        node = Node(flow.folder / f"install{attempt}.log", [flow.disk], cdrom=flow.iso,
+                    firmware="uefi")
+        try:
+            return node, node.report(900)
+        except GuestError:
+            node.close()
+            if attempt == 2 or b"Kernel panic" not in node.seen:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_the_live_iso_installs_itself_by_its_config(flow: Flow) -> None:
     started = time.monotonic()
-    # Plain OVMF: test_boot_iso.py boots the ISO under SeaBIOS and Secure Boot.
-    with Node(flow.folder / "install.log", [flow.disk], cdrom=flow.iso, firmware="uefi") as node:
-        try:
-            live = node.report(900)
+    try:
+        node, live = boot_live(flow)
+        with node:
             assert live["entry"] == "live-config" and live["boot"] == "livecd_boot", live
             assert (live["firmware"], live["secureboot"]) == ("uefi", "disabled")
             node.wait_for(b"kairos-agent: installing to /dev/vda", 300)
             assert node.wait_exit(1200) == 0  # install.poweroff
-        except BaseException as exc:
-            flow.failed = f"install: {exc}"
-            raise
-    log = (flow.folder / "install.log").read_text(errors="replace")
+    except BaseException as exc:
+        flow.failed = f"install: {exc}"
+        raise
+    log = node.log_path.read_text(errors="replace")
     assert "not supported yet, not applied: k3s" in log
     assert "KAIROS-STAGE boot ran as root" in log
     layout = re.search(r"installing to /dev/vda: ([^\r\n]*)", log)
