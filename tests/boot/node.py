@@ -84,17 +84,25 @@ class Node:
         return True
 
     def wait_for(self, pattern: bytes | re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
-        """The first match after what earlier waits consumed; GuestError on timeout or exit."""
+        """The first match after what earlier waits consumed; GuestError on timeout or exit,
+        or at once when the guest kernel panicked and stays down (no panic= reboot)."""
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
         deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
         while True:
             found = regex.search(self.seen, self.offset)
             if found:
                 self.offset = found.end()
                 return found
+            panic = self.seen.rfind(harness.GUEST_PANIC_END, self.offset)
+            if panic >= 0 and self.seen.find(b"Rebooting in", panic) < 0 \
+                    and time.monotonic() - quiet_since > 20:
+                raise GuestError(f"the guest kernel panicked and did not reboot; last lines:\n"
+                                 f"{self.tail()}\n(log: {self.log_path})")
             if time.monotonic() > deadline:
                 raise GuestError(f"no {regex.pattern!r} within {timeout:.0f} s; last lines:\n"
                                  f"{self.tail()}\n(log: {self.log_path})")
+            before = len(self.seen)
             if not self._pump(0.5) and self.proc.poll() is not None:
                 while self._pump(0.1):
                     pass
@@ -104,6 +112,8 @@ class Node:
                     return found
                 raise GuestError(f"QEMU exited before {regex.pattern!r}; last lines:\n"
                                  f"{self.tail()}\n(log: {self.log_path})")
+            if len(self.seen) != before:
+                quiet_since = time.monotonic()
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.seen.decode(errors="replace").splitlines()[-lines:])
