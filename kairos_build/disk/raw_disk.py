@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kairos_build.agent import kit
-from kairos_build.disk.biosboot import bios_core_image, install_bios_grub
+from kairos_build.disk.biosboot import bios_core_image, write_bios_images
 from kairos_build.disk.efi import esp_files
 from kairos_build.disk.ext4 import make_ext4
 from kairos_build.disk.fat import make_fat_in_disk
@@ -117,20 +117,24 @@ def make_raw_disk(context: ExportContext, output: Path) -> Layout:
 
     create_disk(output, layout)
     parts = {p.name: p for p in layout.partitions}
+    # The boot loaders and menu, made once: written to COS_GRUB, the BIOS boot partition and
+    # COS_STATE here, and kept on COS_RECOVERY for kairos-agent.
+    loaders = install_kit(context)
 
     state = stage(work, "state")
     link_or_copy(active, state / "cOS" / "active.img")
     (state / "boot" / "grub").mkdir(parents=True)
-    (state / "boot" / "grub" / "grub.cfg").write_text(state_menu(context))
+    shutil.copyfile(loaders[kit.STATE_MENU], state / "boot" / "grub" / "grub.cfg")
     write_ext4(output, parts["state"], seed, state, context.epoch)
 
     recovery = stage(work, "recovery")
     link_or_copy(squashfs, recovery / "cOS" / "recovery.squashfs")
     link_or_copy(kernel, recovery / "boot" / "vmlinuz")
     link_or_copy(initrd, recovery / "boot" / "initrd")
-    # What kairos-agent reset needs to lay the boot loaders down again.
-    for path, source in install_kit(context).items():
-        link_or_copy(source, recovery / kit.KIT_DIR / path)
+    # Copies, not links: some come from the cached rootfs, and the stage's times get clamped.
+    for path, source in loaders.items():
+        (recovery / kit.KIT_DIR / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, recovery / kit.KIT_DIR / path)
     write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
 
     oem = stage(work, "oem")
@@ -141,10 +145,11 @@ def make_raw_disk(context: ExportContext, output: Path) -> Layout:
 
     if "efi" in parts:
         with step("writing COS_GRUB (the EFI boot loaders)"):
-            loaders = esp_files(context.rootfs, config.flavor.secure_boot, STATE_LABEL, work, cd=False)
-            make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB",
+            esp = {path.removeprefix(f"{kit.ESP_DIR}/"): source for path, source in loaders.items()
+                   if path.startswith(f"{kit.ESP_DIR}/")}
+            make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, esp, "COS_GRUB",
                              volume_id(seed), context.epoch)
     if "bios" in parts:
         with step("writing grub for BIOS"):
-            install_bios_grub(output, parts["bios"], STATE_LABEL, work, grub_dir(context.rootfs, "i386-pc"))
+            write_bios_images(output, parts["bios"], loaders[kit.BIOS_CORE], loaders[kit.BIOS_BOOT])
     return layout
