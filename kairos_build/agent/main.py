@@ -136,13 +136,14 @@ def cmd_manual_install(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    spec = config.upgrade_spec(node_config())
+    cfg = node_config()
+    spec = config.upgrade_spec(cfg)
     source = args.source or spec.source
     if not source:
         raise NodeError("no upgrade source", hint="give --source oci-archive:FILE (or dir:, oci:, "
                         "docker://) or upgrade.system.uri in the config")
     upgrade.upgrade(source, recovery=args.recovery or spec.recovery, insecure=args.insecure)
-    stages.run_stage(node_config(), "after-upgrade")
+    stages.run_stage(cfg, "after-upgrade")
     install.finish(args.reboot or spec.reboot, args.poweroff or spec.poweroff)
     return 0
 

@@ -5,32 +5,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import grp
 import os
 import pwd
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kairos_build.agent.config import Step, User, is_password_hash, stage_steps
 from kairos_build.agent.system import NodeError, run, say
 
-ROOT = Path("/")
 
-
-def user_exists(name: str) -> bool:
+def known(lookup: Callable[[str], object], name: str) -> bool:
+    """Whether the account database has `name` (`lookup` is pwd.getpwnam or grp.getgrnam)."""
     try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def group_exists(name: str) -> bool:
-    import grp
-    try:
-        grp.getgrnam(name)
+        lookup(name)
     except KeyError:
         return False
     return True
@@ -38,7 +30,7 @@ def group_exists(name: str) -> bool:
 
 def apply_user(user: User) -> None:
     """Create the user (or change an existing one such as root): password, groups, keys."""
-    if not user_exists(user.name):
+    if not known(pwd.getpwnam, user.name):
         argv = ["useradd", "--create-home"]
         if user.homedir:
             argv += ["--home-dir", user.homedir]
@@ -49,7 +41,7 @@ def apply_user(user: User) -> None:
             argv += ["--uid", str(user.uid)]
         run([*argv, user.name])
     for group in user.groups:
-        if not group_exists(group):
+        if not known(grp.getgrnam, group):
             run(["groupadd", group])
     if user.groups:
         run(["usermod", "--append", "--groups", ",".join(user.groups), user.name])

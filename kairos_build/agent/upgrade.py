@@ -24,7 +24,7 @@ from kairos_build.agent.system import (
     say,
     writable,
 )
-from kairos_build.disk.filesystems import tree_bytes
+from kairos_build.disk.filesystems import RUNTIME_EXCLUDES, tree_bytes
 from kairos_build.disk.layout import MiB, default_image_size
 from kairos_build.rootfs import resolve_in
 
@@ -86,7 +86,7 @@ def upgrade_recovery(tree: Path) -> None:
         say("writing the new recovery image")
         new = squashfs.with_name("recovery.squashfs.new")
         run(["mksquashfs", str(tree), str(new), "-noappend", "-quiet", "-no-progress",
-             "-comp", "zstd", "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"])
+             "-comp", "zstd", "-wildcards", "-e", *RUNTIME_EXCLUDES])
         for source, name in ((kernel, "vmlinuz"), (initrd, "initrd")):
             target = recovery / "boot" / name
             shutil.copyfile(source, target.with_name(f"{name}.new"))

@@ -8,6 +8,10 @@ import re
 import stat
 from pathlib import Path
 
+# Runtime-only directories, mounted at boot: a system image ships them empty (mksquashfs -e
+# patterns, relative to the tree).
+RUNTIME_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
+
 
 def grub_safe_features(mke2fs_version: str) -> str:
     """mkfs.ext4 `-O` value for a filesystem grub reads: GRUB 2.06 refuses ext4 with

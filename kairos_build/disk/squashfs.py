@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from kairos_build.disk.filesystems import RUNTIME_EXCLUDES
 from kairos_build.errors import InputError
 from kairos_build.tools import run
 
@@ -92,7 +93,7 @@ def squashfs_options(compression: Compression, epoch: int) -> list[str]:
             "-mkfs-time", str(epoch), "-all-time", str(epoch),
             # Runtime-only directories are mounted at boot; ship them empty. Last: mksquashfs
             # reads every word after -e as a path to exclude, options included.
-            "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
+            "-wildcards", "-e", *RUNTIME_EXCLUDES]
 
 
 def make_squashfs(root: Path, output: Path, compression: Compression | None = None,
