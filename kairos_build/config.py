@@ -14,7 +14,7 @@ from kairos_build.disk.layout import DiskOptions, parse_partition_sizes, parse_s
 from kairos_build.disk.squashfs import Compression
 from kairos_build.errors import InputError
 from kairos_build.flavors import Flavor, Release, load_flavor
-from kairos_build.settings import PLATFORMS, PULL_POLICIES, Value, default
+from kairos_build.settings import BOOT_MODES, PLATFORMS, PULL_POLICIES, Value, default
 
 VARIANTS = ("core", "standard")
 _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
@@ -53,6 +53,10 @@ class BuildConfig:
     overlay_rootfs: Path | None = None  # extra files in the rootfs (every format)
     # Make every stage anew (replacing its cache entry); digest-checked blobs are still reused.
     no_cache: bool = False
+    # Disks: "secureboot" (shim -> grub -> kernel) or "trusted" (systemd-boot -> signed UKIs
+    # -> a dm-verity root), the latter signed with the keys in `keys` (kairos-build genkey).
+    boot_mode: str = "secureboot"
+    keys: Path | None = None
 
     def __post_init__(self) -> None:
         if self.pull not in PULL_POLICIES:
@@ -61,6 +65,12 @@ class BuildConfig:
             raise InputError(f"variant {self.variant!r} is not known", hint=f"use {'|'.join(VARIANTS)}")
         if self.arch != "amd64":
             raise InputError(f"arch {self.arch!r} is not supported yet", hint="use amd64")
+        if self.boot_mode not in BOOT_MODES:
+            raise InputError(f"--boot-mode {self.boot_mode!r} is not known",
+                             hint=f"use {' or '.join(BOOT_MODES)}")
+        if self.boot_mode == "trusted" and self.keys is None:
+            raise InputError("--boot-mode trusted needs the keys to sign with",
+                             hint="make them once with 'kairos-build genkey DIR', then give --keys DIR")
         if self.platform not in PLATFORMS:
             raise InputError(f"--platform {self.platform!r} is not known",
                              hint=f"use {' or '.join(PLATFORMS)}")
@@ -136,6 +146,7 @@ def config_from(values: Mapping[str, Value], **fixed: Any) -> BuildConfig:
         "cloud_config": _path(values, "cloud-config"),
         "overlay_iso": _path(values, "overlay-iso"),
         "overlay_rootfs": _path(values, "overlay-rootfs"),
-        "no_cache": values.get("no-cache") is True, **fixed}
+        "no_cache": values.get("no-cache") is True,
+        "boot_mode": _text(values, "boot-mode"), "keys": _path(values, "keys"), **fixed}
     return replace(BuildConfig(flavor=flavor, release=flavor.release(_text(values, "release"))),
                    **{k: v for k, v in options.items() if v is not None})

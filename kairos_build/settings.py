@@ -17,6 +17,7 @@ from kairos_build.errors import InputError
 
 PULL_POLICIES = ("missing", "always", "never")
 PLATFORMS = ("linux/amd64", "linux/arm64")
+BOOT_MODES = ("secureboot", "trusted")
 
 # The verbs that make artifacts: `build` and one verb per installed format share their settings.
 ARTIFACTS = "build"
@@ -177,6 +178,11 @@ SETTINGS: tuple[Setting, ...] = (
             "persistent.", (ARTIFACTS,), check=_partition_sizes),
     Setting("image-size", "text", None, "Disks: size of cOS/active.img (default: rootfs + 10% "
             "+ 200 MiB).", (ARTIFACTS,), check=_size),
+    Setting("boot-mode", "text", "secureboot", "Disks: secureboot (shim, grub, the image's "
+            "signed chain) or trusted (systemd-boot and signed UKIs, a dm-verity root; needs "
+            "--keys).", (ARTIFACTS,), choices=BOOT_MODES),
+    Setting("keys", "path", None, "Trusted Boot: the folder of `kairos-build genkey` (or "
+            "AuroraBoot's genkey).", (ARTIFACTS,), check=_folder),
     Setting("compress", "flag", False, "qcow2: zstd-compressed clusters (about half the size).",
             (ARTIFACTS,)),
     Setting("json", "flag", False, "Print the result as JSON on stdout.",

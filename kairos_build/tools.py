@@ -37,6 +37,10 @@ TOOL_PACKAGES: dict[str, str] = {
     "cp": "coreutils",
     "tar": "tar",
     "zstd": "zstd",
+    # Trusted Boot: the verity hash tree of the root image, the UKIs' signatures.
+    "veritysetup": "cryptsetup-bin",
+    "sbsign": "sbsigntool",
+    "sbverify": "sbsigntool",
 }
 
 # Files (not programs) we need from host packages.

@@ -94,7 +94,8 @@ Bind = tuple[Path, str]
 
 
 def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd: int,
-                 seccomp_fd: int | None, binds: Sequence[Bind] = ()) -> list[str]:
+                 seccomp_fd: int | None, binds: Sequence[Bind] = (),
+                 read_only: bool = False) -> list[str]:
     """The whole command line: setpriv twice, then bubblewrap, then `cmd` inside `root`."""
     setpriv = require_tool("setpriv")
     argv = [
@@ -102,7 +103,7 @@ def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd
         setpriv, "--bounding-set", "-all," + _caps(PACKAGE_CAPS), "--",
         require_tool("bwrap"), "--die-with-parent", "--new-session",
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--bind", str(root), "/",
+        "--ro-bind" if read_only else "--bind", str(root), "/",
         "--proc", "/proc",
     ]
     for name in _READ_ONLY_PROC:
@@ -132,13 +133,14 @@ def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd
 
 def run_in_root(
     root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600,
-    binds: Sequence[Bind] = (), no_sync: bool = False,
+    binds: Sequence[Bind] = (), no_sync: bool = False, read_only: bool = False,
 ) -> str:
     """Run `cmd` in the sandbox over `root` with a clean environment; return its output.
 
     `binds` are host folders shown under the sandbox's /tmp (the shared package cache);
     `no_sync` turns fsync and its kin into no-ops (for a tree that is thrown away if the build
-    dies). A failure names the command and, for a package script, the package and what the
+    dies); `read_only` shows the tree read-only (a tool of a cached, finished rootfs: it
+    writes only into the binds). A failure names the command and, for a package script, the package and what the
     sandbox refused it (convert/denials.py)."""
     _ensure_mount_points(root)
     full_env = dict(_BASE_ENV)
@@ -148,7 +150,7 @@ def run_in_root(
     seccomp_fd = _seccomp_fd(no_sync)
     passed = (info_write,) if seccomp_fd is None else (info_write, seccomp_fd)
     try:
-        argv = sandbox_argv(root, cmd, full_env, info_write, seccomp_fd, binds)
+        argv = sandbox_argv(root, cmd, full_env, info_write, seccomp_fd, binds, read_only)
         log.debug("$ [sandbox %s] %s", root, " ".join(cmd))
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, pass_fds=passed)

@@ -71,7 +71,12 @@ class ExportContext:
         by every disk format: raw, qcow2, vmdk, vhd and gce are that disk, converted."""
         if "raw" not in self.made:
             path = self.workdir / "disk.raw"
-            make_raw_disk(self, path)
+            if self.config.boot_mode == "trusted":
+                from kairos_build.trusted.disk import make_trusted_disk  # needs the image's ukify
+
+                make_trusted_disk(self, path)
+            else:
+                make_raw_disk(self, path)
             self.made["raw"] = path
         return self.made["raw"]
 

@@ -24,6 +24,7 @@ class DiskFormat:
     host file (the boot loaders come from the image)."""
 
     boot_mode = "secureboot"
+    trusted = True  # --boot-mode trusted: made from the Trusted Boot raw disk
     files: tuple[str, ...] = ()
 
 

@@ -14,6 +14,7 @@ class RawExporter:
     name = "raw"
     extension = "raw"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
+    trusted = True  # --boot-mode trusted: systemd-boot and signed UKIs (trusted/disk.py)
     tools: tuple[str, ...] = RAW_DISK_TOOLS
     # The boot loaders come from the image (the host's grub only for an image without one).
     files: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ from kairos_build.cache import Cache
 from kairos_build.check.rules import require_mode
 from kairos_build.config import BuildConfig
 from kairos_build.convert.convert import conversion_tools
-from kairos_build.errors import MissingToolError
+from kairos_build.errors import InputError, MissingToolError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
 from kairos_build.pipelines.stages import convert_base, resolve_config_base
@@ -28,11 +28,14 @@ from kairos_build.reproducible import build_epoch
 from kairos_build.source.refs import parse_ref
 from kairos_build.source.resolve import base_tools
 from kairos_build.tools import require_file, require_tool
+from kairos_build.trusted import uki, verity
 
 
 def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     """The artifacts of `formats`, written to config.output_dir."""
     exporters = [get_exporter(name) for name in formats]
+    for exporter in exporters:
+        boot_mode(config, exporter)  # refuses a format without the asked boot mode before any work
     check_host_tools(config, exporters)
     check_output_dir(config.output_dir)
     remove_stale_partials(config.output_dir)
@@ -43,7 +46,7 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     rootfs, rootfs_key = convert_base(config, base, cache)
     with step("checking requirements"):
         for exporter in exporters:
-            require_mode(rootfs, exporter.boot_mode, f"the {exporter.name} artifact")
+            require_mode(rootfs, boot_mode(config, exporter), f"the {exporter.name} artifact")
 
     with cache.workdir() as work:
         context = ExportContext(config, rootfs, rootfs_key, cache, work, epoch=build_epoch(rootfs))
@@ -51,6 +54,20 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     for artifact in artifacts:
         log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))
     return artifacts
+
+
+def boot_mode(config: BuildConfig, exporter: Exporter) -> str:
+    """The mode the artifact's rootfs must pass: --boot-mode trusted makes every disk a Trusted
+    Boot disk; a format of one mode only (the ISO today, uki) keeps its own."""
+    if config.boot_mode == "trusted" and exporter.boot_mode == "secureboot":
+        if not getattr(exporter, "trusted", False):
+            raise InputError(f"the {exporter.name} format has no Trusted Boot variant yet",
+                             hint="build raw, qcow2, vmdk, vhd, gce or uki with --boot-mode trusted")
+        return "trusted"
+    if exporter.boot_mode == "trusted" and config.keys is None:
+        raise InputError(f"the {exporter.name} format signs with Trusted Boot keys",
+                         hint="make them once with 'kairos-build genkey DIR', then give --keys DIR")
+    return exporter.boot_mode
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,8 @@ class HostNeeds:
     files: tuple[str, ...] = ()
 
 
+# Trusted Boot: the root image's hash tree, the signatures of systemd-boot and the UKIs.
+TRUSTED_TOOLS = (*verity.TOOLS, *uki.TOOLS)
 # --overlay-rootfs: the converted rootfs is copied with cp before the files are added.
 OVERLAY_TOOLS = ("cp",)
 
@@ -72,6 +91,8 @@ def host_needs(config: BuildConfig, exporters: list[Exporter]) -> list[HostNeeds
              HostNeeds("the conversion", conversion_tools(dir_base(config.base)))]
     if config.overlay_rootfs is not None:
         needs.append(HostNeeds("adding the --overlay-rootfs files", OVERLAY_TOOLS))
+    if any(boot_mode(config, e) == "trusted" for e in exporters):
+        needs.append(HostNeeds("Trusted Boot (verity, signing)", TRUSTED_TOOLS))
     needs.extend(HostNeeds(f"the {e.name} export", (*e.tools, *artifact_cache.TOOLS), tuple(e.files))
                  for e in exporters)
     return needs

@@ -12,16 +12,22 @@ check() {
 }
 
 depends() {
-    echo systemd
+    # A Trusted Boot image opens its root through dm-verity: dracut's dm module brings the
+    # device-mapper udev rules, without which the mapped root never shows up as ready.
+    if find_binary veritysetup > /dev/null; then
+        echo systemd dm
+    else
+        echo systemd
+    fi
 }
 
 installkernel() {
-    instmods loop overlay ext4 squashfs
+    instmods loop overlay ext4 squashfs dm-verity
 }
 
 install() {
     inst_multiple mount umount mkdir cp cat tr sleep cksum chmod
-    inst_multiple -o udevadm
+    inst_multiple -o udevadm veritysetup
     inst_script "$moddir/kairos-immutable-generator.sh" \
         "$systemdutildir/system-generators/kairos-immutable-generator"
     inst_script "$moddir/kairos-immutable-setup.sh" /usr/bin/kairos-immutable-setup

@@ -1,0 +1,31 @@
+"""Trusted Boot's signed EFI files as a directory: what a Trusted Boot disk's ESP holds, plus
+the verified root image the UKIs' command lines pin (kairos_build.trusted.disk)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kairos_build.exporters.base import ExportContext
+from kairos_build.trusted import uki, verity
+from kairos_build.trusted.disk import esp_files, root_image
+from kairos_build.trusted.keys import load_keys
+
+
+class UkiExporter:
+    """Build signed UKIs, systemd-boot and the loader files (a directory), with the verity root image."""
+
+    name = "uki"
+    extension = "uki"
+    boot_mode = "trusted"
+    tools: tuple[str, ...] = (*verity.TOOLS, *uki.TOOLS, "mksquashfs")
+    files: tuple[str, ...] = ()
+
+    def export(self, context: ExportContext, output: Path) -> None:
+        assert context.config.keys is not None  # the build refuses the format without keys
+        keys = load_keys(context.config.keys, context.workdir)
+        image = root_image(context)
+        output.mkdir()
+        for path, source in {**esp_files(context, keys, image), "cOS/active.img": image.path}.items():
+            (output / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, output / path)
