@@ -37,6 +37,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "cp": "coreutils",
     "tar": "tar",
     "zstd": "zstd",
+    "openssl": "openssl",
 }
 
 # Files (not programs) we need from host packages.

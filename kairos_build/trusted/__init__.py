@@ -1,0 +1,1 @@
+"""Trusted Boot: keys, unified kernel images, verity roots."""
