@@ -5,6 +5,7 @@ efitools."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -27,6 +28,7 @@ from kairos_build.trusted.efivars import (
 from kairos_build.trusted.genkey import SIGNER, generate_keys, key_set_files
 from kairos_build.trusted.keys import PRIVATE_KEYS, load_keys
 from kairos_build.trusted.openssl import create_private_file, public_key_pem
+from tests.conftest import run_cli
 
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
@@ -311,3 +313,15 @@ def test_signed_data_of_refuses_what_is_not_a_content_info() -> None:
         with pytest.raises(ValueError):
             signed_data_of(bad)
 
+
+def test_the_command_line(tmp_path: Path) -> None:
+    result = run_cli("genkey", str(tmp_path / "keys"), "--name", "CLI", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["files"] == list(key_set_files())
+    assert payload["owner"] == (tmp_path / "keys" / "GUID").read_text().strip()
+    assert payload["expiration_days"] == 365
+    again = run_cli("genkey", str(tmp_path / "keys"), timeout=120)
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert again.returncode == 2 and len(errors) == 1 and "PK.key" in errors[0], again.stderr
+    assert "hint:" in again.stderr and "Traceback" not in again.stderr
