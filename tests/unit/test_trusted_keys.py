@@ -207,6 +207,24 @@ def test_efitools_writes_the_same_bytes(keys: Path, tmp_path: Path) -> None:
         assert auth.read_bytes() == ours, variable
 
 
+
+def test_sbkeysync_finds_each_certificate_in_its_auth_file(keys: Path, tmp_path: Path) -> None:
+    """sbsigntool's own reader of authenticated variable updates (the one sbkeysync enrolls
+    with) skips our headers and finds the certificate in each list."""
+    if shutil.which("sbkeysync") is None:
+        pytest.skip("sbsigntool not installed")
+    for variable in VARIABLES:
+        (tmp_path / "store" / variable).mkdir(parents=True)
+        shutil.copy(keys / f"{variable}.auth", tmp_path / "store" / variable)
+    (tmp_path / "efivars").mkdir()
+    result = subprocess.run(
+        ["sbkeysync", "--keystore", tmp_path / "store", "--no-default-keystores",
+         "--efivars-path", tmp_path / "efivars", "--dry-run", "--verbose"],
+        capture_output=True, text=True, check=True)
+    found = result.stdout[result.stdout.index("filesystem keys:"):]
+    for variable in VARIABLES:
+        assert f"  {variable}:\n    /CN=Test Co-{variable}\n     from " in found, result.stdout
+
 def test_an_existing_set_is_kept_unless_forced(keys: Path, tmp_path: Path) -> None:
     directory = copy_keys(keys, tmp_path / "keys")
     before = {p.name: p.read_bytes() for p in directory.iterdir()}
