@@ -24,8 +24,9 @@ fi
 .venv/bin/kairos-build install-deps
 
 # The tests' independent peers: a real registry and docker daemon, and the tools that push
-# images and unpack them for comparison (zstd: to read an initramfs).
+# images and unpack them for comparison (zstd: to read an initramfs; efitools: the reference
+# for genkey's .esl and .auth files; systemd-boot-efi: a real EFI binary for sbsign to sign).
 if [ -n "$extras" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        docker-registry skopeo umoci docker.io sbsigntool zstd
+        docker-registry skopeo umoci docker.io sbsigntool zstd efitools systemd-boot-efi
 fi

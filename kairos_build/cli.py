@@ -17,6 +17,7 @@ from kairos_build.configfile import CommandLine, effective, resolve_settings
 from kairos_build.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
 from kairos_build.log import log, quiet_progress, setup_logging, timings
 from kairos_build.settings import Value
+from kairos_build.trusted.genkey import DEFAULT_EXPIRATION_DAYS, DEFAULT_NAME
 
 if TYPE_CHECKING:
     from kairos_build.cache import Cache
@@ -209,6 +210,34 @@ def inject(
     log.info("wrote %s with %s as /config.yaml in %.1f s", written, cloud_config,
              time.monotonic() - started)
     _emit(values, {"output": written, "seconds": time.monotonic() - started})
+
+
+@verb(app, "genkey")
+def genkey(
+    directory: Annotated[Path, typer.Argument(
+        help="Directory for the keys (made, mode 0700, when missing).")],
+    command_line: CommandLine,
+    name: Annotated[str, typer.Option(
+        help="Names the certificates: CN=NAME-PK, NAME-KEK, NAME-db.")] = DEFAULT_NAME,
+    expiration_days: Annotated[int, typer.Option(
+        help="Days the certificates are valid (AuroraBoot's default).")] = DEFAULT_EXPIRATION_DAYS,
+    key_bits: Annotated[int, typer.Option(
+        help="RSA size of PK, KEK and db: 2048 or 4096 (the PCR key is always 2048).")] = 2048,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the key files DIRECTORY already holds.")] = False,
+) -> None:
+    """Make the Trusted Boot keys: Secure Boot's PK, KEK and db (.key, .pem, .der, .esl, .auth)
+    and the PCR policy key (tpm2-pcr-private.pem), named as AuroraBoot's genkey names them."""
+    from kairos_build.trusted.genkey import generate_keys
+
+    values = _settings("genkey", command_line)
+    made = generate_keys(directory, name=name, expiration_days=expiration_days,
+                         key_bits=key_bits, force=force)
+    log.info("wrote %d files to %s (signature owner %s); builds need db.key, db.pem, the .auth "
+             "files and tpm2-pcr-private.pem: keep PK.key and KEK.key offline", len(made.files),
+             directory, made.owner)
+    _emit(values, {"directory": directory, "files": list(made.files), "owner": str(made.owner),
+                   "expiration_days": made.expiration_days})
 
 
 cache_app = typer.Typer(help="Inspect or prune the build cache.", no_args_is_help=True)

@@ -186,7 +186,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compress", "flag", False, "qcow2: zstd-compressed clusters (about half the size).",
             (ARTIFACTS,)),
     Setting("json", "flag", False, "Print the result as JSON on stdout.",
-            (*_SOURCE, "boot", "inject", "flavors", "formats", "cache ls", "cache prune"),
+            (*_SOURCE, "boot", "inject", "genkey", "flavors", "formats", "cache ls",
+             "cache prune"),
             is_global=True),
 )
 

@@ -41,6 +41,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "veritysetup": "cryptsetup-bin",
     "sbsign": "sbsigntool",
     "sbverify": "sbsigntool",
+    # genkey: the Secure Boot and PCR policy keys.
+    "openssl": "openssl",
 }
 
 # Files (not programs) we need from host packages.
