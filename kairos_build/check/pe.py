@@ -49,6 +49,7 @@ class _Section:
     name: str
     offset: int  # in the file
     size: int  # raw size, cut to what the file holds
+    virtual_size: int = 0  # what is loaded: the content without the file alignment's padding
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,23 @@ def authenticode_signers(path: Path) -> list[str] | None:
             if name not in names:
                 names.append(name)
     return names
+
+
+def section_contents(path: Path) -> dict[str, tuple[int, int]] | None:
+    """Each section's (file offset, size of its content): the loaded size, not the padded one
+    (what systemd-stub measures of a UKI). The first section of a name wins; None when `path`
+    is not a PE image."""
+    try:
+        with _open_regular(path) as handle:
+            image = _read_image(handle)
+    except OSError:
+        return None
+    if image is None:
+        return None
+    found: dict[str, tuple[int, int]] = {}
+    for section in image.sections:
+        found.setdefault(section.name, (section.offset, min(section.virtual_size, section.size)))
+    return found
 
 
 def is_signed(path: Path) -> bool:
@@ -178,9 +196,11 @@ def _read_image(handle: BinaryIO) -> _Image | None:
         if at + 40 > len(headers):
             break
         name = headers[at:at + 8].split(b"\0", 1)[0].decode("ascii", errors="replace")
+        virtual_size = _u32(headers, at + 8)
         raw_size, raw_offset = _u32(headers, at + 16), _u32(headers, at + 20)
         if raw_offset < size:
-            sections.append(_Section(name, raw_offset, min(raw_size, size - raw_offset)))
+            sections.append(_Section(name, raw_offset, min(raw_size, size - raw_offset),
+                                     virtual_size))
     return _Image(size, security, tuple(sections))
 
 

@@ -23,7 +23,7 @@ class UkiExporter:
 
     def export(self, context: ExportContext, output: Path) -> None:
         assert context.config.keys is not None  # the build refuses the format without keys
-        keys = load_keys(context.config.keys, context.workdir)
+        keys = load_keys(context.config.keys, context.config.cache_dir)
         image = root_image(context)
         output.mkdir()
         for path, source in {**esp_files(context, keys, image), "cOS/active.img": image.path}.items():

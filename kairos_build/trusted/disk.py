@@ -72,7 +72,7 @@ def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) ->
     files["EFI/BOOT/BOOTX64.EFI"] = sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert)
     for number, entry in enumerate(entries(title), start=1):
         unsigned = assemble_uki(rootfs, work, entry.role,
-                                entry.cmdline(verity, config.extra_kernel_args), keys.pcr_public_key)
+                                entry.cmdline(verity, config.extra_kernel_args), keys)
         signed = sign_efi(unsigned, work / f"{entry.role}.efi", keys.db_key, keys.db_cert)
         unsigned.unlink()
         log.info("  %s.efi: %d MiB", entry.role, -(-signed.stat().st_size // MiB))
@@ -101,7 +101,7 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     """Write the whole Trusted Boot disk to `output`; returns the layout it used."""
     config, work, seed = context.config, context.workdir, context.rootfs_key
     assert config.keys is not None  # BuildConfig refuses trusted without keys
-    keys = load_keys(config.keys, context.workdir)
+    keys = load_keys(config.keys, config.cache_dir)
     verity = root_image(context)
     image_bytes = verity.path.stat().st_size
     # plan_layout sizes COS_STATE for three images (active, passive, an upgrade) of image_size.

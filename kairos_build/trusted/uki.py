@@ -21,11 +21,13 @@ from kairos_build.convert.sandbox import run_in_root
 from kairos_build.errors import InputError
 from kairos_build.log import step
 from kairos_build.tools import run
+from kairos_build.trusted.keys import SigningKeys
+from kairos_build.trusted.pcr import measure, sign_policies
 
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 UKIFY = "usr/bin/ukify"
-TOOLS = ("sbsign",)
+TOOLS = ("sbsign", "openssl")
 _INSIDE = "/tmp/kairos-uki"  # where the work folder shows in the sandbox
 
 
@@ -39,22 +41,38 @@ def image_file(rootfs: Path, path: str, package: str) -> Path:
     return found
 
 
-def assemble_uki(rootfs: Path, work: Path, name: str, cmdline: str, pcr_public: Path) -> Path:
-    """The unsigned UKI `work/NAME.unsigned.efi`, made by the image's ukify."""
+def assemble_uki(rootfs: Path, work: Path, name: str, cmdline: str, keys: SigningKeys) -> Path:
+    """The UKI `work/NAME.unsigned.efi`, made by the image's ukify, with its PCR 11 policy
+    signed (not yet signed for Secure Boot).
+
+    Two ukify runs: the first without `.pcrsig`, whose sections the image's systemd-measure
+    turns into the PCR values we sign; the second with the same inputs and the signature as
+    `.pcrsig`. ukify's output is a function of its inputs, so the measured sections are the
+    same bytes in both (the test of pcr.py checks this against ukify signing by itself).
+    """
     image_file(rootfs, UKIFY, "systemd-ukify")
     image_file(rootfs, STUB, "systemd-boot-efi")
     (work / f"{name}.cmdline").write_text(cmdline)
-    shutil.copyfile(pcr_public, work / "pcr-public.pem")
-    output = work / f"{name}.unsigned.efi"
-    output.unlink(missing_ok=True)
+    shutil.copyfile(keys.pcr_public_key, work / "pcr-public.pem")
+    first, output = work / f"{name}.measured.efi", work / f"{name}.unsigned.efi"
     with step(f"assembling the {name} UKI with the image's ukify"):
-        run_in_root(rootfs, [
-            "ukify", "build", "--linux=/boot/vmlinuz", "--initrd=/boot/initrd",
-            f"--cmdline=@{_INSIDE}/{name}.cmdline", "--os-release=@/etc/os-release",
-            f"--stub=/{STUB}", f"--pcrpkey={_INSIDE}/pcr-public.pem",
-            f"--output={_INSIDE}/{output.name}"],
-            env={"PYTHONDONTWRITEBYTECODE": "1"}, binds=[(work, _INSIDE)], read_only=True)
+        _ukify(rootfs, work, name, first)
+        values = measure(rootfs, first, work, _INSIDE)
+        first.unlink()
+        (work / f"{name}.pcrsig").write_text(
+            sign_policies(values, keys.pcr_private_key, work / "pcr-public.pem", work))
+        _ukify(rootfs, work, name, output, f"--section=.pcrsig:@{_INSIDE}/{name}.pcrsig")
     return output
+
+
+def _ukify(rootfs: Path, work: Path, name: str, output: Path, *extra: str) -> None:
+    output.unlink(missing_ok=True)
+    run_in_root(rootfs, [
+        "ukify", "build", "--linux=/boot/vmlinuz", "--initrd=/boot/initrd",
+        f"--cmdline=@{_INSIDE}/{name}.cmdline", "--os-release=@/etc/os-release",
+        f"--stub=/{STUB}", f"--pcrpkey={_INSIDE}/pcr-public.pem", *extra,
+        f"--output={_INSIDE}/{output.name}"],
+        env={"PYTHONDONTWRITEBYTECODE": "1"}, binds=[(work, _INSIDE)], read_only=True)
 
 
 def sign_efi(source: Path, output: Path, key: Path, cert: Path) -> Path:
