@@ -7,7 +7,8 @@
     COS_OEM          the node's cloud-config
     COS_RECOVERY     cOS/recovery.squashfs         the root image + its verity tree
     COS_STATE        cOS/active.img, cOS/passive.img   the same, for active and passive
-    COS_PERSISTENT   what the node keeps
+    COS_PERSISTENT   what the node keeps: blank here, LUKS2 sealed to the node's TPM on
+                     its first boot, opened only under a UKI our PCR key signed
 
 Every UKI's signed command line names its image and that image's root hash, so the firmware's
 check of the UKI extends to every byte of the OS. UEFI only: Trusted Boot has no BIOS path.
@@ -49,7 +50,8 @@ class Entry:
 
     def cmdline(self, verity: VerityImage, extra: tuple[str, ...]) -> str:
         words = [f"root=LABEL={self.label}", "ro", *CONSOLES, f"cos-img/filename={self.image}",
-                 *verity.kernel_args(), f"kairos.entry={self.role}", "panic=5", "rd.shell=0",
+                 *verity.kernel_args(), "rd.kairos.encrypt=tpm2", f"kairos.entry={self.role}",
+                 "panic=5", "rd.shell=0",
                  "rd.emergency=reboot", *extra]
         return " ".join(words) + "\n"
 
@@ -125,7 +127,8 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     if config.cloud_config is not None:
         shutil.copyfile(config.cloud_config, oem / "90_custom.yaml")
     write_ext4(output, parts["oem"], seed, oem, context.epoch)
-    write_ext4(output, parts["persistent"], seed, None, context.epoch)
+    # COS_PERSISTENT stays blank: the node's first boot seals it to its own TPM (LUKS2, see
+    # the kairos-immutable dracut module), which no build can do.
     with step("writing the ESP (systemd-boot, the signed UKIs, the keys to enroll)"):
         make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB",
                          volume_id(seed), context.epoch)

@@ -104,7 +104,10 @@ cat > "$early_dir/kairos-immutable.service" <<UNIT
 Description=Kairos writable overlays and persistent paths
 DefaultDependencies=no
 Requires=sysroot.mount
-After=sysroot.mount initrd-root-fs.target
+# A sealed COS_PERSISTENT needs the TPM, PCR 11 past enter-initrd, and the stub's policy
+# signature copied to /run/systemd by tmpfiles.
+Wants=tpm2.target
+After=sysroot.mount initrd-root-fs.target tpm2.target systemd-pcrphase-initrd.service systemd-tmpfiles-setup.service
 Before=initrd-fs.target initrd-parse-etc.service
 
 [Service]

@@ -10,12 +10,20 @@
 # /var` before `persist /var/log`): overlays are set up first, then persistent paths, each in
 # file order.
 
+#
+# With `rd.kairos.encrypt=tpm2` (a Trusted Boot UKI's signed command line) COS_PERSISTENT is a
+# LUKS2 volume (GPT name "persistent") that only this machine's TPM opens, and only while PCR
+# 11 holds a value our PCR key signed: under one of our UKIs, in the initrd. A blank partition
+# (a new disk's first boot) is sealed here; anything else that is not LUKS is left alone.
+
 root=/sysroot
 run=/run/kairos
 persistent_label=COS_PERSISTENT
+encrypt=none
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rd.kairos.persistent=*) persistent_label=${arg#rd.kairos.persistent=} ;;
+        rd.kairos.encrypt=*) encrypt=${arg#rd.kairos.encrypt=} ;;
         # Recovery leaves COS_PERSISTENT alone: reset formats it from there.
         kairos.entry=recovery|kairos.entry=statereset) persistent_label=none ;;
     esac
@@ -63,15 +71,66 @@ entries | while read -r kind path; do
         "kairos-overlay$name" "$root$path" || say "overlay on $path failed"
 done
 
+wait_for() {
+    tries=0
+    while [ ! -b "$1" ] && [ $tries -lt 5 ]; do
+        command -v udevadm > /dev/null && udevadm settle --timeout=2
+        tries=$((tries + 1))
+        [ -b "$1" ] || sleep 1
+    done
+    [ -b "$1" ]
+}
+
+# Writes the opened volume's path to fd 3; fails (saying why) when it cannot be opened.
+# Called with stdout on stderr, so no tool's output is taken for the path.
+open_sealed() {
+    part=/dev/disk/by-partlabel/persistent
+    name=kairos-persistent
+    wait_for "$part" || { say "no partition named persistent"; return 1; }
+    signature=/run/systemd/tpm2-pcr-signature.json
+    public_key=/run/systemd/tpm2-pcr-public-key.pem
+    [ -f "$signature" ] || signature=/.extra/tpm2-pcr-signature.json
+    [ -f "$public_key" ] || public_key=/.extra/tpm2-pcr-public-key.pem
+    if cryptsetup isLuks "$part"; then
+        /usr/lib/systemd/systemd-cryptsetup attach "$name" "$part" - \
+            "tpm2-device=auto,tpm2-signature=$signature,headless=true" > /dev/console 2>&1 \
+            || { say "the TPM did not unlock COS_PERSISTENT (a UKI we did not sign, or another machine)"; return 1; }
+    elif [ -z "$(blkid -p -o value -s TYPE "$part" 2> /dev/null)" ]; then
+        say "first boot: sealing COS_PERSISTENT to this machine's TPM"
+        key=$run/persistent.key
+        ( umask 077 && dd if=/dev/urandom of="$key" bs=64 count=1 2> /dev/null ) || return 1
+        # The key is 64 random bytes, gone once the TPM slot exists: no password to stretch,
+        # so PBKDF2 at its minimum instead of argon2's second of work and 1 GiB of memory.
+        if cryptsetup luksFormat --batch-mode --type luks2 --label COS_PERSISTENT_LUKS \
+                --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file "$key" "$part" \
+            && systemd-cryptenroll --unlock-key-file="$key" --tpm2-device=auto \
+                --tpm2-public-key="$public_key" --tpm2-public-key-pcrs=11 \
+                --tpm2-signature="$signature" "$part" > /dev/console 2>&1 \
+            && cryptsetup open --key-file "$key" "$part" "$name" \
+            && cryptsetup luksRemoveKey --batch-mode "$part" "$key" \
+            && mkfs.ext4 -q -L "$persistent_label" "/dev/mapper/$name"; then
+            rm -f "$key"
+        else
+            rm -f "$key"
+            say "sealing COS_PERSISTENT failed"
+            return 1
+        fi
+    else
+        say "COS_PERSISTENT is neither LUKS nor blank: left alone"
+        return 1
+    fi
+    echo "/dev/mapper/$name" >&3
+}
+
 store="$run/overlay/.persistent"
 device="/dev/disk/by-label/$persistent_label"
-tries=0
-[ "$persistent_label" = none ] && tries=5
-while [ ! -b "$device" ] && [ $tries -lt 5 ]; do
-    command -v udevadm > /dev/null && udevadm settle --timeout=2
-    tries=$((tries + 1))
-    [ -b "$device" ] || sleep 1
-done
+if [ "$persistent_label" = none ]; then
+    :
+elif [ "$encrypt" = tpm2 ]; then
+    device=$(open_sealed 3>&1 1>&2) || { device=""; persistent_label="sealed COS_PERSISTENT"; }
+else
+    wait_for "$device"
+fi
 if [ -b "$device" ]; then
     mkdir -p "$run/persistent"
     if mount -o rw,noatime "$device" "$run/persistent"; then
@@ -82,7 +141,7 @@ if [ -b "$device" ]; then
 elif [ "$persistent_label" = none ]; then
     say "recovery: persistent paths live in memory this boot"
 else
-    say "no $persistent_label partition: persistent paths live in memory this boot"
+    say "no usable $persistent_label partition: persistent paths live in memory this boot"
 fi
 mkdir -p "$store"
 
