@@ -140,8 +140,8 @@ def run_in_root(
     `binds` are host folders shown under the sandbox's /tmp (the shared package cache);
     `no_sync` turns fsync and its kin into no-ops (for a tree that is thrown away if the build
     dies); `read_only` shows the tree read-only (a tool of a cached, finished rootfs: it
-    writes only into the binds). A failure names the command and, for a package script, the package and what the
-    sandbox refused it (convert/denials.py)."""
+    writes only into the binds). A failure names the command and, for a package script, the
+    package and what the sandbox refused it (convert/denials.py)."""
     _ensure_mount_points(root)
     full_env = dict(_BASE_ENV)
     full_env.update({k: os.environ[k] for k in _PASSED_ENV if k in os.environ})

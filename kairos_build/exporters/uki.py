@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kairos_build.exporters.base import ExportContext
 from kairos_build.trusted import uki, verity
-from kairos_build.trusted.disk import esp_files, root_image
+from kairos_build.trusted.disk import esp_files, image_path, root_image
 from kairos_build.trusted.keys import load_keys
 
 
@@ -26,6 +26,7 @@ class UkiExporter:
         keys = load_keys(context.config.keys, context.config.cache_dir)
         image = root_image(context)
         output.mkdir()
-        for path, source in {**esp_files(context, keys, image), "cOS/active.img": image.path}.items():
+        files = {**esp_files(context, keys, image), image_path(image).lstrip("/"): image.path}
+        for path, source in files.items():
             (output / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, output / path)

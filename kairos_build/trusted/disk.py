@@ -1,17 +1,21 @@
 """The Trusted Boot disk: systemd-boot and signed UKIs on the ESP, verified root images.
 
     COS_GRUB (ESP)   EFI/BOOT/BOOTX64.EFI          systemd-boot, signed with our db key
-                     EFI/kairos/{active,passive,recovery,statereset}.efi   signed UKIs
-                     loader/loader.conf, loader/entries/*.conf
+                     EFI/kairos/{system,recovery}-ID.efi   signed UKIs (ID: of the root hash)
+                     loader/loader.conf, loader/entries/{active,passive,recovery,statereset}.conf
                      loader/keys/auto/{PK,KEK,db}.auth   enrolled by systemd-boot in setup mode
     COS_OEM          the node's cloud-config
-    COS_RECOVERY     cOS/recovery.squashfs         the root image + its verity tree
-    COS_STATE        cOS/active.img, cOS/passive.img   the same, for active and passive
+    COS_RECOVERY     cOS/system-ID.img             the root image + its verity tree
+                     kairos/trusted/system-ID.efi  its system UKI, for a reset
+    COS_STATE        cOS/system-ID.img             the same: active and passive at first
     COS_PERSISTENT   what the node keeps: blank here, LUKS2 sealed to the node's TPM on
                      its first boot, opened only under a UKI our PCR key signed
 
 Every UKI's signed command line names its image and that image's root hash, so the firmware's
-check of the UKI extends to every byte of the OS. UEFI only: Trusted Boot has no BIOS path.
+check of the UKI extends to every byte of the OS. Files are named by the root hash, so an
+upgrade only adds a UKI and an image and points the `active` entry at them (the previous ones
+become `passive`), and nothing that a signed command line names is ever renamed. UEFI only:
+Trusted Boot has no BIOS path.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import create_disk
-from kairos_build.disk.layout import MiB, Layout, align_up, plan_layout
+from kairos_build.disk.layout import Layout, MiB, align_up, plan_layout
 from kairos_build.disk.raw_disk import CONSOLES, link_or_copy, stage, volume_id, write_ext4
 from kairos_build.log import log, step
 from kairos_build.templates import render
@@ -35,55 +39,83 @@ if TYPE_CHECKING:
     from kairos_build.exporters.base import ExportContext
 
 UKI_DIR = "EFI/kairos"
+RESET_KIT = "kairos/trusted"  # on COS_RECOVERY
 # Room for the four UKIs of today and the new set an upgrade writes beside them.
 DEFAULT_ESP = 512 * MiB
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One boot entry: a UKI and the loader entry that starts it."""
+class Uki:
+    """A UKI and the image its signed command line pins (trusted/verity.py)."""
 
-    role: str  # active, passive, recovery, statereset: also kairos.entry=
-    title: str
+    kind: str  # "system" (COS_STATE, booted as active or passive) or "recovery"
     label: str  # the partition holding its image
-    image: str  # the image's path on that partition
+
+    def name(self, verity: VerityImage) -> str:
+        return f"{self.kind}-{image_id(verity)}"
 
     def cmdline(self, verity: VerityImage, extra: tuple[str, ...]) -> str:
-        words = [f"root=LABEL={self.label}", "ro", *CONSOLES, f"cos-img/filename={self.image}",
-                 *verity.kernel_args(), "rd.kairos.encrypt=tpm2", f"kairos.entry={self.role}",
-                 "panic=5", "rd.shell=0",
+        # No kairos.entry= on a system UKI: the same file is active before an upgrade and
+        # passive after it; the role booted is the loader entry (LoaderEntrySelected).
+        role = ["kairos.entry=recovery"] if self.kind == "recovery" else []
+        words = [f"root=LABEL={self.label}", "ro", *CONSOLES, f"cos-img/filename={image_path(verity)}",
+                 *verity.kernel_args(), "rd.kairos.encrypt=tpm2", *role, "panic=5", "rd.shell=0",
                  "rd.emergency=reboot", *extra]
         return " ".join(words) + "\n"
 
 
-def entries(title: str) -> tuple[Entry, ...]:
-    return (Entry("active", title, "COS_STATE", "/cOS/active.img"),
-            Entry("passive", f"{title} (fallback)", "COS_STATE", "/cOS/passive.img"),
-            Entry("recovery", f"{title} recovery", "COS_RECOVERY", "/cOS/recovery.squashfs"),
-            Entry("statereset", f"{title} reset", "COS_RECOVERY", "/cOS/recovery.squashfs"))
+SYSTEM = Uki("system", "COS_STATE")
+RECOVERY = Uki("recovery", "COS_RECOVERY")
+# Loader entry -> the UKI it starts, in menu order. A fresh disk has one system image, which
+# is both active and passive; an upgrade points active at the new one.
+ENTRIES = (("active", SYSTEM, ""), ("passive", SYSTEM, " (fallback)"),
+           ("recovery", RECOVERY, " recovery"), ("statereset", RECOVERY, " reset"))
+
+
+def image_id(verity: VerityImage) -> str:
+    """Images and UKIs are named by their root hash: an upgrade adds files, renames none."""
+    return verity.root_hash[:16]
+
+
+def image_path(verity: VerityImage) -> str:
+    return f"/cOS/system-{image_id(verity)}.img"
+
+
+def loader_entry(title: str, number: int, version: str, efi: str) -> str:
+    return render("systemd-boot/entry.conf.j2", title=title, sort_key=f"kairos-{number}",
+                  version=version, efi=efi)
+
+
+def signed_ukis(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
+    """ESP path -> host file of the system and recovery UKIs, signed."""
+    work = context.workdir / "trusted-ukis"
+    work.mkdir(exist_ok=True)
+    made: dict[str, Path] = {}
+    for uki in (SYSTEM, RECOVERY):
+        name = uki.name(verity)
+        cmdline = uki.cmdline(verity, context.config.extra_kernel_args)
+        unsigned = assemble_uki(context.rootfs, work, name, cmdline, keys)
+        signed = sign_efi(unsigned, work / f"{name}.efi", keys.db_key, keys.db_cert)
+        unsigned.unlink()
+        log.info("  %s.efi: %d MiB", name, -(-signed.stat().st_size // MiB))
+        made[f"{UKI_DIR}/{name}.efi"] = signed
+    return made
 
 
 def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
     """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll."""
-    config, rootfs = context.config, context.rootfs
+    config = context.config
     work = context.workdir / "trusted-esp"
     work.mkdir(exist_ok=True)
     title = f"Kairos {config.flavor.pretty_name} {config.version}"
-    files: dict[str, Path] = {}
-    boot = image_file(rootfs, SYSTEMD_BOOT, "systemd-boot-efi")
-    files["EFI/BOOT/BOOTX64.EFI"] = sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert)
-    for number, entry in enumerate(entries(title), start=1):
-        unsigned = assemble_uki(rootfs, work, entry.role,
-                                entry.cmdline(verity, config.extra_kernel_args), keys)
-        signed = sign_efi(unsigned, work / f"{entry.role}.efi", keys.db_key, keys.db_cert)
-        unsigned.unlink()
-        log.info("  %s.efi: %d MiB", entry.role, -(-signed.stat().st_size // MiB))
-        files[f"{UKI_DIR}/{entry.role}.efi"] = signed
-        conf = work / f"{entry.role}.conf"
-        conf.write_text(render("systemd-boot/entry.conf.j2", title=entry.title,
-                               sort_key=f"kairos-{number}", version=config.version,
-                               efi=f"/{UKI_DIR}/{entry.role}.efi"))
-        files[f"loader/entries/{entry.role}.conf"] = conf
+    boot = image_file(context.rootfs, SYSTEMD_BOOT, "systemd-boot-efi")
+    files = {"EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
+             **signed_ukis(context, keys, verity)}
+    for number, (role, uki, suffix) in enumerate(ENTRIES, start=1):
+        conf = work / f"{role}.conf"
+        conf.write_text(loader_entry(title + suffix, number, config.version,
+                                     f"/{UKI_DIR}/{uki.name(verity)}.efi"))
+        files[f"loader/entries/{role}.conf"] = conf
     loader = work / "loader.conf"
     loader.write_text(render("systemd-boot/loader.conf.j2", default="active.conf", timeout=3,
                              enroll="if-safe"))
@@ -116,12 +148,16 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     parts = {p.name: p for p in layout.partitions}
     loaders = esp_files(context, keys, verity)
 
+    image = image_path(verity).lstrip("/")
     state = stage(work, "state")
-    link_or_copy(verity.path, state / "cOS" / "active.img")
-    link_or_copy(verity.path, state / "cOS" / "passive.img")
+    link_or_copy(verity.path, state / image)
     write_ext4(output, parts["state"], seed, state, context.epoch)
+    # COS_RECOVERY: its image, and the system UKI of that image for a reset to lay back.
     recovery = stage(work, "recovery")
-    link_or_copy(verity.path, recovery / "cOS" / "recovery.squashfs")
+    link_or_copy(verity.path, recovery / image)
+    system = f"{UKI_DIR}/{SYSTEM.name(verity)}.efi"
+    (recovery / RESET_KIT).mkdir(parents=True)
+    shutil.copyfile(loaders[system], recovery / RESET_KIT / Path(system).name)
     write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
     oem = stage(work, "oem")
     if config.cloud_config is not None:

@@ -21,6 +21,7 @@ from tests.conftest import run_cli
 
 MiB = 1 << 20
 ROLES = ("active", "passive", "recovery", "statereset")
+KINDS = ("system", "recovery")
 PRIVATE = ("PK.key", "KEK.key", "db.key", "tpm2-pcr-private.pem")
 
 
@@ -58,8 +59,10 @@ def trusted(keys: Path, test_cache: Path, tmp_path_factory: pytest.TempPathFacto
 def test_the_uki_folder_holds_the_esp_and_the_root_image(trusted: tuple[Path, Path, str]) -> None:
     folder = trusted[0]
     files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    expected = {"EFI/BOOT/BOOTX64.EFI", "loader/loader.conf", "cOS/active.img", "SHA256SUMS",
-                *(f"EFI/kairos/{r}.efi" for r in ROLES), *(f"loader/entries/{r}.conf" for r in ROLES),
+    ident = image_id(folder)
+    expected = {"EFI/BOOT/BOOTX64.EFI", "loader/loader.conf", f"cOS/system-{ident}.img",
+                "SHA256SUMS", *(f"EFI/kairos/{k}-{ident}.efi" for k in KINDS),
+                *(f"loader/entries/{r}.conf" for r in ROLES),
                 *(f"loader/keys/auto/{k}.auth" for k in ("PK", "KEK", "db"))}
     assert files == expected
     loader = (folder / "loader/loader.conf").read_text()
@@ -67,12 +70,24 @@ def test_the_uki_folder_holds_the_esp_and_the_root_image(trusted: tuple[Path, Pa
     assert re.search(r"^secure-boot-enroll if-safe$", loader, re.M)
     for role in ROLES:
         entry = (folder / f"loader/entries/{role}.conf").read_text()
-        assert re.search(rf"^efi /EFI/kairos/{role}\.efi$", entry, re.M), entry
+        kind = "system" if role in ("active", "passive") else "recovery"
+        assert re.search(rf"^efi /EFI/kairos/{kind}-{ident}\.efi$", entry, re.M), entry
+
+
+def image_id(folder: Path) -> str:
+    """The 16 hex digits naming the images and UKIs (the start of the root hash)."""
+    images = list((folder / "cOS").glob("system-*.img"))
+    assert len(images) == 1, images
+    return images[0].stem.removeprefix("system-")
+
+
+def ukis(folder: Path) -> dict[str, Path]:
+    return {kind: folder / f"EFI/kairos/{kind}-{image_id(folder)}.efi" for kind in KINDS}
 
 
 def test_every_efi_file_is_signed_by_db_and_only_db(trusted: tuple[Path, Path, str], keys: Path) -> None:
     folder = trusted[0]
-    for efi in [folder / "EFI/BOOT/BOOTX64.EFI", *(folder / f"EFI/kairos/{r}.efi" for r in ROLES)]:
+    for efi in [folder / "EFI/BOOT/BOOTX64.EFI", *ukis(folder).values()]:
         sh("sbverify", "--cert", str(keys / "db.pem"), str(efi))
         assert sh("sbverify", "--cert", str(keys / "KEK.pem"), str(efi), ok=False).returncode != 0
 
@@ -95,15 +110,15 @@ def uki_sections(path: Path) -> dict[str, bytes]:
 def test_each_uki_is_small_and_pins_its_root_by_hash(trusted: tuple[Path, Path, str],
                                                       tmp_path: Path) -> None:
     folder = trusted[0]
-    image = folder / "cOS/active.img"
-    for role in ROLES:
-        uki = folder / f"EFI/kairos/{role}.efi"
-        assert uki.stat().st_size < 100 * MiB, (role, uki.stat().st_size)
+    image = folder / f"cOS/system-{image_id(folder)}.img"
+    for kind, uki in ukis(folder).items():
+        assert uki.stat().st_size < 100 * MiB, (kind, uki.stat().st_size)
         sections = uki_sections(uki)
         assert {".linux", ".initrd", ".cmdline", ".osrel", ".uname", ".sbat", ".pcrpkey",
                 ".pcrsig"} <= set(sections), sections.keys()
         cmdline = sections[".cmdline"].decode()
-        assert f"kairos.entry={role}" in cmdline
+        assert ("kairos.entry=recovery" in cmdline) == (kind == "recovery")
+        assert f"cos-img/filename=/{image.relative_to(folder)}" in cmdline.split()
         assert "rd.kairos.encrypt=tpm2" in cmdline
         roothash = re.search(r"kairos\.verity\.roothash=([0-9a-f]{64})", cmdline)
         offset = re.search(r"kairos\.verity\.hashoffset=(\d+)", cmdline)
@@ -128,7 +143,7 @@ def test_the_pcr_policy_is_what_systemd_measure_signs(trusted: tuple[Path, Path,
     `systemd-measure sign` makes from the same sections and key (RSA PKCS#1 v1.5 is
     deterministic): the test alone hands the image a key, a throwaway one of this test."""
     folder = trusted[0]
-    sections = uki_sections(folder / "EFI/kairos/active.efi")
+    sections = uki_sections(ukis(folder)["system"])
     work = tmp_path / "measure"
     work.mkdir()
     options = []
