@@ -16,7 +16,7 @@ MODULES = (
     "source/__init__.py", "source/unpack.py", "source/registry_api.py",
     "agent/__init__.py", "agent/main.py", "agent/system.py", "agent/config.py",
     "agent/stages.py", "agent/disks.py", "agent/images.py", "agent/bootstate.py",
-    "agent/install.py", "agent/upgrade.py", "agent/reset.py", "agent/kit.py",
+    "agent/install.py", "agent/upgrade.py", "agent/reset.py", "agent/kit.py", "agent/trusted.py",
 )
 # Where they go in the image; /usr/bin/kairos-agent (overlays/) puts it on python3's path.
 IMAGE_DIR = "usr/lib/kairos/python"

@@ -13,6 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from kairos_build.agent import trusted
 from kairos_build.agent.system import NodeError, cmdline, cmdline_value, label_device, mounted
 
 GRUBENV = "grubenv"
@@ -25,11 +26,24 @@ BOOT_STATES = {"active": "active_boot", "passive": "passive_boot", "recovery": "
                "statereset": "recovery_boot"}
 
 
-def boot_state(words: list[str] | None = None) -> str:
-    """active_boot, passive_boot, recovery_boot, livecd_boot or unknown."""
+def boot_entry(words: list[str] | None = None, efivars: Path = trusted.EFIVARS) -> str:
+    """The menu entry this boot came from: kairos.entry= of grub's menu, else the entry
+    systemd-boot says it started (a Trusted Boot system UKI is the same file whether it is
+    active or passive, so its command line cannot say)."""
     words = cmdline() if words is None else words
     values = dict(word.partition("=")[::2] for word in words)
     entry = values.get("kairos.entry", "")
+    selected = trusted.selected_entry(efivars)
+    if selected in BOOT_STATES and (not entry or entry == "recovery"):
+        return selected  # the reset entry starts the recovery UKI
+    return entry
+
+
+def boot_state(words: list[str] | None = None, efivars: Path = trusted.EFIVARS) -> str:
+    """active_boot, passive_boot, recovery_boot, livecd_boot or unknown."""
+    words = cmdline() if words is None else words
+    values = dict(word.partition("=")[::2] for word in words)
+    entry = boot_entry(words, efivars)
     if entry in BOOT_STATES:
         return BOOT_STATES[entry]
     if values.get("root", "").startswith("live:") or entry.startswith("live"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kairos_build.agent import bootstate, config, install, reset, stages, upgrade
-from kairos_build.agent.system import NodeError, cmdline_value, say
+from kairos_build.agent.system import NodeError, say
 from kairos_build.errors import KairosError
 
 SEED = Path("/var/lib/cloud/seed/nocloud/user-data")
@@ -77,7 +77,7 @@ def cmd_auto(_args: argparse.Namespace) -> int:
         if not spec.auto:
             return 0
         return _install(cfg, spec, None)
-    if cmdline_value("kairos.entry") == "statereset":
+    if bootstate.boot_entry() == "statereset":
         spec_reset = config.reset_spec(node_config())
         reset.reset(spec_reset)
         install.finish(reboot=True, poweroff=spec_reset.poweroff)

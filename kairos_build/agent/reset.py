@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kairos_build.agent import images
+from kairos_build.agent import images, trusted
 from kairos_build.agent.bootstate import (
     ASSESSMENT,
     GRUBENV,
@@ -72,6 +72,14 @@ def reset(spec: ResetSpec) -> None:
         raise NodeError(f"reset runs from the recovery system; this boot is {booted}",
                         hint="boot the recovery or reset entry of the menu "
                              "(`kairos-agent reset --reboot-to-recovery` does it)")
+    if trusted.is_trusted():
+        trusted.reset(STATE_MOUNT, spec.reset_persistent)
+        if spec.reset_oem:
+            say("formatting COS_OEM")
+            format_ext4("COS_OEM")
+        os.sync()
+        say("reset done: active and passive are the recovery system")
+        return
     image = STATE_MOUNT / RECOVERY_IMAGE
     if not image.is_file():
         raise NodeError(f"{image} is missing: this recovery cannot reset the node")
@@ -90,5 +98,9 @@ def reset(spec: ResetSpec) -> None:
 
 def reboot_to_recovery() -> None:
     """The reset entry starts on the next boot (once), which resets unattended."""
+    if trusted.is_trusted():
+        trusted.set_one_shot_entry("statereset")
+        say("the next boot resets this node from recovery")
+        return
     update_grubenv({"next_entry": "statereset"})
     say("the next boot resets this node from recovery")

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from kairos_build.agent import trusted
 from kairos_build.agent.bootstate import ASSESSMENT, boot_state, update_grubenv
 from kairos_build.agent.images import make_ext4_image, source_tree
 from kairos_build.agent.system import (
@@ -95,6 +96,18 @@ def upgrade_recovery(tree: Path) -> None:
             replace_durably(recovery / "boot" / f"{name}.new", recovery / "boot" / name)
 
 
+def upgrade_trusted(source: str, recovery: bool, booted: str) -> None:
+    """A Trusted Boot node takes signed UKIs and images from a build, never makes its own."""
+    transport, _sep, path = source.partition(":")
+    if recovery or transport != "dir" or not Path(path).is_dir():
+        raise NodeError(f"a Trusted Boot node upgrades its system from the folder a build "
+                        f"signed, not from {source}" + (" (nor its recovery yet)" if recovery else ""),
+                        hint="copy the `kairos-build uki` folder to the node and give dir:PATH")
+    name = trusted.upgrade(Path(path), STATE_MOUNT, booted)
+    say(f"upgraded to {name}: the next boot starts it with {trusted.TRIES} tries; "
+        "systemd-boot falls back to passive when they run out")
+
+
 def upgrade(source: str, recovery: bool = False, insecure: bool = False) -> None:
     """`insecure`: the source's registry speaks plain HTTP (loopback registries always do)."""
     booted = boot_state()
@@ -105,6 +118,9 @@ def upgrade(source: str, recovery: bool = False, insecure: bool = False) -> None
                         else "install the node first")
     if not os.path.ismount(STATE_MOUNT):
         raise NodeError(f"COS_STATE is not mounted at {STATE_MOUNT}")
+    if trusted.is_trusted():
+        upgrade_trusted(source, recovery, booted)
+        return
     with source_tree(source, scratch_dir(), insecure) as tree:
         release = (tree / "etc" / "kairos-release").read_text()
         version = next((line.split("=", 1)[1].strip().strip('"') for line in release.splitlines()
