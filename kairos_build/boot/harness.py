@@ -9,9 +9,9 @@ once. QEMU exits when the guest resets (`-no-reboot`), except under the Secure B
 firmware, where systemd-boot enrolls the image's keys and resets the machine: there the same
 QEMU runs on, and only the console text since the last reset is read for the firmware's words.
 A TPM 2.0 (swtpm) and a kept variable store make a later run see what an earlier one enrolled
-and sealed. KVM is used only when a real guest runs under it: on some hosts /dev/kvm opens but guests
-die with "KVM internal error" and QEMU then hangs, so every run has a hard timeout and a run that
-hits that error is repeated under TCG.
+and sealed. KVM is used only when a real guest runs under it: on some hosts /dev/kvm opens but
+guests die with "KVM internal error" and QEMU then hangs, so every run has a hard timeout and a
+run that hits that error is repeated under TCG.
 """
 
 from __future__ import annotations
@@ -171,9 +171,10 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
                     break
                 sink.write(chunk)
                 sink.flush()
-                # Count only panics that end in the new text (the rest were counted before).
-                panics += (seen + chunk).count(GUEST_PANIC, max(0, len(seen) - len(GUEST_PANIC) + 1))
+                before = len(seen)
                 seen += chunk
+                # Only panics that end in the new text: the others were counted before.
+                panics += seen.count(GUEST_PANIC, max(0, before - len(GUEST_PANIC) + 1))
                 if isinstance(pattern, bytes):
                     if pattern in seen:
                         return Console(seen, None, panics)
@@ -181,7 +182,7 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
                     return Console(seen, match, panics)
                 if KVM_FAILURE in seen or GUEST_PANIC_END in seen or (reboots and panics > 1):
                     break  # nothing more will come: no need to wait for the deadline
-                current = this_boot(seen)
+                current = this_boot(seen) if firmware_watch else b""
                 if firmware_watch and KERNEL_STARTED not in current and firmware_gave_up(current):
                     # Let the firmware finish its sentence (the rest of the line) for the log.
                     with contextlib.suppress(OSError):

@@ -295,3 +295,17 @@ def test_a_firmware_refusal_after_a_reboot_is_caught_at_once(
     assert time.monotonic() - began < 20
     assert harness.this_boot(b"a\nLinux version\nreboot: Restarting system\nBdsDxe") == b"BdsDxe"
     assert harness.this_boot(b"firmware text") == b"firmware text"
+
+
+def test_panics_are_counted_once_even_when_split_between_reads() -> None:
+    proc = subprocess.Popen(
+        ["sh", "-c", 'printf "Kernel pa"; sleep 0.3; printf "nic - not syncing\\nRebooting in 5 s\\n"; '
+         'sleep 0.3; printf "Linux version\\nKernel panic - not syncing\\n"; exec sleep 60'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        began = time.monotonic()
+        console = harness._read_until(proc, harness.MARKER, began + 30, reboots=True)
+    finally:
+        harness._stop(proc)
+    assert console.panics == 2 and console.match is None
+    assert time.monotonic() - began < 10  # the second panic ended the wait
