@@ -64,8 +64,10 @@ def boot(
         help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")],
     command_line: CommandLine,
     firmware: Annotated[str, typer.Option(
-        help="bios (SeaBIOS), uefi (OVMF, Secure Boot off) or uefi-secureboot (OVMF's Secure "
-             "Boot build with Microsoft's keys enrolled, Secure Boot enforced).")] = "bios",
+        help="bios (SeaBIOS), uefi (OVMF, Secure Boot off), uefi-secureboot (OVMF's Secure "
+             "Boot build with Microsoft's keys enrolled, Secure Boot enforced) or "
+             "uefi-secureboot-setup (the same build with no key: setup mode, where the "
+             "image's loader may enroll its own keys and reset the guest).")] = "bios",
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
     memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
     expect_root: Annotated[str | None, typer.Option(  # noqa: UP007
@@ -74,7 +76,8 @@ def boot(
     expect_secureboot: Annotated[str | None, typer.Option(  # noqa: UP007
         help="enabled|disabled|unsupported|any: the Secure Boot state the guest must report "
              "(default: what the firmware gives: unsupported under bios, disabled under uefi, "
-             "enabled under uefi-secureboot).")] = None,
+             "enabled under uefi-secureboot; under uefi-secureboot-setup enabled when the "
+             "variable store holds a platform key after the boot, else disabled).")] = None,
     expect_entry: Annotated[str | None, typer.Option(  # noqa: UP007
         help="The boot entry (kairos.entry=, e.g. live, live-config, active, recovery, "
              "netboot) the guest must report.")] = None,
@@ -85,6 +88,20 @@ def boot(
         "--writable", help="Let the guest write to the disk (default: a throw-away snapshot).")] = False,
     as_disk: Annotated[bool, typer.Option(
         "--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD.")] = False,
+    vars_file: Annotated[Path | None, typer.Option(  # noqa: UP007
+        "--vars", help="UEFI firmwares: this file is the variable store (boot entries, enrolled "
+        "keys), made from the firmware's template when missing and kept (default: a "
+        "throw-away copy).")] = None,
+    tpm: Annotated[bool, typer.Option(
+        "--tpm", help="Give the guest a TPM 2.0 (swtpm, package swtpm).")] = False,
+    tpm_state: Annotated[Path | None, typer.Option(  # noqa: UP007
+        help="Keep the TPM's state in this directory (made when missing), so what a run "
+             "sealed unlocks on the next one; implies --tpm (default: a throw-away "
+             "state).")] = None,
+    expect_tpm: Annotated[str, typer.Option(
+        help="2.0|none|any: the TPM the guest must report.")] = "any",
+    expect_verity: Annotated[str, typer.Option(
+        help="verity|none|any: whether / must be verified by dm-verity.")] = "any",
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
@@ -93,7 +110,9 @@ def boot(
     values = _settings("boot", command_line)
     result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,
                            as_disk=as_disk, nic=nic, expect_secureboot=expect_secureboot,
-                           expect_entry=expect_entry)
+                           expect_entry=expect_entry, vars_file=vars_file, tpm=tpm,
+                           tpm_state=tpm_state, expect_tpm=expect_tpm,
+                           expect_verity=expect_verity)
     log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
              result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
     _emit(values, vars(result))

@@ -28,6 +28,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "dumpe2fs": "e2fsprogs",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
+    "swtpm": "swtpm",  # the guest's TPM (`boot --tpm`)
     "grub-mkimage": "grub-common",
     "xorriso": "xorriso",
     "unshare": "util-linux",
@@ -55,12 +56,15 @@ FILE_PACKAGES: dict[str, str] = {
 
 # Everything `install-deps` installs on an apt host: the programs above plus what is only a file
 # or a library (libmagic for python-magic, OVMF firmware, grub platform modules, CA certificates
-# for the bootstrap's https mirrors).
+# for the bootstrap's https mirrors) and swtpm-tools (swtpm_setup, which manufactures a TPM
+# state with endorsement-key certificates, for guests that ask for them; `boot` lets swtpm
+# make a bare state itself).
 APT_HOST_PACKAGES: tuple[str, ...] = tuple(
     sorted(
         set(TOOL_PACKAGES.values())
         | set(FILE_PACKAGES.values())
-        | {"grub-common", "libmagic1", "ca-certificates", "debian-archive-keyring", "ovmf"}
+        | {"grub-common", "libmagic1", "ca-certificates", "debian-archive-keyring", "ovmf",
+           "swtpm-tools"}
     )
 )
 

@@ -5,9 +5,13 @@ the system has settled after multi-user.target (`systemctl is-system-running --w
 in the guest); the harness checks what that line says: systemd's state must be `running` with
 no failed unit, and the root, the firmware, Secure Boot and the boot entry must be the expected
 ones. A firmware that refuses the image (Secure Boot) or finds nothing to boot ends the wait at
-once. KVM is used only when a real guest runs under it: on some hosts /dev/kvm opens but guests
-die with "KVM internal error" and QEMU then hangs, so every run has a hard timeout and a run that
-hits that error is repeated under TCG.
+once. QEMU exits when the guest resets (`-no-reboot`), except under the Secure Boot setup-mode
+firmware, where systemd-boot enrolls the image's keys and resets the machine: there the same
+QEMU runs on, and only the console text since the last reset is read for the firmware's words.
+A TPM 2.0 (swtpm) and a kept variable store make a later run see what an earlier one enrolled
+and sealed. KVM is used only when a real guest runs under it: on some hosts /dev/kvm opens but
+guests die with "KVM internal error" and QEMU then hangs, so every run has a hard timeout and a
+run that hits that error is repeated under TCG.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.boot import netboot_server
+from kairos_build.boot import netboot_server, swtpm
+from kairos_build.boot.ovmf_vars import make_variable_store, secure_boot_enforced
 from kairos_build.errors import BuildError, InputError, MissingToolError
 from kairos_build.log import log
 from kairos_build.tools import dies_with_us, require_tool
@@ -37,15 +42,26 @@ OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 # OVMF's Secure Boot build (SMM) and variables with Microsoft's keys enrolled, Secure Boot on.
 OVMF_SECBOOT_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
 OVMF_SECBOOT_VARS = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+# uefi-secureboot-setup: the Secure Boot build with empty variables, i.e. setup mode: no key
+# enrolled, nothing checked, and anyone may enroll a platform key (systemd-boot does, from the
+# ESP's loader/keys/auto/*.auth with secure-boot-enroll in loader.conf, then resets).
 FIRMWARE_FILES = {"bios": (), "uefi": (OVMF_CODE, OVMF_VARS),
-                  "uefi-secureboot": (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS)}
+                  "uefi-secureboot": (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS),
+                  "uefi-secureboot-setup": (OVMF_SECBOOT_CODE, OVMF_VARS)}
 FIRMWARES = tuple(FIRMWARE_FILES)
+SECUREBOOT_FIRMWARES = ("uefi-secureboot", "uefi-secureboot-setup")
+# Where a guest reset must not end QEMU: enrolling keys ends in one.
+REBOOTING_FIRMWARES = ("uefi-secureboot-setup",)
 EXPECTATIONS = ("live", "immutable", "any")
 SECUREBOOT_STATES = ("enabled", "disabled", "unsupported", "any")
+TPM_STATES = ("2.0", "none", "any")
+VERITY_STATES = ("verity", "none", "any")
 NICS = ("none", "user")
-# What each firmware makes the guest see (the report's firmware= and secureboot=).
+# What each firmware makes the guest see (the report's firmware= and secureboot=). Setup mode
+# checks nothing until a key is enrolled; `boot` then expects enabled (see expected_secureboot).
 GUEST_FIRMWARE = {"bios": ("bios", "unsupported"), "uefi": ("uefi", "disabled"),
-                  "uefi-secureboot": ("uefi", "enabled")}
+                  "uefi-secureboot": ("uefi", "enabled"),
+                  "uefi-secureboot-setup": ("uefi", "disabled")}
 # Console text of a firmware that will not boot what it was given. OVMF: "BdsDxe: failed to
 # load Boot0001 ... : Access Denied" for an image Secure Boot refuses; shim says "Security
 # Violation"; grub under shim "bad shim signature" for an unsigned kernel. Then OVMF gives up
@@ -62,6 +78,9 @@ KERNEL_STARTED = b"Linux version "
 GUEST_PANIC = b"Kernel panic - not syncing"
 # The last line the kernel prints on a panic (after its trace): the guest then only halts.
 GUEST_PANIC_END = b"---[ end Kernel panic"
+# What a kernel prints as it resets the machine: a reboot, or a panic with panic=N (N > 0).
+# Under a rebooting firmware the text after it belongs to the next boot.
+KERNEL_RESETS = (b"reboot: Restarting system", b"Rebooting in ")
 
 # 16-bit boot sector: use the FPU, write "KVMOK" to COM1, halt. The broken nested KVM seen
 # here runs plain real-mode code but dies on the first x87 instruction (as OVMF does), so the
@@ -89,6 +108,28 @@ class BootResult:
     failed: tuple[str, ...] = ()
     secureboot: str = "unknown"
     entry: str = "none"
+    tpm: str = "unknown"
+    verity: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Console:
+    """What a wait on the serial console saw: its text (the last MiB), the pattern's match,
+    and how many kernel panics went by (in the whole text: a boot after a panic can be long)."""
+
+    seen: bytes
+    match: re.Match[bytes] | None
+    panics: int = 0
+
+
+def this_boot(seen: bytes) -> bytes:
+    """The console text since a running kernel last reset the machine (all of it if none did)."""
+    ends = [seen.rfind(words) for words in KERNEL_RESETS]
+    last = max(ends)
+    if last < 0:
+        return seen
+    line_end = seen.find(b"\n", last)
+    return b"" if line_end < 0 else seen[line_end + 1:]
 
 
 def firmware_gave_up(seen: bytes) -> bytes | None:
@@ -112,11 +153,15 @@ def _line_with(seen: bytes, words: bytes) -> str:
 
 def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | bytes,
                 deadline: float, log_file: Path | None = None,
-                firmware_watch: bool = False) -> tuple[bytes, re.Match[bytes] | None]:
+                firmware_watch: bool = False, reboots: bool = False) -> Console:
     """Read the serial console until `pattern` appears, QEMU exits or the deadline passes;
-    with `firmware_watch`, also until the firmware gives up (see firmware_gave_up)."""
+    with `firmware_watch`, also until the firmware gives up (see firmware_gave_up) in the
+    current boot. With `reboots` (QEMU runs on when the guest resets) a kernel panic is
+    followed by the next boot (panic=N), so only a second one ends the wait, as the retry
+    after a first one would (see `boot`)."""
     assert proc.stdout is not None
     seen = b""
+    panics = 0
     with open(log_file or os.devnull, "ab") as sink:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([proc.stdout], [], [], 0.5)
@@ -126,15 +171,19 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
                     break
                 sink.write(chunk)
                 sink.flush()
+                before = len(seen)
                 seen += chunk
+                # Only panics that end in the new text: the others were counted before.
+                panics += seen.count(GUEST_PANIC, max(0, before - len(GUEST_PANIC) + 1))
                 if isinstance(pattern, bytes):
                     if pattern in seen:
-                        return seen, None
+                        return Console(seen, None, panics)
                 elif match := pattern.search(seen):
-                    return seen, match
-                if KVM_FAILURE in seen or GUEST_PANIC_END in seen:
+                    return Console(seen, match, panics)
+                if KVM_FAILURE in seen or GUEST_PANIC_END in seen or (reboots and panics > 1):
                     break  # nothing more will come: no need to wait for the deadline
-                if firmware_watch and KERNEL_STARTED not in seen and firmware_gave_up(seen):
+                current = this_boot(seen) if firmware_watch else b""
+                if firmware_watch and KERNEL_STARTED not in current and firmware_gave_up(current):
                     # Let the firmware finish its sentence (the rest of the line) for the log.
                     with contextlib.suppress(OSError):
                         if select.select([proc.stdout], [], [], 1.0)[0]:
@@ -145,7 +194,7 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
                 seen = seen[-1 << 20 :]
             elif proc.poll() is not None:
                 break
-    return seen, None
+    return Console(seen, None, panics)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -175,7 +224,7 @@ def kvm_works(timeout: float = 10.0) -> bool:
                        "-monitor", "none", "-serial", "stdio", "-no-reboot",
                        "-drive", f"file={disk},format=raw,if=ide"])
         try:
-            seen, _ = _read_until(proc, b"KVMOK", time.monotonic() + timeout)
+            seen = _read_until(proc, b"KVMOK", time.monotonic() + timeout).seen
         finally:
             _stop(proc)
     return b"KVMOK" in seen and KVM_FAILURE not in seen
@@ -218,21 +267,26 @@ def nic_options(nic: str) -> list[str]:
 
 def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, memory: int,
                  writable: bool = False, network: list[str] | None = None,
-                 as_disk: bool = False, nic: str = "none") -> list[str]:
+                 as_disk: bool = False, nic: str = "none", tpm: list[str] | None = None,
+                 ) -> list[str]:
     """`network` (options booting from it, see netboot_server) replaces the artifact's drive
-    and the NIC."""
-    secure = firmware == "uefi-secureboot"
+    and the NIC; `tpm` are the options of a TPM device (see swtpm.running_tpm). A guest
+    reset ends QEMU except under a REBOOTING_FIRMWARES one."""
+    secure = firmware in SECUREBOOT_FIRMWARES
     argv = [require_tool("qemu-system-x86_64"), "-machine", "q35,smm=on" if secure else "q35",
             "-m", str(memory), "-smp", "2", "-display", "none", "-monitor", "none",
-            "-serial", "stdio", "-no-reboot", *(network or nic_options(nic))]
+            "-serial", "stdio", *([] if firmware in REBOOTING_FIRMWARES else ["-no-reboot"]),
+            *(network or nic_options(nic))]
     argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
-    if firmware in ("uefi", "uefi-secureboot"):
-        code = OVMF_SECBOOT_CODE if secure else OVMF_CODE
+    if FIRMWARE_FILES[firmware]:
+        code = FIRMWARE_FILES[firmware][0]
         if secure:  # the variable store is only writable from SMM: no bypass from the OS
             argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        store = str(vars_file).replace(",", ",,")  # QEMU escapes a comma in a value by doubling it
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}"]
+                 "-drive", f"if=pflash,format=raw,unit=1,file={store}"]
+    argv += tpm or []
     return argv + ([] if network else artifact_drive(artifact, writable, as_disk))
 
 
@@ -272,9 +326,10 @@ def check_health(fields: dict[str, str]) -> str | None:
 
 
 def check_platform(fields: dict[str, str], firmware: str, expect_secureboot: str | None = None,
-                   expect_entry: str | None = None) -> str | None:
-    """Why the firmware, Secure Boot state or boot entry the guest reports is not the expected
-    one, or None. Secure Boot is expected as the firmware sets it unless `expect_secureboot`."""
+                   expect_entry: str | None = None, expect_tpm: str = "any") -> str | None:
+    """Why the firmware, Secure Boot state, boot entry or TPM the guest reports is not the
+    expected one, or None. Secure Boot is expected as the firmware sets it unless
+    `expect_secureboot`."""
     guest_firmware, default_secureboot = GUEST_FIRMWARE[firmware]
     if fields.get("firmware") != guest_firmware:
         return f"expected a {guest_firmware} boot, the system reports firmware={fields.get('firmware')}"
@@ -283,6 +338,18 @@ def check_platform(fields: dict[str, str], firmware: str, expect_secureboot: str
         return f"expected secureboot={expected}, the system reports secureboot={fields.get('secureboot')}"
     if expect_entry is not None and fields.get("entry") != expect_entry:
         return f"expected boot entry {expect_entry}, the system reports entry={fields.get('entry')}"
+    if expect_tpm != "any" and fields.get("tpm") != expect_tpm:
+        return f"expected tpm={expect_tpm}, the system reports tpm={fields.get('tpm')}"
+    return None
+
+
+def expected_secureboot(firmware: str, keys_enrolled: bool) -> str | None:
+    """The Secure Boot state to expect when the caller names none (None: the firmware's
+    default). In setup mode that depends on the variable store once the guest ran: with a
+    platform key (enrolled by this boot's loader, or kept from an earlier run in --vars) the
+    firmware enforces Secure Boot, without one it checks nothing."""
+    if firmware == "uefi-secureboot-setup":
+        return "enabled" if keys_enrolled else "disabled"
     return None
 
 
@@ -311,21 +378,45 @@ def refusal_message(words: bytes, firmware: str, netboot: bool, seen: bytes = b"
     if firmware == "uefi-secureboot" and words not in IPXE_FAILED:
         return (f"Secure Boot refused the image (console: \"{said}\"): its EFI boot loader is "
                 "not signed by a key the firmware trusts (Microsoft's UEFI CA, i.e. shim)")
+    if firmware == "uefi-secureboot-setup" and words in SECUREBOOT_REFUSED:
+        return (f"Secure Boot refused the image (console: \"{said}\"): keys were enrolled "
+                "(setup mode ended) and the EFI program started next is not signed by them")
     if words in IPXE_FAILED:
         return f"iPXE could not boot the kernel (console: \"{said}\")"
     return f"the firmware found nothing to boot (console: \"{said}\")"
 
 
-def check_root(fields: dict[str, str], expect_root: str) -> str | None:
-    """Why the reported root is not the expected one, or None when it is."""
+def comes_from(image: str, root_images: str | None) -> bool:
+    """Whether `image` (cos-img/filename=, a path inside the state partition, e.g.
+    /cOS/active.img) is one of the files the report found below / (root_image=: the backing
+    files of the loop devices under it, as the initramfs named them, e.g.
+    /run/kairos/state/cOS/active.img)."""
+    name = "/" + image.lstrip("/")
+    return image != "none" and any(found == name or found.endswith(name)
+                                   for found in _listed(root_images))
+
+
+def check_root(fields: dict[str, str], expect_root: str, expect_verity: str = "any") -> str | None:
+    """Why the reported root is not the expected one, or None when it is. An immutable root
+    is read-only from the image the command line names: its loop device is / itself (ext4)
+    or lies below /'s device-mapper device (dm-verity over the image)."""
     if expect_root == "live" and fields.get("live") != "squashfs":
         return f"expected the live squashfs root, the system reports live={fields.get('live')}"
     if expect_root == "immutable":
-        if fields.get("root_mode") != "ro" or fields.get("image", "none") == "none":
+        image = fields.get("image", "none")
+        if fields.get("root_mode") != "ro" or image == "none":
             return ("expected / mounted read-only from a system image, the system reports "
-                    f"root_mode={fields.get('root_mode')} image={fields.get('image')}")
+                    f"root_mode={fields.get('root_mode')} image={image}")
+        if "root_image" not in fields:
+            return ("the boot report does not say which file / comes from (root_image=): "
+                    "an image built before that field?")
+        if not comes_from(image, fields["root_image"]):
+            return (f"expected / from {image} (the image on the command line), the system "
+                    f"reports root_image={fields['root_image']}")
         if fields.get("etc") != "overlay":
             return f"expected a writable overlay on /etc, the system reports etc={fields.get('etc')}"
+    if expect_verity != "any" and fields.get("verity") != expect_verity:
+        return f"expected verity={expect_verity}, the system reports verity={fields.get('verity')}"
     return None
 
 
@@ -345,11 +436,27 @@ def _served(netboot: Path | None, access_log: Path) -> Iterator[list[str] | None
         yield netboot_server.qemu_network(port)
 
 
+def _check_choice(option: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise InputError(f"{option} {value!r} is not known", hint=f"use {'|'.join(allowed)}")
+
+
+def _retry_after_panic(console: Console, reboots: bool) -> bool:
+    """Whether a boot that ended without a report gets one more QEMU for its kernel panic.
+    Under a rebooting firmware a panic=N kernel already started again in the same QEMU (that
+    was its retry): only a panic that halted the guest, the first, gets a new one."""
+    if reboots:
+        return console.panics == 1 and GUEST_PANIC_END in console.seen
+    return GUEST_PANIC in console.seen
+
+
 def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: int = 2048,
          expect_root: str | None = None, log_dir: Path | None = None,
          accel: str | None = None, writable: bool = False, as_disk: bool = False,
          retried: bool = False, nic: str = "none", expect_secureboot: str | None = None,
-         expect_entry: str | None = None) -> BootResult:
+         expect_entry: str | None = None, *, vars_file: Path | None = None, tpm: bool = False,
+         tpm_state: Path | None = None, expect_tpm: str = "any",
+         expect_verity: str = "any") -> BootResult:
     """Boot `artifact`; return when the boot report shows a healthy system, raise BuildError
     otherwise.
 
@@ -357,53 +464,74 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     artifact (to test persistence across boots); by default it runs on a snapshot. `nic` is
     the guest's network card (none, or user: QEMU's restricted user-mode network); a netboot
     always has one. `expect_secureboot` (enabled|disabled|unsupported|any) defaults to what
-    the firmware gives; `expect_entry` is the kairos.entry= the booted entry must name.
+    the firmware gives (in setup mode: see expected_secureboot); `expect_entry` is the
+    kairos.entry= the booted entry must name. `vars_file` is the UEFI variable store to boot
+    with and keep (made from the firmware's template when missing; default: a throw-away
+    copy). `tpm` gives the guest a TPM 2.0 (swtpm) whose state is kept in `tpm_state` when
+    given (which implies `tpm`), else thrown away. `expect_tpm` (2.0|none|any) and
+    `expect_verity` (verity|none|any) are what the report's tpm= and verity= must say.
     """
-    if firmware not in FIRMWARES:
-        raise InputError(f"--firmware {firmware!r} is not known", hint=f"use {'|'.join(FIRMWARES)}")
-    if expect_secureboot is not None and expect_secureboot not in SECUREBOOT_STATES:
-        raise InputError(f"--expect-secureboot {expect_secureboot!r} is not known",
-                         hint=f"use {'|'.join(SECUREBOOT_STATES)}")
+    _check_choice("--firmware", firmware, FIRMWARES)
+    _check_choice("--expect-secureboot", expect_secureboot, SECUREBOOT_STATES)
+    _check_choice("--expect-tpm", expect_tpm, TPM_STATES)
+    _check_choice("--expect-verity", expect_verity, VERITY_STATES)
     nic_options(nic)  # checks the value before any work
+    if vars_file is not None and not FIRMWARE_FILES[firmware]:
+        raise InputError(f"--vars needs a UEFI firmware; {firmware} keeps no variables",
+                         hint=f"use --firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}")
     netboot = netboot_directory(artifact)
     if not artifact.is_file() and netboot is None:
         raise InputError(f"{artifact} {'has no boot.ipxe' if artifact.is_dir() else 'does not exist'}",
                          hint="boot takes a file, or a netboot directory holding boot.ipxe")
     artifact = netboot or artifact  # boot.ipxe stands for its directory; logs go beside it
     require_firmware(firmware)
+    if tpm_state is not None:
+        tpm = True
+    if tpm:
+        require_tool("swtpm")
+    if vars_file is not None:  # before the KVM probe: a wrong file is refused at once
+        vars_file = make_variable_store(vars_file, FIRMWARE_FILES[firmware][1])
     expect_root = expect_root or default_expectation(artifact)
-    if expect_root not in EXPECTATIONS:
-        raise InputError(f"--expect-root {expect_root!r} is not known", hint=f"use {'|'.join(EXPECTATIONS)}")
+    _check_choice("--expect-root", expect_root, EXPECTATIONS)
     accel = accel or ("kvm" if kvm_works() else "tcg")
     log.info("booting %s under %s firmware with %s%s", artifact.name, firmware, accel,
              "" if accel == "kvm" else " (KVM unusable here)")
     log_dir = log_dir or artifact.parent
     log_path = log_dir / f"{artifact.name}.{firmware}{'.disk' if as_disk else ''}.boot.log"
+    reboots = firmware in REBOOTING_FIRMWARES
 
     def again(retry: bool) -> BootResult:
         return boot(artifact, firmware, timeout, memory, expect_root, log_dir, accel="tcg",
                     writable=writable, as_disk=as_disk, retried=retry, nic=nic,
-                    expect_secureboot=expect_secureboot, expect_entry=expect_entry)
+                    expect_secureboot=expect_secureboot, expect_entry=expect_entry,
+                    vars_file=vars_file, tpm=tpm, tpm_state=tpm_state, expect_tpm=expect_tpm,
+                    expect_verity=expect_verity)
 
-    with tempfile.TemporaryDirectory(prefix="kairos-boot-") as tmp:
-        vars_file = Path(tmp) / "OVMF_VARS.fd"
-        if FIRMWARE_FILES[firmware]:
-            shutil.copyfile(FIRMWARE_FILES[firmware][1], vars_file)
+    # Stopped in reverse order however the wait ends (an error, Ctrl-C): QEMU, then swtpm and
+    # the netboot server, then the temporary files (variables, TPM state, swtpm's socket).
+    with tempfile.TemporaryDirectory(prefix="kairos-boot-") as tmp, contextlib.ExitStack() as running:
+        store = vars_file or Path(tmp) / "OVMF_VARS.fd"
+        if FIRMWARE_FILES[firmware] and vars_file is None:
+            shutil.copyfile(FIRMWARE_FILES[firmware][1], store)
         log_path.write_bytes(b"")
-        with _served(netboot, log_dir / f"{artifact.name}.{firmware}.http.log") as network:
-            start = time.monotonic()
-            proc = _spawn(qemu_command(artifact, firmware, accel, vars_file, memory, writable,
-                                       network, as_disk, nic))
-            try:
-                seen, match = _read_until(proc, MARKER, start + timeout, log_path,
-                                          firmware_watch=True)
-            finally:
-                _stop(proc)
+        network = running.enter_context(
+            _served(netboot, log_dir / f"{artifact.name}.{firmware}.http.log"))
+        tpm_device = running.enter_context(swtpm.running_tpm(Path(tmp), tpm_state)) if tpm else None
+        start = time.monotonic()
+        proc = _spawn(qemu_command(artifact, firmware, accel, store, memory, writable, network,
+                                   as_disk, nic, tpm_device))
+        try:
+            console = _read_until(proc, MARKER, start + timeout, log_path, firmware_watch=True,
+                                  reboots=reboots)
+        finally:
+            _stop(proc)
+        keys_enrolled = reboots and secure_boot_enforced(store.read_bytes())
     elapsed = time.monotonic() - start
+    seen, match = console.seen, console.match
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")
         return again(retry=retried)
-    if match is None and accel == "tcg" and GUEST_PANIC in seen and not retried:
+    if match is None and accel == "tcg" and not retried and _retry_after_panic(console, reboots):
         # Seen here once in ~40 TCG boots: the guest kernel dies on an int3 while patching its
         # own code under multi-threaded TCG, and the same disk boots fine again. One retry;
         # a panic that comes back is reported.
@@ -413,9 +541,14 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
         return again(retry=True)
     tail = "\n".join(seen.decode(errors="replace").splitlines()[-30:])
     if match is None:
-        gave_up = firmware_gave_up(seen) if KERNEL_STARTED not in seen else None
+        current = this_boot(seen)
+        gave_up = firmware_gave_up(current) if KERNEL_STARTED not in current else None
         if gave_up is not None:
-            why = refusal_message(gave_up, firmware, netboot is not None, seen)
+            why = refusal_message(gave_up, firmware, netboot is not None, current)
+        elif console.panics:
+            why = "the guest kernel panicked" + (
+                f" {console.panics} times (it started again after each but the last)"
+                if console.panics > 1 else "")
         elif proc.returncode not in (None, -signal.SIGKILL):
             why = "QEMU exited"
         else:
@@ -424,15 +557,17 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
                          f"{elapsed:.0f} s: {why}; last console lines:\n{tail}\n(full log: {log_path})")
     fields = _parse_fields(match.group("fields"))
     where = f"boot of {artifact.name} ({firmware}, {elapsed:.0f} s)"
-    if problem := check_root(fields, expect_root):
+    if problem := check_root(fields, expect_root, expect_verity):
         raise BuildError(f"{where} reached multi-user but {problem} (full log: {log_path})")
     if problem := check_health(fields):
         raise BuildError(f"{where} reached multi-user but it is not healthy: {problem} "
                          f"(their status is on the console, KAIROS-FAILED-UNIT lines; "
                          f"full log: {log_path})")
-    if problem := check_platform(fields, firmware, expect_secureboot, expect_entry):
+    secureboot = expect_secureboot or expected_secureboot(firmware, keys_enrolled)
+    if problem := check_platform(fields, firmware, secureboot, expect_entry, expect_tpm):
         raise BuildError(f"{where} is healthy but {problem} (full log: {log_path})")
     return BootResult(firmware, accel, elapsed, fields, log_path, state=fields["state"],
                       failed=_listed(fields.get("failed")),
                       secureboot=fields.get("secureboot", "unknown"),
-                      entry=fields.get("entry", "none"))
+                      entry=fields.get("entry", "none"), tpm=fields.get("tpm", "unknown"),
+                      verity=fields.get("verity", "unknown"))

@@ -1,4 +1,5 @@
-"""Boot the disk images: raw under SeaBIOS and OVMF, qcow2 under OVMF. Each must reach
+"""Boot the disk images: raw under SeaBIOS, OVMF and OVMF's Secure Boot setup mode with a TPM,
+qcow2 under OVMF. Each must reach
 multi-user with / read-only from cOS/active.img, /etc on an overlay, and the persistent
 partition in use; what is written under /usr/local survives a reboot, /etc does not. Each
 boot must settle healthy (systemd `running`, no failed unit) on the `active` entry; the disks
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kairos_build.boot.ovmf_vars import secure_boot_enforced
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.boot
@@ -30,7 +32,8 @@ def boot(disk: Path, firmware: str, *extra: str) -> tuple[dict[str, str], dict[s
     assert (report["state"], report["failed"], report["entry"]) == ("running", [], "active")
     # Read in the guest (the firmware's SecureBoot variable), never assumed from the options.
     assert report["secureboot"] == {"bios": "unsupported", "uefi": "disabled",
-                                    "uefi-secureboot": "enabled"}[firmware]
+                                    "uefi-secureboot": "enabled",
+                                    "uefi-secureboot-setup": "disabled"}[firmware]
     log = Path(report["log_path"]).read_text(errors="replace")
     assert "[FAILED]" not in log
     found = PROBE.findall(log)
@@ -42,6 +45,8 @@ def boot(disk: Path, firmware: str, *extra: str) -> tuple[dict[str, str], dict[s
 def assert_immutable(fields: dict[str, str]) -> None:
     assert fields["root_mode"] == "ro" and fields["root"] == "ext4"
     assert fields["image"] == "/cOS/active.img"
+    # The file below / (the loop device's backing file), not only the command line's word.
+    assert fields["root_image"].endswith("/cOS/active.img") and fields["verity"] == "none"
     assert fields["etc"] == "overlay" and fields["persistent"] == "yes"
     assert fields["live"] == "none"
     assert int(fields["ssh_host_keys"]) >= 1  # made on first boot
@@ -76,3 +81,20 @@ def test_qcow2_boots(built_disks: tuple[dict[str, Path], str]) -> None:
     assert_immutable(fields)
     assert fields["hostname"] == "kairos-disk-test"  # the cloud-config, with a network card
     assert probe["root"] == "read-only"
+
+
+def test_raw_disk_boots_in_secure_boot_setup_mode_with_a_tpm(
+        built_disks: tuple[dict[str, Path], str], tmp_path: Path) -> None:
+    """OVMF's Secure Boot build with no key enrolled (setup mode: nothing is checked, so the
+    image's shim and grub boot with Secure Boot off, as a Trusted Boot image's systemd-boot
+    would before it enrolls its keys) and a TPM 2.0 (swtpm) the guest's kernel finds. The
+    variable store and the TPM state are kept where the options say."""
+    store, tpm_state = tmp_path / "node.vars.fd", tmp_path / "node.tpm"
+    fields, probe = boot(built_disks[0]["raw"], "uefi-secureboot-setup", "--vars", str(store),
+                         "--tpm-state", str(tpm_state), "--expect-tpm", "2.0")
+    assert_immutable(fields)
+    assert (fields["tpm"], fields["lockdown"]) == ("2.0", "none")
+    assert probe["root"] == "read-only"
+    # OVMF and the kernel used the TPM (its state is written); nothing was enrolled.
+    assert (tpm_state / "tpm2-00.permall").stat().st_size > 0
+    assert not secure_boot_enforced(store.read_bytes())

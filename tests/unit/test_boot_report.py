@@ -16,6 +16,8 @@ from kairos_build.boot import harness as boot_module
 from kairos_build.boot.harness import (
     check_health,
     check_platform,
+    check_root,
+    comes_from,
     firmware_gave_up,
     parse_report,
     refusal_message,
@@ -191,3 +193,50 @@ def test_a_grub_that_gave_up_is_not_waited_for(tmp_path: Path, monkeypatch: pyte
     assert time.monotonic() - began < 20
     assert ("error: out of memory.; error: no server is specified.; error: you need to load the "
             "kernel first.") in str(raised.value)
+
+
+IMMUTABLE = {"root": "ext4", "root_mode": "ro", "image": "/cOS/active.img",
+             "root_image": "/run/kairos/state/cOS/active.img", "verity": "none", "etc": "overlay"}
+# The Trusted Boot disk: / is dm-verity over a squashfs image, its data and hash devices the
+# same loop device (or two: the image and its hash file).
+VERITY = {**IMMUTABLE, "root": "squashfs", "verity": "verity",
+          "root_image": "/run/kairos/state/cOS/active.img,/run/kairos/state/cOS/active.img.verity"}
+
+
+def test_an_immutable_root_must_come_from_the_image_on_the_command_line() -> None:
+    assert check_root(IMMUTABLE, "immutable") is None
+    assert check_root(VERITY, "immutable") is None
+    assert check_root(VERITY, "immutable", expect_verity="verity") is None
+    assert check_root(IMMUTABLE, "immutable", expect_verity="verity") == \
+        "expected verity=verity, the system reports verity=none"
+    assert check_root(VERITY, "immutable", expect_verity="none") == \
+        "expected verity=none, the system reports verity=verity"
+    # / from another file than the one named (the passive image, a look-alike name), or from
+    # no loop device at all (root=LABEL=... mounted the partition itself): not the image.
+    for found in ("/run/kairos/state/cOS/passive.img", "/run/kairos/state/cOS/notactive.img",
+                  "none"):
+        assert check_root({**IMMUTABLE, "root_image": found}, "immutable") == (
+            f"expected / from /cOS/active.img (the image on the command line), the system "
+            f"reports root_image={found}")
+    assert "an image built before that field" in (
+        check_root({k: v for k, v in IMMUTABLE.items() if k != "root_image"}, "immutable") or "")
+    assert "read-only" in (check_root({**VERITY, "root_mode": "rw"}, "immutable") or "")
+    assert check_root({**IMMUTABLE, "root_image": "none"}, "any") is None
+    assert comes_from("cOS/active.img", "/run/kairos/state/cOS/active.img")
+    assert not comes_from("none", "none")
+
+
+def test_tpm_expectations_and_result_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bios = {**(parse_report(HEALTHY.encode()) or {}), "tpm": "2.0"}
+    assert check_platform(bios, "bios", expect_tpm="2.0") is None
+    assert check_platform(bios, "bios", expect_tpm="any") is None
+    assert check_platform({**bios, "tpm": "none"}, "bios", expect_tpm="2.0") == \
+        "expected tpm=2.0, the system reports tpm=none"
+    assert check_platform({k: v for k, v in bios.items() if k != "tpm"}, "bios",
+                          expect_tpm="none") == "expected tpm=none, the system reports tpm=None"
+    iso = tmp_path / "a.iso"
+    iso.write_bytes(b"\0" * 512)
+    monkeypatch.setattr(boot_module, "_spawn", console(HEALTHY + " tpm=none verity=none"))
+    result = boot_module.boot(iso, "bios", timeout=20, accel="tcg", expect_tpm="none",
+                              expect_verity="none")
+    assert (result.tpm, result.verity) == ("none", "none")

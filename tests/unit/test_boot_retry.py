@@ -12,7 +12,8 @@ import pytest
 from kairos_build.boot import harness as boot_module
 from kairos_build.errors import BuildError
 
-MARKER = ("KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img etc=overlay "
+MARKER = ("KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "
+          "root_image=/run/kairos/state/cOS/active.img verity=none etc=overlay "
           "entry=active firmware=bios secureboot=unsupported state=running failed=none")
 
 

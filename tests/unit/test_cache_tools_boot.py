@@ -68,7 +68,8 @@ def test_failed_tool_shows_its_output() -> None:
 
 def test_install_deps_covers_every_tool_package() -> None:
     for package in ("mmdebstrap", "squashfs-tools", "mtools", "dosfstools", "qemu-system-x86",
-                    "ovmf", "grub-pc-bin", "grub-efi-amd64-bin", "xorriso", "libmagic1", "qemu-utils"):
+                    "ovmf", "grub-pc-bin", "grub-efi-amd64-bin", "xorriso", "libmagic1", "qemu-utils",
+                    "swtpm", "swtpm-tools"):
         assert package in APT_HOST_PACKAGES
 
 

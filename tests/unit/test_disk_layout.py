@@ -144,7 +144,8 @@ def test_a_core_image_too_big_for_the_partition_is_an_error(tmp_path: Path) -> N
 def test_disks_are_expected_to_boot_immutable() -> None:
     assert default_expectation(Path("a.iso")) == "live"
     assert default_expectation(Path("a.qcow2")) == "immutable"
-    good = {"root": "ext4", "root_mode": "ro", "image": "/cOS/active.img", "etc": "overlay"}
+    good = {"root": "ext4", "root_mode": "ro", "image": "/cOS/active.img", "etc": "overlay",
+            "root_image": "/run/kairos/state/cOS/active.img"}
     assert check_root(good, "immutable") is None
     live = {"root": "overlay", "root_mode": "rw", "image": "none", "etc": "none", "live": "squashfs"}
     assert "read-only" in (check_root(live, "immutable") or "")
