@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kairos_build.boot import harness
+from kairos_build.boot import harness, swtpm
 from kairos_build.tools import dies_with_us
 
 PROMPT = "KAIROS-SHELL# "
@@ -43,7 +43,7 @@ class Node:
 
     def __init__(self, log_path: Path, disks: list[Path], cdrom: Path | None = None,
                  firmware: str = "bios", memory: int = 2048, vars_file: Path | None = None,
-                 extra_drives: Sequence[Path] = ()) -> None:
+                 extra_drives: Sequence[Path] = (), tpm_state: Path | None = None) -> None:
         self.log_path = log_path
         self.seen = b""
         self.offset = 0  # what earlier waits consumed
@@ -54,9 +54,14 @@ class Node:
             shutil.copyfile(firmware_files[1], vars_file)
         first = cdrom or disks[0]
         accel = "kvm" if kvm_works() else "tcg"
+        # A TPM (swtpm) whose state is kept in `tpm_state`, for sealed data across runs.
+        self._stack = contextlib.ExitStack()
+        tpm = (self._stack.enter_context(swtpm.running_tpm(Path(self._tmp.name), tpm_state))
+               if tpm_state is not None else None)
         argv = harness.qemu_command(first, firmware, accel, vars_file or Path("/dev/null"),
-                                    memory, writable=True)
-        argv.remove("-no-reboot")
+                                    memory, writable=True, tpm=tpm)
+        if "-no-reboot" in argv:
+            argv.remove("-no-reboot")
         for disk in disks if cdrom else disks[1:]:
             argv += harness.artifact_drive(disk, writable=True)
         for drive in extra_drives:
@@ -171,6 +176,7 @@ class Node:
 
     def close(self) -> None:
         self.kill()
+        self._stack.close()
         self._tmp.cleanup()
 
     def __enter__(self) -> Node:

@@ -1,0 +1,230 @@
+"""A Trusted Boot node's life in QEMU (TCG), OVMF's Secure Boot build from empty variables and
+swtpm: systemd-boot enrolls our keys, the node boots enforced with its root verified by
+dm-verity and COS_PERSISTENT sealed to its TPM; it upgrades to signed UKIs of a second build
+(the seal holds: the policy is signed, not a fixed PCR value), refuses a root image with one
+changed byte and falls back to passive after systemd-boot's tries, resets from recovery; the
+firmware refuses a UKI with one changed byte, and a UKI signed with another PCR key boots
+without the data. One disk, one variable store and one TPM go through every step, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kairos_build.boot import harness
+from tests.boot.node import Node
+from tests.conftest import run_cli
+
+BASE = "bootstrap:debian/trixie"
+PASSWORD = "kairos-trusted"
+MARK = "/usr/local/kairos-test-mark"  # a persistent path: on the sealed COS_PERSISTENT
+CONFIG = f"""#cloud-config
+users:
+  - name: root
+    passwd: {PASSWORD}
+"""
+pytestmark = pytest.mark.boot
+
+
+class Flow:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.disk = folder / "node.qcow2"
+        self.vars = folder / "OVMF_VARS.fd"
+        self.tpm = folder / "tpm"
+        self.upgrades = folder / "upgrades.img"
+        self.failed: str | None = None
+
+    def node(self, name: str) -> Node:
+        return Node(self.folder / f"{name}.log", [self.disk], firmware="uefi-secureboot-setup",
+                    vars_file=self.vars, tpm_state=self.tpm, extra_drives=[self.upgrades])
+
+    def step(self) -> None:
+        if self.failed:
+            pytest.fail(f"the node is not in the state this step starts from: {self.failed}")
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.fixture(scope="module")
+def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
+    """Keys; the v1 disk; v2's uki folder; v3's with one byte of its image changed; a v1 UKI
+    with one byte changed; v1's UKI signed with another PCR key: all but the disk on one
+    read-only drive."""
+    state = Flow(tmp_path_factory.mktemp("trusted"))
+    keys, other = state.folder / "keys", state.folder / "other-keys"
+    assert run_cli("genkey", str(keys)).returncode == 0
+    # The same db key (the firmware starts it), another PCR policy key (the TPM refuses it).
+    shutil.copytree(keys, other)
+    (other / "tpm2-pcr-private.pem").unlink()
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(other / "tpm2-pcr-private.pem")], check=True, capture_output=True)
+    (other / "tpm2-pcr-private.pem").chmod(0o600)
+    (other / "tpm2-pcr-public.pem").unlink()
+    config = state.folder / "config.yaml"
+    config.write_text(CONFIG)
+    common = ("--base", BASE, "--cache-dir", str(test_cache), "--boot-mode", "trusted")
+    result = run_cli("qcow2", *common, "--keys", str(keys), "--version", "v1.0.0",
+                     "--cloud-config", str(config), "--output", str(state.folder / "v1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    next((state.folder / "v1").glob("*.qcow2")).rename(state.disk)
+    drive = state.folder / "drive"
+    for version, key_dir, name in (("v2.0.0", keys, "v2"), ("v3.0.0", keys, "v3"),
+                                   ("v1.0.0", other, "other")):
+        out = state.folder / f"out-{name}"
+        result = run_cli("uki", *common, "--keys", str(key_dir), "--version", version,
+                         "--output", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        drive.mkdir(exist_ok=True)
+        next(out.glob("*-uki")).rename(drive / name)
+        shutil.rmtree(out)
+    # v3's image with one byte changed in its first block (the squashfs superblock's mkfs
+    # time: squashfs itself would not notice; verity does).
+    flip_byte(next((drive / "v3/cOS").glob("system-*.img")), 8)
+    # A v1 system UKI with one byte of its kernel changed: its signature no longer matches.
+    tampered = drive / "tampered.efi"
+    shutil.copyfile(next((drive / "other/EFI/kairos").glob("system-*.efi")), tampered)
+    flip_byte(tampered, tampered.stat().st_size // 2)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "UPGRADES", "-d", str(drive),
+                    str(state.upgrades), "2G"], check=True)
+    shutil.rmtree(drive)
+    shutil.copyfile(harness.FIRMWARE_FILES["uefi-secureboot-setup"][1], state.vars)
+    yield state
+    shutil.rmtree(state.folder, ignore_errors=True)
+
+
+def shell(node: Node, command: str, timeout: float = 300) -> str:
+    status, output = node.run(command, timeout)
+    assert status == 0, f"`{command}` exited {status}:\n{output[-3000:]}"
+    return output
+
+
+def login_and_mount(node: Node) -> None:
+    node.login("root", PASSWORD)
+    shell(node, "mkdir -p /mnt/up && mount -o ro LABEL=UPGRADES /mnt/up")
+
+
+def esp_entries(node: Node) -> list[str]:
+    output = shell(node, "mkdir -p /mnt/esp && mount -o ro LABEL=COS_GRUB /mnt/esp && "
+                         "ls /mnt/esp/loader/entries; umount /mnt/esp")
+    return sorted(w for w in output.split() if w.endswith(".conf"))
+
+
+def assert_trusted(report: dict[str, str], entry: str, version: str, persistent: str) -> None:
+    assert (report["entry"], report["version"]) == (entry, version), report
+    assert (report["firmware"], report["secureboot"], report["tpm"]) == ("uefi", "enabled", "2.0")
+    assert (report["root"], report["root_mode"], report["verity"]) == ("squashfs", "ro", "verity")
+    assert report["persistent"] == persistent, report
+
+
+@contextlib.contextmanager
+def guarded(flow: Flow, name: str) -> Iterator[None]:
+    """A step that fails leaves the node in a state the next steps do not start from."""
+    flow.step()
+    try:
+        yield
+    except BaseException as exc:
+        flow.failed = f"{name}: {exc}"
+        raise
+
+
+def test_first_boot_enrolls_the_keys_and_seals_persistent(flow: Flow) -> None:
+    with guarded(flow, "first boot"):
+        started = time.monotonic()
+        with flow.node("first") as node:
+            node.wait_for(b"Custom Secure Boot keys successfully enrolled", 300)
+            report = node.report(900)
+            assert_trusted(report, "active", "v1.0.0", "yes")
+            assert report["boot"] == "active_boot"
+            assert "sealing COS_PERSISTENT to this machine's TPM" in node.seen.decode(errors="replace")
+            login_and_mount(node)
+            assert "crypto_LUKS" in shell(node, "lsblk -n -o FSTYPE /dev/disk/by-partlabel/persistent")
+            shell(node, f"echo sealed > {MARK} && sync")
+            # Upgrade to v2: a new UKI and image beside the old, active+3 pointing at them.
+            output = shell(node, "kairos-agent upgrade --source dir:/mnt/up/v2 2>&1", 900)
+            assert "the next boot starts it with 3 tries" in output
+            assert esp_entries(node) == ["active+3.conf", "passive.conf", "recovery.conf",
+                                         "statereset.conf"]
+            node.type("reboot\n")
+            second = node.report(900)
+            assert_trusted(second, "active", "v2.0.0", "yes")
+            login_and_mount(node)
+            # The seal held across the upgrade: the new UKI's PCR 11 is signed by the same key.
+            assert "sealed" in shell(node, f"cat {MARK}")
+            shell(node, "systemctl is-active systemd-bless-boot.service")
+            assert "active.conf" in esp_entries(node)  # blessed: the counter is gone
+            output = shell(node, "kairos-agent upgrade --source dir:/mnt/up/v3 2>&1", 900)
+            node.type("reboot\n")
+            # v3's root fails verity on every try; systemd-boot then starts passive (v2).
+            node.wait_for(b"is corrupted", 600)
+            fallback = node.report(1800)
+            assert_trusted(fallback, "passive", "v2.0.0", "yes")
+            assert fallback["boot"] == "passive_boot"
+        print(f"first boot, upgrade, fallback: {time.monotonic() - started:.0f} s")
+
+
+def test_reset_from_recovery_lays_back_the_recovery_system(flow: Flow) -> None:
+    with guarded(flow, "reset"), flow.node("reset") as node:
+        passive = node.report(900)
+        assert passive["entry"] == "passive"
+        login_and_mount(node)
+        shell(node, "kairos-agent reset --reboot-to-recovery 2>&1")
+        node.type("reboot\n")
+        recovery = node.report(900)
+        assert (recovery["entry"], recovery["boot"]) == ("statereset", "recovery_boot")
+        assert recovery["persistent"] == "no"
+        node.wait_for(b"reset done", 600)
+        final = node.report(900)
+        assert_trusted(final, "active", "v1.0.0", "yes")
+        assert "sealing COS_PERSISTENT" in node.seen[node.seen.rfind(b"Linux version"):].decode(
+            errors="replace")
+        login_and_mount(node)
+        status, _output = node.run(f"test -e {MARK}")
+        assert status != 0, "the reset left COS_PERSISTENT's data"
+        assert esp_entries(node) == ["active.conf", "passive.conf", "recovery.conf",
+                                     "statereset.conf"]
+
+
+def test_a_changed_uki_is_refused_and_another_pcr_key_does_not_unlock(flow: Flow) -> None:
+    with guarded(flow, "refusals"), flow.node("refusals") as node:
+        node.report(900)
+        login_and_mount(node)
+        other = shell(node, "ls /mnt/up/other/EFI/kairos/ | grep system-").split()[-1]
+        shell(node, "mkdir -p /mnt/esp && mount LABEL=COS_GRUB /mnt/esp && "
+                    "cp /mnt/up/tampered.efi /mnt/esp/EFI/kairos/tampered.efi && "
+                    f"cp /mnt/up/other/EFI/kairos/{other} /mnt/esp/EFI/kairos/other.efi && "
+                    "printf 'title tampered\\nefi /EFI/kairos/tampered.efi\\n' "
+                    "> /mnt/esp/loader/entries/tampered.conf && "
+                    "printf 'title other\\nefi /EFI/kairos/other.efi\\n' "
+                    "> /mnt/esp/loader/entries/other.conf && umount /mnt/esp")
+        shell(node, "printf '\\007\\000\\000\\000t\\000a\\000m\\000p\\000e\\000r\\000e\\000d"
+                    "\\000.\\000c\\000o\\000n\\000f\\000\\000\\000' > /sys/firmware/efi/efivars/"
+                    "LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")
+        node.type("reboot\n")
+        # The firmware's image check fails: systemd-boot says so and goes on to the default.
+        node.wait_for(b"Security Violation", 600)
+        after = node.report(900)
+        assert_trusted(after, "active", "v1.0.0", "yes")
+        login_and_mount(node)
+        shell(node, "printf '\\007\\000\\000\\000o\\000t\\000h\\000e\\000r"
+                    "\\000.\\000c\\000o\\000n\\000f\\000\\000\\000' > /sys/firmware/efi/efivars/"
+                    "LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")
+        node.type("reboot\n")
+        foreign = node.report(900, healthy=False)
+        # Booted (the db key signed it), verified, but the TPM kept the data closed.
+        assert (foreign["secureboot"], foreign["verity"]) == ("enabled", "verity")
+        assert foreign["persistent"] == "no", foreign
+        assert b"the TPM did not unlock COS_PERSISTENT" in node.seen
