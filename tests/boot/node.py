@@ -56,7 +56,8 @@ class Node:
         accel = "kvm" if kvm_works() else "tcg"
         argv = harness.qemu_command(first, firmware, accel, vars_file or Path("/dev/null"),
                                     memory, writable=True)
-        argv.remove("-no-reboot")
+        if "-no-reboot" in argv:  # absent under a firmware that reboots anyway (setup mode)
+            argv.remove("-no-reboot")
         for disk in disks if cdrom else disks[1:]:
             argv += harness.artifact_drive(disk, writable=True)
         for drive in extra_drives:
