@@ -60,7 +60,7 @@ class Node:
                if tpm_state is not None else None)
         argv = harness.qemu_command(first, firmware, accel, vars_file or Path("/dev/null"),
                                     memory, writable=True, tpm=tpm)
-        if "-no-reboot" in argv:
+        if "-no-reboot" in argv:  # absent under a firmware that reboots anyway (setup mode)
             argv.remove("-no-reboot")
         for disk in disks if cdrom else disks[1:]:
             argv += harness.artifact_drive(disk, writable=True)
