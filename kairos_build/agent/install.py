@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kairos_build.agent import kit
+from kairos_build.agent import kit, trusted
 from kairos_build.agent.bootstate import GRUBENV, boot_state, write_grubenv
 from kairos_build.agent.config import InstallSpec
 from kairos_build.agent.disks import disk_size, partition_device, pick_device
@@ -20,11 +20,14 @@ from kairos_build.agent.images import deploy_system, format_ext4
 from kairos_build.agent.system import NodeError, mounted, run, say, settle
 from kairos_build.disk.bootsector import BootSectorError, write_bios_boot
 from kairos_build.disk.filesystems import tree_bytes
-from kairos_build.disk.layout import DiskOptions, Layout, plan_layout, sfdisk_script
+from kairos_build.disk.layout import DiskOptions, Layout, MiB, align_up, plan_layout, sfdisk_script
 from kairos_build.errors import InputError
 
 LIVE_MEDIUM = Path("/run/initramfs/live")
 LIVE_ROOT = Path("/run/rootfsbase")  # the live squashfs, as built (no runtime changes)
+# A Trusted Boot ISO, mounted by the initramfs as it boots the verified image from it.
+TRUSTED_MEDIUM = Path("/run/kairos/state")
+TRUSTED_ESP = 512 * MiB  # the build's (kairos_build/trusted/disk.py): room for an upgrade
 MEDIUM_FILES = {"rootfs.squashfs": "cOS/recovery.squashfs", "boot/kernel": "boot/vmlinuz",
                 "boot/initrd": "boot/initrd"}
 CONFIG_NAME = "90_custom.yaml"
@@ -41,8 +44,8 @@ def plan(spec: InstallSpec, device: Path, rootfs_bytes: int, recovery_bytes: int
                         hint="use a larger disk or smaller install.partitions sizes") from exc
 
 
-def partition(device: Path, layout: Layout) -> dict[str, Path]:
-    """The table written, each partition formatted; name -> partition device."""
+def partition(device: Path, layout: Layout, blank: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The table written, each partition formatted but those in `blank`; name -> device."""
     run(["wipefs", "--all", "--force", str(device)])
     run(["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always", str(device)],
         input_text=sfdisk_script(layout))
@@ -51,6 +54,8 @@ def partition(device: Path, layout: Layout) -> dict[str, Path]:
     for number, part in enumerate(layout.partitions, start=1):
         node = partition_device(device, number)
         devices[part.name] = node
+        if part.name in blank:
+            continue
         if part.name == "efi":
             run(["mkfs.vfat", "-F", "32", "-n", "COS_GRUB", str(node)])
         elif part.label is not None:
@@ -113,6 +118,44 @@ def write_boot_loaders(device: Path, devices: dict[str, Path], layout: Layout, m
             raise NodeError(str(exc)) from exc
 
 
+def install_trusted(spec: InstallSpec, config_text: str, device_name: str | None,
+                    medium: Path = TRUSTED_MEDIUM) -> Path:
+    """A Trusted Boot live system onto a disk: the files the build signed, copied (the ESP of
+    the install kit, the verified image), COS_PERSISTENT left blank for the first boot to
+    seal to this machine's TPM."""
+    esp_kit = medium / kit.KIT_DIR / kit.ESP_DIR
+    images = sorted((medium / "cOS").glob("system-*.img"))
+    if not esp_kit.is_dir() or len(images) != 1:
+        raise NodeError(f"{medium} has no install kit and system image: this live system "
+                        "cannot install itself", hint="boot a Trusted Boot ISO made by kairos-build")
+    image = images[0]
+    uki = esp_kit / trusted.UKI_DIR / image.name.replace(".img", ".efi")
+    device = pick_device(device_name or spec.device)
+    size = disk_size(device.name)
+    image_bytes = image.stat().st_size
+    options = DiskOptions(firmware="uefi", disk_size=size, sizes=(("efi", TRUSTED_ESP), *spec.sizes),
+                          image_size=align_up(image_bytes * 11 // 10, 16 * MiB))
+    try:
+        layout = plan_layout(options, image_bytes, image_bytes, seed=f"install/{size}")
+    except InputError as exc:
+        raise NodeError(f"{device} ({size / (1 << 30):.2f} GiB) is too small: {exc.message}",
+                        hint="use a larger disk or smaller install.partitions sizes") from exc
+    say(f"installing to {device}: {layout.describe()}")
+    devices = partition(device, layout, blank=("persistent",))
+    with mounted(devices["recovery"], "rw") as recovery:
+        say(f"writing {image.name} ({image_bytes >> 20} MiB) to COS_RECOVERY and COS_STATE")
+        copy_file(image, recovery / "cOS" / image.name)
+        copy_file(uki, recovery / trusted.RESET_KIT / uki.name)
+    with mounted(devices["state"], "rw") as state:
+        copy_file(image, state / "cOS" / image.name)
+    write_oem(devices["oem"], spec, config_text)
+    with mounted(devices["efi"], "rw", fstype="vfat") as esp:
+        copy_tree(esp_kit, esp)
+    os.sync()
+    say(f"installed to {device}")
+    return device
+
+
 def install(spec: InstallSpec, config_text: str, device_name: str | None = None,
             medium: Path = LIVE_MEDIUM, source: Path = LIVE_ROOT) -> Path:
     """Install this live system; returns the disk it went to."""
@@ -120,6 +163,8 @@ def install(spec: InstallSpec, config_text: str, device_name: str | None = None,
     if state != "livecd_boot":
         raise NodeError(f"install runs from the live system; this node booted as {state}",
                         hint="boot the live ISO, or use upgrade/reset on an installed node")
+    if trusted.is_trusted():
+        return install_trusted(spec, config_text, device_name)
     for needed in (medium / kit.KIT_DIR, medium / "rootfs.squashfs", source):
         if not needed.exists():
             raise NodeError(f"{needed} is missing: this live system cannot install itself",

@@ -110,12 +110,16 @@ class IsoExporter:
     name = "iso"
     extension = "iso"
     boot_mode = "secureboot"  # grub on BIOS and UEFI, systemd or openrc, an EFI-stub kernel
+    trusted = True  # --boot-mode trusted: UEFI only, systemd-boot and a live UKI (trusted/iso.py)
     tools: tuple[str, ...] = ("mksquashfs", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy", "sfdisk")
     # The boot loaders come from the image (the host's grub only for an image without one).
     files: tuple[str, ...] = ()
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
+        if config.boot_mode == "trusted":
+            export_trusted(context, output)
+            return
         work = context.workdir
         kernel = context.kernel()
         initrd = context.initrd()
@@ -155,25 +159,45 @@ class IsoExporter:
             hybridize(output, context.rootfs_key)
 
 
-def write_iso(files: dict[str, Path], output: Path, epoch: int = 0) -> None:
-    """The ISO9660 filesystem (Rock Ridge + Joliet) with BIOS and UEFI El Torito entries,
-    every date in it `epoch` (UTC)."""
+def export_trusted(context: ExportContext, output: Path) -> None:
+    """The Trusted Boot live ISO: UEFI only (kairos_build.trusted.iso)."""
+    from kairos_build.trusted.iso import trusted_iso_files  # needs the image's ukify
+    from kairos_build.trusted.keys import load_keys
+
+    assert context.config.keys is not None  # the build refuses trusted without keys
+    keys = load_keys(context.config.keys, context.config.cache_dir)
+    files = trusted_iso_files(context, keys, LABEL)
+    with step("writing the ISO (UEFI only)"):
+        write_iso(files, output, context.epoch, bios=False)
+
+
+def write_iso(files: dict[str, Path], output: Path, epoch: int = 0, bios: bool = True) -> None:
+    """The ISO9660 filesystem (Rock Ridge + Joliet) with BIOS (unless `bios` is False) and
+    UEFI El Torito entries, every date in it `epoch` (UTC)."""
     with frozen_pycdlib_clock(epoch):
-        _write_iso(files, output)
+        _write_iso(files, output, bios)
 
 
-def _write_iso(files: dict[str, Path], output: Path) -> None:
+def _write_iso(files: dict[str, Path], output: Path, bios: bool) -> None:
     iso = _Iso()
     folders = {path[:cut] for path in files for cut in range(1, len(path)) if path[cut] == "/"}
     for folder in sorted(folders):
         iso.add_dir(folder)
     for path in sorted(files):
         iso.add_file(files[path], path)
-    # BIOS: grub's cdboot needs the boot info table and loads 4 sectors to start.
-    iso.iso.add_eltorito("/BOOT/GRUB/BIOS.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
-                         rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
-                         boot_load_size=4, boot_info_table=True)
-    iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", efi=True)
+    if bios:
+        # BIOS: grub's cdboot needs the boot info table and loads 4 sectors to start.
+        iso.iso.add_eltorito("/BOOT/GRUB/BIOS.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
+                             rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
+                             boot_load_size=4, boot_info_table=True)
+        iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", efi=True)
+    else:
+        # The ESP holds a UKI: far more than the 65535 sectors El Torito's count can say. A
+        # count below 2 has UEFI firmware (edk2's ElTorito.c) take the image from its start
+        # to the end of the medium; the FAT inside says its own size.
+        iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
+                             rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
+                             efi=True, boot_load_size=1, platform_id=0xEF)
     try:
         iso.iso.write(str(output))
     finally:

@@ -62,7 +62,7 @@ def boot_mode(config: BuildConfig, exporter: Exporter) -> str:
     if config.boot_mode == "trusted" and exporter.boot_mode == "secureboot":
         if not getattr(exporter, "trusted", False):
             raise InputError(f"the {exporter.name} format has no Trusted Boot variant yet",
-                             hint="build raw, qcow2, vmdk, vhd, gce or uki with --boot-mode trusted")
+                             hint="build iso, raw, qcow2, vmdk, vhd, gce or uki with --boot-mode trusted")
         return "trusted"
     if exporter.boot_mode == "trusted" and config.keys is None:
         raise InputError(f"the {exporter.name} format signs with Trusted Boot keys",

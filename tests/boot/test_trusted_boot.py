@@ -30,6 +30,11 @@ users:
   - name: root
     passwd: {PASSWORD}
 """
+INSTALL_CONFIG = CONFIG + """install:
+  auto: true
+  device: auto
+  poweroff: true
+"""
 pytestmark = pytest.mark.boot
 
 
@@ -40,6 +45,7 @@ class Flow:
         self.vars = folder / "OVMF_VARS.fd"
         self.tpm = folder / "tpm"
         self.upgrades = folder / "upgrades.img"
+        self.iso = folder / "live.iso"
         self.failed: str | None = None
 
     def node(self, name: str) -> Node:
@@ -81,6 +87,12 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                      "--cloud-config", str(config), "--output", str(state.folder / "v1"))
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "v1").glob("*.qcow2")).rename(state.disk)
+    install = state.folder / "install.yaml"
+    install.write_text(INSTALL_CONFIG)
+    result = run_cli("iso", *common, "--keys", str(keys), "--version", "v1.0.0",
+                     "--cloud-config", str(install), "--output", str(state.folder / "iso"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    next((state.folder / "iso").glob("*.iso")).rename(state.iso)
     drive = state.folder / "drive"
     for version, key_dir, name in (("v2.0.0", keys, "v2"), ("v3.0.0", keys, "v3"),
                                    ("v1.0.0", other, "other")):
@@ -228,3 +240,23 @@ def test_a_changed_uki_is_refused_and_another_pcr_key_does_not_unlock(flow: Flow
         assert (foreign["secureboot"], foreign["verity"]) == ("enabled", "verity")
         assert foreign["persistent"] == "no", foreign
         assert b"the TPM did not unlock COS_PERSISTENT" in node.seen
+
+
+def test_the_trusted_iso_installs_a_sealed_node(flow: Flow) -> None:
+    """The live ISO under the enrolled firmware (Secure Boot enforced): its verified image boots
+    from the CD, installs itself onto an empty disk and powers off; the disk then boots with
+    its own COS_PERSISTENT sealed to the TPM."""
+    disk = flow.folder / "installed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8G"], check=True)
+    options = {"firmware": "uefi-secureboot-setup", "vars_file": flow.vars, "tpm_state": flow.tpm}
+    with Node(flow.folder / "live.log", [disk], cdrom=flow.iso, **options) as node:  # type: ignore[arg-type]
+        live = node.report(900)
+        assert (live["entry"], live["boot"]) == ("live", "livecd_boot"), live
+        assert (live["secureboot"], live["verity"], live["persistent"]) == ("enabled", "verity", "no")
+        assert node.wait_exit(1200) == 0
+    log = (flow.folder / "live.log").read_text(errors="replace")
+    assert "installed to /dev/vda" in log, log[-3000:]
+    with Node(flow.folder / "installed.log", [disk], **options) as node:  # type: ignore[arg-type]
+        installed = node.report(900)
+        assert_trusted(installed, "active", "v1.0.0", "yes")
+        assert b"sealing COS_PERSISTENT to this machine's TPM" in node.seen

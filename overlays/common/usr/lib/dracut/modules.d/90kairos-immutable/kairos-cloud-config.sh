@@ -21,8 +21,15 @@ kairos_seed_cloud_config() {
             kairos.live_config=*) live_config=${arg#kairos.live_config=} ;;
         esac
     done
+    # The live medium: dmsquash-live's mount, or ours (a Trusted Boot ISO boots its verified
+    # image through kairos-immutable, the ISO mounted as the state partition).
     case "$live_config" in
-        /*) [ -f "/run/initramfs/live$live_config" ] && local_sources="/run/initramfs/live$live_config" ;;
+        /*) for medium in /run/initramfs/live /run/kairos/state; do
+                if [ -f "$medium$live_config" ]; then
+                    local_sources="$medium$live_config"
+                    break
+                fi
+            done ;;
     esac
     marker=/sysroot/etc/cloud/cloud-init.disabled
     marker_text="# kairos: no cloud-config on this boot"
