@@ -69,7 +69,7 @@ def boot_memory(disk: Path, firmware: str, extra: list[str]) -> int:
     result = subprocess.run([sys.executable, "-m", "kairos_build", "boot", str(disk), "--firmware",
                              firmware, "--timeout", "900", "--json", *extra],
                             capture_output=True, text=True, check=False, cwd=REPO)
-    report = json.loads(result.stdout or "{}").get("report", {})
+    report = json.loads(result.stdout or "{}").get("fields", {})
     if result.returncode != 0 or "mem_used" not in report:
         sys.exit(f"booting {disk} failed:\n{result.stderr[-2000:]}")
     return int(report["mem_used"])

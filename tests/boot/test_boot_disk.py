@@ -1,5 +1,5 @@
-"""Boot the disk images: raw under SeaBIOS, OVMF and OVMF's Secure Boot setup mode with a TPM,
-qcow2 under OVMF. Each must reach
+"""Boot the disk images: raw under SeaBIOS and OVMF, qcow2 under OVMF (the setup-mode firmware
+and the TPM boot the Trusted Boot disk: tests/boot/test_trusted_boot.py). Each must reach
 multi-user with / read-only from cOS/active.img, /etc on an overlay, and the persistent
 partition in use; what is written under /usr/local survives a reboot, /etc does not. Each
 boot must settle healthy (systemd `running`, no failed unit) on the `active` entry; the disks
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.boot.ovmf_vars import secure_boot_enforced
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.boot
@@ -82,19 +81,3 @@ def test_qcow2_boots(built_disks: tuple[dict[str, Path], str]) -> None:
     assert fields["hostname"] == "kairos-disk-test"  # the cloud-config, with a network card
     assert probe["root"] == "read-only"
 
-
-def test_raw_disk_boots_in_secure_boot_setup_mode_with_a_tpm(
-        built_disks: tuple[dict[str, Path], str], tmp_path: Path) -> None:
-    """OVMF's Secure Boot build with no key enrolled (setup mode: nothing is checked, so the
-    image's shim and grub boot with Secure Boot off, as a Trusted Boot image's systemd-boot
-    would before it enrolls its keys) and a TPM 2.0 (swtpm) the guest's kernel finds. The
-    variable store and the TPM state are kept where the options say."""
-    store, tpm_state = tmp_path / "node.vars.fd", tmp_path / "node.tpm"
-    fields, probe = boot(built_disks[0]["raw"], "uefi-secureboot-setup", "--vars", str(store),
-                         "--tpm-state", str(tpm_state), "--expect-tpm", "2.0")
-    assert_immutable(fields)
-    assert (fields["tpm"], fields["lockdown"]) == ("2.0", "none")
-    assert probe["root"] == "read-only"
-    # OVMF and the kernel used the TPM (its state is written); nothing was enrolled.
-    assert (tpm_state / "tpm2-00.permall").stat().st_size > 0
-    assert not secure_boot_enforced(store.read_bytes())
