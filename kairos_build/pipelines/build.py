@@ -29,6 +29,7 @@ from kairos_build.source.refs import parse_ref
 from kairos_build.source.resolve import base_tools
 from kairos_build.tools import require_file, require_tool
 from kairos_build.trusted import uki, verity
+from kairos_build.trusted.keys import load_keys
 
 
 def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
@@ -37,6 +38,8 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
     for exporter in exporters:
         boot_mode(config, exporter)  # refuses a format without the asked boot mode before any work
     check_host_tools(config, exporters)
+    if config.keys is not None and any(boot_mode(config, e) == "trusted" for e in exporters):
+        load_keys(config.keys, config.cache_dir)  # a missing or open key stops us before any work
     check_output_dir(config.output_dir)
     remove_stale_partials(config.output_dir)
     cache = Cache(config.cache_dir)
