@@ -146,6 +146,9 @@ def install_trusted(spec: InstallSpec, config_text: str, device_name: str | None
         say(f"writing {image.name} ({image_bytes >> 20} MiB) to COS_RECOVERY and COS_STATE")
         copy_file(image, recovery / "cOS" / image.name)
         copy_file(uki, recovery / trusted.RESET_KIT / uki.name)
+        for role in ("active", "passive"):
+            entry = esp_kit / trusted.ENTRIES_DIR / f"{role}.conf"
+            copy_file(entry, recovery / trusted.RESET_KIT / entry.name)
     with mounted(devices["state"], "rw") as state:
         copy_file(image, state / "cOS" / image.name)
     write_oem(devices["oem"], spec, config_text)

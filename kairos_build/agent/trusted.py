@@ -9,8 +9,8 @@ and systemd-bless-boot drops the counter once the boot reached boot-complete.tar
 left at zero tries is sorted last, and the boot falls to passive. The active entry is written
 last: a power cut before it leaves the node as it was.
 
-Reset (from recovery) lays back the recovery image and its system UKI (kept on COS_RECOVERY
-by the build) as active and passive, and wipes COS_PERSISTENT's LUKS header: the next boot
+Reset (from recovery) lays back the recovery image, its system UKI and the build's loader
+entries (kept on COS_RECOVERY) as active and passive, and wipes COS_PERSISTENT's LUKS header: the next boot
 seals a new volume to the TPM.
 """
 
@@ -237,11 +237,12 @@ def reset(recovery_mount: Path, reset_persistent: bool) -> None:
         say(f"writing {image.name} from recovery")
         copy_durably(image, state / "cOS" / image.name)
         copy_durably(uki, esp / UKI_DIR / uki.name)
-        template = (entry_files(esp, "active") or entry_files(esp, "recovery"))[0]
+        # The entries as the build wrote them (titles, versions), kept beside the UKI.
+        current = (entry_files(esp, "active") or entry_files(esp, "recovery"))[0]
         efi = f"/{UKI_DIR}/{uki.name}"
-        write_entry(esp, "passive", entry_lines((entry_files(esp, "passive") or [template])[0]),
-                    efi, None)
-        write_entry(esp, "active", entry_lines(template), efi, None)
+        for role in ("passive", "active"):
+            kept = recovery_mount / RESET_KIT / f"{role}.conf"
+            write_entry(esp, role, entry_lines(kept if kept.is_file() else current), efi, None)
         collect_garbage(esp, state)
     if reset_persistent:
         say("wiping COS_PERSISTENT: the next boot seals a new one to the TPM")

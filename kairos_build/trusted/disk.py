@@ -6,7 +6,7 @@
                      loader/keys/auto/{PK,KEK,db}.auth   enrolled by systemd-boot in setup mode
     COS_OEM          the node's cloud-config
     COS_RECOVERY     cOS/system-ID.img             the root image + its verity tree
-                     kairos/trusted/system-ID.efi  its system UKI, for a reset
+                     kairos/trusted/  its system UKI and loader entries, for a reset
     COS_STATE        cOS/system-ID.img             the same: active and passive at first
     COS_PERSISTENT   what the node keeps: blank here, LUKS2 sealed to the node's TPM on
                      its first boot, opened only under a UKI our PCR key signed
@@ -157,7 +157,8 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     link_or_copy(verity.path, recovery / image)
     system = f"{UKI_DIR}/{SYSTEM.name(verity)}.efi"
     (recovery / RESET_KIT).mkdir(parents=True)
-    shutil.copyfile(loaders[system], recovery / RESET_KIT / Path(system).name)
+    for path in (system, "loader/entries/active.conf", "loader/entries/passive.conf"):
+        shutil.copyfile(loaders[path], recovery / RESET_KIT / Path(path).name)
     write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
     oem = stage(work, "oem")
     if config.cloud_config is not None:

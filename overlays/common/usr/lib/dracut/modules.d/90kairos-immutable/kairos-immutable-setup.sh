@@ -87,6 +87,8 @@ open_sealed() {
     part=/dev/disk/by-partlabel/persistent
     name=kairos-persistent
     wait_for "$part" || { say "no partition named persistent"; return 1; }
+    # Without blkid a used partition could look blank: never format on a guess.
+    command -v blkid > /dev/null || { say "no blkid in the initramfs: COS_PERSISTENT left alone"; return 1; }
     signature=/run/systemd/tpm2-pcr-signature.json
     public_key=/run/systemd/tpm2-pcr-public-key.pem
     [ -f "$signature" ] || signature=/.extra/tpm2-pcr-signature.json
