@@ -117,8 +117,7 @@ def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) ->
                                      f"/{UKI_DIR}/{uki.name(verity)}.efi"))
         files[f"loader/entries/{role}.conf"] = conf
     loader = work / "loader.conf"
-    loader.write_text(render("systemd-boot/loader.conf.j2", default="active.conf", timeout=3,
-                             enroll="if-safe"))
+    loader.write_text(render("systemd-boot/loader.conf.j2", timeout=3, enroll="if-safe"))
     files["loader/loader.conf"] = loader
     for name, auth in keys.auto_enroll.items():
         files[f"loader/keys/auto/{name}"] = auth

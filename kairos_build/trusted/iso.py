@@ -51,8 +51,7 @@ def live_esp(context: ExportContext, keys: SigningKeys, verity: VerityImage, lab
     entry, loader = work / "live.conf", work / "loader.conf"
     entry.write_text(loader_entry(f"Kairos {config.flavor.pretty_name} {config.version} live", 1,
                                   config.version, f"/{UKI_DIR}/{name}.efi"))
-    loader.write_text(render("systemd-boot/loader.conf.j2", default="live.conf", timeout=3,
-                             enroll="if-safe"))
+    loader.write_text(render("systemd-boot/loader.conf.j2", timeout=3, enroll="if-safe"))
     files = {"EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
              f"{UKI_DIR}/{name}.efi": uki, "loader/loader.conf": loader,
              "loader/entries/live.conf": entry,

@@ -66,7 +66,12 @@ def test_the_uki_folder_holds_the_esp_and_the_root_image(trusted: tuple[Path, Pa
                 *(f"loader/keys/auto/{k}.auth" for k in ("PK", "KEK", "db"))}
     assert files == expected
     loader = (folder / "loader/loader.conf").read_text()
-    assert re.search(r"^default active\.conf$", loader, re.M)
+    # No default: the first entry by sort-key (active) unless its boot counter ran out.
+    assert not re.search(r"^default ", loader, re.M)
+    sort_keys = [re.search(r"^sort-key (\S+)$", (folder / f"loader/entries/{r}.conf").read_text(),
+                           re.M) for r in ROLES]
+    assert all(sort_keys)
+    assert [m.group(1) for m in sort_keys if m] == sorted(m.group(1) for m in sort_keys if m)
     assert re.search(r"^secure-boot-enroll if-safe$", loader, re.M)
     for role in ROLES:
         entry = (folder / f"loader/entries/{role}.conf").read_text()
