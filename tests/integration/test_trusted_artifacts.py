@@ -9,7 +9,6 @@ import base64
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,18 +17,12 @@ import pytest
 
 from kairos_build.convert.sandbox import run_in_root
 from tests.conftest import run_cli
+from tests.integration.test_disk_images import sh
 
 MiB = 1 << 20
 ROLES = ("active", "passive", "recovery", "statereset")
 KINDS = ("system", "recovery")
 PRIVATE = ("PK.key", "KEK.key", "db.key", "tpm2-pcr-private.pem")
-
-
-def sh(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if ok:
-        assert result.returncode == 0, f"{argv}: {result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")
