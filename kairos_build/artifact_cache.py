@@ -69,11 +69,12 @@ def kept_output(context: ExportContext, key: str, final: Path) -> Published | No
 def copy_cached(context: ExportContext, key: str, partial: Path) -> bool:
     """Copy the cached artifact to `partial` (reflink or in-kernel copy, holes kept); False
     when there is none."""
-    entry = _valid_entry(context, key)
-    if entry is None:
-        return False
-    log.info("  reusing the cached artifact %s", key[:12])
-    run(["cp", "--reflink=auto", "--sparse=always", str(entry[0]), str(partial)])
+    with context.cache.locked(KIND, key):  # a prune waits until the copy is done
+        entry = _valid_entry(context, key)
+        if entry is None:
+            return False
+        log.info("  reusing the cached artifact %s", key[:12])
+        run(["cp", "--reflink=auto", "--sparse=always", str(entry[0]), str(partial)])
     return True
 
 

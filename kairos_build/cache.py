@@ -146,6 +146,12 @@ class Cache:
         return self.root / kind / key
 
     @contextmanager
+    def locked(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the entry `kind/key` while it is read: no prune removes it meanwhile."""
+        with self._lock(kind, key):
+            yield
+
+    @contextmanager
     def _lock(self, kind: str, key: str) -> Iterator[None]:
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
@@ -292,14 +298,17 @@ class Cache:
                         found.append(CacheEntry(kind_dir.name, entry.name, entry))
         return found
 
-    def prune(self, older_than_days: float | None) -> list[CacheEntry]:
-        """Remove entries not used for `older_than_days` (all with None); return them.
+    def prune(self, older_than_days: float | None, kinds: tuple[str, ...] = ()) -> list[CacheEntry]:
+        """Remove entries not used for `older_than_days` (all with None), of `kinds` only when
+        given; return them.
 
         Each entry is removed under its lock, so a build using it is never pulled from under.
         """
         limit = None if older_than_days is None else time.time() - older_than_days * 86400
         removed = []
         for entry in self.entries():
+            if kinds and entry.kind not in kinds:
+                continue
             if limit is not None and entry.path.lstat().st_mtime > limit:
                 continue
             with self._lock(entry.kind, entry.key):

@@ -15,15 +15,9 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 
-def converted_tree(test_cache: Path) -> Path:
-    """The converted rootfs the session's ISO came from (the newest converted entry)."""
-    entries = [e for e in Cache(test_cache).entries() if e.kind == "converted"]
-    return max(entries, key=lambda e: e.path.stat().st_mtime).path
-
-
-def test_converted_trixie_boots_secure_but_lacks_systemd_boot_for_trusted(
-        test_cache: Path, built_iso: tuple[Path, str]) -> None:
-    root = converted_tree(test_cache)
+# probe_tree: the converted trixie the session's disks are built from (`convert -o dir:`).
+def test_converted_trixie_boots_secure_but_lacks_systemd_boot_for_trusted(probe_tree: Path) -> None:
+    root = probe_tree
     secure = check_rootfs(root, "secureboot")
     assert secure.ok, secure.rules
     trusted = check_rootfs(root, "trusted")
@@ -34,8 +28,8 @@ def test_converted_trixie_boots_secure_but_lacks_systemd_boot_for_trusted(
     assert stub.evidence and stub.evidence.startswith("/boot/config-")
 
 
-def test_converted_trixie_has_debians_signed_chain(test_cache: Path, built_iso: tuple[Path, str]) -> None:
-    root = converted_tree(test_cache)
+def test_converted_trixie_has_debians_signed_chain(probe_tree: Path) -> None:
+    root = probe_tree
     chain = {r.name: r for r in check_rootfs(root, "secureboot").rules if not r.blocking}
     assert {name: r.evidence for name, r in chain.items()} == {
         "signed shim": "/usr/lib/shim/shimx64.efi.signed",

@@ -5,12 +5,11 @@ gives the same artifact, byte for byte. A bad config file stops the real command
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import drop_finished_artifacts, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ def sha256(path: Path) -> str:
 def build_iso(test_cache: Path, out: Path, *args: str) -> Path:
     """One real ISO build into `out`, really exported: finished artifacts cached by an earlier
     build are dropped first (the conversion and the squashfs are still reused)."""
-    shutil.rmtree(test_cache / "artifact", ignore_errors=True)
+    drop_finished_artifacts(test_cache)
     result = run_cli(*args, "--output", str(out), "--cache-dir", str(test_cache))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "exporting iso" in result.stderr, result.stderr[-3000:]
