@@ -38,8 +38,8 @@ _TEST_CACHE: dict[str, Path] = {}
 SIDE_MODULES = ("tests/boot/test_trusted_boot.py", "tests/boot/test_node_lifecycle.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # around xdist's own, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     order = [SIDE_MODULES[0], "main", *SIDE_MODULES[1:]]
 
     def group(item: pytest.Item) -> str:
@@ -49,6 +49,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: order.index(group(item)))  # stable: file order within a group
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group(item)))
+    yield
 
 
 def drop_finished_artifacts(test_cache: Path) -> None:
