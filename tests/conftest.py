@@ -30,26 +30,34 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800
 
 _TEST_CACHE: dict[str, Path] = {}
 
-# The suite runs on two workers (pytest-xdist, `-n 2 --dist loadgroup` in pyproject.toml): a
-# TCG boot keeps about one core busy, so two at once finish in 1.3 times the time of one. The
-# longest module starts first on one worker, everything else keeps its order on the other,
-# and the next module in this list goes to whichever worker runs out of work first.
-# The workers share the test cache: its entries are made and removed under their locks.
+# The suite runs on two workers (pytest-xdist, `-n 2` in pyproject.toml): a TCG boot keeps
+# about one core busy, so two at once finish in 1.3 times the time of one. The longest module
+# starts first on one worker, everything else keeps its order on the other, and the next
+# module in this list goes to whichever worker runs out of work first. The workers share the
+# test cache: its entries are made and removed under their locks.
 SIDE_MODULES = ("tests/boot/test_trusted_boot.py", "tests/boot/test_node_lifecycle.py")
+_ORDER = [SIDE_MODULES[0], "main", *SIDE_MODULES[1:]]
 
 
-@pytest.hookimpl(wrapper=True)  # around xdist's own, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
-    order = [SIDE_MODULES[0], "main", *SIDE_MODULES[1:]]
+def work_group(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return module if module in SIDE_MODULES else "main"
 
-    def group(item: pytest.Item) -> str:
-        module = item.nodeid.split("::", 1)[0]
-        return module if module in SIDE_MODULES else "main"
 
-    items.sort(key=lambda item: order.index(group(item)))  # stable: file order within a group
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    yield
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _ORDER.index(work_group(item.nodeid)))  # stable within a group
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each group goes whole to one worker (xdist's own --dist loadgroup names groups by
+    rewriting node ids, which pytest 9 no longer lets it do)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def drop_finished_artifacts(test_cache: Path) -> None:
