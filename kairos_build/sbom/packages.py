@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from kairos_build.errors import BuildError
-from kairos_build.rootfs import regular_file
+from kairos_build.errors import BuildError, HostileContentError, KairosError
+from kairos_build.rootfs import regular_file, resolve_in
 from kairos_build.sbom.licences import copyright_licences
 
 DPKG_STATUS = "var/lib/dpkg/status"
@@ -48,10 +48,16 @@ class Package:
                 f"{quote(self.version, safe='')}?{'&'.join(qualifiers)}")
 
 
-def _read(rootfs: Path, path: str) -> str:
-    """A text file of the image ("" when missing); a link never leads out of the rootfs."""
+def _read(rootfs: Path, path: str, limit: int = 256 << 20) -> str:
+    """A text file of the image ("" when missing); a link never leads out of the rootfs, and
+    a file larger than `limit` (a hostile image's) is refused, not loaded."""
     found = regular_file(rootfs, path)
-    return found.read_text(errors="replace") if found else ""
+    if found is None:
+        return ""
+    if found.stat().st_size > limit:
+        raise BuildError(f"the image's /{path} is {found.stat().st_size >> 20} MiB: too large "
+                         "to be a package database", hint="check where the base image comes from")
+    return found.read_text(errors="replace")
 
 
 def paragraphs(text: str) -> Iterator[dict[str, str]]:
@@ -73,6 +79,14 @@ def paragraphs(text: str) -> Iterator[dict[str, str]]:
         yield fields
 
 
+def _copyright(rootfs: Path, package: str) -> str:
+    """A package's copyright file; none that is larger than any real one (16 MiB)."""
+    try:
+        return _read(rootfs, f"usr/share/doc/{package}/copyright", limit=16 << 20)
+    except BuildError:
+        return ""
+
+
 def dpkg_packages(rootfs: Path) -> list[Package]:
     """Every package dpkg has installed (Status: ... installed), its licences from its
     machine-readable copyright file."""
@@ -84,7 +98,7 @@ def dpkg_packages(rootfs: Path) -> list[Package]:
         source = stanza.get("Source", "").split(" ")[0]
         found.append(Package(
             "deb", name, stanza.get("Version", ""), stanza.get("Architecture", ""),
-            copyright_licences(_read(rootfs, f"usr/share/doc/{name}/copyright")),
+            copyright_licences(_copyright(rootfs, name)),
             stanza.get("Maintainer", ""), stanza.get("Description", "").split("\n")[0],
             source))
     return found
@@ -121,12 +135,23 @@ def parse_rpm_query(output: str) -> list[Package]:
 def rpm_packages(rootfs: Path) -> list[Package]:
     from kairos_build.convert.sandbox import run_in_root
 
-    output = run_in_root(rootfs, ["rpm", "-qa", "--queryformat", RPM_QUERY], read_only=True)
+    try:
+        output = run_in_root(rootfs, ["rpm", "-qa", "--queryformat", RPM_QUERY], read_only=True)
+    except KairosError as exc:
+        raise BuildError(f"the image's own rpm could not list its packages: {exc.message}",
+                         hint="an image with an rpm database needs its rpm to read it") from None
     return parse_rpm_query(output)
 
 
 def _has_rpm_database(rootfs: Path) -> bool:
-    return any((rootfs / d).is_dir() and any((rootfs / d).iterdir()) for d in RPM_DATABASES)
+    for folder in RPM_DATABASES:
+        try:
+            found = resolve_in(rootfs, folder)
+        except HostileContentError:
+            continue
+        if found.is_dir() and any(found.iterdir()):
+            return True
+    return False
 
 
 READERS: tuple[tuple[str, Callable[[Path], bool], Callable[[Path], list[Package]]], ...] = (

@@ -159,3 +159,12 @@ def test_the_document_passes_the_spdx_validator_and_a_broken_one_does_not(tmp_pa
     bad = validate(document, tmp_path / "bad.spdx.json")
     assert bad.returncode != 0 or bad.stdout.strip()
     assert "LicenseRef-public-domain" in bad.stdout + bad.stderr
+
+
+def test_a_package_database_too_large_to_be_real_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    with (root / "var/lib/dpkg/status").open("wb") as handle:
+        handle.truncate(300 << 20)  # sparse: nothing is written
+    with pytest.raises(BuildError, match="too large to be a package database"):
+        installed_packages(root)
