@@ -12,7 +12,7 @@ from typing import Any
 from kairos_build import __version__, manifest
 from kairos_build.artifact_cache import code_digest
 from kairos_build.config import BuildConfig
-from kairos_build.exporters.base import ExportContext, Exporter
+from kairos_build.exporters.base import ExportContext
 from kairos_build.publish import Artifact, publish_json
 from kairos_build.reproducible import given_epoch
 from kairos_build.sbom.packages import Package
@@ -81,9 +81,8 @@ def build_manifest(artifact: Artifact, context: ExportContext, facts: BuildFacts
     }
 
 
-def write_records(artifact: Artifact, exporter: Exporter, context: ExportContext,
-                  facts: BuildFacts, stages: Sequence[tuple[str, str]],
-                  tools: Sequence[str]) -> Artifact:
+def write_records(artifact: Artifact, context: ExportContext, facts: BuildFacts,
+                  stages: Sequence[tuple[str, str]], tools: Sequence[str]) -> Artifact:
     """NAME.spdx.json and NAME.build.json beside the published artifact."""
     sbom = beside(artifact.path, SBOM_SUFFIX)
     record = beside(artifact.path, MANIFEST_SUFFIX)

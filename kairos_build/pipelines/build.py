@@ -69,7 +69,7 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
             mark = len(cache.used)
             artifact, key = export_artifact(exporter, context, config.output_dir)
             tools = [t for need in host_needs(config, [exporter]) for t in need.tools]
-            artifacts.append(write_records(artifact, exporter, context, facts,
+            artifacts.append(write_records(artifact, context, facts,
                                            [*cache.used[mark:], (artifact_cache.KIND, key)], tools))
     for artifact in artifacts:
         log.info("wrote %s (%.0f MiB) with its SBOM and build manifest", artifact.path,
