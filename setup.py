@@ -1,4 +1,4 @@
-"""Install the top-level data folders (flavors/, overlays/, templates/) inside the package.
+"""Install the top-level data folders (flavors/, overlays/, templates/, sbom/) inside the package.
 
 The data lives outside the code in the repository, as the design asks; an installed copy needs
 it beside the modules, so the build step copies it to kairos_build/data/.
@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-DATA_DIRS = ("flavors", "overlays", "templates")
+DATA_DIRS = ("flavors", "overlays", "templates", "sbom")
 
 
 class BuildWithData(build_py):

@@ -47,7 +47,7 @@ class Published:
 def artifact_key(exporter: Exporter, context: ExportContext) -> str:
     """The converted rootfs, every setting, our code and templates, the host tools used."""
     return cache_key(KIND, format=exporter.name, rootfs=context.rootfs_key, epoch=context.epoch,
-                     config=_config_record(context.config), code=_code_digest(),
+                     config=_config_record(context.config), code=code_digest(),
                      plugin=_plugin_digest(type(exporter).__module__),
                      templates=hash_tree(data_dir("templates")), tool=__version__,
                      host=_host_record(exporter))
@@ -117,8 +117,8 @@ def _config_record(config: Any) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if field.name in ("output_dir", "cache_dir"):
-            continue
+        if field.name in ("output_dir", "cache_dir", "settings", "fresh_artifact"):
+            continue  # where it writes; the settings as given (the fields hold their values)
         if field.name == "flavor":
             value = value.source.read_text()
         elif isinstance(value, Path):
@@ -133,7 +133,7 @@ def _file_digest(path: Path) -> str:
 
 
 @memoize
-def _code_digest() -> str:
+def code_digest() -> str:
     """Our own sources: an exporter changed in a checkout must not reuse an older result.
     Only the .py files: __pycache__ changes when Python compiles them."""
     digest = hashlib.sha256()
@@ -148,7 +148,7 @@ def _code_digest() -> str:
 def _plugin_digest(module: str) -> str | None:
     """A plugin's own sources (the top-level package or module its exporter comes from): a
     plugin upgraded must not reuse what its older version built. None for our own exporters,
-    which _code_digest covers."""
+    which code_digest covers."""
     top = module.partition(".")[0]
     if top == __name__.partition(".")[0]:
         return None

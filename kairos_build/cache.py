@@ -141,6 +141,9 @@ class CacheEntry:
 class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Every entry this build asked for (kind, key), made or reused: a build manifest lists
+        # the stages an artifact came from.
+        self.used: list[tuple[str, str]] = []
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -173,6 +176,7 @@ class Cache:
         runs and its inputs are recorded beside the new entry.
         """
         final = self.path(kind, key)
+        self.used.append((kind, key))
         with self._lock(kind, key):
             if final.is_dir() and not refresh:
                 log.info("  reusing cached %s %s", kind, key[:12])

@@ -187,6 +187,45 @@ def dockerfile(
     log.info("wrote %s; build it with: docker build -t IMAGE %s", written, output)
 
 
+@verb(app, "rebuild")
+def rebuild(
+    manifest_file: Annotated[Path, typer.Argument(
+        metavar="NAME.build.json", help="The build manifest written beside an artifact.")],
+    command_line: CommandLine,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Where the rebuilt artifact goes (not the checked one's folder).")
+    ] = Path("rebuild"),
+) -> None:
+    """Make an artifact again from its build manifest and say whether its sha256 matches (exit
+    0) or not (exit 1, naming which recorded input differs)."""
+    from kairos_build.errors import BuildError
+    from kairos_build.pipelines.rebuild import rebuild as rebuild_artifact
+
+    values = _settings("rebuild", command_line)
+    cache_dir = values.get("cache-dir")
+    result = rebuild_artifact(manifest_file, output,
+                              cache_dir if isinstance(cache_dir, Path) else None,
+                              no_cache=values.get("no-cache") is True)
+    name = result.artifact.path.name
+    if values.get("json"):
+        _emit(values, {"artifact": vars(result.artifact), "recorded_sha256": result.recorded_sha256,
+                       "matches": result.matches, "changes": list(result.changes),
+                       "package_changes": list(result.package_changes)})
+    elif result.matches:
+        print(f"sha256 matches: {result.artifact.sha256}  {name}")
+    else:
+        print(f"sha256 differs: recorded {result.recorded_sha256}, rebuilt "
+              f"{result.artifact.sha256}  {name}")
+        for change in result.changes or ("no recorded input differs: the build is not "
+                                         "reproducible on this host",):
+            print(f"  {change}")
+        for change in result.package_changes:
+            print(f"  package {change}")
+    if not result.matches:
+        raise BuildError(f"the rebuilt {name} is not the recorded one",
+                         hint="the lines above say which recorded input differs")
+
+
 @verb(app, "check")
 def check(
     ref: Annotated[str, typer.Argument(help="A base reference or a directory.")],

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kairos_build.cache import default_cache_dir
+from kairos_build.configfile import effective
 from kairos_build.disk.layout import DiskOptions, parse_partition_sizes, parse_size
 from kairos_build.disk.squashfs import Compression
 from kairos_build.errors import InputError
@@ -57,6 +58,11 @@ class BuildConfig:
     # -> a dm-verity root), the latter signed with the keys in `keys` (kairos-build genkey).
     boot_mode: str = "secureboot"
     keys: Path | None = None
+    # Export anew even when the artifact cache holds the artifact (`rebuild`: the stages
+    # before it are still taken from the cache by their keys).
+    fresh_artifact: bool = False
+    # The effective settings as given (settings.SETTINGS keys), for the build manifest.
+    settings: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.pull not in PULL_POLICIES:
@@ -148,5 +154,6 @@ def config_from(values: Mapping[str, Value], **fixed: Any) -> BuildConfig:
         "overlay_rootfs": _path(values, "overlay-rootfs"),
         "no_cache": values.get("no-cache") is True,
         "boot_mode": _text(values, "boot-mode"), "keys": _path(values, "keys"), **fixed}
+    options["settings"] = effective(values)
     return replace(BuildConfig(flavor=flavor, release=flavor.release(_text(values, "release"))),
                    **{k: v for k, v in options.items() if v is not None})

@@ -1,4 +1,4 @@
-"""Where the data folders (flavors/, overlays/, templates/) are: installed or in a checkout."""
+"""Where the data folders (flavors/, overlays/, templates/, sbom/) are: installed or in a checkout."""
 
 from __future__ import annotations
 

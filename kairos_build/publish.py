@@ -8,6 +8,7 @@ left behind is removed by the next one. `build` and `inject` publish through her
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -26,6 +27,9 @@ class Artifact:
     path: Path
     sha256: str
     size: int
+    checksum: Path | None = None  # NAME.sha256 beside a file; SHA256SUMS inside a folder
+    sbom: Path | None = None  # NAME.spdx.json beside it
+    manifest: Path | None = None  # NAME.build.json beside it
 
 
 def partial_path(final: Path) -> Path:
@@ -114,7 +118,7 @@ def publish_file(format_name: str, partial: Path, final: Path) -> Artifact:
     except BaseException:
         checksum_partial.unlink(missing_ok=True)
         raise
-    return Artifact(format_name, final, digest, final.stat().st_size)
+    return Artifact(format_name, final, digest, final.stat().st_size, checksum)
 
 
 def publish_directory(format_name: str, partial: Path, final: Path) -> Artifact:
@@ -140,7 +144,19 @@ def publish_directory(format_name: str, partial: Path, final: Path) -> Artifact:
             shutil.rmtree(old)
         else:
             old.unlink()
-    return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size)
+    return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size,
+                    final / "SHA256SUMS")
+
+
+def publish_json(final: Path, data: object) -> None:
+    """A JSON record beside an artifact, appearing whole under its name (or not at all)."""
+    partial = partial_path(final)
+    try:
+        partial.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        partial.rename(final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def copy_tree(source: Path, target: Path) -> None:

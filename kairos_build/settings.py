@@ -145,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("version", "text", "v0.1.0", "Kairos version of the image (v1.2.3).",
             ("convert", "dockerfile", ARTIFACTS), check=_version),
     Setting("cache-dir", "path", None, "Cache directory (default: $KAIROS_BUILD_CACHE or "
-            "~/.cache/kairos-build).", (*_SOURCE, "cache ls", "cache prune"), is_global=True),
+            "~/.cache/kairos-build).", (*_SOURCE, "cache ls", "cache prune", "rebuild"), is_global=True),
     Setting("pull", "text", "missing", "When to fetch the base anew.", _SOURCE,
             choices=PULL_POLICIES, is_global=True),
     Setting("platform", "text", "linux/amd64", "Picks from multi-platform images.", _SOURCE,
@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("no-cache", "flag", False, "Make every stage anew (base unpack, conversion, "
             "squashfs, images) and replace its cache entry; pulled blobs, checked by their "
             "digest, are still reused and tags are resolved as --pull says.",
-            ("unpack", "convert", ARTIFACTS)),
+            ("unpack", "convert", ARTIFACTS, "rebuild")),
     Setting("compression", "text", "zstd", "Squashfs compression: zstd (level 3), zstd:LEVEL "
             "(1-22), xz (with the arch's BCJ filter), gzip[:LEVEL], lz4, lzo.", (ARTIFACTS,),
             check=_compression, former=("--squashfs-compression",)),
@@ -187,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
             (ARTIFACTS,)),
     Setting("json", "flag", False, "Print the result as JSON on stdout.",
             (*_SOURCE, "boot", "inject", "genkey", "flavors", "formats", "cache ls",
-             "cache prune"),
+             "cache prune", "rebuild"),
             is_global=True),
 )
 

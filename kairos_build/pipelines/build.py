@@ -14,7 +14,11 @@ from kairos_build.convert.convert import conversion_tools
 from kairos_build.errors import InputError, MissingToolError
 from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
 from kairos_build.log import log, step
-from kairos_build.pipelines.stages import convert_base, resolve_config_base
+from kairos_build.pipelines.stages import (
+    convert_base,
+    framework_files_digest,
+    resolve_config_base,
+)
 from kairos_build.publish import (
     Artifact,
     check_output_dir,
@@ -24,7 +28,9 @@ from kairos_build.publish import (
     publish_file,
     remove_stale_partials,
 )
+from kairos_build.records import BuildFacts, write_records
 from kairos_build.reproducible import build_epoch
+from kairos_build.sbom.packages import installed_packages
 from kairos_build.source.refs import parse_ref
 from kairos_build.source.resolve import base_tools
 from kairos_build.tools import require_file, require_tool
@@ -51,11 +57,23 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
         for exporter in exporters:
             require_mode(rootfs, boot_mode(config, exporter), f"the {exporter.name} artifact")
 
+    with step("listing the image's packages"):
+        database, packages = installed_packages(rootfs)
+        log.info("  %d packages in its %s database", len(packages), database)
+    facts = BuildFacts(base, database, packages, list(cache.used), framework_files_digest(config))
+
+    artifacts = []
     with cache.workdir() as work:
         context = ExportContext(config, rootfs, rootfs_key, cache, work, epoch=build_epoch(rootfs))
-        artifacts = [export_artifact(e, context, config.output_dir) for e in exporters]
+        for exporter in exporters:
+            mark = len(cache.used)
+            artifact, key = export_artifact(exporter, context, config.output_dir)
+            tools = [t for need in host_needs(config, [exporter]) for t in need.tools]
+            artifacts.append(write_records(artifact, context, facts,
+                                           [*cache.used[mark:], (artifact_cache.KIND, key)], tools))
     for artifact in artifacts:
-        log.info("wrote %s (%.0f MiB)", artifact.path, artifact.size / (1 << 20))
+        log.info("wrote %s (%.0f MiB) with its SBOM and build manifest", artifact.path,
+                 artifact.size / (1 << 20))
     return artifacts
 
 
@@ -122,8 +140,10 @@ def check_host_tools(config: BuildConfig, exporters: list[Exporter]) -> None:
             raise MissingToolError(f"{exc.message}, needed for {need.stage}", hint=exc.hint) from None
 
 
-def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> Artifact:
+def export_artifact(exporter: Exporter, context: ExportContext,
+                    output_dir: Path) -> tuple[Artifact, str]:
     """Write to hidden temporary names, then rename: no half-written artifact is ever visible.
+    The artifact and its key in the artifact cache.
 
     An exporter writes a file, checksummed in NAME.sha256 beside it, or a directory (netboot),
     named NAME-EXTENSION/ and checksummed file by file in a SHA256SUMS inside it.
@@ -134,16 +154,18 @@ def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path
     key = artifact_cache.artifact_key(exporter, context)
     try:
         with step(f"exporting {exporter.name}"):
-            reuse = not context.config.no_cache
+            reuse = not (context.config.no_cache or context.config.fresh_artifact)
             if reuse and (kept := artifact_cache.kept_output(context, key, final)):
-                return Artifact(exporter.name, final, kept.sha256, kept.size)
+                return Artifact(exporter.name, final, kept.sha256, kept.size,
+                                final.with_name(f"{final.name}.sha256")), key
             if not (reuse and artifact_cache.copy_cached(context, key, partial)):
                 exporter.export(context, partial)
             if partial.is_dir():
-                return publish_directory(exporter.name, partial, output_dir / f"{name}-{exporter.extension}")
+                folder = output_dir / f"{name}-{exporter.extension}"
+                return publish_directory(exporter.name, partial, folder), key
             artifact = publish_file(exporter.name, partial, final)
             artifact_cache.store(context, key, final, artifact.sha256)
-            return artifact
+            return artifact, key
     except BaseException:
         discard(partial)
         raise

@@ -40,11 +40,11 @@ def _context(tmp_path: Path, rootfs_key: str = "k1", **options: object) -> Expor
 def test_an_unchanged_rebuild_keeps_the_output_and_a_deleted_one_is_copied_back(tmp_path: Path) -> None:
     exporter, out = _CountingExporter(), tmp_path / "out"
     out.mkdir()
-    first = export_artifact(exporter, _context(tmp_path), out)
-    again = export_artifact(exporter, _context(tmp_path), out)
+    first, _key = export_artifact(exporter, _context(tmp_path), out)
+    again, _key = export_artifact(exporter, _context(tmp_path), out)
     assert exporter.runs == 1 and again == first
     first.path.unlink()
-    copied = export_artifact(exporter, _context(tmp_path), out)
+    copied, _key = export_artifact(exporter, _context(tmp_path), out)
     assert exporter.runs == 1 and copied.sha256 == first.sha256
     assert copied.path.read_bytes() == b"artifact of k1"
 
@@ -61,11 +61,11 @@ def test_other_inputs_build_anew(tmp_path: Path) -> None:
 def test_a_write_into_the_output_invalidates_the_entry(tmp_path: Path) -> None:
     exporter, out = _CountingExporter(), tmp_path / "out"
     out.mkdir()
-    first = export_artifact(exporter, _context(tmp_path), out)
+    first, _key = export_artifact(exporter, _context(tmp_path), out)
     with first.path.open("r+b") as handle:  # what QEMU does to a raw disk it boots
         handle.write(b"ARTIFACT")
     os.utime(first.path, ns=(1, first.path.stat().st_mtime_ns + 1))
-    rebuilt = export_artifact(exporter, _context(tmp_path), out)
+    rebuilt, _key = export_artifact(exporter, _context(tmp_path), out)
     assert exporter.runs == 2 and rebuilt.path.read_bytes() == b"artifact of k1"
 
 

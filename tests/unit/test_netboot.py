@@ -86,7 +86,7 @@ def context(tmp_path: Path) -> ExportContext:
 def test_a_directory_artifact_is_published_whole_with_its_sha256sums(context: ExportContext) -> None:
     out = context.config.output_dir
     out.mkdir()
-    artifact = export_artifact(_DirectoryExporter(), context, out)
+    artifact, _key = export_artifact(_DirectoryExporter(), context, out)
     assert artifact.path == out / f"{context.config.artifact_name}-fake"
     assert [p.name for p in out.iterdir()] == [artifact.path.name]  # no .sha256, no leftovers
     sums = (artifact.path / "SHA256SUMS").read_text()
@@ -96,7 +96,7 @@ def test_a_directory_artifact_is_published_whole_with_its_sha256sums(context: Ex
     assert artifact.size == len(b"kernel") + len(b"#!ipxe\n") + len(sums)
 
     # A second build replaces the first one; nothing of either is left aside.
-    again = export_artifact(_DirectoryExporter(content=b"newer"), context, out)
+    again, _key = export_artifact(_DirectoryExporter(content=b"newer"), context, out)
     assert (again.path / "vmlinuz").read_bytes() == b"newer"
     assert [p.name for p in out.iterdir()] == [artifact.path.name]
 
@@ -118,7 +118,7 @@ def test_a_failing_directory_export_leaves_no_directory(context: ExportContext, 
 def test_a_failing_export_keeps_the_previous_directory(context: ExportContext) -> None:
     out = context.config.output_dir
     out.mkdir()
-    first = export_artifact(_DirectoryExporter(), context, out)
+    first, _key = export_artifact(_DirectoryExporter(), context, out)
     with pytest.raises(RuntimeError):
         export_artifact(_DirectoryExporter(fail=True, content=b"broken"), context, out)
     assert [p.name for p in out.iterdir()] == [first.path.name]
