@@ -35,7 +35,7 @@ fi
 
 # gitlab-ci-local runs the GitLab CI template in the tests, installed into .ci-tools/ from
 # ci/tools/package-lock.json. Pinned to 4.63.0, the newest release whose dependencies all
-# support Debian 12's Node.js 18 (later ones declare Node 20; 4.66 and later fail on Node 20).
+# support Debian 12's Node.js 18 (later ones declare Node 20; 4.75 needs Node 22).
 if [ -n "$extras" ]; then
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
