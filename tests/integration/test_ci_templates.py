@@ -1,7 +1,7 @@
 """The CI templates run for real: the GitLab template under gitlab-ci-local's shell executor,
 the GitHub composite action's steps under the small runner below; each builds a trixie ISO
-with the test cache as its cache. The action and the example workflow validate against
-GitHub's published schemas (check-jsonschema's bundled copies: no network).
+with the test cache as its cache. The action, the example workflow and the GitLab template
+validate against their published schemas (check-jsonschema's bundled copies: no network).
 
 gitlab-ci-local and check-jsonschema come with `bash ci/setup.sh --dev`; a missing one fails
 the test, naming that command."""
@@ -171,9 +171,10 @@ def test_the_gitlab_template_builds_an_iso(test_cache: Path, tmp_path: Path) -> 
 
 # -- GitHub: schemas, and the composite action's steps run by a small runner ----------------
 
-def test_the_action_and_the_example_workflow_match_githubs_schemas() -> None:
+def test_the_templates_match_their_published_schemas() -> None:
     tool = check_jsonschema()
-    for schema, path in (("vendor.github-actions", ACTION), ("vendor.github-workflows", EXAMPLE_WORKFLOW)):
+    for schema, path in (("vendor.github-actions", ACTION), ("vendor.github-workflows", EXAMPLE_WORKFLOW),
+                         ("vendor.gitlab-ci", GITLAB_TEMPLATE)):
         result = subprocess.run([str(tool), "--builtin-schema", schema, str(path)],
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
