@@ -287,14 +287,17 @@ def test_the_action_passes_every_input_as_one_argument(tmp_path: Path, fake_kair
     assert not list(tmp_path.rglob("PWNED"))
 
 
-def test_the_action_builds_an_iso(test_cache: Path, tmp_path: Path) -> None:
+def test_the_action_installs_kairos_build_and_builds_an_iso(test_cache: Path, tmp_path: Path) -> None:
+    """install: true pip-installs this repository into a virtualenv of its own (and runs
+    install-deps, which finds the suite's host packages installed); the build uses that one."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     (workspace / "cloud-config.yaml").write_text(CLOUD_CONFIG)
     outputs = run_composite_action(ACTION, {
-        "install": "false", "flavor": "debian", "base": BASE, "formats": "iso",
+        "install": "true", "flavor": "debian", "base": BASE, "formats": "iso",
         "cloud-config": "cloud-config.yaml", "version": VERSION, "output": "build",
-        "cache-dir": str(test_cache)}, workspace, str(VENV_BIN))
+        "cache-dir": str(test_cache)}, workspace, "/nonexistent")
+    assert (tmp_path / "runner/kairos-build-venv/bin/kairos-build").is_file()
 
     assert outputs["output-dir"] == "build"
     assert "\n" not in outputs["artifacts"]
