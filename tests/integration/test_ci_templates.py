@@ -248,6 +248,8 @@ def run_composite_action(action: Path, inputs: Mapping[str, str], workspace: Pat
     runner = workspace.parent / "runner"
     runner.mkdir()
     search_path = [path, os.environ["PATH"]]
+    # As on a runner, the suite's own Python settings stay out of the steps.
+    runner_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     for number, step in enumerate(spec["runs"]["steps"]):
         assert "run" in step and step.get("shell") == "bash", step
         assert "${{" not in step["run"], f"an expression in the script of step {number}"
@@ -257,7 +259,7 @@ def run_composite_action(action: Path, inputs: Mapping[str, str], workspace: Pat
         script.write_text(step["run"])
         output.touch()
         added_path.touch()
-        env = {**os.environ, **{k: render(str(v), context) for k, v in step.get("env", {}).items()},
+        env = {**runner_env, **{k: render(str(v), context) for k, v in step.get("env", {}).items()},
                "PATH": os.pathsep.join(search_path), "GITHUB_OUTPUT": str(output),
                "GITHUB_PATH": str(added_path), "GITHUB_ACTION_PATH": str(action.parent),
                "GITHUB_WORKSPACE": str(workspace), "RUNNER_TEMP": str(runner)}
