@@ -2,9 +2,10 @@
 #   docker build -t kairos-build .
 #   docker run --privileged -v "$PWD/build:/build" -v kairos-cache:/var/cache/kairos-build \
 #       kairos-build iso --flavor debian
-# --privileged: the build runs as root and its sandbox makes mount and PID namespaces and
-# mounts /proc and tmpfs inside them, which docker's default capabilities, seccomp and
-# AppArmor profiles refuse (README, "In a CI pipeline").
+# --privileged (or --cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt
+# apparmor=unconfined): the build runs as root and its sandbox makes mount and PID namespaces,
+# mounts /proc and tmpfs inside them and pivots into the tree, which docker's default
+# capabilities, seccomp and AppArmor profiles refuse (README, "In a CI pipeline").
 ARG BASE=debian:bookworm
 FROM ${BASE}
 
