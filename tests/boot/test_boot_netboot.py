@@ -29,9 +29,10 @@ def netboot_dir(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     result = run_cli("netboot", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
                      "--output", str(out), "--cache-dir", str(test_cache))
     assert result.returncode == 0, result.stderr[-4000:]
-    built = list(out.iterdir())
-    assert [p.name for p in built] == ["kairos-debian-13-core-amd64-generic-v0.1.0-netboot"]
-    yield built[0]
+    name = "kairos-debian-13-core-amd64-generic-v0.1.0-netboot"
+    # The folder, and its SBOM and build manifest beside it.
+    assert sorted(p.name for p in out.iterdir()) == [name, f"{name}.build.json", f"{name}.spdx.json"]
+    yield out / name
     shutil.rmtree(out, ignore_errors=True)  # CI's disk is shared: free it once checked
 
 

@@ -147,9 +147,10 @@ def test_checksum_file_matches_and_nothing_partial_is_left(iso: Path) -> None:
         while chunk := handle.read(1 << 22):
             sha.update(chunk)
     assert sha.hexdigest() == digest
-    # Only the artifact and its checksum (boot tests may add their console logs beside them).
+    # Only the artifact, its checksum, build manifest and SBOM (boot tests may add their
+    # console logs beside them).
     artifacts = sorted(p.name for p in iso.parent.iterdir() if not p.name.endswith(".boot.log"))
-    assert artifacts == [iso.name, iso.name + ".sha256"]
+    assert artifacts == [iso.name, *(iso.name + s for s in (".build.json", ".sha256", ".spdx.json"))]
 
 
 def test_the_build_logs_each_timed_step(built_iso: tuple[Path, str]) -> None:
