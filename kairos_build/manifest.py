@@ -86,7 +86,7 @@ def load(path: Path) -> dict[str, Any]:
         if key not in BY_KEY or not BY_KEY[key].takes("build"):
             raise InputError(f"the build manifest {path} has a setting this kairos-build does "
                              f"not know: {key}", hint="rebuild with the kairos-build version "
-                             f"it names: {data.get('tool', {}).get('version', 'unknown')}")
+                             f"it names: {data.get('tool', {}).get('kairos-build', 'unknown')}")
     return data
 
 

@@ -50,8 +50,9 @@ def test_what_load_refuses(tmp_path: Path) -> None:
     record = recorded(tmp_path)
     record["settings"]["turbo"] = True
     path.write_text(json.dumps(record))
-    with pytest.raises(InputError, match="setting this kairos-build does not know: turbo"):
+    with pytest.raises(InputError, match="setting this kairos-build does not know: turbo") as info:
         manifest.load(path)
+    assert info.value.hint and info.value.hint.endswith("it names: 0.2.0")
     with pytest.raises(InputError, match="cannot read"):
         manifest.load(tmp_path / "missing.build.json")
 
