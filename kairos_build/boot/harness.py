@@ -73,9 +73,6 @@ SECUREBOOT_REFUSED = (b": Access Denied", b"Security Violation", b"bad shim sign
 IPXE_FAILED = (b"Could not boot image",)
 # grub's last words when every entry it tried failed (it then shows its menu again and waits).
 GRUB_FAILED = (b"Failed to boot both default and fallback entries",)
-# grub's menu, which waits its timeout (3 s in our images) for a key. `boot` answers Enter
-# once per boot, which starts the entry the timeout would have started.
-GRUB_MENU = b"Press enter to boot the selected OS"
 NOTHING_TO_BOOT = (b"No bootable option or device was found", b"UEFI Interactive Shell")
 KERNEL_STARTED = b"Linux version "
 GUEST_PANIC = b"Kernel panic - not syncing"
@@ -156,18 +153,15 @@ def _line_with(seen: bytes, words: bytes) -> str:
 
 def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | bytes,
                 deadline: float, log_file: Path | None = None,
-                firmware_watch: bool = False, reboots: bool = False,
-                answer_menu: bool = False) -> Console:
+                firmware_watch: bool = False, reboots: bool = False) -> Console:
     """Read the serial console until `pattern` appears, QEMU exits or the deadline passes;
     with `firmware_watch`, also until the firmware gives up (see firmware_gave_up) in the
     current boot. With `reboots` (QEMU runs on when the guest resets) a kernel panic is
     followed by the next boot (panic=N), so only a second one ends the wait, as the retry
-    after a first one would (see `boot`). With `answer_menu`, grub's menu gets Enter on the
-    console (QEMU's stdin) once per boot instead of waiting out its timeout."""
+    after a first one would (see `boot`)."""
     assert proc.stdout is not None
     seen = b""
     panics = 0
-    answered = False
     with open(log_file or os.devnull, "ab") as sink:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([proc.stdout], [], [], 0.5)
@@ -188,15 +182,6 @@ def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | byte
                     return Console(seen, match, panics)
                 if KVM_FAILURE in seen or GUEST_PANIC_END in seen or (reboots and panics > 1):
                     break  # nothing more will come: no need to wait for the deadline
-                if any(words in chunk for words in KERNEL_RESETS):
-                    answered = False  # the next boot shows its menu again
-                if answer_menu and not answered and proc.stdin is not None \
-                        and GRUB_MENU in (current := this_boot(seen)) \
-                        and KERNEL_STARTED not in current:
-                    with contextlib.suppress(OSError):
-                        proc.stdin.write(b"\r")
-                        proc.stdin.flush()
-                    answered = True
                 current = this_boot(seen) if firmware_watch else b""
                 if firmware_watch and KERNEL_STARTED not in current and firmware_gave_up(current):
                     # Let the firmware finish its sentence (the rest of the line) for the log.
@@ -217,15 +202,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    if proc.stdin is not None:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-    # QEMU dies with us: a killed `boot` must not leave a guest running with no end. Its stdin
-    # is the serial console's input (see _read_until's answer_menu).
-    return subprocess.Popen(dies_with_us(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    # QEMU dies with us: a killed `boot` must not leave a guest running with no end.
+    return subprocess.Popen(dies_with_us(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -541,7 +522,7 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
                                    as_disk, nic, tpm_device))
         try:
             console = _read_until(proc, MARKER, start + timeout, log_path, firmware_watch=True,
-                                  reboots=reboots, answer_menu=True)
+                                  reboots=reboots)
         finally:
             _stop(proc)
         keys_enrolled = reboots and secure_boot_enforced(store.read_bytes())
