@@ -1,7 +1,7 @@
 """A Trusted Boot node's life in QEMU (TCG), OVMF's Secure Boot build from empty variables and
 swtpm. `kairos-build boot` starts the built disk in setup mode: systemd-boot enrolls our keys,
-the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT sealed
-to the TPM. With those keys enrolled, the firmware refuses a UKI with one changed byte, and
+the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT and
+COS_OEM (which holds the build's cloud-config) sealed to the TPM. With those keys enrolled, the firmware refuses a UKI with one changed byte, and
 the live ISO installs a node, which seals its own data; it upgrades to signed UKIs of a second
 build (the seal holds: the policy is signed, not a fixed PCR value), refuses a root image with
 one changed byte and falls back to passive after systemd-boot's tries, resets from recovery,
@@ -32,7 +32,9 @@ from tests.conftest import run_cli
 BASE = "bootstrap:debian/trixie"
 PASSWORD = "kairos-trusted"
 MARK = "/usr/local/kairos-test-mark"  # a persistent path: on the sealed COS_PERSISTENT
+HOSTNAME = "kairos-trusted"  # from the cloud-config on COS_OEM: read through its seal
 CONFIG = f"""#cloud-config
+hostname: {HOSTNAME}
 users:
   - name: root
     passwd: {PASSWORD}
@@ -171,7 +173,7 @@ def esp_entries(node: Node) -> list[str]:
 
 
 def assert_trusted(report: dict[str, str], entry: str, version: str, persistent: str) -> None:
-    assert (report["entry"], report["version"]) == (entry, version), report
+    assert (report["entry"], report["version"], report["hostname"]) == (entry, version, HOSTNAME)
     assert (report["firmware"], report["secureboot"], report["tpm"]) == ("uefi", "enabled", "2.0")
     assert (report["root"], report["root_mode"], report["verity"]) == ("squashfs", "ro", "verity")
     assert report["persistent"] == persistent, report
@@ -207,6 +209,9 @@ def test_kairos_build_boot_enrolls_and_boots_the_disk_enforced(flow: Flow) -> No
         log = Path(output["log_path"]).read_text(errors="replace")
         assert "Custom Secure Boot keys successfully enrolled" in log
         assert "sealing COS_PERSISTENT to this machine's TPM" in log
+        # The build's plain COS_OEM, sealed with its files kept: the config still applies.
+        assert "sealing COS_OEM to this machine's TPM" in log
+        assert report["hostname"] == HOSTNAME
         assert secure_boot_enforced(flow.vars.read_bytes())
 
 
@@ -251,9 +256,17 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         report = node.report(900)
         assert_trusted(report, "active", "v1.0.0", "yes")
         assert report["boot"] == "active_boot"
-        assert "sealing COS_PERSISTENT to this machine's TPM" in node.seen.decode(errors="replace")
+        first_log = node.seen.decode(errors="replace")
+        assert "sealing COS_PERSISTENT to this machine's TPM" in first_log
+        assert "sealing COS_OEM to this machine's TPM" in first_log
         login_and_mount(node)
-        assert "crypto_LUKS" in shell(node, "lsblk -n -o FSTYPE /dev/disk/by-partlabel/persistent")
+        for part in ("persistent", "oem"):  # LUKS2, and marked whole (kairos-sealed.sh)
+            found = shell(node, f"blkid -p -o export /dev/disk/by-partlabel/{part}").split()
+            assert {"TYPE=crypto_LUKS", "SUBSYSTEM=kairos"} <= set(found), found
+        # The agent finds COS_OEM by its label, in the volume; the files that waited on
+        # COS_PERSISTENT during the seal are gone from there.
+        assert shell(node, "readlink -f /dev/disk/by-label/COS_OEM").split()[-1].startswith("/dev/dm-")
+        shell(node, "test ! -e /run/kairos/persistent/.kairos-oem-seal")
         shell(node, f"echo sealed > {MARK} && sync")
         # Upgrade to v2: a new UKI and image beside the old, active+3 pointing at them.
         output = shell(node, "kairos-agent upgrade --source dir:/mnt/up/v2 2>&1", 900)
@@ -290,8 +303,9 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         node.wait_for(b"reset done", 600)
         final = node.report(900)
         assert_trusted(final, "active", "v1.0.0", "yes")
-        assert "sealing COS_PERSISTENT" in node.seen[node.seen.rfind(b"Linux version"):].decode(
-            errors="replace")
+        final_log = node.seen[node.seen.rfind(b"Linux version"):].decode(errors="replace")
+        assert "sealing COS_PERSISTENT" in final_log
+        assert "sealing COS_OEM" not in final_log  # still sealed, still holding the config
         login_and_mount(node)
         status, _output = node.run(f"test -e {MARK}")
         assert status != 0, "the reset left COS_PERSISTENT's data"
@@ -312,3 +326,5 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         assert (foreign["secureboot"], foreign["verity"]) == ("enabled", "verity")
         assert foreign["persistent"] == "no", foreign
         assert b"the TPM did not unlock COS_PERSISTENT" in node.seen
+        assert b"the TPM did not unlock COS_OEM" in node.seen
+        assert foreign["hostname"] != HOSTNAME  # its config stayed sealed
