@@ -1,12 +1,14 @@
 """A Trusted Boot node's life in QEMU (TCG), OVMF's Secure Boot build from empty variables and
 swtpm. `kairos-build boot` starts the built disk in setup mode: systemd-boot enrolls our keys,
 the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT and
-COS_OEM (which holds the build's cloud-config) sealed to the TPM. With those keys enrolled, the firmware refuses a UKI with one changed byte, and
-the live ISO installs a node, which seals its own data; it upgrades to signed UKIs of a second
-build (the seal holds: the policy is signed, not a fixed PCR value), refuses a root image with
-one changed byte and falls back to passive after systemd-boot's tries, resets from recovery,
-and a UKI signed with another PCR key boots without the data. One variable store and one TPM
-go through every step, in order; logs are kept when a step fails.
+COS_OEM (which holds the build's cloud-config) sealed to the TPM. With those keys enrolled,
+the firmware refuses a UKI with one changed byte, and the live ISO installs a node, which
+seals its own data (and runs sealed_scenarios.py: seals stopped at each step); it upgrades to
+signed UKIs of a second build (the seal holds: the policy is signed, not a fixed PCR value),
+refuses a root image with one changed byte and falls back to passive after systemd-boot's
+tries, resets from recovery, and a UKI signed with another PCR key boots without the data.
+One variable store and one TPM go through every step, in order; logs are kept when a step
+fails.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kairos_build.boot.ovmf_vars import secure_boot_enforced
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import write_partition_table
 from tests.boot.node import Node
+from tests.boot.sealed_scenarios import SCENARIOS
 from tests.conftest import run_cli
 
 BASE = "bootstrap:debian/trixie"
@@ -120,6 +123,7 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     # v3's image with one byte changed in its first block (the squashfs superblock's mkfs
     # time: squashfs itself would not notice; verity does).
     flip_byte(next((drive / "v3/cOS").glob("system-*.img")), 8)
+    shutil.copyfile(Path(__file__).parent / "sealed_scenarios.py", drive / "sealed_scenarios.py")
     # A v1 system UKI with one byte of its kernel changed: its signature no longer matches.
     tampered = state.folder / "tampered.efi"
     shutil.copyfile(next((drive / "other/EFI/kairos").glob("system-*.efi")), tampered)
@@ -267,6 +271,13 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         # COS_PERSISTENT during the seal are gone from there.
         assert shell(node, "readlink -f /dev/disk/by-label/COS_OEM").split()[-1].startswith("/dev/dm-")
         shell(node, "test ! -e /run/kairos/persistent/.kairos-oem-seal")
+        # Each step of a seal stopped as a power cut would stop it, then the next boot: on loop
+        # devices in the node, with its cryptsetup, blkid, mkfs and the initramfs's own script
+        # (this host's kernel has no device-mapper). Kernel lines off the console meanwhile.
+        output = shell(node, "read level _ < /proc/sys/kernel/printk; dmesg -n 1; "
+                             "python3 /mnt/up/sealed_scenarios.py /usr/lib/dracut/modules.d/"
+                             "90kairos-immutable/kairos-sealed.sh; dmesg -n $level", 900)
+        assert f"SEALED-SCENARIOS passed={len(SCENARIOS)} failed=0" in output, output[-6000:]
         shell(node, f"echo sealed > {MARK} && sync")
         # Upgrade to v2: a new UKI and image beside the old, active+3 pointing at them.
         output = shell(node, "kairos-agent upgrade --source dir:/mnt/up/v2 2>&1", 900)

@@ -58,7 +58,8 @@ device="/dev/disk/by-label/$persistent_label"
 if [ "$persistent_label" = none ] || [ "$encrypt" = unavailable ]; then
     device=""
 elif [ "$encrypt" = tpm2 ]; then
-    device=$(open_sealed_persistent 3>&1 1>&2) || { device=""; persistent_label="sealed COS_PERSISTENT"; }
+    device=$(open_sealed_persistent /dev/disk/by-partlabel/persistent 3>&1 1>&2) \
+        || { device=""; persistent_label="sealed COS_PERSISTENT"; }
 else
     wait_for "$device"
 fi
@@ -77,7 +78,7 @@ fi
 
 oem=""
 if [ "$encrypt" = tpm2 ]; then
-    oem=$(open_sealed_oem "$persistent_mount" 3>&1 1>&2) || oem=""
+    oem=$(open_sealed_oem /dev/disk/by-partlabel/oem "$persistent_mount" 3>&1 1>&2) || oem=""
 elif [ -b /dev/disk/by-label/COS_OEM ]; then
     oem=/dev/disk/by-label/COS_OEM
 fi

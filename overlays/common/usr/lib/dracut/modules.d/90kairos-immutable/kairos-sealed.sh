@@ -11,6 +11,9 @@
 # COS_PERSISTENT while it is made anew, and are removed from there only once it is whole.
 # A partition that is neither blank, nor plain COS_OEM, nor LUKS is never touched.
 
+# The volumes' device-mapper names (/dev/mapper/NAME).
+seal_persistent_name=kairos-persistent
+seal_oem_name=kairos-oem
 seal_signature=/run/systemd/tpm2-pcr-signature.json
 seal_public_key=/run/systemd/tpm2-pcr-public-key.pem
 [ -f "$seal_signature" ] || seal_signature=/.extra/tpm2-pcr-signature.json
@@ -68,30 +71,30 @@ seal_done() {
     cryptsetup config --label "${2}_LUKS" --subsystem kairos "$1"
 }
 
-# Writes the opened COS_PERSISTENT's path to fd 3; fails (saying why) when it cannot be opened.
+# PART: writes the opened COS_PERSISTENT's path to fd 3; fails (saying why) when it cannot.
 open_sealed_persistent() {
-    part=/dev/disk/by-partlabel/persistent
+    part=$1
     wait_for "$part" || { say "no partition named persistent"; return 1; }
     case $(seal_state "$part") in
         luks)
-            attach_sealed kairos-persistent "$part" COS_PERSISTENT || return 1 ;;
+            attach_sealed "$seal_persistent_name" "$part" COS_PERSISTENT || return 1 ;;
         blank|sealing)
             say "first boot: sealing COS_PERSISTENT to this machine's TPM"
-            seal_new kairos-persistent "$part" "$persistent_label" || return 1
+            seal_new "$seal_persistent_name" "$part" "$persistent_label" || return 1
             seal_done "$part" "$persistent_label" || return 1 ;;
         *)
             say "COS_PERSISTENT is neither LUKS nor blank: left alone"
             return 1 ;;
     esac
-    echo /dev/mapper/kairos-persistent >&3
+    echo "/dev/mapper/$seal_persistent_name" >&3
 }
 
 # PART STASH: COS_OEM sealed anew, with the files kept in STASH (if any) put back in it.
 seal_oem_from() {
-    seal_new kairos-oem "$1" COS_OEM || return 1
+    seal_new "$seal_oem_name" "$1" COS_OEM || return 1
     if [ -d "$2" ]; then
         mkdir -p "$run/oem-seal"
-        if ! { mount "/dev/mapper/kairos-oem" "$run/oem-seal" && cp -a "$2/." "$run/oem-seal/" \
+        if ! { mount "/dev/mapper/$seal_oem_name" "$run/oem-seal" && cp -a "$2/." "$run/oem-seal/" \
                 && umount "$run/oem-seal"; }; then
             umount "$run/oem-seal" 2> /dev/null
             say "COS_OEM's files could not be put back: they stay on COS_PERSISTENT for the next boot"
@@ -102,15 +105,15 @@ seal_oem_from() {
     rm -rf "$2"
 }
 
-# PERSISTENT_MOUNT (empty when COS_PERSISTENT is not open): writes the COS_OEM device to read
-# to fd 3 (the sealed volume, or a plain COS_OEM not sealed yet); fails when there is none.
+# PART PERSISTENT_MOUNT (empty when COS_PERSISTENT is not open): writes the COS_OEM device to
+# read to fd 3 (the sealed volume, or a plain COS_OEM not sealed yet); fails when there is none.
 open_sealed_oem() {
-    part=/dev/disk/by-partlabel/oem
-    [ -b "$part" ] || wait_for "$part" || return 1
-    stash=${1:+$1/.kairos-oem-seal}
+    part=$1
+    wait_for "$part" || return 1
+    stash=${2:+$2/.kairos-oem-seal}
     case $(seal_state "$part") in
         luks)
-            attach_sealed kairos-oem "$part" COS_OEM || return 1
+            attach_sealed "$seal_oem_name" "$part" COS_OEM || return 1
             [ -n "$stash" ] && rm -rf "$stash" "$stash.new" ;;
         other)
             if [ -z "$stash" ]; then
@@ -139,7 +142,7 @@ open_sealed_oem() {
             seal_oem_from "$part" "$stash" || return 1 ;;
         blank)
             say "sealing the blank COS_OEM to this machine's TPM"
-            seal_new kairos-oem "$part" COS_OEM && seal_done "$part" COS_OEM || return 1 ;;
+            seal_new "$seal_oem_name" "$part" COS_OEM && seal_done "$part" COS_OEM || return 1 ;;
     esac
-    echo /dev/mapper/kairos-oem >&3
+    echo "/dev/mapper/$seal_oem_name" >&3
 }
