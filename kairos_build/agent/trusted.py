@@ -10,8 +10,9 @@ left at zero tries is sorted last, and the boot falls to passive. The active ent
 last: a power cut before it leaves the node as it was.
 
 Reset (from recovery) lays back the recovery image, its system UKI and the build's loader
-entries (kept on COS_RECOVERY) as active and passive, and wipes COS_PERSISTENT's LUKS header: the next boot
-seals a new volume to the TPM.
+entries (kept on COS_RECOVERY) as active and passive, and wipes COS_PERSISTENT's LUKS header:
+the next boot seals a new volume to the TPM. COS_OEM stays sealed (the recovery UKI opens it);
+`--reset-oem` formats the filesystem inside the seal.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
                      EFI/kairos/{system,recovery}-ID.efi   signed UKIs (ID: of the root hash)
                      loader/loader.conf, loader/entries/{active,passive,recovery,statereset}.conf
                      loader/keys/auto/{PK,KEK,db}.auth   enrolled by systemd-boot in setup mode
-    COS_OEM          the node's cloud-config
+    COS_OEM          the node's cloud-config: plain here, sealed like COS_PERSISTENT on the
+                     first boot, its files kept
     COS_RECOVERY     cOS/system-ID.img             the root image + its verity tree
                      kairos/trusted/  its system UKI and loader entries, for a reset
     COS_STATE        cOS/system-ID.img             the same: active and passive at first
