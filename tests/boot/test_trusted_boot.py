@@ -2,13 +2,13 @@
 swtpm. `kairos-build boot` starts the built disk in setup mode: systemd-boot enrolls our keys,
 the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT and
 COS_OEM (which holds the build's cloud-config) sealed to the TPM. With those keys enrolled,
-the firmware refuses a UKI with one changed byte, and the live ISO installs a node, which
-seals its own data (and runs sealed_scenarios.py: seals stopped at each step); it upgrades to
-signed UKIs of a second build (the seal holds: the policy is signed, not a fixed PCR value),
-refuses a root image with one changed byte and falls back to passive after systemd-boot's
-tries, resets from recovery, and a UKI signed with another PCR key boots without the data.
-One variable store and one TPM go through every step, in order; logs are kept when a step
-fails.
+the firmware refuses a UKI with one changed byte; the live ISO boots from a USB stick (a disk)
+and as a CD, and installs a node, which seals its own data (and runs sealed_scenarios.py:
+seals stopped at each step); it upgrades to signed UKIs of a second build (the seal holds:
+the policy is signed, not a fixed PCR value), refuses a root image with one changed byte and
+falls back to passive after systemd-boot's tries, resets from recovery, and a UKI signed with
+another PCR key boots without the data. One variable store and one TPM go through every
+step, in order; logs are kept when a step fails.
 """
 
 from __future__ import annotations
@@ -231,6 +231,27 @@ def test_the_enrolled_firmware_refuses_a_uki_with_one_changed_byte(flow: Flow) -
               vars_file=store) as node:
         node.wait_for(VIOLATION, 600)
         assert b"Linux version" not in node.seen
+
+
+def test_the_live_iso_boots_from_a_usb_stick(flow: Flow) -> None:
+    """The ISO as written to a USB stick (dd), under a copy of the enrolled store: the firmware
+    starts our systemd-boot from the GPT's appended ESP (no El Torito on a disk), and the live
+    system finds its verified image on the stick."""
+    flow.step()
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(flow.iso)], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]
+    assert [part["type"] for part in table["partitions"]][-1] == \
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", table
+    store = flow.folder / "usb-vars.fd"
+    shutil.copyfile(flow.vars, store)
+    result = run_cli("boot", str(flow.iso), "--as-disk", "--firmware", "uefi-secureboot-setup",
+                     "--vars", str(store), "--expect-secureboot", "enabled", "--expect-verity",
+                     "verity", "--expect-entry", "live", "--timeout", "900", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)["fields"]
+    assert (report["boot"], report["root"], report["persistent"]) == (
+        "livecd_boot", "squashfs", "no"), report
+    store.unlink()
 
 
 def test_the_live_iso_installs_the_node(flow: Flow) -> None:
