@@ -84,9 +84,9 @@ def flip_byte(path: Path, offset: int) -> None:
 
 @pytest.fixture(scope="module")
 def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
-    """Keys; the v1 disk; v2's uki folder; v3's with one byte of its image changed; a v1 UKI
-    with one byte changed; v1's UKI signed with another PCR key: all but the disk on one
-    read-only drive."""
+    """Keys; the v1 disk; v2's uki-image (an OCI archive); v3's uki folder with one byte of
+    its image changed; a v1 UKI with one byte changed; v1's UKI signed with another PCR key:
+    all but the disk on one read-only drive."""
     state = Flow(tmp_path_factory.mktemp("trusted"))
     keys, other = state.folder / "keys", state.folder / "other-keys"
     assert run_cli("genkey", str(keys)).returncode == 0
@@ -111,14 +111,16 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "iso").glob("*.iso")).rename(state.iso)
     drive = state.folder / "drive"
-    for version, key_dir, name in (("v2.0.0", keys, "v2"), ("v3.0.0", keys, "v3"),
-                                   ("v1.0.0", other, "other")):
+    # v2 as an OCI image (what a registry would serve), the others as `uki` folders.
+    for version, key_dir, name, kind, built in (
+            ("v2.0.0", keys, "v2.uki.tar", "uki-image", "*.uki.tar"),
+            ("v3.0.0", keys, "v3", "uki", "*-uki"), ("v1.0.0", other, "other", "uki", "*-uki")):
         out = state.folder / f"out-{name}"
-        result = run_cli("uki", *common, "--keys", str(key_dir), "--version", version,
+        result = run_cli(kind, *common, "--keys", str(key_dir), "--version", version,
                          "--output", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
         drive.mkdir(exist_ok=True)
-        next(out.glob("*-uki")).rename(drive / name)
+        next(out.glob(built)).rename(drive / name)
         shutil.rmtree(out)
     # v3's image with one byte changed in its first block (the squashfs superblock's mkfs
     # time: squashfs itself would not notice; verity does).
@@ -300,8 +302,10 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
                              "90kairos-immutable/kairos-sealed.sh; dmesg -n $level", 900)
         assert f"SEALED-SCENARIOS passed={len(SCENARIOS)} failed=0" in output, output[-6000:]
         shell(node, f"echo sealed > {MARK} && sync")
-        # Upgrade to v2: a new UKI and image beside the old, active+3 pointing at them.
-        output = shell(node, "kairos-agent upgrade --source dir:/mnt/up/v2 2>&1", 900)
+        # Upgrade to v2 from its OCI image: a new UKI and image beside the old, active+3
+        # pointing at them.
+        output = shell(node, "kairos-agent upgrade --source oci-archive:/mnt/up/v2.uki.tar 2>&1",
+                       900)
         assert "the next boot starts it with 3 tries" in output
         assert esp_entries(node) == ["active+3.conf", "passive.conf", "recovery.conf",
                                      "statereset.conf"]
