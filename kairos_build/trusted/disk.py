@@ -103,8 +103,23 @@ def signed_ukis(context: ExportContext, keys: SigningKeys, verity: VerityImage) 
     return made
 
 
+ESP_MADE = "trusted-esp:"  # context.made's keys for the files esp_files made, by ESP path
+
+
 def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
-    """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll."""
+    """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll.
+    Made once per build: every format of it carries the same signed files (a signature holds
+    its signing time, so signing again gives other bytes)."""
+    made = {path.removeprefix(ESP_MADE): file for path, file in context.made.items()
+            if path.startswith(ESP_MADE)}
+    if made:
+        return made
+    files = _make_esp_files(context, keys, verity)
+    context.made.update({ESP_MADE + path: file for path, file in files.items()})
+    return files
+
+
+def _make_esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
     config = context.config
     work = context.workdir / "trusted-esp"
     work.mkdir(exist_ok=True)
