@@ -3,12 +3,12 @@ swtpm. `kairos-build boot` starts the built disk in setup mode: systemd-boot enr
 the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT and
 COS_OEM (which holds the build's cloud-config) sealed to the TPM. With those keys enrolled,
 the firmware refuses a UKI with one changed byte; the live ISO boots from a USB stick (a disk)
-and as a CD, and installs a node, which seals its own data (and runs sealed_scenarios.py:
-seals stopped at each step); it upgrades to signed UKIs of a second build (the seal holds:
-the policy is signed, not a fixed PCR value), refuses a root image with one changed byte and
-falls back to passive after systemd-boot's tries, resets from recovery, and a UKI signed with
-another PCR key boots without the data. One variable store and one TPM go through every
-step, in order; logs are kept when a step fails.
+and as a CD, and installs a node (manual-install), which seals its own data and runs
+sealed_scenarios.py (seals stopped at each step); it upgrades to signed UKIs of a second build
+from its OCI image (the seal holds: the policy is signed, not a fixed PCR value), refuses a
+root image with one changed byte and falls back to passive after systemd-boot's tries, resets
+from recovery, and a UKI signed with another PCR key boots without the data. One variable
+store and one TPM go through every step, in order; logs are kept when a step fails.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ hostname: {HOSTNAME}
 users:
   - name: root
     passwd: {PASSWORD}
-"""
-INSTALL_CONFIG = CONFIG + """install:
-  auto: true
-  device: auto
-  poweroff: true
 """
 # systemd-boot naming the UKI the firmware refused to load (EFI_SECURITY_VIOLATION; the
 # firmware's own "Security Violation" for its unsigned shell does not count).
@@ -104,10 +99,10 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                      "--cloud-config", str(config), "--output", str(state.folder / "v1"))
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "v1").glob("*.qcow2")).rename(state.built)
-    install = state.folder / "install.yaml"
-    install.write_text(INSTALL_CONFIG)
+    # No auto-install: the stick boots on its own, and the node is installed by hand from a
+    # login (auto-install is the grub lifecycle's, test_node_lifecycle.py; the same code).
     result = run_cli("iso", *common, "--keys", str(keys), "--version", "v1.0.0",
-                     "--cloud-config", str(install), "--output", str(state.folder / "iso"))
+                     "--cloud-config", str(config), "--output", str(state.folder / "iso"))
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "iso").glob("*.iso")).rename(state.iso)
     drive = state.folder / "drive"
@@ -257,19 +252,22 @@ def test_the_live_iso_boots_from_a_usb_stick(flow: Flow) -> None:
 
 
 def test_the_live_iso_installs_the_node(flow: Flow) -> None:
-    """The live ISO under the enrolled firmware (Secure Boot enforced): its verified image boots
-    from the CD, installs itself onto the empty disk by its config and powers off."""
-    with guarded(flow, "install"):
-        with Node(flow.folder / "live.log", [flow.disk], cdrom=flow.iso,
-                  firmware="uefi-secureboot-setup", vars_file=flow.vars,
-                  tpm_state=flow.tpm) as node:
-            live = node.report(900)
-            assert (live["entry"], live["boot"], live["version"]) == ("live", "livecd_boot", "v1.0.0")
-            assert (live["secureboot"], live["verity"], live["root"]) == ("enabled", "verity", "squashfs")
-            assert live["persistent"] == "no"
-            assert node.wait_exit(1200) == 0
-        log = (flow.folder / "live.log").read_text(errors="replace")
-        assert "installed to /dev/vda" in log, log[-3000:]
+    """The live ISO as a CD under the enrolled firmware (Secure Boot enforced): its verified
+    image boots, and `kairos-agent manual-install` puts it on the empty disk with the medium's
+    config."""
+    with guarded(flow, "install"), Node(flow.folder / "live.log", [flow.disk], cdrom=flow.iso,
+                                        firmware="uefi-secureboot-setup", vars_file=flow.vars,
+                                        tpm_state=flow.tpm) as node:
+        live = node.report(900)
+        assert (live["entry"], live["boot"], live["version"]) == ("live", "livecd_boot", "v1.0.0")
+        assert (live["secureboot"], live["verity"], live["root"]) == ("enabled", "verity", "squashfs")
+        assert (live["persistent"], live["hostname"]) == ("no", HOSTNAME)
+        node.login("root", PASSWORD)
+        output = shell(node, "kairos-agent manual-install --device /dev/vda "
+                             "/run/kairos/state/config.yaml 2>&1", 1200)
+        assert "installed to /dev/vda" in output, output[-3000:]
+        node.type("poweroff\n")
+        assert node.wait_exit(300) == 0
 
 
 def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> None:
