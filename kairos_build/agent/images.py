@@ -10,7 +10,7 @@ import json
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -222,16 +222,18 @@ def require_kairos(tree: Path, source: str) -> None:
 
 
 @contextlib.contextmanager
-def source_tree(source: str, scratch: Path, insecure: bool = False) -> Iterator[Path]:
+def source_tree(source: str, scratch: Path, insecure: bool = False,
+                require: Callable[[Path, str], None] = require_kairos) -> Iterator[Path]:
     """The tree of an upgrade source; an image is unpacked under `scratch` (removed after).
-    `oci:NAME` that is no path here is a registry image, as Kairos reads it."""
+    `oci:NAME` that is no path here is a registry image, as Kairos reads it. `require` refuses
+    a tree that is not what the upgrade takes (default: a Kairos system)."""
     kind, sep, rest = source.partition(":")
     registry = source.removeprefix("docker://") if source.startswith("docker://") else \
         rest if kind == "oci" and "/" in rest and not rest.startswith(("/", ".")) \
         and not Path(rest.rpartition(":")[0] or rest).exists() and not Path(rest).exists() \
         else None
     if registry is None and kind == "dir" and rest:
-        require_kairos(Path(rest), source)
+        require(Path(rest), source)
         yield Path(rest)
         return
     if registry is None and (kind not in ("oci", "oci-archive") or not rest):
@@ -250,7 +252,7 @@ def source_tree(source: str, scratch: Path, insecure: bool = False) -> Iterator[
             pull_image(registry, tree, insecure)
         else:
             unpack_image(path, tag, tree)
-        require_kairos(tree, source)
+        require(tree, source)
         yield tree
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

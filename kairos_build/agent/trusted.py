@@ -10,8 +10,9 @@ left at zero tries is sorted last, and the boot falls to passive. The active ent
 last: a power cut before it leaves the node as it was.
 
 Reset (from recovery) lays back the recovery image, its system UKI and the build's loader
-entries (kept on COS_RECOVERY) as active and passive, and wipes COS_PERSISTENT's LUKS header: the next boot
-seals a new volume to the TPM.
+entries (kept on COS_RECOVERY) as active and passive, and wipes COS_PERSISTENT's LUKS header:
+the next boot seals a new volume to the TPM. COS_OEM stays sealed (the recovery UKI opens it);
+`--reset-oem` formats the filesystem inside the seal.
 """
 
 from __future__ import annotations
@@ -149,17 +150,28 @@ def collect_garbage(esp: Path, state: Path) -> None:
             path.unlink()
 
 
-def bundle(folder: Path) -> tuple[Path, Path]:
-    """The system UKI and image of a `uki` artifact folder."""
+BUNDLE_HINT = ("a Trusted Boot node upgrades from what `kairos-build uki` (a folder: dir:PATH) "
+               "or `kairos-build uki-image` (an OCI image: oci-archive:FILE, or pushed to a "
+               "registry) writes")
+
+
+def bundle(folder: Path, source: str | None = None) -> tuple[Path, Path]:
+    """The system UKI and image of a `uki` artifact folder (or the unpacked `uki-image` of
+    `source`)."""
+    what = source or str(folder)
     ukis = sorted((folder / UKI_DIR).glob("system-*.efi"))
     if len(ukis) != 1:
-        raise NodeError(f"{folder} holds no single {UKI_DIR}/system-*.efi",
-                        hint="a Trusted Boot node upgrades from the folder `kairos-build uki` "
-                             "writes (dir:PATH)")
+        raise NodeError(f"{what} holds no single {UKI_DIR}/system-*.efi: not a Trusted Boot "
+                        "upgrade", hint=BUNDLE_HINT)
     image = folder / "cOS" / ukis[0].name.replace(".efi", ".img")
     if not image.is_file():
-        raise NodeError(f"{folder} has {ukis[0].name} but not cOS/{image.name}")
+        raise NodeError(f"{what} has {ukis[0].name} but not cOS/{image.name}", hint=BUNDLE_HINT)
     return ukis[0], image
+
+
+def require_bundle(folder: Path, source: str) -> None:
+    """images.source_tree's check for a Trusted Boot node's upgrade source."""
+    bundle(folder, source)
 
 
 def copy_durably(source: Path, target: Path) -> None:

@@ -96,14 +96,14 @@ def upgrade_recovery(tree: Path) -> None:
             replace_durably(recovery / "boot" / f"{name}.new", recovery / "boot" / name)
 
 
-def upgrade_trusted(source: str, recovery: bool, booted: str) -> None:
-    """A Trusted Boot node takes signed UKIs and images from a build, never makes its own."""
-    transport, _sep, path = source.partition(":")
-    if recovery or transport != "dir" or not Path(path).is_dir():
-        raise NodeError(f"a Trusted Boot node upgrades its system from the folder a build "
-                        f"signed, not from {source}" + (" (nor its recovery yet)" if recovery else ""),
-                        hint="copy the `kairos-build uki` folder to the node and give dir:PATH")
-    name = trusted.upgrade(Path(path), STATE_MOUNT, booted)
+def upgrade_trusted(source: str, recovery: bool, booted: str, insecure: bool) -> None:
+    """A Trusted Boot node takes signed UKIs and images from a build, never makes its own: a
+    `uki` folder (dir:), or a `uki-image` (an OCI archive or layout, or a registry image)."""
+    if recovery:
+        raise NodeError("a Trusted Boot node's recovery is not upgraded yet",
+                        hint="upgrade the system; a reset lays back the recovery it has")
+    with source_tree(source, scratch_dir(), insecure, require=trusted.require_bundle) as tree:
+        name = trusted.upgrade(tree, STATE_MOUNT, booted)
     say(f"upgraded to {name}: the next boot starts it with {trusted.TRIES} tries; "
         "systemd-boot falls back to passive when they run out")
 
@@ -119,7 +119,7 @@ def upgrade(source: str, recovery: bool = False, insecure: bool = False) -> None
     if not os.path.ismount(STATE_MOUNT):
         raise NodeError(f"COS_STATE is not mounted at {STATE_MOUNT}")
     if trusted.is_trusted():
-        upgrade_trusted(source, recovery, booted)
+        upgrade_trusted(source, recovery, booted, insecure)
         return
     with source_tree(source, scratch_dir(), insecure) as tree:
         release = (tree / "etc" / "kairos-release").read_text()

@@ -401,7 +401,12 @@ def check_root(fields: dict[str, str], expect_root: str, expect_verity: str = "a
     is read-only from the image the command line names: its loop device is / itself (ext4)
     or lies below /'s device-mapper device (dm-verity over the image)."""
     if expect_root == "live" and fields.get("live") != "squashfs":
-        return f"expected the live squashfs root, the system reports live={fields.get('live')}"
+        # A Trusted Boot live medium runs its verified image read-only, no dmsquash-live.
+        if fields.get("entry") != "live" or fields.get("verity") != "verity":
+            return ("expected the live squashfs root (or a verified image on the live entry), "
+                    f"the system reports live={fields.get('live')} entry={fields.get('entry')} "
+                    f"verity={fields.get('verity')}")
+        expect_root = "immutable"
     if expect_root == "immutable":
         image = fields.get("image", "none")
         if fields.get("root_mode") != "ro" or image == "none":

@@ -8,7 +8,8 @@ disk needs what pycdlib cannot write, done here in place on the finished file:
   pointing at the sector after that, as `xorriso -boot_image grub grub2_boot_info=on` does.
 - UEFI: a GPT whose partition 2 is a copy of the ESP image appended after the ISO data
   (strict firmware looks for an ESP partition, not at El Torito), partition 1 covering the
-  ISO9660 data, a protective MBR entry marked bootable, the backup GPT at the end.
+  ISO9660 data, a protective MBR entry marked bootable, the backup GPT at the end. A UEFI-only
+  ISO (Trusted Boot) gets this part alone (`append_esp`).
 
 The ISO9660 part is not moved or changed except for the two patched boot image fields, so
 the file still boots as a CD.
@@ -93,14 +94,7 @@ def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path,
     """Turn the finished ISO at `iso` into a hybrid (see the module docstring). `mbr_code` is
     the grub's `boot_hybrid.img` whose core the ISO carries (default: the build host's)."""
     patch_bios_image(iso, bios_image_lba, bios_image_size)
-    iso_end = iso.stat().st_size
-    esp_start = -(-iso_end // _ALIGN) * _ALIGN
-    esp_size = -(-esp.stat().st_size // SECTOR) * SECTOR
-    with iso.open("r+b") as handle, esp.open("rb") as source:
-        copy_range(source.fileno(), handle.fileno(), esp_start)
-        handle.truncate(esp_start + esp_size + _BACKUP_GPT)
-    # --wipe never: the ISO9660 signature at 32 KiB must stay (it is what boots as a CD).
-    write_partition_table(iso, sfdisk_script(seed, iso_end, esp_start, esp_size), wipe="never")
+    append_esp(iso, esp, seed)
     if mbr_code is None:
         mbr_code = (GRUB_LIB / "i386-pc" / "boot_hybrid.img").read_bytes()
     if len(mbr_code) < _HYBRID_CORE_SECTOR + 8:
@@ -109,7 +103,20 @@ def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path,
     struct.pack_into("<Q", code, _HYBRID_CORE_SECTOR, bios_image_lba * 4 + 4)
     fd = os.open(iso, os.O_RDWR)
     try:
-        os.pwrite(fd, bytes(code), 0)
+        os.pwrite(fd, bytes(code), 0)  # the code only: the partition entries stay
     finally:
         os.close(fd)
+
+
+def append_esp(iso: Path, esp: Path, seed: str) -> None:
+    """The UEFI half: `esp` appended after the ISO data as GPT partition 2, partition 1 over the
+    ISO9660 data, the protective MBR entry marked bootable."""
+    iso_end = iso.stat().st_size
+    esp_start = -(-iso_end // _ALIGN) * _ALIGN
+    esp_size = -(-esp.stat().st_size // SECTOR) * SECTOR
+    with iso.open("r+b") as handle, esp.open("rb") as source:
+        copy_range(source.fileno(), handle.fileno(), esp_start)
+        handle.truncate(esp_start + esp_size + _BACKUP_GPT)
+    # --wipe never: the ISO9660 signature at 32 KiB must stay (it is what boots as a CD).
+    write_partition_table(iso, sfdisk_script(seed, iso_end, esp_start, esp_size), wipe="never")
     mark_pmbr_bootable(iso)

@@ -14,7 +14,7 @@ from kairos_build.agent import kit
 from kairos_build.disk.efi import esp_files
 from kairos_build.disk.fat import make_fat_image
 from kairos_build.disk.grub import grub_dir, grub_quote, make_grub_image
-from kairos_build.disk.isohybrid import make_hybrid
+from kairos_build.disk.isohybrid import append_esp, make_hybrid
 from kairos_build.disk.raw_disk import install_kit
 from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext
@@ -169,6 +169,8 @@ def export_trusted(context: ExportContext, output: Path) -> None:
     files = trusted_iso_files(context, keys, LABEL)
     with step("writing the ISO (UEFI only)"):
         write_iso(files, output, context.epoch, bios=False)
+    with step("making it bootable from a disk too (GPT, appended ESP)"):
+        append_esp(output, files["/boot/uefi.img"], context.rootfs_key)
 
 
 def write_iso(files: dict[str, Path], output: Path, epoch: int = 0, bios: bool = True) -> None:

@@ -4,7 +4,8 @@
                      EFI/kairos/{system,recovery}-ID.efi   signed UKIs (ID: of the root hash)
                      loader/loader.conf, loader/entries/{active,passive,recovery,statereset}.conf
                      loader/keys/auto/{PK,KEK,db}.auth   enrolled by systemd-boot in setup mode
-    COS_OEM          the node's cloud-config
+    COS_OEM          the node's cloud-config: plain here, sealed like COS_PERSISTENT on the
+                     first boot, its files kept
     COS_RECOVERY     cOS/system-ID.img             the root image + its verity tree
                      kairos/trusted/  its system UKI and loader entries, for a reset
     COS_STATE        cOS/system-ID.img             the same: active and passive at first
@@ -102,8 +103,23 @@ def signed_ukis(context: ExportContext, keys: SigningKeys, verity: VerityImage) 
     return made
 
 
+ESP_MADE = "trusted-esp:"  # context.made's keys for the files esp_files made, by ESP path
+
+
 def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
-    """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll."""
+    """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll.
+    Made once per build: every format of it carries the same signed files (a signature holds
+    its signing time, so signing again gives other bytes)."""
+    made = {path.removeprefix(ESP_MADE): file for path, file in context.made.items()
+            if path.startswith(ESP_MADE)}
+    if made:
+        return made
+    files = _make_esp_files(context, keys, verity)
+    context.made.update({ESP_MADE + path: file for path, file in files.items()})
+    return files
+
+
+def _make_esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
     config = context.config
     work = context.workdir / "trusted-esp"
     work.mkdir(exist_ok=True)

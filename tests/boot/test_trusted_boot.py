@@ -1,12 +1,14 @@
 """A Trusted Boot node's life in QEMU (TCG), OVMF's Secure Boot build from empty variables and
 swtpm. `kairos-build boot` starts the built disk in setup mode: systemd-boot enrolls our keys,
-the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT sealed
-to the TPM. With those keys enrolled, the firmware refuses a UKI with one changed byte, and
-the live ISO installs a node, which seals its own data; it upgrades to signed UKIs of a second
-build (the seal holds: the policy is signed, not a fixed PCR value), refuses a root image with
-one changed byte and falls back to passive after systemd-boot's tries, resets from recovery,
-and a UKI signed with another PCR key boots without the data. One variable store and one TPM
-go through every step, in order; logs are kept when a step fails.
+the machine resets and boots enforced, its root verified by dm-verity, COS_PERSISTENT and
+COS_OEM (which holds the build's cloud-config) sealed to the TPM. With those keys enrolled,
+the firmware refuses a UKI with one changed byte; the live ISO boots from a USB stick (a disk)
+and as a CD, and installs a node (manual-install), which seals its own data and runs
+sealed_scenarios.py (seals stopped at each step); it upgrades to signed UKIs of a second build
+from its OCI image (the seal holds: the policy is signed, not a fixed PCR value), refuses a
+root image with one changed byte and falls back to passive after systemd-boot's tries, resets
+from recovery, and a UKI signed with another PCR key boots without the data. One variable
+store and one TPM go through every step, in order; logs are kept when a step fails.
 """
 
 from __future__ import annotations
@@ -27,20 +29,18 @@ from kairos_build.boot.ovmf_vars import secure_boot_enforced
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import write_partition_table
 from tests.boot.node import Node
+from tests.boot.sealed_scenarios import SCENARIOS
 from tests.conftest import run_cli
 
 BASE = "bootstrap:debian/trixie"
 PASSWORD = "kairos-trusted"
 MARK = "/usr/local/kairos-test-mark"  # a persistent path: on the sealed COS_PERSISTENT
+HOSTNAME = "kairos-trusted"  # from the cloud-config on COS_OEM: read through its seal
 CONFIG = f"""#cloud-config
+hostname: {HOSTNAME}
 users:
   - name: root
     passwd: {PASSWORD}
-"""
-INSTALL_CONFIG = CONFIG + """install:
-  auto: true
-  device: auto
-  poweroff: true
 """
 # systemd-boot naming the UKI the firmware refused to load (EFI_SECURITY_VIOLATION; the
 # firmware's own "Security Violation" for its unsigned shell does not count).
@@ -79,9 +79,9 @@ def flip_byte(path: Path, offset: int) -> None:
 
 @pytest.fixture(scope="module")
 def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
-    """Keys; the v1 disk; v2's uki folder; v3's with one byte of its image changed; a v1 UKI
-    with one byte changed; v1's UKI signed with another PCR key: all but the disk on one
-    read-only drive."""
+    """Keys; the v1 disk; v2's uki-image (an OCI archive); v3's uki folder with one byte of
+    its image changed; a v1 UKI with one byte changed; v1's UKI signed with another PCR key:
+    all but the disk on one read-only drive."""
     state = Flow(tmp_path_factory.mktemp("trusted"))
     keys, other = state.folder / "keys", state.folder / "other-keys"
     assert run_cli("genkey", str(keys)).returncode == 0
@@ -99,25 +99,28 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                      "--cloud-config", str(config), "--output", str(state.folder / "v1"))
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "v1").glob("*.qcow2")).rename(state.built)
-    install = state.folder / "install.yaml"
-    install.write_text(INSTALL_CONFIG)
+    # No auto-install: the stick boots on its own, and the node is installed by hand from a
+    # login (auto-install is the grub lifecycle's, test_node_lifecycle.py; the same code).
     result = run_cli("iso", *common, "--keys", str(keys), "--version", "v1.0.0",
-                     "--cloud-config", str(install), "--output", str(state.folder / "iso"))
+                     "--cloud-config", str(config), "--output", str(state.folder / "iso"))
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "iso").glob("*.iso")).rename(state.iso)
     drive = state.folder / "drive"
-    for version, key_dir, name in (("v2.0.0", keys, "v2"), ("v3.0.0", keys, "v3"),
-                                   ("v1.0.0", other, "other")):
+    # v2 as an OCI image (what a registry would serve), the others as `uki` folders.
+    for version, key_dir, name, kind, built in (
+            ("v2.0.0", keys, "v2.uki.tar", "uki-image", "*.uki.tar"),
+            ("v3.0.0", keys, "v3", "uki", "*-uki"), ("v1.0.0", other, "other", "uki", "*-uki")):
         out = state.folder / f"out-{name}"
-        result = run_cli("uki", *common, "--keys", str(key_dir), "--version", version,
+        result = run_cli(kind, *common, "--keys", str(key_dir), "--version", version,
                          "--output", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
         drive.mkdir(exist_ok=True)
-        next(out.glob("*-uki")).rename(drive / name)
+        next(out.glob(built)).rename(drive / name)
         shutil.rmtree(out)
     # v3's image with one byte changed in its first block (the squashfs superblock's mkfs
     # time: squashfs itself would not notice; verity does).
     flip_byte(next((drive / "v3/cOS").glob("system-*.img")), 8)
+    shutil.copyfile(Path(__file__).parent / "sealed_scenarios.py", drive / "sealed_scenarios.py")
     # A v1 system UKI with one byte of its kernel changed: its signature no longer matches.
     tampered = state.folder / "tampered.efi"
     shutil.copyfile(next((drive / "other/EFI/kairos").glob("system-*.efi")), tampered)
@@ -171,7 +174,7 @@ def esp_entries(node: Node) -> list[str]:
 
 
 def assert_trusted(report: dict[str, str], entry: str, version: str, persistent: str) -> None:
-    assert (report["entry"], report["version"]) == (entry, version), report
+    assert (report["entry"], report["version"], report["hostname"]) == (entry, version, HOSTNAME)
     assert (report["firmware"], report["secureboot"], report["tpm"]) == ("uefi", "enabled", "2.0")
     assert (report["root"], report["root_mode"], report["verity"]) == ("squashfs", "ro", "verity")
     assert report["persistent"] == persistent, report
@@ -207,6 +210,9 @@ def test_kairos_build_boot_enrolls_and_boots_the_disk_enforced(flow: Flow) -> No
         log = Path(output["log_path"]).read_text(errors="replace")
         assert "Custom Secure Boot keys successfully enrolled" in log
         assert "sealing COS_PERSISTENT to this machine's TPM" in log
+        # The build's plain COS_OEM, sealed with its files kept: the config still applies.
+        assert "sealing COS_OEM to this machine's TPM" in log
+        assert report["hostname"] == HOSTNAME
         assert secure_boot_enforced(flow.vars.read_bytes())
 
 
@@ -224,20 +230,44 @@ def test_the_enrolled_firmware_refuses_a_uki_with_one_changed_byte(flow: Flow) -
         assert b"Linux version" not in node.seen
 
 
+def test_the_live_iso_boots_from_a_usb_stick(flow: Flow) -> None:
+    """The ISO as written to a USB stick (dd), under a copy of the enrolled store: the firmware
+    starts our systemd-boot from the GPT's appended ESP (no El Torito on a disk), and the live
+    system finds its verified image on the stick."""
+    flow.step()
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(flow.iso)], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]
+    assert [part["type"] for part in table["partitions"]][-1] == \
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", table
+    store = flow.folder / "usb-vars.fd"
+    shutil.copyfile(flow.vars, store)
+    result = run_cli("boot", str(flow.iso), "--as-disk", "--firmware", "uefi-secureboot-setup",
+                     "--vars", str(store), "--expect-secureboot", "enabled", "--expect-verity",
+                     "verity", "--expect-entry", "live", "--timeout", "900", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)["fields"]
+    assert (report["boot"], report["root"], report["persistent"]) == (
+        "livecd_boot", "squashfs", "no"), report
+    store.unlink()
+
+
 def test_the_live_iso_installs_the_node(flow: Flow) -> None:
-    """The live ISO under the enrolled firmware (Secure Boot enforced): its verified image boots
-    from the CD, installs itself onto the empty disk by its config and powers off."""
-    with guarded(flow, "install"):
-        with Node(flow.folder / "live.log", [flow.disk], cdrom=flow.iso,
-                  firmware="uefi-secureboot-setup", vars_file=flow.vars,
-                  tpm_state=flow.tpm) as node:
-            live = node.report(900)
-            assert (live["entry"], live["boot"], live["version"]) == ("live", "livecd_boot", "v1.0.0")
-            assert (live["secureboot"], live["verity"], live["root"]) == ("enabled", "verity", "squashfs")
-            assert live["persistent"] == "no"
-            assert node.wait_exit(1200) == 0
-        log = (flow.folder / "live.log").read_text(errors="replace")
-        assert "installed to /dev/vda" in log, log[-3000:]
+    """The live ISO as a CD under the enrolled firmware (Secure Boot enforced): its verified
+    image boots, and `kairos-agent manual-install` puts it on the empty disk with the medium's
+    config."""
+    with guarded(flow, "install"), Node(flow.folder / "live.log", [flow.disk], cdrom=flow.iso,
+                                        firmware="uefi-secureboot-setup", vars_file=flow.vars,
+                                        tpm_state=flow.tpm) as node:
+        live = node.report(900)
+        assert (live["entry"], live["boot"], live["version"]) == ("live", "livecd_boot", "v1.0.0")
+        assert (live["secureboot"], live["verity"], live["root"]) == ("enabled", "verity", "squashfs")
+        assert (live["persistent"], live["hostname"]) == ("no", HOSTNAME)
+        node.login("root", PASSWORD)
+        output = shell(node, "kairos-agent manual-install --device /dev/vda "
+                             "/run/kairos/state/config.yaml 2>&1", 1200)
+        assert "installed to /dev/vda" in output, output[-3000:]
+        node.type("poweroff\n")
+        assert node.wait_exit(300) == 0
 
 
 def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> None:
@@ -251,12 +281,29 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         report = node.report(900)
         assert_trusted(report, "active", "v1.0.0", "yes")
         assert report["boot"] == "active_boot"
-        assert "sealing COS_PERSISTENT to this machine's TPM" in node.seen.decode(errors="replace")
+        first_log = node.seen.decode(errors="replace")
+        assert "sealing COS_PERSISTENT to this machine's TPM" in first_log
+        assert "sealing COS_OEM to this machine's TPM" in first_log
         login_and_mount(node)
-        assert "crypto_LUKS" in shell(node, "lsblk -n -o FSTYPE /dev/disk/by-partlabel/persistent")
+        for part in ("persistent", "oem"):  # LUKS2, and marked whole (kairos-sealed.sh)
+            found = shell(node, f"blkid -p -o export /dev/disk/by-partlabel/{part}").split()
+            assert {"TYPE=crypto_LUKS", "SUBSYSTEM=kairos"} <= set(found), found
+        # The agent finds COS_OEM by its label, in the volume; the files that waited on
+        # COS_PERSISTENT during the seal are gone from there.
+        assert shell(node, "readlink -f /dev/disk/by-label/COS_OEM").split()[-1].startswith("/dev/dm-")
+        shell(node, "test ! -e /run/kairos/persistent/.kairos-oem-seal")
+        # Each step of a seal stopped as a power cut would stop it, then the next boot: on loop
+        # devices in the node, with its cryptsetup, blkid, mkfs and the initramfs's own script
+        # (this host's kernel has no device-mapper). Kernel lines off the console meanwhile.
+        output = shell(node, "read level _ < /proc/sys/kernel/printk; dmesg -n 1; "
+                             "python3 /mnt/up/sealed_scenarios.py /usr/lib/dracut/modules.d/"
+                             "90kairos-immutable/kairos-sealed.sh; dmesg -n $level", 900)
+        assert f"SEALED-SCENARIOS passed={len(SCENARIOS)} failed=0" in output, output[-6000:]
         shell(node, f"echo sealed > {MARK} && sync")
-        # Upgrade to v2: a new UKI and image beside the old, active+3 pointing at them.
-        output = shell(node, "kairos-agent upgrade --source dir:/mnt/up/v2 2>&1", 900)
+        # Upgrade to v2 from its OCI image: a new UKI and image beside the old, active+3
+        # pointing at them.
+        output = shell(node, "kairos-agent upgrade --source oci-archive:/mnt/up/v2.uki.tar 2>&1",
+                       900)
         assert "the next boot starts it with 3 tries" in output
         assert esp_entries(node) == ["active+3.conf", "passive.conf", "recovery.conf",
                                      "statereset.conf"]
@@ -290,8 +337,9 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         node.wait_for(b"reset done", 600)
         final = node.report(900)
         assert_trusted(final, "active", "v1.0.0", "yes")
-        assert "sealing COS_PERSISTENT" in node.seen[node.seen.rfind(b"Linux version"):].decode(
-            errors="replace")
+        final_log = node.seen[node.seen.rfind(b"Linux version"):].decode(errors="replace")
+        assert "sealing COS_PERSISTENT" in final_log
+        assert "sealing COS_OEM" not in final_log  # still sealed, still holding the config
         login_and_mount(node)
         status, _output = node.run(f"test -e {MARK}")
         assert status != 0, "the reset left COS_PERSISTENT's data"
@@ -312,3 +360,5 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         assert (foreign["secureboot"], foreign["verity"]) == ("enabled", "verity")
         assert foreign["persistent"] == "no", foreign
         assert b"the TPM did not unlock COS_PERSISTENT" in node.seen
+        assert b"the TPM did not unlock COS_OEM" in node.seen
+        assert foreign["hostname"] != HOSTNAME  # its config stayed sealed

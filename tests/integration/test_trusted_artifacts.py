@@ -1,23 +1,34 @@
-"""Trusted Boot artifacts from one real build (`--boot-mode trusted`, the `uki` and `raw`
-formats), checked with tools that are not ours: pefile reads the UKIs back, sbverify checks
-their signatures, veritysetup checks the root image against the root hash the signed command
-line carries, and the image's own systemd-measure signs the PCR policy we signed ourselves."""
+"""Trusted Boot artifacts from one real build (`--boot-mode trusted`, the `uki`, `uki-image`
+and `raw` formats), checked with tools that are not ours: pefile reads the UKIs back, sbverify
+checks their signatures, veritysetup checks the root image against the root hash the signed
+command line carries, the image's own systemd-measure signs the PCR policy we signed
+ourselves, and skopeo pushes the upgrade image to a real registry the agent's code pulls from."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shutil
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pefile  # type: ignore[import-untyped]
 import pytest
 
+from kairos_build.agent import trusted as agent_trusted
+from kairos_build.agent.images import source_tree
+from kairos_build.agent.system import NodeError
 from kairos_build.convert.sandbox import run_in_root
 from tests.conftest import run_cli
 from tests.integration.test_disk_images import sh
+from tests.integration.test_registry import (  # noqa: F401 - start_registry is a fixture
+    REGISTRY_BIN,
+    Registry,
+    start_registry,
+)
 
 MiB = 1 << 20
 ROLES = ("active", "passive", "recovery", "statereset")
@@ -36,9 +47,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trusted(keys: Path, test_cache: Path, tmp_path_factory: pytest.TempPathFactory,
             ) -> Iterator[tuple[Path, Path, str]]:
-    """The uki directory, the raw disk and the build's log."""
+    """The uki directory, the raw disk and the build's log (the uki-image beside them)."""
     out = tmp_path_factory.mktemp("trusted-out")
-    result = run_cli("build", "--format", "uki,raw", "--boot-mode", "trusted", "--keys", str(keys),
+    result = run_cli("build", "--format", "uki,uki-image,raw", "--boot-mode", "trusted",
+                     "--keys", str(keys),
                      "--base", "bootstrap:debian/trixie", "--output", str(out),
                      "--cache-dir", str(test_cache))
     assert result.returncode == 0, result.stderr[-4000:]
@@ -201,3 +213,41 @@ def test_the_disk_has_a_blank_persistent_partition_for_the_tpm(trusted: tuple[Pa
         handle.seek(int(persistent["start"]) * 512)
         head = handle.read(MiB)
     assert head.strip(b"\0") == b"", "COS_PERSISTENT must be blank: the node seals it itself"
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.skipif(not (Path(REGISTRY_BIN).exists() and shutil.which("skopeo")),
+                    reason="needs the Debian packages docker-registry and skopeo")
+def test_the_uki_image_carries_the_folder_to_a_node_from_an_archive_or_a_registry(
+        trusted: tuple[Path, Path, str], start_registry: Callable[..., Registry],  # noqa: F811
+        tmp_path: Path) -> None:
+    """`uki-image` is the `uki` folder as a one-layer OCI archive. skopeo (not ours) reads it
+    and pushes it to Debian's docker-registry; the agent's own reader (what a Trusted Boot
+    node runs for `upgrade --source`) gets the same files back from the archive and from the
+    registry. An ordinary Kairos system image is refused as a Trusted Boot upgrade."""
+    folder = trusted[0]
+    archives = list(folder.parent.glob("*.uki.tar"))
+    assert len(archives) == 1, list(folder.parent.iterdir())
+    registry = start_registry()
+    pushed = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                             f"oci-archive:{archives[0]}", f"docker://{registry.address}/kairos/uki:v1"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    expected = digests(folder)
+    del expected["SHA256SUMS"]  # the folder's own checksums, written beside what it holds
+    for source in (f"oci-archive:{archives[0]}", f"docker://{registry.address}/kairos/uki:v1"):
+        with source_tree(source, tmp_path / "scratch", require=agent_trusted.require_bundle) as tree:
+            assert digests(tree) == expected, source
+            uki, image = agent_trusted.bundle(tree, source)
+            assert uki.name.replace(".efi", ".img") == image.name
+    system = tmp_path / "system"
+    (system / "etc").mkdir(parents=True)
+    (system / "etc/kairos-release").write_text('KAIROS_VERSION="v9"\n')
+    with pytest.raises(NodeError, match="not a Trusted Boot upgrade") as refused, \
+            source_tree(f"dir:{system}", tmp_path / "s", require=agent_trusted.require_bundle):
+        pass
+    assert "uki-image" in (refused.value.hint or "")

@@ -223,6 +223,18 @@ def test_an_immutable_root_must_come_from_the_image_on_the_command_line() -> Non
     assert "read-only" in (check_root({**VERITY, "root_mode": "rw"}, "immutable") or "")
     assert check_root({**IMMUTABLE, "root_image": "none"}, "any") is None
     assert comes_from("cOS/active.img", "/run/kairos/state/cOS/active.img")
+
+
+def test_a_live_root_is_the_live_squashfs_or_a_verified_image_on_the_live_entry() -> None:
+    """The grub ISO runs dmsquash-live's squashfs; the Trusted Boot ISO its verified image
+    read-only, on the live entry."""
+    assert check_root({"live": "squashfs", "root": "overlay"}, "live") is None
+    assert check_root({**VERITY, "live": "none", "entry": "live"}, "live") is None
+    assert "entry=active" in (check_root({**VERITY, "live": "none", "entry": "active"}, "live") or "")
+    assert "verity=none" in (check_root({**IMMUTABLE, "live": "none", "entry": "live"}, "live") or "")
+    # On the live entry the verified image is judged as an immutable root: from its own file.
+    assert "expected / from" in (check_root({**VERITY, "live": "none", "entry": "live",
+                                             "root_image": "none"}, "live") or "")
     assert not comes_from("none", "none")
 
 

@@ -13,7 +13,7 @@ from kairos_build.exporters import base
 from kairos_build.exporters.base import ENTRY_POINT_GROUP, exporters, get_exporter, installed_formats
 from kairos_build.exporters.disk_formats import write_gce_bundle
 
-FORMATS = {"iso", "raw", "qcow2", "vmdk", "vhd", "gce", "netboot"}
+FORMATS = {"iso", "raw", "qcow2", "vmdk", "vhd", "gce", "netboot", "uki", "uki-image"}
 
 
 def test_every_format_is_an_entry_point_of_the_installed_package() -> None:

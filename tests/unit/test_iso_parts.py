@@ -132,3 +132,30 @@ def test_copy_range_places_the_whole_source_at_the_offset(tmp_path: Path, across
     assert data[1 << 20:] == payload
     if across:
         shutil.rmtree(folder)
+
+
+def test_a_uefi_only_iso_gets_the_esp_as_a_gpt_partition_and_keeps_its_iso9660(tmp_path: Path) -> None:
+    """The Trusted Boot ISO's disk half (`append_esp`): the ESP's bytes at partition 2's start,
+    the ISO9660 part not moved, the protective MBR entry marked active, sfdisk reads it back."""
+    import json
+    import subprocess
+
+    from kairos_build.disk.isohybrid import append_esp
+
+    iso, esp = tmp_path / "x.iso", tmp_path / "esp.img"
+    data = os.urandom(3 << 20)
+    iso.write_bytes(b"\0" * 32768 + b"\x01CD001" + data[: (3 << 20) - 32774])
+    esp.write_bytes(os.urandom(5 << 20))
+    append_esp(iso, esp, "seed")
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(iso)], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]
+    first, second = table["partitions"]
+    assert second["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    with iso.open("rb") as handle:
+        handle.seek(second["start"] * 512)
+        assert handle.read(5 << 20) == esp.read_bytes()
+        handle.seek(32768)
+        assert handle.read(6) == b"\x01CD001"
+        handle.seek(446)
+        assert handle.read(1) == b"\x80"
+    assert first["start"] == 64 and second["start"] * 512 >= 3 << 20

@@ -3,7 +3,8 @@
 # cloud-init's NoCloud datasource before the real root starts, so cloud-init's generator
 # already sees it. Sources, in order:
 #   - the live medium's /config.yaml, when the boot entry asks for it (kairos.live_config=)
-#   - every *.yaml on the COS_OEM partition (disks; 90_custom.yaml from --cloud-config)
+#   - every *.yaml on the COS_OEM partition (disks; 90_custom.yaml from --cloud-config), or
+#     the sealed volume in it on a Trusted Boot node
 # Each source is also copied to /run/kairos/cloud-config/ (kept across the switch to the real
 # root) for kairos-agent, which applies the Kairos keys (users, stages...) before cloud-init.
 # With none, cloud-init is disabled for this boot: its datasource_list names NoCloud alone,
@@ -35,9 +36,13 @@ kairos_seed_cloud_config() {
     marker_text="# kairos: no cloud-config on this boot"
     oem=/run/kairos/oem
     oem_mounted=no
-    if [ -b /dev/disk/by-label/COS_OEM ]; then
+    # kairos-immutable-setup names the COS_OEM it read (on a Trusted Boot node, the volume the
+    # TPM opened); a live boot through dmsquash-live has none.
+    oem_device=/dev/disk/by-label/COS_OEM
+    [ -f /run/kairos/oem-device ] && oem_device=$(cat /run/kairos/oem-device)
+    if [ -b "$oem_device" ]; then
         mkdir -p "$oem"
-        if mount -o ro /dev/disk/by-label/COS_OEM "$oem"; then
+        if mount -o ro "$oem_device" "$oem"; then
             oem_mounted=yes
             for file in "$oem"/*.yaml; do
                 [ -f "$file" ] && local_sources="$local_sources $file"

@@ -9,12 +9,10 @@
 # the COS_PERSISTENT partition, bind-mounted). Parents come before children (e.g. `overlay
 # /var` before `persist /var/log`): overlays are set up first, then persistent paths, each in
 # file order.
-
 #
-# With `rd.kairos.encrypt=tpm2` (a Trusted Boot UKI's signed command line) COS_PERSISTENT is a
-# LUKS2 volume (GPT name "persistent") that only this machine's TPM opens, and only while PCR
-# 11 holds a value our PCR key signed: under one of our UKIs, in the initrd. A blank partition
-# (a new disk's first boot) is sealed here; anything else that is not LUKS is left alone.
+# With `rd.kairos.encrypt=tpm2` (a Trusted Boot UKI's signed command line) COS_PERSISTENT and
+# COS_OEM are LUKS2 volumes sealed to this machine's TPM (kairos-sealed.sh). The COS_OEM
+# device read here is written to /run/kairos/oem-device for the cloud-config hook.
 
 root=/sysroot
 run=/run/kairos
@@ -31,11 +29,66 @@ done
 
 say() { echo "kairos-immutable: $*"; }
 
+wait_for() {
+    tries=0
+    while [ ! -b "$1" ] && [ $tries -lt 5 ]; do
+        command -v udevadm > /dev/null && udevadm settle --timeout=2
+        tries=$((tries + 1))
+        [ -b "$1" ] || sleep 1
+    done
+    [ -b "$1" ]
+}
+
+mkdir -p "$run"
+if [ "$encrypt" = tpm2 ]; then
+    # Without blkid a used partition could look blank: never format on a guess.
+    if command -v blkid > /dev/null && command -v cryptsetup > /dev/null; then
+        . /usr/lib/kairos/kairos-sealed.sh
+    else
+        say "no blkid or cryptsetup in the initramfs: sealed partitions left alone"
+        encrypt=unavailable
+    fi
+fi
+
+# COS_PERSISTENT first: a COS_OEM being sealed keeps its files there meanwhile. The open_
+# functions write the device to fd 3, their stdout going to stderr: no tool's output is
+# taken for the device.
+persistent_mount=""
+device="/dev/disk/by-label/$persistent_label"
+if [ "$persistent_label" = none ] || [ "$encrypt" = unavailable ]; then
+    device=""
+elif [ "$encrypt" = tpm2 ]; then
+    device=$(open_sealed_persistent /dev/disk/by-partlabel/persistent 3>&1 1>&2) \
+        || { device=""; persistent_label="sealed COS_PERSISTENT"; }
+else
+    wait_for "$device"
+fi
+if [ -b "$device" ]; then
+    mkdir -p "$run/persistent"
+    if mount -o rw,noatime "$device" "$run/persistent"; then
+        persistent_mount=$run/persistent
+    else
+        say "cannot mount $device: persistent paths live in memory this boot"
+    fi
+elif [ "$persistent_label" = none ]; then
+    say "recovery: persistent paths live in memory this boot"
+else
+    say "no usable $persistent_label partition: persistent paths live in memory this boot"
+fi
+
+oem=""
+if [ "$encrypt" = tpm2 ]; then
+    oem=$(open_sealed_oem /dev/disk/by-partlabel/oem "$persistent_mount" 3>&1 1>&2) || oem=""
+elif [ -b /dev/disk/by-label/COS_OEM ]; then
+    oem=/dev/disk/by-label/COS_OEM
+fi
 node_conf=$run/immutable-oem.conf
-if [ -b /dev/disk/by-label/COS_OEM ] && mkdir -p "$run/oem-conf" \
-        && mount -o ro /dev/disk/by-label/COS_OEM "$run/oem-conf" 2> /dev/null; then
-    [ -f "$run/oem-conf/immutable.conf" ] && cp "$run/oem-conf/immutable.conf" "$node_conf"
-    umount "$run/oem-conf"
+if [ -b "$oem" ]; then
+    echo "$oem" > "$run/oem-device"
+    if mkdir -p "$run/oem-conf" && mount -o ro "$oem" "$run/oem-conf" 2> /dev/null; then
+        [ -f "$run/oem-conf/immutable.conf" ] && cp "$run/oem-conf/immutable.conf" "$node_conf"
+        umount "$run/oem-conf"
+    fi
 fi
 
 entries() {
@@ -71,80 +124,8 @@ entries | while read -r kind path; do
         "kairos-overlay$name" "$root$path" || say "overlay on $path failed"
 done
 
-wait_for() {
-    tries=0
-    while [ ! -b "$1" ] && [ $tries -lt 5 ]; do
-        command -v udevadm > /dev/null && udevadm settle --timeout=2
-        tries=$((tries + 1))
-        [ -b "$1" ] || sleep 1
-    done
-    [ -b "$1" ]
-}
-
-# Writes the opened volume's path to fd 3; fails (saying why) when it cannot be opened.
-# Called with stdout on stderr, so no tool's output is taken for the path.
-open_sealed() {
-    part=/dev/disk/by-partlabel/persistent
-    name=kairos-persistent
-    wait_for "$part" || { say "no partition named persistent"; return 1; }
-    # Without blkid a used partition could look blank: never format on a guess.
-    command -v blkid > /dev/null || { say "no blkid in the initramfs: COS_PERSISTENT left alone"; return 1; }
-    signature=/run/systemd/tpm2-pcr-signature.json
-    public_key=/run/systemd/tpm2-pcr-public-key.pem
-    [ -f "$signature" ] || signature=/.extra/tpm2-pcr-signature.json
-    [ -f "$public_key" ] || public_key=/.extra/tpm2-pcr-public-key.pem
-    if cryptsetup isLuks "$part"; then
-        /usr/lib/systemd/systemd-cryptsetup attach "$name" "$part" - \
-            "tpm2-device=auto,tpm2-signature=$signature,headless=true" > /dev/console 2>&1 \
-            || { say "the TPM did not unlock COS_PERSISTENT (a UKI we did not sign, or another machine)"; return 1; }
-    elif [ -z "$(blkid -p -o value -s TYPE "$part" 2> /dev/null)" ]; then
-        say "first boot: sealing COS_PERSISTENT to this machine's TPM"
-        key=$run/persistent.key
-        ( umask 077 && dd if=/dev/urandom of="$key" bs=64 count=1 2> /dev/null ) || return 1
-        # The key is 64 random bytes, gone once the TPM slot exists: no password to stretch,
-        # so PBKDF2 at its minimum instead of argon2's second of work and 1 GiB of memory.
-        if cryptsetup luksFormat --batch-mode --type luks2 --label COS_PERSISTENT_LUKS \
-                --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file "$key" "$part" \
-            && systemd-cryptenroll --unlock-key-file="$key" --tpm2-device=auto \
-                --tpm2-public-key="$public_key" --tpm2-public-key-pcrs=11 \
-                --tpm2-signature="$signature" "$part" > /dev/console 2>&1 \
-            && cryptsetup open --key-file "$key" "$part" "$name" \
-            && cryptsetup luksRemoveKey --batch-mode "$part" "$key" \
-            && mkfs.ext4 -q -L "$persistent_label" "/dev/mapper/$name"; then
-            rm -f "$key"
-        else
-            rm -f "$key"
-            say "sealing COS_PERSISTENT failed"
-            return 1
-        fi
-    else
-        say "COS_PERSISTENT is neither LUKS nor blank: left alone"
-        return 1
-    fi
-    echo "/dev/mapper/$name" >&3
-}
-
 store="$run/overlay/.persistent"
-device="/dev/disk/by-label/$persistent_label"
-if [ "$persistent_label" = none ]; then
-    :
-elif [ "$encrypt" = tpm2 ]; then
-    device=$(open_sealed 3>&1 1>&2) || { device=""; persistent_label="sealed COS_PERSISTENT"; }
-else
-    wait_for "$device"
-fi
-if [ -b "$device" ]; then
-    mkdir -p "$run/persistent"
-    if mount -o rw,noatime "$device" "$run/persistent"; then
-        store="$run/persistent/.state"
-    else
-        say "cannot mount $device: persistent paths live in memory this boot"
-    fi
-elif [ "$persistent_label" = none ]; then
-    say "recovery: persistent paths live in memory this boot"
-else
-    say "no usable $persistent_label partition: persistent paths live in memory this boot"
-fi
+[ -n "$persistent_mount" ] && store="$persistent_mount/.state"
 mkdir -p "$store"
 
 entries | while read -r kind path; do

@@ -28,9 +28,11 @@ installkernel() {
 install() {
     inst_multiple mount umount mkdir cp cat tr sleep cksum chmod
     inst_multiple -o udevadm veritysetup
-    # Trusted Boot: COS_PERSISTENT sealed to the TPM on first boot, opened by it after.
-    inst_multiple -o cryptsetup systemd-cryptenroll blkid dd mkfs.ext4 \
+    # Trusted Boot: COS_PERSISTENT and COS_OEM sealed to the TPM on first boot, opened by it
+    # after.
+    inst_multiple -o cryptsetup systemd-cryptenroll blkid dd mkfs.ext4 rm mv sync \
         /usr/lib/systemd/systemd-cryptsetup
+    inst_simple "$moddir/kairos-sealed.sh" /usr/lib/kairos/kairos-sealed.sh
     inst_script "$moddir/kairos-immutable-generator.sh" \
         "$systemdutildir/system-generators/kairos-immutable-generator"
     inst_script "$moddir/kairos-immutable-setup.sh" /usr/bin/kairos-immutable-setup
