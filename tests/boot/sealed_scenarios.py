@@ -193,6 +193,21 @@ def seal_stopped_at(stop_at: str, stop_on: str, oem_left: str) -> Callable[[Disk
     return scenario
 
 
+def seal_torn_inside_luks_format(disk: Disk) -> None:
+    """A cut while luksFormat writes its header: COS_OEM is neither its old filesystem nor a
+    LUKS volume (here: blank), and its files wait on COS_PERSISTENT. The next boot seals it
+    from that copy."""
+    _persistent, oem, said = disk.boot("luksFormat", "COS_OEM_LUKS")
+    assert (disk.stash() / "90_custom.yaml").read_text() == CONFIG, said
+    disk.shut_down()
+    run("wipefs", "--all", "--quiet", disk.oem)  # the torn header
+    persistent, oem, said = disk.boot()
+    assert (persistent, oem) == OPENED and "cut off" in said, said
+    assert_sealed_whole(disk)
+    assert_config_kept(disk, oem)
+    assert not disk.stash().exists()
+
+
 def plain_oem_waits_for_a_sealed_persistent(disk: Disk) -> None:
     """Without COS_PERSISTENT open (recovery, or a TPM that refused it) there is nowhere safe
     to keep COS_OEM's files while it is sealed: it is read as it is."""
@@ -225,6 +240,7 @@ SCENARIOS: list[Callable[[Disk], None]] = [
     seal_stopped_at("enroll", "OEM", "crypto_LUKS"),  # a volume no TPM slot opens yet
     seal_stopped_at("mkfs", "COS_OEM", "crypto_LUKS"),  # enrolled, no filesystem yet
     seal_stopped_at("enroll", "PERSISTENT", "ext4"),  # COS_PERSISTENT's own
+    seal_torn_inside_luks_format,
     plain_oem_waits_for_a_sealed_persistent,
     what_is_not_ours_is_left_alone,
 ]

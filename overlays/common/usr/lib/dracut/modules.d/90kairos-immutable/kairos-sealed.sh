@@ -121,11 +121,19 @@ open_sealed_oem() {
                 echo "$part" >&3
                 return 0
             fi
+            mkdir -p "$run/oem-seal" || return 1
+            if ! mount -o ro "$part" "$run/oem-seal"; then
+                # A copy on our COS_PERSISTENT: the seal was cut off inside luksFormat.
+                [ -d "$stash" ] || { say "COS_OEM cannot be mounted: left alone"; return 1; }
+                say "COS_OEM's seal was cut off: sealing it again"
+                seal_oem_from "$part" "$stash" || return 1
+                echo "/dev/mapper/$seal_oem_name" >&3
+                return 0
+            fi
             say "sealing COS_OEM to this machine's TPM (its files wait on COS_PERSISTENT)"
             rm -rf "$stash.new"
-            mkdir -p "$run/oem-seal" "$stash.new" && chmod 0700 "$stash.new" || return 1
-            mount -o ro "$part" "$run/oem-seal" \
-                || { say "COS_OEM cannot be mounted: left alone"; return 1; }
+            mkdir -p "$stash.new" && chmod 0700 "$stash.new" \
+                || { umount "$run/oem-seal"; return 1; }
             if ! cp -a "$run/oem-seal/." "$stash.new/"; then
                 umount "$run/oem-seal"
                 say "COS_OEM's files could not be copied: left unsealed"
@@ -141,8 +149,14 @@ open_sealed_oem() {
             say "COS_OEM's seal was cut off: sealing it again"
             seal_oem_from "$part" "$stash" || return 1 ;;
         blank)
-            say "sealing the blank COS_OEM to this machine's TPM"
-            seal_new "$seal_oem_name" "$part" COS_OEM && seal_done "$part" COS_OEM || return 1 ;;
+            if [ -n "$stash" ] && [ -d "$stash" ]; then
+                # Blank with a copy waiting: the seal was cut off inside luksFormat.
+                say "COS_OEM's seal was cut off: sealing it again"
+                seal_oem_from "$part" "$stash" || return 1
+            else
+                say "sealing the blank COS_OEM to this machine's TPM"
+                seal_new "$seal_oem_name" "$part" COS_OEM && seal_done "$part" COS_OEM || return 1
+            fi ;;
     esac
     echo "/dev/mapper/$seal_oem_name" >&3
 }
