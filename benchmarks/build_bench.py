@@ -95,13 +95,21 @@ def kb_env(data: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_kb(args: list[str], wrapper: str | None = None,
-           data: Path | None = None) -> tuple[float, dict[str, Any], str]:
+def run_kb(
+    args: list[str], wrapper: str | None = None, data: Path | None = None
+) -> tuple[float, dict[str, Any], str]:
     """`python -m kairos_build ARGS --json` from the checkout: seconds, its JSON, its stderr."""
     head = [sys.executable, "-c", wrapper] if wrapper else [sys.executable, "-m", "kairos_build"]
     start = time.monotonic()
-    result = subprocess.run([*head, *args, "--json"], cwd=REPO, capture_output=True, text=True,
-                            check=False, env=kb_env(data), stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*head, *args, "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=kb_env(data),
+        stdin=subprocess.DEVNULL,
+    )
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"kairos-build {' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -114,8 +122,9 @@ def build_args(verb: str, base: Path, cache: Path, out: Path, *extra: str) -> li
 
 def timed(command: list[str]) -> float:
     start = time.monotonic()
-    subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.monotonic() - start
 
 
@@ -150,9 +159,23 @@ def converted_tree(given: Path | None, scratch: Path) -> Path:
         return given
     tree = scratch / "rootfs"
     print(f"making the converted trixie tree {tree} (kairos-build convert, test cache)", flush=True)
-    subprocess.run([sys.executable, "-m", "kairos_build", "convert", "bootstrap:debian/trixie",
-                    "--output", f"dir:{tree}", "--cache-dir", str(TEST_CACHE)], cwd=REPO, check=True,
-                   env=kb_env(), stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kairos_build",
+            "convert",
+            "bootstrap:debian/trixie",
+            "--output",
+            f"dir:{tree}",
+            "--cache-dir",
+            str(TEST_CACHE),
+        ],
+        cwd=REPO,
+        check=True,
+        env=kb_env(),
+        stdin=subprocess.DEVNULL,
+    )
     return tree
 
 
@@ -162,8 +185,11 @@ def unconverted_tree(given: Path | None, scratch: Path) -> Path:
     target = scratch / "base"
     for candidate in sorted((TEST_CACHE / "rootfs").glob("*")):
         release = candidate / "etc/os-release"
-        if (release.is_file() and "trixie" in release.read_text()
-                and not (candidate / "etc/kairos-release").exists()):
+        if (
+            release.is_file()
+            and "trixie" in release.read_text()
+            and not (candidate / "etc/kairos-release").exists()
+        ):
             # cp -a, never a Python copy: the tree has device nodes. The entry stays untouched.
             subprocess.run(["cp", "-a", str(candidate), str(target)], check=True)
             return target
@@ -183,32 +209,95 @@ def bare_tools_iso(rootfs: Path, work: Path, compression: Compression) -> tuple[
     early = work / "early.cfg"
     early.write_text(early_config("COS_LIVE"))
     cfg = work / "grub.cfg"
-    cfg.write_text("set timeout=3\nmenuentry Kairos {\n linux /boot/kernel root=live:CDLABEL=COS_LIVE"
-                   " rd.live.image\n initrd /boot/initrd\n}\n")
+    cfg.write_text(
+        "set timeout=3\nmenuentry Kairos {\n linux /boot/kernel root=live:CDLABEL=COS_LIVE"
+        " rd.live.image\n initrd /boot/initrd\n}\n"
+    )
     kernel, initrd = boot_files(rootfs)
     modules = {p: grub_modules(GRUB_LIB / p, p) for p in ("i386-pc", "x86_64-efi")}
     start = time.monotonic()
     squashfs = work / "rootfs.squashfs"
-    timed(["mksquashfs", str(rootfs), str(squashfs), "-noappend", "-no-progress", "-quiet",
-           *compression.mksquashfs_args(), "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*",
-           "tmp/*"])
-    for platform, fmt, output in (("i386-pc", "i386-pc-eltorito", "bios.img"),
-                                  ("x86_64-efi", "x86_64-efi", "BOOTX64.EFI")):
-        timed(["grub-mkimage", "-d", str(GRUB_LIB / platform), "-O", fmt, "-o", str(work / output),
-               "-p", "/boot/grub", "-c", str(early), *modules[platform]])
+    timed(
+        [
+            "mksquashfs",
+            str(rootfs),
+            str(squashfs),
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            *compression.mksquashfs_args(),
+            "-wildcards",
+            "-e",
+            "proc/*",
+            "sys/*",
+            "dev/*",
+            "run/*",
+            "tmp/*",
+        ]
+    )
+    for platform, fmt, output in (
+        ("i386-pc", "i386-pc-eltorito", "bios.img"),
+        ("x86_64-efi", "x86_64-efi", "BOOTX64.EFI"),
+    ):
+        timed(
+            [
+                "grub-mkimage",
+                "-d",
+                str(GRUB_LIB / platform),
+                "-O",
+                fmt,
+                "-o",
+                str(work / output),
+                "-p",
+                "/boot/grub",
+                "-c",
+                str(early),
+                *modules[platform],
+            ]
+        )
     esp = work / "uefi.img"
     timed(["mkfs.vfat", "-C", "-n", "COS_GRUB", str(esp), "4096"])
     timed(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"])
     timed(["mcopy", "-i", str(esp), str(work / "BOOTX64.EFI"), str(cfg), "::/EFI/BOOT/"])
-    timed(["xorriso", "-as", "mkisofs", "-o", str(work / "tools.iso"), "-V", "COS_LIVE",
-           "-iso-level", "3", "-R", "-J", "-joliet-long", "-graft-points",
-           "--grub2-mbr", str(GRUB_LIB / "i386-pc/boot_hybrid.img"),
-           "-b", "/boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
-           "--grub2-boot-info", "-c", "/boot/boot.cat",
-           "-eltorito-alt-boot", "-e", "/boot/uefi.img", "-no-emul-boot", "-isohybrid-gpt-basdat",
-           f"/boot/kernel={kernel}", f"/boot/initrd={initrd}", f"/rootfs.squashfs={squashfs}",
-           f"/boot/grub/grub.cfg={cfg}", f"/boot/grub/bios.img={work / 'bios.img'}",
-           f"/boot/uefi.img={esp}"])
+    timed(
+        [
+            "xorriso",
+            "-as",
+            "mkisofs",
+            "-o",
+            str(work / "tools.iso"),
+            "-V",
+            "COS_LIVE",
+            "-iso-level",
+            "3",
+            "-R",
+            "-J",
+            "-joliet-long",
+            "-graft-points",
+            "--grub2-mbr",
+            str(GRUB_LIB / "i386-pc/boot_hybrid.img"),
+            "-b",
+            "/boot/grub/bios.img",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "--grub2-boot-info",
+            "-c",
+            "/boot/boot.cat",
+            "-eltorito-alt-boot",
+            "-e",
+            "/boot/uefi.img",
+            "-no-emul-boot",
+            "-isohybrid-gpt-basdat",
+            f"/boot/kernel={kernel}",
+            f"/boot/initrd={initrd}",
+            f"/rootfs.squashfs={squashfs}",
+            f"/boot/grub/grub.cfg={cfg}",
+            f"/boot/grub/bios.img={work / 'bios.img'}",
+            f"/boot/uefi.img={esp}",
+        ]
+    )
     checksum = timed(["sha256sum", str(work / "tools.iso")])
     return time.monotonic() - start, checksum
 
@@ -222,7 +311,7 @@ def iso_vs_tools(rootfs: Path, scratch: Path, runs: int, results: dict[str, Any]
     ours, tools, checksums = [], [], []
     for index in range(runs):
         pair = []
-        for side in (("ours", "tools") if index % 2 == 0 else ("tools", "ours")):
+        for side in ("ours", "tools") if index % 2 == 0 else ("tools", "ours"):
             if side == "ours":
                 # Cold: the converted rootfs stays cached, the squashfs and artifact do not.
                 for kind in ("squashfs", "artifact"):
@@ -236,17 +325,29 @@ def iso_vs_tools(rootfs: Path, scratch: Path, runs: int, results: dict[str, Any]
             pair.append(f"{side} {seconds:.1f} s")
         print(f"  iso-vs-tools run {index + 1}: {', '.join(pair)}", flush=True)
     iso = iso_in(out)
-    results.update(iso_ours_s=ours, iso_tools_s=tools, iso_bytes=iso.stat().st_size,
-                   iso_tools_bytes=(scratch / "tools/tools.iso").stat().st_size)
+    results.update(
+        iso_ours_s=ours,
+        iso_tools_s=tools,
+        iso_bytes=iso.stat().st_size,
+        iso_tools_bytes=(scratch / "tools/tools.iso").stat().st_size,
+    )
     results["iso_tools_sha256sum_s"] = checksums
     ratio = statistics.median(ours) / statistics.median(tools)
     bare = [t - c for t, c in zip(tools, checksums, strict=True)]
     without = statistics.median(ours) / statistics.median(bare)
     shutil.rmtree(scratch / "tools")
-    return [Row("iso-vs-tools (cold squashfs)", f"{statistics.median(ours):.1f} s",
-                f"{statistics.median(tools):.1f} s", ratio, "<= 1.10", ratio <= 1.10,
-                f"runs ours {_list(ours)}, tools {_list(tools)} (of which sha256sum "
-                f"{_list(checksums)}); vs. tools without sha256sum {without:.3f}")]
+    return [
+        Row(
+            "iso-vs-tools (cold squashfs)",
+            f"{statistics.median(ours):.1f} s",
+            f"{statistics.median(tools):.1f} s",
+            ratio,
+            "<= 1.10",
+            ratio <= 1.10,
+            f"runs ours {_list(ours)}, tools {_list(tools)} (of which sha256sum "
+            f"{_list(checksums)}); vs. tools without sha256sum {without:.3f}",
+        )
+    ]
 
 
 # --- 2. Warm vs cold ---------------------------------------------------------------------------
@@ -261,13 +362,19 @@ def warm_breakdown(args: list[str], results: dict[str, Any]) -> tuple[float, str
         warm_runs.append(seconds)
         timings = answer["timings"]
     python = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(3))
-    imports = statistics.median(timed([sys.executable, "-c", "import kairos_build.cli"])
-                                for _ in range(3)) - python
+    imports = (
+        statistics.median(timed([sys.executable, "-c", "import kairos_build.cli"]) for _ in range(3)) - python
+    )
     warm = statistics.median(warm_runs)
     steps = {k: v for k, v in timings.items() if not k.startswith("exporting")}
     rest = warm - python - imports - sum(steps.values()) - timings.get("exporting iso", 0.0)
-    parts = {"python start": python, "imports": imports, **steps,
-             "exporting iso": timings.get("exporting iso", 0.0), "other (keys, checks)": rest}
+    parts = {
+        "python start": python,
+        "imports": imports,
+        **steps,
+        "exporting iso": timings.get("exporting iso", 0.0),
+        "other (keys, checks)": rest,
+    }
     results["warm_runs_s"], results["warm_breakdown_s"] = warm_runs, parts
     return warm, ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
 
@@ -286,8 +393,9 @@ def warm_vs_cold(base: Path | None, rootfs: Path, scratch: Path, results: dict[s
     shutil.rmtree(cache)
     shutil.rmtree(out)
     ratio = warm / cold
-    return [Row("warm/cold rebuild", f"{warm:.2f} s", f"{cold:.1f} s", ratio, "<= 0.02",
-                ratio <= 0.02, parts)]
+    return [
+        Row("warm/cold rebuild", f"{warm:.2f} s", f"{cold:.1f} s", ratio, "<= 0.02", ratio <= 0.02, parts)
+    ]
 
 
 # --- 3. One multi-format build vs separate ones -----------------------------------------------
@@ -295,8 +403,9 @@ def warm_vs_cold(base: Path | None, rootfs: Path, scratch: Path, results: dict[s
 
 def multi_vs_separate(base: Path, converted: bool, scratch: Path, results: dict[str, Any]) -> list[Row]:
     out = scratch / "out-multi"
-    multi, _, _ = run_kb(build_args("build", base, fresh(scratch / "cache-multi"), fresh(out),
-                                    "--format", "iso,raw,qcow2"))
+    multi, _, _ = run_kb(
+        build_args("build", base, fresh(scratch / "cache-multi"), fresh(out), "--format", "iso,raw,qcow2")
+    )
     shutil.rmtree(scratch / "cache-multi")
     separate = {}
     for fmt in ("iso", "raw", "qcow2"):
@@ -308,8 +417,17 @@ def multi_vs_separate(base: Path, converted: bool, scratch: Path, results: dict[
     results.update(multi_s=multi, separate_s=separate)
     ratio = multi / total
     where = "from the converted tree (no conversion)" if converted else "from the unconverted base"
-    return [Row("multi/separate (iso,raw,qcow2)", f"{multi:.1f} s", f"{total:.1f} s", ratio,
-                "<= 0.5", ratio <= 0.5, f"{where}; separate {_list(list(separate.values()))}")]
+    return [
+        Row(
+            "multi/separate (iso,raw,qcow2)",
+            f"{multi:.1f} s",
+            f"{total:.1f} s",
+            ratio,
+            "<= 0.5",
+            ratio <= 0.5,
+            f"{where}; separate {_list(list(separate.values()))}",
+        )
+    ]
 
 
 # --- 4. Peak memory of our own process ---------------------------------------------------------
@@ -338,23 +456,46 @@ def peak_memory(rootfs: Path, scratch: Path, formats: str, results: dict[str, An
         if scale > 1:
             grow_overlay(scratch / "ballast", (scale - 1) * size)
             extra = ["--overlay-rootfs", str(scratch / "ballast")]
-        args = build_args("build", rootfs, fresh(scratch / "cache-rss"), fresh(scratch / "out-rss"),
-                          "--format", formats, *extra)
+        args = build_args(
+            "build",
+            rootfs,
+            fresh(scratch / "cache-rss"),
+            fresh(scratch / "out-rss"),
+            "--format",
+            formats,
+            *extra,
+        )
         seconds, _, stderr = run_kb(args, wrapper=RSS_WRAPPER)
         found = re.search(r"PEAK_RSS_KIB=(\d+)", stderr)
         peaks[scale] = int(found.group(1)) / 1024 if found else float("nan")
-        print(f"  peak RSS at {scale}x rootfs ({formats}): {peaks[scale]:.0f} MiB ({seconds:.0f} s)",
-              flush=True)
+        print(
+            f"  peak RSS at {scale}x rootfs ({formats}): {peaks[scale]:.0f} MiB ({seconds:.0f} s)", flush=True
+        )
         shutil.rmtree(scratch / "cache-rss")
         shutil.rmtree(scratch / "out-rss")
     shutil.rmtree(scratch / "ballast", ignore_errors=True)
     results["peak_rss_mib"] = peaks
     growth = peaks[4] / peaks[1]
-    return [Row(f"peak RSS, own process ({formats})", f"{max(peaks.values()):.0f} MiB", "256 MiB",
-                max(peaks.values()) / 256, "<= 256 MiB", max(peaks.values()) <= 256,
-                "1x/2x/4x rootfs: " + "/".join(f"{v:.0f}" for v in peaks.values()) + " MiB"),
-            Row("peak RSS growth 4x/1x rootfs", f"{growth:.2f}", "1.00", growth, "flat (<= 1.10)",
-                growth <= 1.10, f"rootfs {size / MiB:.0f} MiB -> ~{4 * size / MiB:.0f} MiB")]
+    return [
+        Row(
+            f"peak RSS, own process ({formats})",
+            f"{max(peaks.values()):.0f} MiB",
+            "256 MiB",
+            max(peaks.values()) / 256,
+            "<= 256 MiB",
+            max(peaks.values()) <= 256,
+            "1x/2x/4x rootfs: " + "/".join(f"{v:.0f}" for v in peaks.values()) + " MiB",
+        ),
+        Row(
+            "peak RSS growth 4x/1x rootfs",
+            f"{growth:.2f}",
+            "1.00",
+            growth,
+            "flat (<= 1.10)",
+            growth <= 1.10,
+            f"rootfs {size / MiB:.0f} MiB -> ~{4 * size / MiB:.0f} MiB",
+        ),
+    ]
 
 
 # --- 5. ISO size ---------------------------------------------------------------------------------
@@ -372,8 +513,17 @@ def package_set(rootfs: Path) -> str:
 def iso_size(rootfs: Path, results: dict[str, Any]) -> list[Row]:
     ours = results["iso_bytes"] / 1e6
     ratio = ours / KAIROS_DEBIAN_ISO_MB
-    return [Row("ISO size vs Kairos debian ISO", f"{ours:.0f} MB", f"{KAIROS_DEBIAN_ISO_MB} MB", ratio,
-                "<= 1.00", ratio <= 1.0, package_set(rootfs))]
+    return [
+        Row(
+            "ISO size vs Kairos debian ISO",
+            f"{ours:.0f} MB",
+            f"{KAIROS_DEBIAN_ISO_MB} MB",
+            ratio,
+            "<= 1.00",
+            ratio <= 1.0,
+            package_set(rootfs),
+        )
+    ]
 
 
 # --- 6. Rebuilds after an edit: framework file, dracut module, one more package -------------------
@@ -413,8 +563,7 @@ def append_comment(data: Path, relative: str) -> str:
 
 def add_package(data: Path, package: str = NEW_PACKAGE) -> str:
     flavor = data / "flavors/debian.yaml"
-    text, count = re.subn(r"^(\s*system:\s*\[)", rf"\g<1>{package}, ", flavor.read_text(),
-                          flags=re.MULTILINE)
+    text, count = re.subn(r"^(\s*system:\s*\[)", rf"\g<1>{package}, ", flavor.read_text(), flags=re.MULTILINE)
     if count != 1:
         raise RuntimeError(f"{flavor}: expected one 'system: [' line, found {count}")
     flavor.write_text(text)
@@ -422,13 +571,22 @@ def add_package(data: Path, package: str = NEW_PACKAGE) -> str:
 
 
 EDITS = (
-    Edit("edit", "framework edit -> ISO", functools.partial(append_comment, relative=CLOUD_CFG),
-         ("framework",), 0.10, 5.0),
-    Edit("dracut", "dracut module edit -> ISO",
-         functools.partial(append_comment, relative=DRACUT_MODULE), ("initramfs", "framework"),
-         0.35),
-    Edit("addpkg", "add one package -> ISO (warm package cache)", add_package,
-         CONVERSION_STAGES, 0.50),
+    Edit(
+        "edit",
+        "framework edit -> ISO",
+        functools.partial(append_comment, relative=CLOUD_CFG),
+        ("framework",),
+        0.10,
+        5.0,
+    ),
+    Edit(
+        "dracut",
+        "dracut module edit -> ISO",
+        functools.partial(append_comment, relative=DRACUT_MODULE),
+        ("initramfs", "framework"),
+        0.35,
+    ),
+    Edit("addpkg", "add one package -> ISO (warm package cache)", add_package, CONVERSION_STAGES, 0.50),
 )
 
 
@@ -455,37 +613,56 @@ def edit_row(edit: Edit, seconds: float, cold: float, ran: list[str], new_debs: 
     stages_ok = sorted(converted) == sorted(edit.must_run)
     within = ratio <= edit.factor and (edit.limit_s is None or seconds <= edit.limit_s)
     expected = "as expected" if stages_ok else f"EXPECTED {', '.join(edit.must_run)}"
-    note = (f"conversion stages run: {', '.join(converted) or 'none'} ({expected}); "
-            f"all that ran: {', '.join(ran) or 'nothing'}")
+    note = (
+        f"conversion stages run: {', '.join(converted) or 'none'} ({expected}); "
+        f"all that ran: {', '.join(ran) or 'nothing'}"
+    )
     if edit.only == "addpkg":
         note += f"; pkgcache gained {len(new_debs)} .deb: {', '.join(new_debs) or 'none'}"
-    return Row(edit.name, f"{seconds:.2f} s", f"{cold:.1f} s", ratio, edit_target(edit),
-               within and stages_ok, note)
+    return Row(
+        edit.name, f"{seconds:.2f} s", f"{cold:.1f} s", ratio, edit_target(edit), within and stages_ok, note
+    )
 
 
 def cold_args(cache: Path, out: Path) -> list[str]:
     """The cold build of the issue: bootstrap, convert, ISO, from an empty cache."""
-    return ["iso", "--flavor", "debian", "--base", "bootstrap:debian/trixie", "--cache-dir",
-            str(cache), "--output", str(out)]
+    return [
+        "iso",
+        "--flavor",
+        "debian",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--cache-dir",
+        str(cache),
+        "--output",
+        str(out),
+    ]
 
 
-def run_edit(edit: Edit, paths: tuple[Path, Path, Path], cold: float, unbootstrapped: float,
-             results: dict[str, Any]) -> Row:
+def run_edit(
+    edit: Edit, paths: tuple[Path, Path, Path], cold: float, unbootstrapped: float, results: dict[str, Any]
+) -> Row:
     data, cache, out = paths
     what = edit.change(data)
     before = debs(cache)
     seconds, answer, stderr = run_kb(cold_args(cache, fresh(out)), data=data)
     ran, reused = stages_in_log(stderr)
     new_debs = sorted(debs(cache) - before)
-    print(f"  {edit.name}: {seconds:.2f} s ({what}; ran {', '.join(ran) or 'nothing'})",
-          flush=True)
+    print(f"  {edit.name}: {seconds:.2f} s ({what}; ran {', '.join(ran) or 'nothing'})", flush=True)
     results[f"{edit.only}_s"] = seconds
-    results[f"{edit.only}_detail"] = {"edit": what, "ran": ran, "reused": reused,
-                                      "new_debs": new_debs, "timings": answer.get("timings", {})}
+    results[f"{edit.only}_detail"] = {
+        "edit": what,
+        "ran": ran,
+        "reused": reused,
+        "new_debs": new_debs,
+        "timings": answer.get("timings", {}),
+    }
     iso_in(out)  # the ISO is there
     row = edit_row(edit, seconds, cold, ran, new_debs)
-    row.note += (f"; against the cold build without its bootstrap ({unbootstrapped:.1f} s): "
-                 f"{seconds / unbootstrapped:.3f}")
+    row.note += (
+        f"; against the cold build without its bootstrap ({unbootstrapped:.1f} s): "
+        f"{seconds / unbootstrapped:.3f}"
+    )
     return row
 
 
@@ -498,13 +675,22 @@ def edits_vs_cold(scratch: Path, only: set[str], results: dict[str, Any]) -> lis
         cold, answer, stderr = run_kb(cold_args(cache, fresh(out)), data=data)
         timings = answer.get("timings", {})
         unbootstrapped = cold - timings.get("resolving the base", 0.0)
-        print(f"  cold iso, bootstrap included (reference): {cold:.1f} s "
-              f"({unbootstrapped:.1f} s without the bootstrap)", flush=True)
+        print(
+            f"  cold iso, bootstrap included (reference): {cold:.1f} s "
+            f"({unbootstrapped:.1f} s without the bootstrap)",
+            flush=True,
+        )
         results["edits_cold_s"] = cold
-        results["edits_cold_detail"] = {"ran": stages_in_log(stderr)[0],
-                                        "debs": len(debs(cache)), "timings": timings}
-        return [run_edit(edit, (data, cache, out), cold, unbootstrapped, results)
-                for edit in EDITS if edit.only in only]
+        results["edits_cold_detail"] = {
+            "ran": stages_in_log(stderr)[0],
+            "debs": len(debs(cache)),
+            "timings": timings,
+        }
+        return [
+            run_edit(edit, (data, cache, out), cold, unbootstrapped, results)
+            for edit in EDITS
+            if edit.only in only
+        ]
     finally:
         for folder in (data, cache, out):
             shutil.rmtree(folder, ignore_errors=True)
@@ -516,22 +702,43 @@ def edits_vs_cold(scratch: Path, only: set[str], results: dict[str, Any]) -> lis
 # Left to the package hooks, dracut runs twice: the kernel's postinst hook, then dracut's
 # trigger once dracut-live and dracut-network are set up. With INITRD=No (the debian flavor's
 # quirk too) both skip it and this customize hook runs it once, with the overlay's configuration.
-ONE_DRACUT = ('for k in "$1"/lib/modules/*; do v=${k##*/}; '
-              'chroot "$1" dracut --force --kver "$v" /boot/initrd.img-"$v"; done')
+ONE_DRACUT = (
+    'for k in "$1"/lib/modules/*; do v=${k##*/}; '
+    'chroot "$1" dracut --force --kver "$v" /boot/initrd.img-"$v"; done'
+)
 
 
 def bootstrap_tree(tree: Path, packages: list[str], overlay: Path) -> float:
     """mmdebstrap minbase with `packages`, `overlay` copied in before any package, then one
     dracut per kernel (ONE_DRACUT); in its own mount and PID namespace, as kairos-build runs
     mmdebstrap. Returns the seconds."""
-    command = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-               "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-               f"--include={','.join(packages)}",
-               f"--setup-hook=cp -a {shlex.quote(str(overlay))}/. \"$1\"/",
-               f"--customize-hook={ONE_DRACUT}", "trixie", str(tree)]
+    command = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
+        f"--include={','.join(packages)}",
+        f'--setup-hook=cp -a {shlex.quote(str(overlay))}/. "$1"/',
+        f"--customize-hook={ONE_DRACUT}",
+        "trixie",
+        str(tree),
+    ]
     start = time.monotonic()
-    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            check=False, env={**os.environ, "INITRD": "No"})
+    result = subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "INITRD": "No"},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"mmdebstrap failed:\n{result.stderr[-3000:]}")
     return time.monotonic() - start
@@ -541,11 +748,24 @@ def cold_ours(scratch: Path) -> tuple[float, dict[str, Any]]:
     """`iso --flavor debian --base bootstrap:debian/trixie` with an empty cache."""
     cache, out = fresh(scratch / "cache-coldtools"), fresh(scratch / "out-coldtools")
     try:
-        seconds, answer, stderr = run_kb(["iso", "--flavor", "debian", "--base",
-                                          "bootstrap:debian/trixie", "--cache-dir", str(cache),
-                                          "--output", str(out)])
-        detail = {"ran": stages_in_log(stderr)[0], "iso_bytes": iso_in(out).stat().st_size,
-                  "timings": answer.get("timings", {})}
+        seconds, answer, stderr = run_kb(
+            [
+                "iso",
+                "--flavor",
+                "debian",
+                "--base",
+                "bootstrap:debian/trixie",
+                "--cache-dir",
+                str(cache),
+                "--output",
+                str(out),
+            ]
+        )
+        detail = {
+            "ran": stages_in_log(stderr)[0],
+            "iso_bytes": iso_in(out).stat().st_size,
+            "timings": answer.get("timings", {}),
+        }
         return seconds, detail
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -557,14 +777,20 @@ def cold_tools(scratch: Path, compression: Compression) -> tuple[float, dict[str
     tree, work = scratch / "coldtools-tree", scratch / "coldtools-work"
     shutil.rmtree(tree, ignore_errors=True)
     try:
-        debstrap = bootstrap_tree(tree, load_flavor("debian", REPO / "flavors").all_packages(),
-                                  REPO / "overlays/common")
+        debstrap = bootstrap_tree(
+            tree, load_flavor("debian", REPO / "flavors").all_packages(), REPO / "overlays/common"
+        )
         rest, checksum = bare_tools_iso(tree, work, compression)
         kernel, initrd = boot_files(tree)
-        detail = {"mmdebstrap_s": debstrap, "iso_s": rest, "sha256sum_s": checksum,
-                  "kernel": kernel.name, "initrd": initrd.name,
-                  "iso_bytes": (work / "tools.iso").stat().st_size,
-                  "packages": package_count(tree)}
+        detail = {
+            "mmdebstrap_s": debstrap,
+            "iso_s": rest,
+            "sha256sum_s": checksum,
+            "kernel": kernel.name,
+            "initrd": initrd.name,
+            "iso_bytes": (work / "tools.iso").stat().st_size,
+            "packages": package_count(tree),
+        }
         return debstrap + rest, detail
     finally:
         shutil.rmtree(tree, ignore_errors=True)
@@ -578,7 +804,7 @@ def cold_vs_tools(scratch: Path, runs: int, results: dict[str, Any]) -> list[Row
     details: dict[str, list[dict[str, Any]]] = {"ours": [], "tools": []}
     compression = Compression()
     for index in range(runs):
-        for side in (("ours", "tools") if index % 2 == 0 else ("tools", "ours")):
+        for side in ("ours", "tools") if index % 2 == 0 else ("tools", "ours"):
             if side == "ours":
                 seconds, detail = cold_ours(scratch)
                 ours.append(seconds)
@@ -587,20 +813,33 @@ def cold_vs_tools(scratch: Path, runs: int, results: dict[str, Any]) -> list[Row
                 tools.append(seconds)
             details[side].append(detail)
             print(f"  coldtools run {index + 1}: {side} {seconds:.1f} s", flush=True)
-    results.update(coldtools_ours_s=ours, coldtools_tools_s=tools,
-                   coldtools_ours_detail=details["ours"], coldtools_tools_detail=details["tools"])
+    results.update(
+        coldtools_ours_s=ours,
+        coldtools_tools_s=tools,
+        coldtools_ours_detail=details["ours"],
+        coldtools_tools_detail=details["tools"],
+    )
     return [cold_tools_row(ours, tools, details["tools"][-1])]
 
 
 def cold_tools_row(ours: list[float], tools: list[float], last: dict[str, Any]) -> Row:
     ratio = statistics.median(ours) / statistics.median(tools)
-    note = (f"ours: iso --base bootstrap:debian/trixie, empty cache, runs {_list(ours)}; tools: "
-            f"mmdebstrap minbase + {last['packages']} packages with overlays/common copied in "
-            f"and one dracut ({last['initrd']}) {last['mmdebstrap_s']:.1f} s, then "
-            f"mksquashfs/grub-mkimage/ESP/xorriso/sha256sum {last['iso_s']:.1f} s; runs "
-            f"{_list(tools)}")
-    return Row("cold build vs bare tools", f"{statistics.median(ours):.1f} s",
-               f"{statistics.median(tools):.1f} s", ratio, "<= 1.10", ratio <= 1.10, note)
+    note = (
+        f"ours: iso --base bootstrap:debian/trixie, empty cache, runs {_list(ours)}; tools: "
+        f"mmdebstrap minbase + {last['packages']} packages with overlays/common copied in "
+        f"and one dracut ({last['initrd']}) {last['mmdebstrap_s']:.1f} s, then "
+        f"mksquashfs/grub-mkimage/ESP/xorriso/sha256sum {last['iso_s']:.1f} s; runs "
+        f"{_list(tools)}"
+    )
+    return Row(
+        "cold build vs bare tools",
+        f"{statistics.median(ours):.1f} s",
+        f"{statistics.median(tools):.1f} s",
+        ratio,
+        "<= 1.10",
+        ratio <= 1.10,
+        note,
+    )
 
 
 # --- Report ------------------------------------------------------------------------------------
@@ -622,20 +861,24 @@ def print_table(rows: list[Row]) -> None:
             print(f"{row.name}: {row.note}")
 
 
-def measure_all(args: argparse.Namespace, only: set[str], scratch: Path,
-                results: dict[str, Any]) -> list[Row]:
+def measure_all(
+    args: argparse.Namespace, only: set[str], scratch: Path, results: dict[str, Any]
+) -> list[Row]:
     """The selected lines in order; the trees are made only when a selected line needs them."""
     rootfs = functools.cache(lambda: converted_tree(args.rootfs, scratch))
     base = functools.cache(lambda: None if args.quick else unconverted_tree(args.base, scratch))
     edits = [edit.only for edit in EDITS if edit.only in only]
     steps: list[tuple[str, Callable[[], list[Row]]]] = [
-        ("iso", lambda: (iso_vs_tools(rootfs(), scratch, args.runs or 2, results)
-                         + iso_size(rootfs(), results))),
+        (
+            "iso",
+            lambda: iso_vs_tools(rootfs(), scratch, args.runs or 2, results) + iso_size(rootfs(), results),
+        ),
         ("warm", lambda: warm_vs_cold(base(), rootfs(), scratch, results)),
         ("multi", lambda: multi_vs_separate(base() or rootfs(), base() is None, scratch, results)),
         ("memory", lambda: peak_memory(rootfs(), scratch, args.memory_formats, results)),
         (",".join(edits), lambda: edits_vs_cold(scratch, only, results)),
-        ("coldtools", lambda: cold_vs_tools(scratch, args.runs or 1, results))]
+        ("coldtools", lambda: cold_vs_tools(scratch, args.runs or 1, results)),
+    ]
     rows: list[Row] = []
     for name, measure in steps:
         if name and set(name.split(",")) <= only:
@@ -653,8 +896,9 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="an unconverted rootfs tree (cold builds)")
     parser.add_argument("--quick", action="store_true", help="skip the cold conversions")
     parser.add_argument("--json", type=Path, default=Path("build-bench.json"), help="results file")
-    parser.add_argument("--runs", type=int,
-                        help="rounds of iso-vs-tools (default 2) and of coldtools (default 1)")
+    parser.add_argument(
+        "--runs", type=int, help="rounds of iso-vs-tools (default 2) and of coldtools (default 1)"
+    )
     parser.add_argument("--memory-formats", default="iso", help="formats of the peak-RSS builds")
     parser.add_argument("--only", default=ALL_LINES, help=f"comma-separated subset of {ALL_LINES}")
     parser.add_argument("--scratch", type=Path, help="work directory (default: a temporary one)")
@@ -672,8 +916,7 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print_table(rows)
-    args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "results": results},
-                                    indent=2))
+    args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "results": results}, indent=2))
     print(f"results written to {args.json}")
 
 

@@ -66,18 +66,24 @@ def main() -> None:
             for spec in specs:
                 result = measure_spec(args.rootfs, spec, Path(scratch))
                 samples[spec].append(result)
-                print(f"round {round_ + 1} {spec:8} {result['build_s']:6.1f} s "
-                      f"{result['size_bytes'] / 2**20:6.1f} MiB read {result['read_s']:5.2f} s",
-                      flush=True)
-    rows = {spec: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-            for spec, runs in samples.items()}
+                print(
+                    f"round {round_ + 1} {spec:8} {result['build_s']:6.1f} s "
+                    f"{result['size_bytes'] / 2**20:6.1f} MiB read {result['read_s']:5.2f} s",
+                    flush=True,
+                )
+    rows = {
+        spec: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for spec, runs in samples.items()
+    }
     print(f"\n{'spec':8} {'mksquashfs':>10} {'size':>9} {'read-back':>9}")
     for spec, row in rows.items():
-        print(f"{spec:8} {row['build_s']:8.1f} s {row['size_bytes'] / 2**20:5.1f} MiB "
-              f"{row['read_s']:7.2f} s")
+        print(f"{spec:8} {row['build_s']:8.1f} s {row['size_bytes'] / 2**20:5.1f} MiB {row['read_s']:7.2f} s")
     if args.json:
-        args.json.write_text(json.dumps({"rootfs": str(args.rootfs), "runs": args.runs,
-                                         "medians": rows, "samples": samples}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"rootfs": str(args.rootfs), "runs": args.runs, "medians": rows, "samples": samples}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

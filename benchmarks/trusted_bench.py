@@ -35,8 +35,9 @@ MiB = 1 << 20
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "kairos_build", *args], capture_output=True,
-                            text=True, check=False, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "kairos_build", *args], capture_output=True, text=True, check=False, cwd=REPO
+    )
     if result.returncode != 0:
         sys.exit(f"kairos-build {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
@@ -46,29 +47,69 @@ def os_in_initrd_uki(tree: Path, work: Path) -> Path:
     """The reference UKI: the image's dracut initrd, then the whole OS as a zstd cpio."""
     inside = "/tmp/bench"
     # The image's own cpio and zstd, over its read-only tree: every file of the OS.
-    run_in_root(tree, ["sh", "-c", "cd / && find . -xdev -path ./proc -prune -o -path ./sys "
-                       "-prune -o -path ./dev -prune -o -path ./tmp -prune -o -path ./run -prune "
-                       f"-o -print | cpio -o -H newc --quiet | zstd -q -T0 -3 > {inside}/os.cpio.zst"],
-                binds=[(work, inside)], read_only=True)
+    run_in_root(
+        tree,
+        [
+            "sh",
+            "-c",
+            "cd / && find . -xdev -path ./proc -prune -o -path ./sys "
+            "-prune -o -path ./dev -prune -o -path ./tmp -prune -o -path ./run -prune "
+            f"-o -print | cpio -o -H newc --quiet | zstd -q -T0 -3 > {inside}/os.cpio.zst",
+        ],
+        binds=[(work, inside)],
+        read_only=True,
+    )
     (work / "cmdline").write_text("console=ttyS0,115200\n")
-    run_in_root(tree, ["ukify", "build", "--linux=/boot/vmlinuz", "--initrd=/boot/initrd",
-                       f"--initrd={inside}/os.cpio.zst", f"--cmdline=@{inside}/cmdline",
-                       "--os-release=@/etc/os-release", f"--stub=/{STUB}",
-                       f"--output={inside}/os-in-initrd.efi"],
-                env={"PYTHONDONTWRITEBYTECODE": "1"}, binds=[(work, inside)], read_only=True)
+    run_in_root(
+        tree,
+        [
+            "ukify",
+            "build",
+            "--linux=/boot/vmlinuz",
+            "--initrd=/boot/initrd",
+            f"--initrd={inside}/os.cpio.zst",
+            f"--cmdline=@{inside}/cmdline",
+            "--os-release=@/etc/os-release",
+            f"--stub=/{STUB}",
+            f"--output={inside}/os-in-initrd.efi",
+        ],
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        binds=[(work, inside)],
+        read_only=True,
+    )
     return work / "os-in-initrd.efi"
 
 
 def tree_bytes(tree: Path) -> int:
-    out = subprocess.run(["du", "-sb", "--exclude=./proc", "--exclude=./sys", str(tree)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["du", "-sb", "--exclude=./proc", "--exclude=./sys", str(tree)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out.split()[0])
 
 
 def boot_memory(disk: Path, firmware: str, extra: list[str]) -> int:
-    result = subprocess.run([sys.executable, "-m", "kairos_build", "boot", str(disk), "--firmware",
-                             firmware, "--timeout", "900", "--json", *extra],
-                            capture_output=True, text=True, check=False, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kairos_build",
+            "boot",
+            str(disk),
+            "--firmware",
+            firmware,
+            "--timeout",
+            "900",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
     report = json.loads(result.stdout or "{}").get("fields", {})
     if result.returncode != 0 or "mem_used" not in report:
         sys.exit(f"booting {disk} failed:\n{result.stderr[-2000:]}")
@@ -94,8 +135,20 @@ def main() -> None:
         tree = work / "tree"
         cli("convert", args.base, "--output", f"dir:{tree}", "--cache-dir", str(args.cache_dir))
         reference = os_in_initrd_uki(tree, work)
-        subprocess.run(["sbsign", "--key", str(keys / "db.key"), "--cert", str(keys / "db.pem"),
-                        "--output", str(reference), str(reference)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "sbsign",
+                "--key",
+                str(keys / "db.key"),
+                "--cert",
+                str(keys / "db.pem"),
+                "--output",
+                str(reference),
+                str(reference),
+            ],
+            check=True,
+            capture_output=True,
+        )
         results: dict[str, float] = {
             "uki_ours_mib": ours.stat().st_size / MiB,
             "uki_os_in_initrd_mib": reference.stat().st_size / MiB,
@@ -110,26 +163,40 @@ def main() -> None:
         results["ram_os_in_initrd_min_mib"] = results["os_tree_mib"]
         if args.boot:
             disks = work / "disks"
-            cli("qcow2", *common, "--boot-mode", "trusted", "--keys", str(keys), "--output",
-                str(disks / "trusted"))
+            cli(
+                "qcow2",
+                *common,
+                "--boot-mode",
+                "trusted",
+                "--keys",
+                str(keys),
+                "--output",
+                str(disks / "trusted"),
+            )
             cli("qcow2", *common, "--output", str(disks / "grub"))
             results["ram_ours_mib"] = boot_memory(
-                next((disks / "trusted").glob("*.qcow2")), "uefi-secureboot-setup",
-                ["--tpm", "--writable"])
+                next((disks / "trusted").glob("*.qcow2")), "uefi-secureboot-setup", ["--tpm", "--writable"]
+            )
             results["ram_grub_mib"] = boot_memory(next((disks / "grub").glob("*.qcow2")), "uefi", [])
         print("| measure | ours (verity root) | OS in the initrd | ratio |")
         print("|---|---:|---:|---:|")
-        print(f"| one UKI | {results['uki_ours_mib']:.0f} MiB | "
-              f"{results['uki_os_in_initrd_mib']:.0f} MiB | "
-              f"{results['uki_ours_mib'] / results['uki_os_in_initrd_mib']:.2f} |")
-        print(f"| ESP between upgrades | {results['esp_ours_mib']:.0f} MiB | "
-              f"{results['esp_os_in_initrd_mib']:.0f} MiB | "
-              f"{results['esp_ours_mib'] / results['esp_os_in_initrd_mib']:.2f} |")
+        print(
+            f"| one UKI | {results['uki_ours_mib']:.0f} MiB | "
+            f"{results['uki_os_in_initrd_mib']:.0f} MiB | "
+            f"{results['uki_ours_mib'] / results['uki_os_in_initrd_mib']:.2f} |"
+        )
+        print(
+            f"| ESP between upgrades | {results['esp_ours_mib']:.0f} MiB | "
+            f"{results['esp_os_in_initrd_mib']:.0f} MiB | "
+            f"{results['esp_ours_mib'] / results['esp_os_in_initrd_mib']:.2f} |"
+        )
         if "ram_ours_mib" in results:
-            print(f"| RAM in use after boot | {results['ram_ours_mib']:.0f} MiB (grub boot of the "
-                  f"same image: {results['ram_grub_mib']:.0f} MiB) | >= "
-                  f"{results['ram_os_in_initrd_min_mib']:.0f} MiB (the unpacked OS) | "
-                  f"{results['ram_ours_mib'] / results['ram_os_in_initrd_min_mib']:.2f} |")
+            print(
+                f"| RAM in use after boot | {results['ram_ours_mib']:.0f} MiB (grub boot of the "
+                f"same image: {results['ram_grub_mib']:.0f} MiB) | >= "
+                f"{results['ram_os_in_initrd_min_mib']:.0f} MiB (the unpacked OS) | "
+                f"{results['ram_ours_mib'] / results['ram_os_in_initrd_min_mib']:.2f} |"
+            )
         print(f"(root image on disk: {results['root_image_mib']:.0f} MiB, squashfs + verity tree)")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")

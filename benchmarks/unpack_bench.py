@@ -38,8 +38,10 @@ from typing import IO, Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 TAG = "bench"
-OURS = ("import sys; from pathlib import Path; from kairos_build.source.oci import unpack_image; "
-        "unpack_image(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))")
+OURS = (
+    "import sys; from pathlib import Path; from kairos_build.source.oci import unpack_image; "
+    "unpack_image(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))"
+)
 
 
 # --- Building the image ----------------------------------------------------------------------
@@ -50,8 +52,7 @@ def find_rootfs(given: Path | None, scratch: Path) -> Path:
         if not (given / "etc/os-release").is_file():
             sys.exit(f"{given} is not a rootfs (no etc/os-release)")
         return given
-    cache = Path(os.environ.get("KAIROS_BUILD_TEST_CACHE",
-                                Path.home() / ".cache" / "kairos-build-tests"))
+    cache = Path(os.environ.get("KAIROS_BUILD_TEST_CACHE", Path.home() / ".cache" / "kairos-build-tests"))
     for candidate in sorted((cache / "rootfs").glob("*")):
         if not candidate.name.startswith(".") and (candidate / "etc/os-release").is_file():
             return candidate
@@ -83,17 +84,22 @@ def _add_layer(layout: Path, fill: Callable[[tarfile.TarFile], None]) -> tuple[d
     partial = layout / "blobs/sha256/partial"
     with partial.open("wb") as raw:
         compressed = _Hashing(raw)
-        with gzip.GzipFile(fileobj=cast(IO[bytes], compressed), mode="wb", compresslevel=6,
-                           mtime=0) as gz:
+        with gzip.GzipFile(fileobj=cast(IO[bytes], compressed), mode="wb", compresslevel=6, mtime=0) as gz:
             uncompressed = _Hashing(cast(IO[bytes], gz))
-            with tarfile.open(fileobj=cast(IO[bytes], uncompressed), mode="w|",
-                              format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(
+                fileobj=cast(IO[bytes], uncompressed), mode="w|", format=tarfile.PAX_FORMAT
+            ) as tar:
                 fill(tar)
     digest = compressed.hash.hexdigest()
     partial.rename(layout / "blobs/sha256" / digest)
-    return ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-             "digest": f"sha256:{digest}", "size": compressed.size},
-            f"sha256:{uncompressed.hash.hexdigest()}")
+    return (
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": f"sha256:{digest}",
+            "size": compressed.size,
+        },
+        f"sha256:{uncompressed.hash.hexdigest()}",
+    )
 
 
 def _add_json(layout: Path, document: dict[str, Any], media_type: str) -> dict[str, Any]:
@@ -107,16 +113,30 @@ def write_layout(layout: Path, fills: list[Callable[[tarfile.TarFile], None]]) -
     """An OCI layout of one image tagged TAG; returns the total size of its layer blobs."""
     (layout / "blobs/sha256").mkdir(parents=True)
     layers, diff_ids = zip(*(_add_layer(layout, fill) for fill in fills), strict=True)
-    config = _add_json(layout, {"architecture": "amd64", "os": "linux",
-                                "rootfs": {"type": "layers", "diff_ids": list(diff_ids)}},
-                       "application/vnd.oci.image.config.v1+json")
-    manifest = _add_json(layout, {"schemaVersion": 2,
-                                  "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                  "config": config, "layers": list(layers)},
-                         "application/vnd.oci.image.manifest.v1+json")
+    config = _add_json(
+        layout,
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": list(diff_ids)}},
+        "application/vnd.oci.image.config.v1+json",
+    )
+    manifest = _add_json(
+        layout,
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": list(layers),
+        },
+        "application/vnd.oci.image.manifest.v1+json",
+    )
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {**manifest, "annotations": {"org.opencontainers.image.ref.name": TAG}}]}))
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [{**manifest, "annotations": {"org.opencontainers.image.ref.name": TAG}}],
+            }
+        )
+    )
     return sum(layer["size"] for layer in layers)
 
 
@@ -136,9 +156,10 @@ def split_tree(rootfs: Path, count: int, prefix: str = ".") -> list[Callable[[ta
         def add(tar: tarfile.TarFile) -> None:
             for rel in dirs + chunk:
                 tar.add(rootfs / rel, arcname=os.path.normpath(f"{prefix}/{rel}"), recursive=False)
+
         return add
 
-    return [fill(others[i * share:(i + 1) * share]) for i in range(count)]
+    return [fill(others[i * share : (i + 1) * share]) for i in range(count)]
 
 
 # --- Measuring -------------------------------------------------------------------------------
@@ -152,8 +173,12 @@ def measure(command: list[str], log: Path) -> tuple[float, int]:
     """
     report = log.with_suffix(".time")
     with log.open("wb") as out:
-        result = subprocess.run(["/usr/bin/time", "-o", str(report), "-f", "%e %M", *command],
-                                stdout=out, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(
+            ["/usr/bin/time", "-o", str(report), "-f", "%e %M", *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if result.returncode != 0:
         sys.exit(f"{command[0]} failed ({result.returncode}):\n{log.read_text()[-3000:]}")
     wall, rss = report.read_text().split()[-2:]
@@ -163,8 +188,7 @@ def measure(command: list[str], log: Path) -> tuple[float, int]:
 def run_umoci(layout: Path, scratch: Path) -> tuple[float, int]:
     bundle = scratch / "umoci-bundle"
     try:
-        return measure(["umoci", "unpack", "--image", f"{layout}:{TAG}", str(bundle)],
-                       scratch / "umoci.log")
+        return measure(["umoci", "unpack", "--image", f"{layout}:{TAG}", str(bundle)], scratch / "umoci.log")
     finally:
         shutil.rmtree(bundle, ignore_errors=True)
 
@@ -173,8 +197,7 @@ def run_ours(layout: Path, scratch: Path) -> tuple[float, int]:
     target = scratch / "ours"
     target.mkdir()
     try:
-        return measure([sys.executable, "-c", OURS, str(layout), TAG, str(target)],
-                       scratch / "ours.log")
+        return measure([sys.executable, "-c", OURS, str(layout), TAG, str(target)], scratch / "ours.log")
     finally:
         shutil.rmtree(target, ignore_errors=True)
 
@@ -212,8 +235,7 @@ def main() -> None:
     if shutil.which("umoci") is None or not Path("/usr/bin/time").is_file():
         sys.exit("needs umoci and GNU time (apt-get install umoci time)")
     sys.path.insert(0, str(REPO))  # the kairos_build of this checkout, also for the children
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
-                                                             os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
     with tempfile.TemporaryDirectory(prefix="unpack-bench-", dir=args.scratch) as tmp:
         scratch = Path(tmp)
@@ -221,11 +243,13 @@ def main() -> None:
         layout, double = scratch / "layout", scratch / "layout-x2"
         start = time.monotonic()
         size = write_layout(layout, split_tree(rootfs, args.layers))
-        size2 = write_layout(double, [*split_tree(rootfs, 1, "copy-a"),
-                                      *split_tree(rootfs, 1, "copy-b")])
-        print(f"rootfs {rootfs}\nimage: {args.layers} gzip layers, {size / 2**20:.1f} MiB "
-              f"compressed; x2 image: 2 layers, {size2 / 2**20:.1f} MiB "
-              f"(built in {time.monotonic() - start:.1f} s)\n", flush=True)
+        size2 = write_layout(double, [*split_tree(rootfs, 1, "copy-a"), *split_tree(rootfs, 1, "copy-b")])
+        print(
+            f"rootfs {rootfs}\nimage: {args.layers} gzip layers, {size / 2**20:.1f} MiB "
+            f"compressed; x2 image: 2 layers, {size2 / 2**20:.1f} MiB "
+            f"(built in {time.monotonic() - start:.1f} s)\n",
+            flush=True,
+        )
 
         results: dict[str, list[tuple[float, int]]] = {"umoci": [], "ours": []}
         for _ in range(args.runs):  # interleaved, so that cache warmth favours neither
@@ -235,21 +259,29 @@ def main() -> None:
         for name, runs in results.items():
             for number, (wall, rss) in enumerate(runs, 1):
                 print(f"{name:8}{number:>4}{wall:9.2f}{_mib(rss):>14}")
-        median = {name: (statistics.median(w for w, _ in runs), statistics.median(r for _, r in runs))
-                  for name, runs in results.items()}
+        median = {
+            name: (statistics.median(w for w, _ in runs), statistics.median(r for _, r in runs))
+            for name, runs in results.items()
+        }
         for name, (med_wall, med_rss) in median.items():
             print(f"{name:8}{'med':>4}{med_wall:9.2f}{_mib(med_rss):>14}")
-        print(f"ours/umoci: time x{median['ours'][0] / median['umoci'][0]:.2f}, "
-              f"peak RSS x{median['ours'][1] / median['umoci'][1]:.2f}\n")
+        print(
+            f"ours/umoci: time x{median['ours'][0] / median['umoci'][0]:.2f}, "
+            f"peak RSS x{median['ours'][1] / median['umoci'][1]:.2f}\n"
+        )
 
         miss, hit = resolve_twice(layout, scratch)
-        print(f"resolve_base oci:LAYOUT:{TAG}: first (unpacks) {miss:.2f} s, "
-              f"second (cache hit) {hit * 1000:.1f} ms\n")
+        print(
+            f"resolve_base oci:LAYOUT:{TAG}: first (unpacks) {miss:.2f} s, "
+            f"second (cache hit) {hit * 1000:.1f} ms\n"
+        )
 
         _, rss1 = run_ours(layout, scratch)
         _, rss2 = run_ours(double, scratch)
-        print(f"our peak RSS: image {_mib(rss1).strip()} MiB, twice as large "
-              f"{_mib(rss2).strip()} MiB (x{rss2 / rss1:.2f})")
+        print(
+            f"our peak RSS: image {_mib(rss1).strip()} MiB, twice as large "
+            f"{_mib(rss2).strip()} MiB (x{rss2 / rss1:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -46,11 +46,18 @@ class Published:
 
 def artifact_key(exporter: Exporter, context: ExportContext) -> str:
     """The converted rootfs, every setting, our code and templates, the host tools used."""
-    return cache_key(KIND, format=exporter.name, rootfs=context.rootfs_key, epoch=context.epoch,
-                     config=_config_record(context.config), code=code_digest(),
-                     plugin=_plugin_digest(type(exporter).__module__),
-                     templates=hash_tree(data_dir("templates")), tool=__version__,
-                     host=_host_record(exporter))
+    return cache_key(
+        KIND,
+        format=exporter.name,
+        rootfs=context.rootfs_key,
+        epoch=context.epoch,
+        config=_config_record(context.config),
+        code=code_digest(),
+        plugin=_plugin_digest(type(exporter).__module__),
+        templates=hash_tree(data_dir("templates")),
+        tool=__version__,
+        host=_host_record(exporter),
+    )
 
 
 def kept_output(context: ExportContext, key: str, final: Path) -> Published | None:

@@ -60,8 +60,11 @@ def recordable(inputs: dict[str, Any]) -> dict[str, Any]:
     recorded = {}
     for name, value in inputs.items():
         text = _canonical(value)
-        recorded[name] = (f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
-                          if len(text) > _RECORD_INLINE else json.loads(text))
+        recorded[name] = (
+            f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
+            if len(text) > _RECORD_INLINE
+            else json.loads(text)
+        )
     return recorded
 
 
@@ -166,7 +169,12 @@ class Cache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get_or_make(
-        self, kind: str, key: str, make: Callable[[Path], object], *, refresh: bool = False,
+        self,
+        kind: str,
+        key: str,
+        make: Callable[[Path], object],
+        *,
+        refresh: bool = False,
         stage: Stage | None = None,
     ) -> Path:
         """Return the entry `kind/key`, calling `make(tmpdir)` to create it when missing.
@@ -222,8 +230,11 @@ class Cache:
         if refresh:
             return "--no-cache"
         mine = recordable(stage.inputs)
-        same_line = [r for r in self.records(stage.kind) if r.stage == stage.name
-                     and all(r.inputs.get(n) == mine.get(n) for n in stage.lineage)]
+        same_line = [
+            r
+            for r in self.records(stage.kind)
+            if r.stage == stage.name and all(r.inputs.get(n) == mine.get(n) for n in stage.lineage)
+        ]
         used = {r.key: self._last_used(stage.kind, r.key) for r in same_line}
         previous = max(same_line, key=lambda r: used[r.key], default=None)
         if previous is None:
@@ -231,8 +242,10 @@ class Cache:
             return f"nothing cached for this {what} yet" if what else "nothing cached yet"
         names = list(dict.fromkeys([*mine, *previous.inputs]))
         changed = [n for n in names if mine.get(n) != previous.inputs.get(n)] or ["its inputs"]
-        return (f"{', '.join(changed)} changed since the cached one "
-                f"({previous.key[:12]}…, used {describe_age(time.time() - used[previous.key])} ago)")
+        return (
+            f"{', '.join(changed)} changed since the cached one "
+            f"({previous.key[:12]}…, used {describe_age(time.time() - used[previous.key])} ago)"
+        )
 
     def _last_used(self, kind: str, key: str) -> float:
         try:
@@ -261,8 +274,12 @@ class Cache:
         path = self._record_path(stage.kind, stage.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        record = {"stage": stage.name, "key": stage.key, "inputs": recordable(stage.inputs),
-                  "made": time.time()}
+        record = {
+            "stage": stage.name,
+            "key": stage.key,
+            "inputs": recordable(stage.inputs),
+            "made": time.time(),
+        }
         partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         partial.rename(path)
 
@@ -327,8 +344,7 @@ class Cache:
         entries and records, scratch folders, and records whose entry is gone."""
         kind_dirs = [*self.root.glob("*"), *self.root.glob("blobs/*"), *self.root.glob("*/.inputs")]
         for kind_dir in kind_dirs:
-            for leftover in [*kind_dir.glob(".tmp-*"), *kind_dir.glob(".old-*"),
-                             *kind_dir.glob(".*.tmp-*")]:
+            for leftover in [*kind_dir.glob(".tmp-*"), *kind_dir.glob(".old-*"), *kind_dir.glob(".*.tmp-*")]:
                 if pid_is_gone(leftover.name.rsplit("-", 1)[-1]):
                     _remove_tree(leftover)
         for scratch in self.root.glob("work/*"):

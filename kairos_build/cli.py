@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from kairos_build.cache import Cache
 
 app = typer.Typer(
-    name="kairos-build", no_args_is_help=True, add_completion=False,
+    name="kairos-build",
+    no_args_is_help=True,
+    add_completion=False,
     pretty_exceptions_enable=False,
     help="Any distro container image in, a bootable immutable Kairos OS out.",
 )
@@ -33,11 +35,19 @@ app = typer.Typer(
 def global_options(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
-    config: Annotated[Path | None, typer.Option(  # noqa: UP007
-        "--config", help="A YAML file of settings (the options' names as keys); flags and "
-        "--set win over it.")] = None,
-    set_: Annotated[list[str] | None, typer.Option(  # noqa: UP007
-        "--set", help="KEY=VALUE: a setting, as in a config file (repeatable).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(  # noqa: UP007
+            "--config",
+            help="A YAML file of settings (the options' names as keys); flags and --set win over it.",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(  # noqa: UP007
+            "--set", help="KEY=VALUE: a setting, as in a config file (repeatable)."
+        ),
+    ] = None,
 ) -> CommandLine:
     setup_logging(-1 if quiet else verbose)
     return CommandLine(config, tuple(set_ or ()))
@@ -54,67 +64,119 @@ def _settings(verb_name: str, command_line: CommandLine) -> dict[str, Value]:
 def _emit(values: dict[str, Value], payload: dict[str, object]) -> None:
     if values.get("json"):
         settings = {k: v for k, v in effective(values).items() if k != "json"}
-        print(json.dumps({**payload, **({"settings": settings} if settings else {})},
-                         indent=2, default=str))
+        print(json.dumps({**payload, **({"settings": settings} if settings else {})}, indent=2, default=str))
 
 
 @verb(app, "boot")
 def boot(
-    artifact: Annotated[Path, typer.Argument(
-        help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")],
+    artifact: Annotated[
+        Path, typer.Argument(help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")
+    ],
     command_line: CommandLine,
-    firmware: Annotated[str, typer.Option(
-        help="bios (SeaBIOS), uefi (OVMF, Secure Boot off), uefi-secureboot (OVMF's Secure "
-             "Boot build with Microsoft's keys enrolled, Secure Boot enforced) or "
-             "uefi-secureboot-setup (the same build with no key: setup mode, where the "
-             "image's loader may enroll its own keys and reset the guest).")] = "bios",
+    firmware: Annotated[
+        str,
+        typer.Option(
+            help="bios (SeaBIOS), uefi (OVMF, Secure Boot off), uefi-secureboot (OVMF's Secure "
+            "Boot build with Microsoft's keys enrolled, Secure Boot enforced) or "
+            "uefi-secureboot-setup (the same build with no key: setup mode, where the "
+            "image's loader may enroll its own keys and reset the guest)."
+        ),
+    ] = "bios",
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
     memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
-    expect_root: Annotated[str | None, typer.Option(  # noqa: UP007
-        help="live|immutable|any: what root the booted system must report "
-             "(default: live for ISOs, immutable for disks).")] = None,
-    expect_secureboot: Annotated[str | None, typer.Option(  # noqa: UP007
-        help="enabled|disabled|unsupported|any: the Secure Boot state the guest must report "
-             "(default: what the firmware gives: unsupported under bios, disabled under uefi, "
-             "enabled under uefi-secureboot; under uefi-secureboot-setup enabled when the "
-             "variable store holds a platform key after the boot, else disabled).")] = None,
-    expect_entry: Annotated[str | None, typer.Option(  # noqa: UP007
-        help="The boot entry (kairos.entry=, e.g. live, live-config, active, recovery, "
-             "netboot) the guest must report.")] = None,
-    nic: Annotated[str, typer.Option(
-        help="none, or user: a virtio NIC on QEMU's restricted user-mode network (DHCP, no "
-             "way out). A netboot always has its own NIC.")] = "none",
-    writable: Annotated[bool, typer.Option(
-        "--writable", help="Let the guest write to the disk (default: a throw-away snapshot).")] = False,
-    as_disk: Annotated[bool, typer.Option(
-        "--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD.")] = False,
-    vars_file: Annotated[Path | None, typer.Option(  # noqa: UP007
-        "--vars", help="UEFI firmwares: this file is the variable store (boot entries, enrolled "
-        "keys), made from the firmware's template when missing and kept (default: a "
-        "throw-away copy).")] = None,
-    tpm: Annotated[bool, typer.Option(
-        "--tpm", help="Give the guest a TPM 2.0 (swtpm, package swtpm).")] = False,
-    tpm_state: Annotated[Path | None, typer.Option(  # noqa: UP007
-        help="Keep the TPM's state in this directory (made when missing), so what a run "
-             "sealed unlocks on the next one; implies --tpm (default: a throw-away "
-             "state).")] = None,
-    expect_tpm: Annotated[str, typer.Option(
-        help="2.0|none|any: the TPM the guest must report.")] = "any",
-    expect_verity: Annotated[str, typer.Option(
-        help="verity|none|any: whether / must be verified by dm-verity.")] = "any",
+    expect_root: Annotated[
+        str | None,
+        typer.Option(  # noqa: UP007
+            help="live|immutable|any: what root the booted system must report "
+            "(default: live for ISOs, immutable for disks)."
+        ),
+    ] = None,
+    expect_secureboot: Annotated[
+        str | None,
+        typer.Option(  # noqa: UP007
+            help="enabled|disabled|unsupported|any: the Secure Boot state the guest must report "
+            "(default: what the firmware gives: unsupported under bios, disabled under uefi, "
+            "enabled under uefi-secureboot; under uefi-secureboot-setup enabled when the "
+            "variable store holds a platform key after the boot, else disabled)."
+        ),
+    ] = None,
+    expect_entry: Annotated[
+        str | None,
+        typer.Option(  # noqa: UP007
+            help="The boot entry (kairos.entry=, e.g. live, live-config, active, recovery, "
+            "netboot) the guest must report."
+        ),
+    ] = None,
+    nic: Annotated[
+        str,
+        typer.Option(
+            help="none, or user: a virtio NIC on QEMU's restricted user-mode network (DHCP, no "
+            "way out). A netboot always has its own NIC."
+        ),
+    ] = "none",
+    writable: Annotated[
+        bool,
+        typer.Option("--writable", help="Let the guest write to the disk (default: a throw-away snapshot)."),
+    ] = False,
+    as_disk: Annotated[
+        bool,
+        typer.Option("--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD."),
+    ] = False,
+    vars_file: Annotated[
+        Path | None,
+        typer.Option(  # noqa: UP007
+            "--vars",
+            help="UEFI firmwares: this file is the variable store (boot entries, enrolled "
+            "keys), made from the firmware's template when missing and kept (default: a "
+            "throw-away copy).",
+        ),
+    ] = None,
+    tpm: Annotated[
+        bool, typer.Option("--tpm", help="Give the guest a TPM 2.0 (swtpm, package swtpm).")
+    ] = False,
+    tpm_state: Annotated[
+        Path | None,
+        typer.Option(  # noqa: UP007
+            help="Keep the TPM's state in this directory (made when missing), so what a run "
+            "sealed unlocks on the next one; implies --tpm (default: a throw-away "
+            "state)."
+        ),
+    ] = None,
+    expect_tpm: Annotated[str, typer.Option(help="2.0|none|any: the TPM the guest must report.")] = "any",
+    expect_verity: Annotated[
+        str, typer.Option(help="verity|none|any: whether / must be verified by dm-verity.")
+    ] = "any",
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
     from kairos_build.boot.harness import boot as boot_artifact
 
     values = _settings("boot", command_line)
-    result = boot_artifact(artifact, firmware, timeout, memory, expect_root, writable=writable,
-                           as_disk=as_disk, nic=nic, expect_secureboot=expect_secureboot,
-                           expect_entry=expect_entry, vars_file=vars_file, tpm=tpm,
-                           tpm_state=tpm_state, expect_tpm=expect_tpm,
-                           expect_verity=expect_verity)
-    log.info("booted %s under %s (%s) in %.0f s: %s", artifact.name, result.firmware,
-             result.accel, result.seconds, " ".join(f"{k}={v}" for k, v in result.fields.items()))
+    result = boot_artifact(
+        artifact,
+        firmware,
+        timeout,
+        memory,
+        expect_root,
+        writable=writable,
+        as_disk=as_disk,
+        nic=nic,
+        expect_secureboot=expect_secureboot,
+        expect_entry=expect_entry,
+        vars_file=vars_file,
+        tpm=tpm,
+        tpm_state=tpm_state,
+        expect_tpm=expect_tpm,
+        expect_verity=expect_verity,
+    )
+    log.info(
+        "booted %s under %s (%s) in %.0f s: %s",
+        artifact.name,
+        result.firmware,
+        result.accel,
+        result.seconds,
+        " ".join(f"{k}={v}" for k, v in result.fields.items()),
+    )
     _emit(values, vars(result))
 
 
@@ -139,10 +201,19 @@ def unpack(
 def convert(
     ref: Annotated[str, typer.Argument(help="The base to convert (as for --base).")],
     command_line: CommandLine,
-    output: Annotated[str | None, typer.Option("--output", "-o", help=(  # noqa: UP007
-        "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"))] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the conversion plan (steps, exact commands) and stop.")] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help=(  # noqa: UP007
+                "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"
+            ),
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the conversion plan (steps, exact commands) and stop.")
+    ] = False,
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
     from kairos_build.config import config_from
@@ -156,16 +227,23 @@ def convert(
 
         steps = conversion_plan(config, ref)
         if values.get("json"):
-            _emit(values, {"flavor": config.flavor.name, "release": config.release.name,
-                           "steps": [vars(s) for s in steps]})
+            _emit(
+                values,
+                {
+                    "flavor": config.flavor.name,
+                    "release": config.release.name,
+                    "steps": [vars(s) for s in steps],
+                },
+            )
         else:
-            print(f"conversion plan for {config.flavor.name} {config.release.name} "
-                  "(nothing was run):")
+            print(f"conversion plan for {config.flavor.name} {config.release.name} (nothing was run):")
             print(describe_plan(steps))
         return
     if output is None:
-        raise InputError("kairos-build convert needs --output", hint="e.g. -o oci-archive:out.tar, "
-                         "or --dry-run to only see the plan")
+        raise InputError(
+            "kairos-build convert needs --output",
+            hint="e.g. -o oci-archive:out.tar, or --dry-run to only see the plan",
+        )
     written = convert_to(config, output)
     log.info("wrote the converted image to %s", written)
     _emit(values, {"output": written, "timings": timings})
@@ -175,8 +253,12 @@ def convert(
 def dockerfile(
     output: Annotated[Path, typer.Option("--output", "-o", help="Build context directory to write.")],
     command_line: CommandLine,
-    from_image: Annotated[str | None, typer.Option(  # noqa: UP007
-        "--from", help="Base image (default: the flavor's).")] = None,
+    from_image: Annotated[
+        str | None,
+        typer.Option(  # noqa: UP007
+            "--from", help="Base image (default: the flavor's)."
+        ),
+    ] = None,
 ) -> None:
     """Write the conversion as a Dockerfile and its build context (docker build OUTPUT)."""
     from kairos_build.config import config_from
@@ -189,11 +271,15 @@ def dockerfile(
 
 @verb(app, "rebuild")
 def rebuild(
-    manifest_file: Annotated[Path, typer.Argument(
-        metavar="NAME.build.json", help="The build manifest written beside an artifact.")],
+    manifest_file: Annotated[
+        Path, typer.Argument(metavar="NAME.build.json", help="The build manifest written beside an artifact.")
+    ],
     command_line: CommandLine,
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Where the rebuilt artifact goes (not the checked one's folder).")
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Where the rebuilt artifact goes (not the checked one's folder)."
+        ),
     ] = Path("rebuild"),
 ) -> None:
     """Make an artifact again from its build manifest and say whether its sha256 matches (exit
@@ -203,27 +289,39 @@ def rebuild(
 
     values = _settings("rebuild", command_line)
     cache_dir = values.get("cache-dir")
-    result = rebuild_artifact(manifest_file, output,
-                              cache_dir if isinstance(cache_dir, Path) else None,
-                              no_cache=values.get("no-cache") is True)
+    result = rebuild_artifact(
+        manifest_file,
+        output,
+        cache_dir if isinstance(cache_dir, Path) else None,
+        no_cache=values.get("no-cache") is True,
+    )
     name = result.artifact.path.name
     if values.get("json"):
-        _emit(values, {"artifact": vars(result.artifact), "recorded_sha256": result.recorded_sha256,
-                       "matches": result.matches, "changes": list(result.changes),
-                       "package_changes": list(result.package_changes)})
+        _emit(
+            values,
+            {
+                "artifact": vars(result.artifact),
+                "recorded_sha256": result.recorded_sha256,
+                "matches": result.matches,
+                "changes": list(result.changes),
+                "package_changes": list(result.package_changes),
+            },
+        )
     elif result.matches:
         print(f"sha256 matches: {result.artifact.sha256}  {name}")
     else:
-        print(f"sha256 differs: recorded {result.recorded_sha256}, rebuilt "
-              f"{result.artifact.sha256}  {name}")
-        for change in result.changes or ("no recorded input differs: the build is not "
-                                         "reproducible on this host",):
+        print(f"sha256 differs: recorded {result.recorded_sha256}, rebuilt {result.artifact.sha256}  {name}")
+        for change in result.changes or (
+            "no recorded input differs: the build is not reproducible on this host",
+        ):
             print(f"  {change}")
         for change in result.package_changes:
             print(f"  package {change}")
     if not result.matches:
-        raise BuildError(f"the rebuilt {name} is not the recorded one",
-                         hint="the lines above say which recorded input differs")
+        raise BuildError(
+            f"the rebuilt {name} is not the recorded one",
+            hint="the lines above say which recorded input differs",
+        )
 
 
 @verb(app, "check")
@@ -242,8 +340,16 @@ def check(
     base_ref = f"dir:{ref}" if Path(ref).is_dir() else ref
     base, report = check_base(config_from(values, base=base_ref, bootstrap_fallback=False), mode)
     if values.get("json"):
-        _emit(values, {"base": base.description, "mode": report.mode, "ok": report.ok,
-                       "rules": [vars(r) for r in report.rules], "facts": report.facts})
+        _emit(
+            values,
+            {
+                "base": base.description,
+                "mode": report.mode,
+                "ok": report.ok,
+                "rules": [vars(r) for r in report.rules],
+                "facts": report.facts,
+            },
+        )
     else:
         print(f"{base.description}: {report.mode} {'passes' if report.ok else 'FAILS'}")
         print(describe(report))
@@ -256,8 +362,12 @@ def inject(
     iso: Annotated[Path, typer.Argument(help="An ISO made by kairos-build iso.")],
     cloud_config: Annotated[Path, typer.Option(help="The #cloud-config file to embed.")],
     command_line: CommandLine,
-    output: Annotated[Path | None, typer.Option(  # noqa: UP007
-        "--output", "-o", help="Write a new ISO here (default: change ISO in place).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(  # noqa: UP007
+            "--output", "-o", help="Write a new ISO here (default: change ISO in place)."
+        ),
+    ] = None,
 ) -> None:
     """Put a new cloud-config (/config.yaml) into a built ISO without rebuilding it."""
     from kairos_build.pipelines.inject import inject_cloud_config
@@ -265,37 +375,53 @@ def inject(
     values = _settings("inject", command_line)
     started = time.monotonic()
     written = inject_cloud_config(iso, cloud_config, output)
-    log.info("wrote %s with %s as /config.yaml in %.1f s", written, cloud_config,
-             time.monotonic() - started)
+    log.info("wrote %s with %s as /config.yaml in %.1f s", written, cloud_config, time.monotonic() - started)
     _emit(values, {"output": written, "seconds": time.monotonic() - started})
 
 
 @verb(app, "genkey")
 def genkey(
-    directory: Annotated[Path, typer.Argument(
-        help="Directory for the keys (made, mode 0700, when missing).")],
+    directory: Annotated[
+        Path, typer.Argument(help="Directory for the keys (made, mode 0700, when missing).")
+    ],
     command_line: CommandLine,
-    name: Annotated[str, typer.Option(
-        help="Names the certificates: CN=NAME-PK, NAME-KEK, NAME-db.")] = DEFAULT_NAME,
-    expiration_days: Annotated[int, typer.Option(
-        help="Days the certificates are valid (AuroraBoot's default).")] = DEFAULT_EXPIRATION_DAYS,
-    key_bits: Annotated[int, typer.Option(
-        help="RSA size of PK, KEK and db: 2048 or 4096 (the PCR key is always 2048).")] = 2048,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace the key files DIRECTORY already holds.")] = False,
+    name: Annotated[
+        str, typer.Option(help="Names the certificates: CN=NAME-PK, NAME-KEK, NAME-db.")
+    ] = DEFAULT_NAME,
+    expiration_days: Annotated[
+        int, typer.Option(help="Days the certificates are valid (AuroraBoot's default).")
+    ] = DEFAULT_EXPIRATION_DAYS,
+    key_bits: Annotated[
+        int, typer.Option(help="RSA size of PK, KEK and db: 2048 or 4096 (the PCR key is always 2048).")
+    ] = 2048,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the key files DIRECTORY already holds.")
+    ] = False,
 ) -> None:
     """Make the Trusted Boot keys: Secure Boot's PK, KEK and db (.key, .pem, .der, .esl, .auth)
     and the PCR policy key (tpm2-pcr-private.pem), named as AuroraBoot's genkey names them."""
     from kairos_build.trusted.genkey import generate_keys
 
     values = _settings("genkey", command_line)
-    made = generate_keys(directory, name=name, expiration_days=expiration_days,
-                         key_bits=key_bits, force=force)
-    log.info("wrote %d files to %s (signature owner %s); builds need db.key, db.pem, the .auth "
-             "files and tpm2-pcr-private.pem: keep PK.key and KEK.key offline", len(made.files),
-             directory, made.owner)
-    _emit(values, {"directory": directory, "files": list(made.files), "owner": str(made.owner),
-                   "expiration_days": made.expiration_days})
+    made = generate_keys(
+        directory, name=name, expiration_days=expiration_days, key_bits=key_bits, force=force
+    )
+    log.info(
+        "wrote %d files to %s (signature owner %s); builds need db.key, db.pem, the .auth "
+        "files and tpm2-pcr-private.pem: keep PK.key and KEK.key offline",
+        len(made.files),
+        directory,
+        made.owner,
+    )
+    _emit(
+        values,
+        {
+            "directory": directory,
+            "files": list(made.files),
+            "owner": str(made.owner),
+            "expiration_days": made.expiration_days,
+        },
+    )
 
 
 cache_app = typer.Typer(help="Inspect or prune the build cache.", no_args_is_help=True)
@@ -317,9 +443,15 @@ def cache_ls(command_line: CommandLine) -> None:
     sizes = [e.size() for e in entries]
     used = [e.path.lstat().st_mtime for e in entries]
     if values.get("json"):
-        _emit(values, {"entries": [
-            {"kind": e.kind, "key": e.key, "size": size, "path": str(e.path), "last_used": when}
-            for e, size, when in zip(entries, sizes, used, strict=True)]})
+        _emit(
+            values,
+            {
+                "entries": [
+                    {"kind": e.kind, "key": e.key, "size": size, "path": str(e.path), "last_used": when}
+                    for e, size, when in zip(entries, sizes, used, strict=True)
+                ]
+            },
+        )
         return
     for e, size, when in zip(entries, sizes, used, strict=True):
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
@@ -362,17 +494,33 @@ def flavors(command_line: CommandLine) -> None:
     values = _settings("flavors", command_line)
     rows = [load_flavor(name) for name in flavor_names()]
     if values.get("json"):
-        _emit(values, {"flavors": [
-            {"name": f.name, "pretty_name": f.pretty_name, "family": f.family,
-             "default_release": f.default_release, "releases": list(f.releases),
-             "images": {r.name: r.image for r in f.releases.values()},
-             "package_manager": f.package_manager, "init": f.init, "bootloader": f.bootloader,
-             "initramfs": f.initramfs} for f in rows]})
+        _emit(
+            values,
+            {
+                "flavors": [
+                    {
+                        "name": f.name,
+                        "pretty_name": f.pretty_name,
+                        "family": f.family,
+                        "default_release": f.default_release,
+                        "releases": list(f.releases),
+                        "images": {r.name: r.image for r in f.releases.values()},
+                        "package_manager": f.package_manager,
+                        "init": f.init,
+                        "bootloader": f.bootloader,
+                        "initramfs": f.initramfs,
+                    }
+                    for f in rows
+                ]
+            },
+        )
         return
     for f in rows:
-        print(f"{f.name:11} {f.family:7} releases: {', '.join(f.releases)} "
-              f"(default {f.default_release}); {f.package_manager}, {f.init}, {f.bootloader}, "
-              f"{f.initramfs}")
+        print(
+            f"{f.name:11} {f.family:7} releases: {', '.join(f.releases)} "
+            f"(default {f.default_release}); {f.package_manager}, {f.init}, {f.bootloader}, "
+            f"{f.initramfs}"
+        )
 
 
 @verb(app, "formats")
@@ -383,10 +531,23 @@ def formats(command_line: CommandLine) -> None:
     values = _settings("formats", command_line)
     found = installed_formats()
     if values.get("json"):
-        _emit(values, {"formats": [
-            {"name": f.name, "extension": f.extension, "boot_mode": f.boot_mode,
-             "tools": list(f.tools), "files": list(f.files), "provider": f.provider,
-             "summary": f.summary} for f in found.values()]})
+        _emit(
+            values,
+            {
+                "formats": [
+                    {
+                        "name": f.name,
+                        "extension": f.extension,
+                        "boot_mode": f.boot_mode,
+                        "tools": list(f.tools),
+                        "files": list(f.files),
+                        "provider": f.provider,
+                        "summary": f.summary,
+                    }
+                    for f in found.values()
+                ]
+            },
+        )
         return
     for f in found.values():
         print(f"{f.name:8} .{f.extension:8} {f.provider:14} {f.summary}")
@@ -426,8 +587,7 @@ def main() -> None:
         sys.exit(130)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            print(f"error: no space left on device ({exc.filename or 'while writing'})",
-                  file=sys.stderr)
+            print(f"error: no space left on device ({exc.filename or 'while writing'})", file=sys.stderr)
             print("hint: free some space or choose another --output / --cache-dir", file=sys.stderr)
         else:
             print(f"error: {exc}", file=sys.stderr)

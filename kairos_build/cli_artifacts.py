@@ -29,8 +29,13 @@ def build_artifacts(formats: list[str], command_line: CommandLine) -> None:
     artifacts = run_build(config_from(values), formats)
     if values.get("json"):
         shown = {k: v for k, v in effective(values).items() if k != "json"}
-        print(json.dumps({"artifacts": [vars(a) for a in artifacts], "timings": timings,
-                          "settings": shown}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"artifacts": [vars(a) for a in artifacts], "timings": timings, "settings": shown},
+                indent=2,
+                default=str,
+            )
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -39,14 +44,17 @@ def register(app: typer.Typer) -> None:
     @verb(app, "build")
     def build(
         command_line: CommandLine,
-        formats: Annotated[str | None, typer.Option(  # noqa: UP007
-            "--format", help=f"Comma-separated formats, of: {', '.join(found)}.")] = None,
+        formats: Annotated[
+            str | None,
+            typer.Option(  # noqa: UP007
+                "--format", help=f"Comma-separated formats, of: {', '.join(found)}."
+            ),
+        ] = None,
     ) -> None:
         """Build several artifacts in one run; shared parts (rootfs, squashfs, disk) are made once."""
         if not formats:
             raise InputError("no format given", hint="e.g. kairos-build build --format iso,raw,qcow2")
-        build_artifacts(list(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip())),
-                        command_line)
+        build_artifacts(list(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip())), command_line)
 
     for name, plugin in found.items():
         verb(app, name, settings_from=ARTIFACTS, help=plugin.summary)(_format_verb(name))

@@ -34,8 +34,7 @@ def _help(setting: Setting) -> str:
 
 
 def _parameter(name: str, annotation: Any) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=annotation)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
 def setting_parameters(settings: Iterable[Setting]) -> list[inspect.Parameter]:
@@ -46,8 +45,10 @@ def setting_parameters(settings: Iterable[Setting]) -> list[inspect.Parameter]:
         decls = [s.flag, *([s.short] if s.short else [])]
         kind = _TYPES[s.kind]
         found.append(_parameter(s.name, Annotated[kind | None, typer.Option(*decls, help=_help(s))]))
-        found.extend(_parameter(_former_name(former), Annotated[kind | None, typer.Option(
-            former, hidden=True)]) for former in s.former)
+        found.extend(
+            _parameter(_former_name(former), Annotated[kind | None, typer.Option(former, hidden=True)])
+            for former in s.former
+        )
     return found
 
 
@@ -68,13 +69,16 @@ def take_flags(settings: Iterable[Setting], kwargs: dict[str, Any]) -> dict[str,
     return flags
 
 
-def _compose(body: Callable[..., Any], extra: list[inspect.Parameter],
-             run: Callable[..., None]) -> Callable[..., None]:
+def _compose(
+    body: Callable[..., Any], extra: list[inspect.Parameter], run: Callable[..., None]
+) -> Callable[..., None]:
     # Keyword-only, all of them: Typer passes every value by name, and the order of the
     # parameters (arguments first) is then free of Python's default-after-non-default rule.
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-           for p in inspect.signature(body, eval_str=True).parameters.values()
-           if p.name != COMMAND_LINE]
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(body, eval_str=True).parameters.values()
+        if p.name != COMMAND_LINE
+    ]
     parameters = [*own, *extra]
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -83,8 +87,9 @@ def _compose(body: Callable[..., Any], extra: list[inspect.Parameter],
     return run
 
 
-def verb(app: typer.Typer, name: str, settings_from: str | None = None,
-         help: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def verb(
+    app: typer.Typer, name: str, settings_from: str | None = None, help: str | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register `body` as `name`: its own parameters, the options of the settings that
     `settings_from` (default: `name`) takes, and `command_line` with everything said about them."""
     table = settings_of(settings_from or name)
@@ -96,8 +101,7 @@ def verb(app: typer.Typer, name: str, settings_from: str | None = None,
             command_line = outer if isinstance(outer, CommandLine) else CommandLine()
             body(**kwargs, command_line=command_line.with_flags(flags))
 
-        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY,
-                                    annotation=typer.Context)
+        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
         command = _compose(body, [context, *setting_parameters(table)], run)
         app.command(name.split()[-1], help=help)(command)
         return body
@@ -115,8 +119,7 @@ def global_callback(app: typer.Typer) -> Callable[[Callable[..., Any]], Callable
             flags = take_flags(table, kwargs)
             ctx.obj = body(**kwargs).with_flags(flags)
 
-        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY,
-                                    annotation=typer.Context)
+        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
         app.callback()(_compose(body, [context, *setting_parameters(table)], run))
         return body
 

@@ -18,13 +18,16 @@ def validate_cloud_config(path: Path) -> Path:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the cloud-config {path}: {exc}") from exc
     if not text.startswith(HEADER):
-        raise InputError(f"{path} does not start with '{HEADER}'",
-                         hint=f"make '{HEADER}' its first line, as cloud-init and Kairos expect")
+        raise InputError(
+            f"{path} does not start with '{HEADER}'",
+            hint=f"make '{HEADER}' its first line, as cloud-init and Kairos expect",
+        )
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InputError(f"{path} is not valid YAML: {exc}") from exc
     if data is not None and not isinstance(data, dict):
-        raise InputError(f"{path} is not a YAML mapping",
-                         hint="a cloud-config is keys like users:, hostname:")
+        raise InputError(
+            f"{path} is not a YAML mapping", hint="a cloud-config is keys like users:, hostname:"
+        )
     return path

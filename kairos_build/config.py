@@ -24,8 +24,10 @@ _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
 def normalize_version(version: str) -> str:
     """Kairos versions always carry a leading `v` (v1.2.3); a bad one is refused."""
     if not _VERSION.match(version):
-        raise InputError(f"version {version!r} is not of the form v1.2.3",
-                         hint="pass --version v1.2.3 (the leading v is optional)")
+        raise InputError(
+            f"version {version!r} is not of the form v1.2.3",
+            hint="pass --version v1.2.3 (the leading v is optional)",
+        )
     return version if version.startswith("v") else f"v{version}"
 
 
@@ -72,20 +74,26 @@ class BuildConfig:
         if self.arch != "amd64":
             raise InputError(f"arch {self.arch!r} is not supported yet", hint="use amd64")
         if self.boot_mode not in BOOT_MODES:
-            raise InputError(f"--boot-mode {self.boot_mode!r} is not known",
-                             hint=f"use {' or '.join(BOOT_MODES)}")
+            raise InputError(
+                f"--boot-mode {self.boot_mode!r} is not known", hint=f"use {' or '.join(BOOT_MODES)}"
+            )
         if self.boot_mode == "trusted" and self.keys is None:
-            raise InputError("--boot-mode trusted needs the keys to sign with",
-                             hint="make them once with 'kairos-build genkey DIR', then give --keys DIR")
+            raise InputError(
+                "--boot-mode trusted needs the keys to sign with",
+                hint="make them once with 'kairos-build genkey DIR', then give --keys DIR",
+            )
         if self.platform not in PLATFORMS:
-            raise InputError(f"--platform {self.platform!r} is not known",
-                             hint=f"use {' or '.join(PLATFORMS)}")
+            raise InputError(
+                f"--platform {self.platform!r} is not known", hint=f"use {' or '.join(PLATFORMS)}"
+            )
 
     @property
     def artifact_name(self) -> str:
         """The Kairos convention: kairos-FLAVOR-RELEASE-VARIANT-ARCH-MODEL-VERSION."""
-        return (f"kairos-{self.flavor.name}-{self.release.flavor_release}-{self.variant}-"
-                f"{self.arch}-{self.model}-{self.version}")
+        return (
+            f"kairos-{self.flavor.name}-{self.release.flavor_release}-{self.variant}-"
+            f"{self.arch}-{self.model}-{self.version}"
+        )
 
 
 def kernel_args(repeated: list[str] | None, line: str | None) -> tuple[str, ...]:
@@ -109,7 +117,8 @@ def make_config(flavor: str, release: str | None = None, **options: Any) -> Buil
         given["version"] = normalize_version(str(given["version"]))
     if isinstance(given.get("squashfs_compression"), str):
         given["squashfs_compression"] = Compression.parse(
-            str(given["squashfs_compression"]), arch=str(given.get("arch", "amd64")))
+            str(given["squashfs_compression"]), arch=str(given.get("arch", "amd64"))
+        )
     return replace(BuildConfig(flavor=loaded, release=loaded.release(release)), **given)
 
 
@@ -138,22 +147,31 @@ def config_from(values: Mapping[str, Value], **fixed: Any) -> BuildConfig:
         disk_size=parse_size(disk_size, "--disk-size") if disk_size else None,
         sizes=parse_partition_sizes(list(_words(values, "partition-size"))),
         image_size=parse_size(image_size, "--image-size") if image_size else None,
-        compress=values.get("compress") is True)
+        compress=values.get("compress") is True,
+    )
     compression = Compression.parse(str(values.get("compression") or default("compression")))
     options: dict[str, Any] = {
-        "base": _text(values, "base"), "output_dir": _path(values, "output"),
-        "version": _text(values, "version"), "cache_dir": _path(values, "cache-dir"),
-        "pull": _text(values, "pull"), "platform": _text(values, "platform"),
+        "base": _text(values, "base"),
+        "output_dir": _path(values, "output"),
+        "version": _text(values, "version"),
+        "cache_dir": _path(values, "cache-dir"),
+        "pull": _text(values, "pull"),
+        "platform": _text(values, "platform"),
         "squashfs_compression": compression,
-        "extra_kernel_args": kernel_args(list(_words(values, "kernel-arg")),
-                                         _text(values, "extra-cmdline")),
+        "extra_kernel_args": kernel_args(list(_words(values, "kernel-arg")), _text(values, "extra-cmdline")),
         "insecure_registries": _words(values, "insecure-registry"),
-        "bootstrap_fallback": values.get("no-bootstrap") is not True, "disk": disk,
+        "bootstrap_fallback": values.get("no-bootstrap") is not True,
+        "disk": disk,
         "cloud_config": _path(values, "cloud-config"),
         "overlay_iso": _path(values, "overlay-iso"),
         "overlay_rootfs": _path(values, "overlay-rootfs"),
         "no_cache": values.get("no-cache") is True,
-        "boot_mode": _text(values, "boot-mode"), "keys": _path(values, "keys"), **fixed}
+        "boot_mode": _text(values, "boot-mode"),
+        "keys": _path(values, "keys"),
+        **fixed,
+    }
     options["settings"] = effective(values)
-    return replace(BuildConfig(flavor=flavor, release=flavor.release(_text(values, "release"))),
-                   **{k: v for k, v in options.items() if v is not None})
+    return replace(
+        BuildConfig(flavor=flavor, release=flavor.release(_text(values, "release"))),
+        **{k: v for k, v in options.items() if v is not None},
+    )

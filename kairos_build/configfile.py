@@ -53,8 +53,10 @@ def _boolean(setting: Setting, text: str, where: str) -> bool:
         return True
     if text.lower() in _FALSE:
         return False
-    raise InputError(f"{where}: {setting.key} {text!r} is not true or false",
-                     hint=f"{setting.key} takes {setting.allowed()}")
+    raise InputError(
+        f"{where}: {setting.key} {text!r} is not true or false",
+        hint=f"{setting.key} takes {setting.allowed()}",
+    )
 
 
 def _from_text(setting: Setting, text: str, where: str, folder: Path | None = None) -> Value:
@@ -75,11 +77,13 @@ def _from_node(setting: Setting, node: yaml.Node, where: str, folder: Path) -> V
             return None
         # The text as written: `release: 3.20` is the release 3.20, not the number 3.2.
         return _from_text(setting, str(node.value), where, folder)
-    if setting.kind == "list" and isinstance(node, yaml.SequenceNode) and all(
-            isinstance(item, yaml.ScalarNode) for item in node.value):
+    if (
+        setting.kind == "list"
+        and isinstance(node, yaml.SequenceNode)
+        and all(isinstance(item, yaml.ScalarNode) for item in node.value)
+    ):
         return tuple(str(item.value) for item in node.value)
-    raise InputError(f"{where}: {setting.key} is not {setting.allowed()}",
-                     hint=f"write {setting.key}: VALUE")
+    raise InputError(f"{where}: {setting.key} is not {setting.allowed()}", hint=f"write {setting.key}: VALUE")
 
 
 def read_config_file(path: Path) -> dict[str, Given]:
@@ -94,13 +98,16 @@ def read_config_file(path: Path) -> dict[str, Given]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise InputError(f"{path}{line}: not valid YAML ({problem})",
-                         hint="a config file is a mapping of setting: value") from None
+        raise InputError(
+            f"{path}{line}: not valid YAML ({problem})", hint="a config file is a mapping of setting: value"
+        ) from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
-        raise InputError(f"{path}:{root.start_mark.line + 1}: a config file is a mapping",
-                         hint="write one setting: value per line")
+        raise InputError(
+            f"{path}:{root.start_mark.line + 1}: a config file is a mapping",
+            hint="write one setting: value per line",
+        )
     found: dict[str, Given] = {}
     for key_node, value_node in root.value:
         where = f"{path}:{key_node.start_mark.line + 1}"
@@ -132,8 +139,13 @@ def given_settings(verb: str, command_line: CommandLine) -> dict[str, Given]:
     if command_line.config_file is not None:
         layers.update(read_config_file(command_line.config_file))
     layers.update(read_sets(command_line.sets))
-    layers.update({key: Given(value, BY_KEY[key].flag)
-                   for key, value in command_line.flags.items() if value is not None})
+    layers.update(
+        {
+            key: Given(value, BY_KEY[key].flag)
+            for key, value in command_line.flags.items()
+            if value is not None
+        }
+    )
     return {key: given for key, given in layers.items() if BY_KEY[key].takes(verb)}
 
 
@@ -156,6 +168,7 @@ def effective(values: Mapping[str, Value]) -> dict[str, object]:
     for setting in SETTINGS:
         if setting.key in values:
             value = values[setting.key]
-            shown[setting.key] = (list(value) if isinstance(value, tuple)
-                                  else str(value) if isinstance(value, Path) else value)
+            shown[setting.key] = (
+                list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
+            )
     return shown

@@ -38,8 +38,9 @@ class InputError(KairosError):
 def require_root(what: str) -> None:
     """Stop early, with the fix, when a step needs privileges we do not have."""
     if os.geteuid() != 0:
-        raise InputError(f"{what} needs root (namespaces, file ownership)",
-                         hint="run kairos-build as root, e.g. with sudo")
+        raise InputError(
+            f"{what} needs root (namespaces, file ownership)", hint="run kairos-build as root, e.g. with sudo"
+        )
 
 
 class HostileContentError(InputError):

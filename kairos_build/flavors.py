@@ -119,32 +119,34 @@ _BOOTSTRAP_KEYS = {"tool", "suite", "variant"}
 _QUIRK_KEYS = {
     "install_options": "a list of extra arguments for the install command, e.g. [--allowerasing]",
     "kernel_image": "a list of paths where the kernel package puts its image, first found wins; "
-                    "{kver} is the /lib/modules name, e.g. [boot/vmlinuz-{kver}]",
+    "{kver} is the /lib/modules name, e.g. [boot/vmlinuz-{kver}]",
     "initrd": "the path the distro's own tools give the initramfs, e.g. boot/initrd-{kver}",
     "services": "for systemd {enable: [...], disable: [...]}; for openrc {RUNLEVEL: [...]}",
     "files": "a mapping of path to content, written into the rootfs before the packages",
     "install_env": "a mapping of environment variables for the install commands, e.g. "
-                   "{INITRD: \"No\"}: the kernel's own hook builds no initramfs (the conversion "
-                   "builds it once, in its initramfs stage)",
+    '{INITRD: "No"}: the kernel\'s own hook builds no initramfs (the conversion '
+    "builds it once, in its initramfs stage)",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The signed chain, once: each meaning is also the fix an error message offers.
 _SECURE_BOOT_KEYS = {
     "shim": "a list of paths of the Microsoft-signed shim, first found wins, "
-            "e.g. [usr/lib/shim/shimx64.efi.signed]",
+    "e.g. [usr/lib/shim/shimx64.efi.signed]",
     "grub": "a list of paths of the distro-signed grub for disks, "
-            "e.g. [usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed]",
+    "e.g. [usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed]",
     "grub_cd": "a list of paths of the signed grub for CDs (searches the medium), "
-               "e.g. [usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed]; default: grub",
+    "e.g. [usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed]; default: grub",
     "mok_manager": "a list of paths of shim's MokManager, e.g. [usr/lib/shim/mmx64.efi.signed]",
     "shim_loads": "the file name shim starts from its own folder, e.g. grubx64.efi (grub.efi on SUSE)",
     "mok_name": "the file name shim looks for MokManager under, e.g. mmx64.efi",
     "packages": "a mapping of piece (shim, grub, grub_cd, mok_manager, kernel) to the package "
-                "that provides it, e.g. {shim: shim-signed}",
+    "that provides it, e.g. {shim: shim-signed}",
 }
 _SECURE_BOOT_PIECES = ("shim", "grub", "grub_cd", "mok_manager", "kernel")
-SERVICE_KEYS = {"systemd": ("enable", "disable"),
-                "openrc": ("sysinit", "boot", "default", "shutdown", "nonetwork")}
+SERVICE_KEYS = {
+    "systemd": ("enable", "disable"),
+    "openrc": ("sysinit", "boot", "default", "shutdown", "nonetwork"),
+}
 _NAME = re.compile(r"^[A-Za-z0-9@%+_.:-]+$")  # package and service names: no spaces, no shell
 
 
@@ -168,23 +170,29 @@ def _choice(path: Path, data: dict[str, Any], key: str, choices: tuple[str, ...]
 def _names(path: Path, key: str, value: Any, example: str) -> tuple[str, ...]:
     """A list of plain names (packages, services, options): strings without spaces."""
     if not isinstance(value, list) or not all(isinstance(v, str) and _NAME.match(v) for v in value):
-        raise _fail(path, key, "is not a list of names without spaces", f"e.g. {key.rsplit('.', 1)[-1]}: "
-                    f"[{example}]")
+        raise _fail(
+            path, key, "is not a list of names without spaces", f"e.g. {key.rsplit('.', 1)[-1]}: [{example}]"
+        )
     return tuple(value)
 
 
 def _packages(path: Path, key: str, value: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(value, dict):
         raise _fail(path, key, "is not role -> list of names", "e.g. kernel: [linux-image-amd64]")
-    return {str(role): _names(path, f"{key}.{role}", names, "linux-image-amd64")
-            for role, names in value.items()}
+    return {
+        str(role): _names(path, f"{key}.{role}", names, "linux-image-amd64") for role, names in value.items()
+    }
 
 
 def _relative_path(path: Path, key: str, value: Any) -> str:
     """A path inside the rootfs: relative, no `..`, so it can never name a host file."""
     if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/"):
-        raise _fail(path, key, f"is {value!r}, not a path inside the rootfs",
-                    "write it relative to / without '..', e.g. boot/vmlinuz-{kver}")
+        raise _fail(
+            path,
+            key,
+            f"is {value!r}, not a path inside the rootfs",
+            "write it relative to / without '..', e.g. boot/vmlinuz-{kver}",
+        )
     return value
 
 
@@ -195,17 +203,20 @@ def _parse_quirks(path: Path, data: Any, init: str) -> Quirks:
     quirks = Quirks()
     if "install_options" in data:
         options = data["install_options"]
-        if not isinstance(options, list) or not all(isinstance(o, str) and o.startswith("-")
-                                                    for o in options):
-            raise _fail(path, "quirks.install_options", "is not a list of options",
-                        _QUIRK_KEYS["install_options"])
+        if not isinstance(options, list) or not all(
+            isinstance(o, str) and o.startswith("-") for o in options
+        ):
+            raise _fail(
+                path, "quirks.install_options", "is not a list of options", _QUIRK_KEYS["install_options"]
+            )
         quirks = replace(quirks, install_options=tuple(options))
     if "kernel_image" in data:
         images = data["kernel_image"]
         if not isinstance(images, list) or not images:
             raise _fail(path, "quirks.kernel_image", "is not a list of paths", _QUIRK_KEYS["kernel_image"])
-        quirks = replace(quirks, kernel_image=tuple(
-            _relative_path(path, "quirks.kernel_image", image) for image in images))
+        quirks = replace(
+            quirks, kernel_image=tuple(_relative_path(path, "quirks.kernel_image", image) for image in images)
+        )
     if "initrd" in data:
         initrd = _relative_path(path, "quirks.initrd", data["initrd"])
         if not initrd.startswith("boot/"):
@@ -218,23 +229,32 @@ def _parse_quirks(path: Path, data: Any, init: str) -> Quirks:
             raise _fail(path, "quirks.services", "is not a mapping", _QUIRK_KEYS["services"])
         for key in services:
             if key not in allowed:
-                raise _fail(path, f"quirks.services.{key}", f"is not known for init {init}",
-                            f"use one of: {', '.join(allowed)}")
-        quirks = replace(quirks, services={
-            str(k): _names(path, f"quirks.services.{k}", v, "sshd") for k, v in services.items()})
+                raise _fail(
+                    path,
+                    f"quirks.services.{key}",
+                    f"is not known for init {init}",
+                    f"use one of: {', '.join(allowed)}",
+                )
+        quirks = replace(
+            quirks,
+            services={str(k): _names(path, f"quirks.services.{k}", v, "sshd") for k, v in services.items()},
+        )
     if "files" in data:
         files = data["files"]
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
             raise _fail(path, "quirks.files", "is not path -> text", _QUIRK_KEYS["files"])
-        quirks = replace(quirks, files={
-            _relative_path(path, f"quirks.files.{name}", name): text for name, text in files.items()})
+        quirks = replace(
+            quirks,
+            files={_relative_path(path, f"quirks.files.{name}", name): text for name, text in files.items()},
+        )
     if "install_env" in data:
         env = data["install_env"]
         if not isinstance(env, dict) or not all(
-                isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
-                for k, v in env.items()):
-            raise _fail(path, "quirks.install_env", "is not a mapping of NAME to text",
-                        _QUIRK_KEYS["install_env"])
+            isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise _fail(
+                path, "quirks.install_env", "is not a mapping of NAME to text", _QUIRK_KEYS["install_env"]
+            )
         quirks = replace(quirks, install_env=dict(env))
     return quirks
 
@@ -257,12 +277,20 @@ def _parse_secure_boot(path: Path, data: Any) -> SecureBoot:
         names[key] = value
     packages = data.get("packages", {})
     if not isinstance(packages, dict) or not all(
-            k in _SECURE_BOOT_PIECES and isinstance(v, str) and _NAME.match(v) for k, v in packages.items()):
-        raise _fail(path, "secure_boot.packages", "is not piece -> package name",
-                    _SECURE_BOOT_KEYS["packages"])
-    return SecureBoot(shim=paths["shim"], grub=paths["grub"], grub_cd=paths["grub_cd"] or paths["grub"],
-                      mok_manager=paths["mok_manager"], shim_loads=names["shim_loads"],
-                      mok_name=names["mok_name"], packages={str(k): str(v) for k, v in packages.items()})
+        k in _SECURE_BOOT_PIECES and isinstance(v, str) and _NAME.match(v) for k, v in packages.items()
+    ):
+        raise _fail(
+            path, "secure_boot.packages", "is not piece -> package name", _SECURE_BOOT_KEYS["packages"]
+        )
+    return SecureBoot(
+        shim=paths["shim"],
+        grub=paths["grub"],
+        grub_cd=paths["grub_cd"] or paths["grub"],
+        mok_manager=paths["mok_manager"],
+        shim_loads=names["shim_loads"],
+        mok_name=names["mok_name"],
+        packages={str(k): str(v) for k, v in packages.items()},
+    )
 
 
 def _parse_release(path: Path, name: str, data: Any) -> Release:

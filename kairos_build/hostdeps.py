@@ -31,6 +31,9 @@ def install_host_packages() -> list[str]:
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     with step(f"installing {len(APT_HOST_PACKAGES)} host packages with apt"):
         run(["apt-get", "update", "-q"], env=env, timeout=1800)
-        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_HOST_PACKAGES],
-            env=env, timeout=3600)
+        run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_HOST_PACKAGES],
+            env=env,
+            timeout=3600,
+        )
     return list(APT_HOST_PACKAGES)

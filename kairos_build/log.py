@@ -68,6 +68,13 @@ def progress(total: int | None, description: str) -> Iterator[Any]:
     if not (_show_progress and sys.stderr.isatty()):
         yield _NoBar()
         return
-    with tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
-              file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=total,
+        desc=description,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         yield bar

@@ -53,8 +53,11 @@ def input_files(settings: dict[str, object]) -> dict[str, dict[str, str]]:
             continue
         path = Path(str(value))
         if key == "keys":
-            inputs[key] = {name: sha256_bytes((path / name).read_bytes())
-                           for name in PUBLIC_KEY_FILES if (path / name).is_file()}
+            inputs[key] = {
+                name: sha256_bytes((path / name).read_bytes())
+                for name in PUBLIC_KEY_FILES
+                if (path / name).is_file()
+            }
         elif path.is_dir():
             inputs[key] = {"tree": hash_tree(path)}
         elif path.is_file():
@@ -75,18 +78,26 @@ def load(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise InputError(f"{path} is not a build manifest: not JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("kairos-build-manifest") != FORMAT:
-        raise InputError(f"{path} is not a build manifest of this kairos-build",
-                         hint=f"give a NAME.build.json written beside an artifact "
-                              f"(format {FORMAT})")
-    for field, kind in (("artifact", dict), ("settings", dict), ("base", dict),
-                        ("stages", list), ("source_date_epoch", int)):
+        raise InputError(
+            f"{path} is not a build manifest of this kairos-build",
+            hint=f"give a NAME.build.json written beside an artifact (format {FORMAT})",
+        )
+    for field, kind in (
+        ("artifact", dict),
+        ("settings", dict),
+        ("base", dict),
+        ("stages", list),
+        ("source_date_epoch", int),
+    ):
         if not isinstance(data.get(field), kind):
             raise InputError(f"the build manifest {path} has no valid {field!r}")
     for key in data["settings"]:
         if key not in BY_KEY or not BY_KEY[key].takes("build"):
-            raise InputError(f"the build manifest {path} has a setting this kairos-build does "
-                             f"not know: {key}", hint="rebuild with the kairos-build version "
-                             f"it names: {data.get('tool', {}).get('kairos-build', 'unknown')}")
+            raise InputError(
+                f"the build manifest {path} has a setting this kairos-build does not know: {key}",
+                hint="rebuild with the kairos-build version "
+                f"it names: {data.get('tool', {}).get('kairos-build', 'unknown')}",
+            )
     return data
 
 
@@ -107,8 +118,10 @@ def settings_values(recorded: dict[str, object]) -> dict[str, Value]:
         try:
             values[key] = setting.validate(given)
         except InputError as exc:
-            raise InputError(f"the manifest's {key}: {exc.message}",
-                             hint=exc.hint or "put the file back where the manifest says") from None
+            raise InputError(
+                f"the manifest's {key}: {exc.message}",
+                hint=exc.hint or "put the file back where the manifest says",
+            ) from None
     return values
 
 
@@ -127,30 +140,31 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between the inputs two manifests record, most telling first."""
     found: list[str] = []
     if old["base"].get("key") != new["base"].get("key"):
-        found.append(_changed(f"the base {old['base'].get('ref')}", old["base"].get("key"),
-                              new["base"].get("key")))
+        found.append(
+            _changed(f"the base {old['base'].get('ref')}", old["base"].get("key"), new["base"].get("key"))
+        )
     for key in sorted(set(old["settings"]) | set(new["settings"])):
         if old["settings"].get(key) != new["settings"].get(key):
-            found.append(_changed(f"setting {key}", old["settings"].get(key),
-                                  new["settings"].get(key)))
+            found.append(_changed(f"setting {key}", old["settings"].get(key), new["settings"].get(key)))
     old_inputs, new_inputs = old.get("inputs", {}), new.get("inputs", {})
     for key in sorted(set(old_inputs) | set(new_inputs)):
         if old_inputs.get(key) != new_inputs.get(key):
             where = new["settings"].get(key) or old["settings"].get(key)
-            found.append(f"{key} {where} changed: {_digests(old_inputs.get(key))} -> "
-                         f"{_digests(new_inputs.get(key))}")
+            found.append(
+                f"{key} {where} changed: {_digests(old_inputs.get(key))} -> {_digests(new_inputs.get(key))}"
+            )
     if old["source_date_epoch"] != new["source_date_epoch"]:
         found.append(_changed("SOURCE_DATE_EPOCH", old["source_date_epoch"], new["source_date_epoch"]))
     old_pk, new_pk = old.get("packages", {}), new.get("packages", {})
     if old_pk.get("sha256") != new_pk.get("sha256"):
-        found.append(f"the image's packages differ ({old_pk.get('count')} -> {new_pk.get('count')} "
-                     f"packages)")
+        found.append(f"the image's packages differ ({old_pk.get('count')} -> {new_pk.get('count')} packages)")
     for group in ("tool", "python", "host_tools"):
         old_group, new_group = old.get(group, {}), new.get(group, {})
         for name in sorted(set(old_group) | set(new_group)):
             if old_group.get(name) != new_group.get(name):
-                found.append(_changed(f"{group.replace('_', ' ')} {name}", old_group.get(name),
-                                      new_group.get(name)))
+                found.append(
+                    _changed(f"{group.replace('_', ' ')} {name}", old_group.get(name), new_group.get(name))
+                )
     old_stages = [tuple(s) for s in old["stages"]]
     new_stages = [tuple(s) for s in new["stages"]]
     if old_stages != new_stages:
@@ -161,16 +175,21 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def package_changes(old_sbom: Path, new_sbom: Path) -> list[str]:
     """Packages added, removed or at another version between two SBOMs of ours."""
+
     def versions(path: Path) -> dict[str, str]:
         try:
             packages = json.loads(path.read_text())["packages"]
         except (OSError, ValueError, KeyError, TypeError):
             return {}
-        return {str(p.get("name")): str(p.get("versionInfo")) for p in packages
-                if str(p.get("SPDXID", "")).startswith("SPDXRef-Package-")}
+        return {
+            str(p.get("name")): str(p.get("versionInfo"))
+            for p in packages
+            if str(p.get("SPDXID", "")).startswith("SPDXRef-Package-")
+        }
 
     old, new = versions(old_sbom), versions(new_sbom)
-    return [f"{name} {old.get(name, '(none)')} -> {new.get(name, '(none)')}"
-            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
-
-
+    return [
+        f"{name} {old.get(name, '(none)')} -> {new.get(name, '(none)')}"
+        for name in sorted(set(old) | set(new))
+        if old.get(name) != new.get(name)
+    ]

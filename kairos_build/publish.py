@@ -52,8 +52,10 @@ def check_output_dir(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".kairos-build-probe-"):
             pass
     except OSError as exc:
-        raise InputError(f"output directory {path} is not writable: {exc.strerror}",
-                         hint="choose another with --output DIR") from exc
+        raise InputError(
+            f"output directory {path} is not writable: {exc.strerror}",
+            hint="choose another with --output DIR",
+        ) from exc
 
 
 def remove_stale_partials(output_dir: Path) -> None:
@@ -84,7 +86,7 @@ def sha256_file(path: Path) -> str:
             except OSError:  # ENXIO: only a hole is left (or no SEEK_DATA: read it all)
                 data = size if _has_seek_data(fd) else pos
             for offset in range(pos, data, chunk):
-                digest.update(zeros[:min(chunk, data - offset)])
+                digest.update(zeros[: min(chunk, data - offset)])
             if data >= size:
                 break
             end = os.lseek(fd, data, os.SEEK_HOLE)
@@ -144,8 +146,7 @@ def publish_directory(format_name: str, partial: Path, final: Path) -> Artifact:
             shutil.rmtree(old)
         else:
             old.unlink()
-    return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size,
-                    final / "SHA256SUMS")
+    return Artifact(format_name, final, hashlib.sha256(sums.encode()).hexdigest(), size, final / "SHA256SUMS")
 
 
 def publish_json(final: Path, data: object) -> None:

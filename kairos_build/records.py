@@ -43,46 +43,69 @@ def beside(artifact: Path, suffix: str) -> Path:
 def image_info(config: BuildConfig, artifact: Artifact, framework_digest: str) -> ImageInfo:
     flavor, release = config.flavor, config.release
     return ImageInfo(
-        artifact=artifact.path.name, sha256=artifact.sha256, format=artifact.format,
+        artifact=artifact.path.name,
+        sha256=artifact.sha256,
+        format=artifact.format,
         version=config.version,
         description=f"Kairos {flavor.pretty_name} {release.flavor_release} {config.variant} image",
-        purl_namespace=flavor.name, distro=f"{flavor.name}-{release.flavor_release}",
-        framework_digest=framework_digest)
+        purl_namespace=flavor.name,
+        distro=f"{flavor.name}-{release.flavor_release}",
+        framework_digest=framework_digest,
+    )
 
 
 def package_lines(packages: Sequence[Package]) -> list[str]:
     return [f"{p.name} {p.version} {p.arch}" for p in packages]
 
 
-def build_manifest(artifact: Artifact, context: ExportContext, facts: BuildFacts,
-                   stages: Sequence[tuple[str, str]], tools: Sequence[str]) -> dict[str, Any]:
+def build_manifest(
+    artifact: Artifact,
+    context: ExportContext,
+    facts: BuildFacts,
+    stages: Sequence[tuple[str, str]],
+    tools: Sequence[str],
+) -> dict[str, Any]:
     config = context.config
     settings = dict(config.settings)
     return {
         "kairos-build-manifest": manifest.FORMAT,
-        "artifact": {"file": artifact.path.name, "format": artifact.format,
-                     "sha256": artifact.sha256, "size": artifact.size},
+        "artifact": {
+            "file": artifact.path.name,
+            "format": artifact.format,
+            "sha256": artifact.sha256,
+            "size": artifact.size,
+        },
         "flavor": config.flavor.name,
         "release": config.release.name,
-        "base": {"ref": config.base or config.release.image, "key": facts.base.key,
-                 "description": facts.base.description},
+        "base": {
+            "ref": config.base or config.release.image,
+            "key": facts.base.key,
+            "description": facts.base.description,
+        },
         "settings": manifest.settings_record(settings),
         "inputs": manifest.input_files(settings),
         "source_date_epoch": context.epoch,
         "source_date_epoch_given": given_epoch() is not None,
         "stages": [list(s) for s in dict.fromkeys([*facts.stages, *stages])],
-        "packages": {"database": facts.database, "count": len(facts.packages),
-                     "sha256": manifest.packages_digest(package_lines(facts.packages))},
-        "tool": {"kairos-build": __version__, "code": code_digest(),
-                 "framework": facts.framework_digest},
+        "packages": {
+            "database": facts.database,
+            "count": len(facts.packages),
+            "sha256": manifest.packages_digest(package_lines(facts.packages)),
+        },
+        "tool": {"kairos-build": __version__, "code": code_digest(), "framework": facts.framework_digest},
         "python": python_versions(),
         "host_tools": tool_versions(tuple(sorted(set(tools)))),
         "sbom": beside(artifact.path, SBOM_SUFFIX).name,
     }
 
 
-def write_records(artifact: Artifact, context: ExportContext, facts: BuildFacts,
-                  stages: Sequence[tuple[str, str]], tools: Sequence[str]) -> Artifact:
+def write_records(
+    artifact: Artifact,
+    context: ExportContext,
+    facts: BuildFacts,
+    stages: Sequence[tuple[str, str]],
+    tools: Sequence[str],
+) -> Artifact:
     """NAME.spdx.json and NAME.build.json beside the published artifact."""
     sbom = beside(artifact.path, SBOM_SUFFIX)
     record = beside(artifact.path, MANIFEST_SUFFIX)

@@ -29,8 +29,10 @@ def given_epoch() -> int | None:
     if value is None:
         return None
     if not value.isdigit():
-        raise InputError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
-                         hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)")
+        raise InputError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+            hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)",
+        )
     return int(value)
 
 
@@ -59,8 +61,7 @@ def clamp_newer(root: Path, epoch: int) -> None:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             if st.st_mtime > epoch or st.st_atime > epoch:
-                os.utime(path, (min(st.st_atime, epoch), min(st.st_mtime, epoch)),
-                         follow_symlinks=False)
+                os.utime(path, (min(st.st_atime, epoch), min(st.st_mtime, epoch)), follow_symlinks=False)
 
 
 def tool_env(epoch: int) -> dict[str, str]:
@@ -97,8 +98,11 @@ class _FrozenClock:
 def frozen_pycdlib_clock(epoch: int) -> Iterator[None]:
     """Within the block, every pycdlib module that imported `time` reads the frozen clock."""
     clock = _FrozenClock(epoch)
-    modules: list[ModuleType] = [m for name, m in list(sys.modules.items())
-                                 if name.startswith("pycdlib.") and getattr(m, "time", None) is time]
+    modules: list[ModuleType] = [
+        m
+        for name, m in list(sys.modules.items())
+        if name.startswith("pycdlib.") and getattr(m, "time", None) is time
+    ]
     with contextlib.ExitStack() as stack:
         for module in modules:
             stack.enter_context(mock.patch.object(module, "time", clock))

@@ -58,8 +58,9 @@ class Setting:
         """What the setting takes, for an error's hint and the README table."""
         if self.choices:
             return "|".join(self.choices)
-        return {"text": "text", "path": "a path", "flag": "true|false",
-                "list": "a list (repeatable)"}[self.kind]
+        return {"text": "text", "path": "a path", "flag": "true|false", "list": "a list (repeatable)"}[
+            self.kind
+        ]
 
     def takes(self, verb: str) -> bool:
         return verb in self.verbs
@@ -134,61 +135,178 @@ def _cloud_config(flag: str, value: Value) -> Value:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("flavor", "text", "debian", "Flavor name (see `kairos-build flavors`).", _FLAVORED,
-            check=_flavor, short="-f"),
-    Setting("release", "text", None, "Flavor release, e.g. trixie or bookworm (default: the "
-            "flavor's).", _FLAVORED),
-    Setting("base", "text", None, "Base: docker://NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], "
-            "dir:PATH, bootstrap:DISTRO/SUITE (default: the flavor's image).", (ARTIFACTS,)),
-    Setting("output", "path", Path("build"), "Directory for the artifacts.", (ARTIFACTS,),
-            short="-o"),
-    Setting("version", "text", "v0.1.0", "Kairos version of the image (v1.2.3).",
-            ("convert", "dockerfile", ARTIFACTS), check=_version),
-    Setting("cache-dir", "path", None, "Cache directory (default: $KAIROS_BUILD_CACHE or "
-            "~/.cache/kairos-build).", (*_SOURCE, "cache ls", "cache prune", "rebuild"), is_global=True),
-    Setting("pull", "text", "missing", "When to fetch the base anew.", _SOURCE,
-            choices=PULL_POLICIES, is_global=True),
-    Setting("platform", "text", "linux/amd64", "Picks from multi-platform images.", _SOURCE,
-            choices=PLATFORMS),
+    Setting(
+        "flavor",
+        "text",
+        "debian",
+        "Flavor name (see `kairos-build flavors`).",
+        _FLAVORED,
+        check=_flavor,
+        short="-f",
+    ),
+    Setting(
+        "release", "text", None, "Flavor release, e.g. trixie or bookworm (default: the flavor's).", _FLAVORED
+    ),
+    Setting(
+        "base",
+        "text",
+        None,
+        "Base: docker://NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+        "dir:PATH, bootstrap:DISTRO/SUITE (default: the flavor's image).",
+        (ARTIFACTS,),
+    ),
+    Setting("output", "path", Path("build"), "Directory for the artifacts.", (ARTIFACTS,), short="-o"),
+    Setting(
+        "version",
+        "text",
+        "v0.1.0",
+        "Kairos version of the image (v1.2.3).",
+        ("convert", "dockerfile", ARTIFACTS),
+        check=_version,
+    ),
+    Setting(
+        "cache-dir",
+        "path",
+        None,
+        "Cache directory (default: $KAIROS_BUILD_CACHE or ~/.cache/kairos-build).",
+        (*_SOURCE, "cache ls", "cache prune", "rebuild"),
+        is_global=True,
+    ),
+    Setting(
+        "pull",
+        "text",
+        "missing",
+        "When to fetch the base anew.",
+        _SOURCE,
+        choices=PULL_POLICIES,
+        is_global=True,
+    ),
+    Setting(
+        "platform", "text", "linux/amd64", "Picks from multi-platform images.", _SOURCE, choices=PLATFORMS
+    ),
     Setting("insecure-registry", "list", (), "Registry host reached over plain http.", _SOURCE),
-    Setting("no-bootstrap", "flag", False, "Fail instead of bootstrapping when the flavor's "
-            "image cannot be had.", (ARTIFACTS,)),
-    Setting("no-cache", "flag", False, "Make every stage anew (base unpack, conversion, "
-            "squashfs, images) and replace its cache entry; pulled blobs, checked by their "
-            "digest, are still reused and tags are resolved as --pull says.",
-            ("unpack", "convert", ARTIFACTS, "rebuild")),
-    Setting("compression", "text", "zstd", "Squashfs compression: zstd (level 3), zstd:LEVEL "
-            "(1-22), xz (with the arch's BCJ filter), gzip[:LEVEL], lz4, lzo.", (ARTIFACTS,),
-            check=_compression, former=("--squashfs-compression",)),
-    Setting("kernel-arg", "list", (), "Extra kernel argument for every boot entry.",
-            (ARTIFACTS,), check=_kernel_args),
-    Setting("extra-cmdline", "text", None, "Extra kernel arguments for every boot entry, as "
-            "one string ('quiet rd.debug').", (ARTIFACTS,), check=_cmdline),
-    Setting("overlay-iso", "path", None, "ISO: a folder whose files are added to the ISO's "
-            "root.", (ARTIFACTS,), check=_folder),
-    Setting("overlay-rootfs", "path", None, "A folder whose files are added to the converted "
-            "rootfs (every format).", (ARTIFACTS,), check=_folder),
-    Setting("cloud-config", "path", None, "A #cloud-config file: /config.yaml on the ISO, "
-            "90_custom.yaml on COS_OEM.", (ARTIFACTS,), check=_cloud_config),
-    Setting("firmware", "text", "both", "Disks: the firmware they boot under.", (ARTIFACTS,),
-            choices=FIRMWARES),
-    Setting("disk-size", "text", None, "Disks: total size, e.g. 16G (default: what the "
-            "partitions need).", (ARTIFACTS,), check=_size),
-    Setting("partition-size", "list", (), "Disks: NAME=SIZE for efi, oem, recovery, state, "
-            "persistent.", (ARTIFACTS,), check=_partition_sizes),
-    Setting("image-size", "text", None, "Disks: size of cOS/active.img (default: rootfs + 10% "
-            "+ 200 MiB).", (ARTIFACTS,), check=_size),
-    Setting("boot-mode", "text", "secureboot", "Disks: secureboot (shim, grub, the image's "
-            "signed chain) or trusted (systemd-boot and signed UKIs, a dm-verity root; needs "
-            "--keys).", (ARTIFACTS,), choices=BOOT_MODES),
-    Setting("keys", "path", None, "Trusted Boot: the folder of `kairos-build genkey` (or "
-            "AuroraBoot's genkey).", (ARTIFACTS,), check=_folder),
-    Setting("compress", "flag", False, "qcow2: zstd-compressed clusters (about half the size).",
-            (ARTIFACTS,)),
-    Setting("json", "flag", False, "Print the result as JSON on stdout.",
-            (*_SOURCE, "boot", "inject", "genkey", "flavors", "formats", "cache ls",
-             "cache prune", "rebuild"),
-            is_global=True),
+    Setting(
+        "no-bootstrap",
+        "flag",
+        False,
+        "Fail instead of bootstrapping when the flavor's image cannot be had.",
+        (ARTIFACTS,),
+    ),
+    Setting(
+        "no-cache",
+        "flag",
+        False,
+        "Make every stage anew (base unpack, conversion, "
+        "squashfs, images) and replace its cache entry; pulled blobs, checked by their "
+        "digest, are still reused and tags are resolved as --pull says.",
+        ("unpack", "convert", ARTIFACTS, "rebuild"),
+    ),
+    Setting(
+        "compression",
+        "text",
+        "zstd",
+        "Squashfs compression: zstd (level 3), zstd:LEVEL "
+        "(1-22), xz (with the arch's BCJ filter), gzip[:LEVEL], lz4, lzo.",
+        (ARTIFACTS,),
+        check=_compression,
+        former=("--squashfs-compression",),
+    ),
+    Setting(
+        "kernel-arg",
+        "list",
+        (),
+        "Extra kernel argument for every boot entry.",
+        (ARTIFACTS,),
+        check=_kernel_args,
+    ),
+    Setting(
+        "extra-cmdline",
+        "text",
+        None,
+        "Extra kernel arguments for every boot entry, as one string ('quiet rd.debug').",
+        (ARTIFACTS,),
+        check=_cmdline,
+    ),
+    Setting(
+        "overlay-iso",
+        "path",
+        None,
+        "ISO: a folder whose files are added to the ISO's root.",
+        (ARTIFACTS,),
+        check=_folder,
+    ),
+    Setting(
+        "overlay-rootfs",
+        "path",
+        None,
+        "A folder whose files are added to the converted rootfs (every format).",
+        (ARTIFACTS,),
+        check=_folder,
+    ),
+    Setting(
+        "cloud-config",
+        "path",
+        None,
+        "A #cloud-config file: /config.yaml on the ISO, 90_custom.yaml on COS_OEM.",
+        (ARTIFACTS,),
+        check=_cloud_config,
+    ),
+    Setting(
+        "firmware", "text", "both", "Disks: the firmware they boot under.", (ARTIFACTS,), choices=FIRMWARES
+    ),
+    Setting(
+        "disk-size",
+        "text",
+        None,
+        "Disks: total size, e.g. 16G (default: what the partitions need).",
+        (ARTIFACTS,),
+        check=_size,
+    ),
+    Setting(
+        "partition-size",
+        "list",
+        (),
+        "Disks: NAME=SIZE for efi, oem, recovery, state, persistent.",
+        (ARTIFACTS,),
+        check=_partition_sizes,
+    ),
+    Setting(
+        "image-size",
+        "text",
+        None,
+        "Disks: size of cOS/active.img (default: rootfs + 10% + 200 MiB).",
+        (ARTIFACTS,),
+        check=_size,
+    ),
+    Setting(
+        "boot-mode",
+        "text",
+        "secureboot",
+        "Disks: secureboot (shim, grub, the image's "
+        "signed chain) or trusted (systemd-boot and signed UKIs, a dm-verity root; needs "
+        "--keys).",
+        (ARTIFACTS,),
+        choices=BOOT_MODES,
+    ),
+    Setting(
+        "keys",
+        "path",
+        None,
+        "Trusted Boot: the folder of `kairos-build genkey` (or AuroraBoot's genkey).",
+        (ARTIFACTS,),
+        check=_folder,
+    ),
+    Setting(
+        "compress", "flag", False, "qcow2: zstd-compressed clusters (about half the size).", (ARTIFACTS,)
+    ),
+    Setting(
+        "json",
+        "flag",
+        False,
+        "Print the result as JSON on stdout.",
+        (*_SOURCE, "boot", "inject", "genkey", "flavors", "formats", "cache ls", "cache prune", "rebuild"),
+        is_global=True,
+    ),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}

@@ -63,8 +63,7 @@ APT_HOST_PACKAGES: tuple[str, ...] = tuple(
     sorted(
         set(TOOL_PACKAGES.values())
         | set(FILE_PACKAGES.values())
-        | {"grub-common", "libmagic1", "ca-certificates", "debian-archive-keyring", "ovmf",
-           "swtpm-tools"}
+        | {"grub-common", "libmagic1", "ca-certificates", "debian-archive-keyring", "ovmf", "swtpm-tools"}
     )
 )
 

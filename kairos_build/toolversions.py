@@ -21,8 +21,9 @@ def _owners(paths: list[str]) -> dict[str, str]:
         return {}
     # A merged-/usr host registers some programs under /bin: ask for both names.
     asked = {p: p for p in paths} | {p.removeprefix("/usr"): p for p in paths if p.startswith("/usr/")}
-    result = subprocess.run(["dpkg-query", "-S", *asked], capture_output=True, text=True,
-                            check=False, timeout=60)
+    result = subprocess.run(
+        ["dpkg-query", "-S", *asked], capture_output=True, text=True, check=False, timeout=60
+    )
     owners = {}
     for line in result.stdout.splitlines():
         package, sep, path = line.partition(": ")
@@ -35,8 +36,13 @@ def _package_versions(packages: Iterable[str]) -> dict[str, str]:
     wanted = sorted(set(packages))
     if not wanted:
         return {}
-    result = subprocess.run(["dpkg-query", "-W", "-f", "${binary:Package} ${Version}\\n", *wanted],
-                            capture_output=True, text=True, check=False, timeout=60)
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${binary:Package} ${Version}\\n", *wanted],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     versions = {}
     for line in result.stdout.splitlines():
         name, _, version = line.partition(" ")
@@ -49,8 +55,14 @@ def _says(path: str) -> str:
     """The first line a program prints of its version, or "unknown"."""
     for flag in ("--version", "-version", "-V"):
         try:
-            result = subprocess.run([path, flag], capture_output=True, text=True, check=False,
-                                    timeout=10, stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                [path, flag],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=10,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         text = (result.stdout or result.stderr).strip()
@@ -63,8 +75,7 @@ def _says(path: str) -> str:
 def tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
     """tool -> "PACKAGE VERSION" (or the tool's own words; "missing" when not installed)."""
     found = {tool: shutil.which(tool) for tool in tools}
-    paths = sorted({os.path.realpath(p) for p in found.values() if p} |
-                   {p for p in found.values() if p})
+    paths = sorted({os.path.realpath(p) for p in found.values() if p} | {p for p in found.values() if p})
     owners = _owners(paths)
     versions = _package_versions(owners.values())
     record = {}

@@ -20,12 +20,20 @@ from kairos_build.cache import Cache, cache_key
 from kairos_build.flavors import load_flavor
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800,
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+) -> subprocess.CompletedProcess[str]:
     """Run the real command line, as a user would, and capture what it prints."""
-    return subprocess.run([sys.executable, "-m", "kairos_build", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kairos_build", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 _TEST_CACHE: dict[str, Path] = {}
@@ -81,8 +89,7 @@ def read_until(proc: subprocess.Popen[str], word: str, limit: float = 300) -> st
 
 @pytest.fixture(scope="session")
 def test_cache() -> Path:
-    path = Path(os.environ.get("KAIROS_BUILD_TEST_CACHE",
-                               Path.home() / ".cache" / "kairos-build-tests"))
+    path = Path(os.environ.get("KAIROS_BUILD_TEST_CACHE", Path.home() / ".cache" / "kairos-build-tests"))
     path.mkdir(parents=True, exist_ok=True)
     _TEST_CACHE["path"] = path
     return path
@@ -106,8 +113,17 @@ def built_iso(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     runs left in the test cache are dropped first; the conversion and squashfs are reused."""
     out = tmp_path_factory.mktemp("iso-out")
     drop_finished_artifacts(test_cache)
-    result = run_cli("iso", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
-                     "--output", str(out), "--cache-dir", str(test_cache))
+    result = run_cli(
+        "iso",
+        "--flavor",
+        "debian",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     isos = list(out.glob("*.iso"))
     assert len(isos) == 1, list(out.iterdir())
@@ -156,8 +172,9 @@ def trixie_base(test_cache: Path, built_iso: tuple[Path, str]) -> Path:
 def probe_tree(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The converted trixie as a directory (`kairos-build convert -o dir:`) plus the probe."""
     tree = tmp_path_factory.mktemp("probe") / "tree"
-    result = run_cli("convert", "bootstrap:debian/trixie", "--output", f"dir:{tree}",
-                     "--cache-dir", str(test_cache))
+    result = run_cli(
+        "convert", "bootstrap:debian/trixie", "--output", f"dir:{tree}", "--cache-dir", str(test_cache)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     script = tree / "usr/lib/kairos-test/probe"
     script.parent.mkdir(parents=True)
@@ -171,15 +188,26 @@ def probe_tree(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def built_disks(probe_tree: Path, test_cache: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], str]:
+def built_disks(
+    probe_tree: Path, test_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Path], str]:
     """One `kairos-build build` of every disk format from the probe tree: paths by format."""
     out = tmp_path_factory.mktemp("disks-out")
     cloud_config = out.parent / "cloud-config.yaml"
     cloud_config.write_text(CLOUD_CONFIG)
-    result = run_cli("build", "--format", "raw,qcow2,vmdk,vhd,gce", "--base", f"dir:{probe_tree}",
-                     "--cloud-config", str(cloud_config), "--output", str(out),
-                     "--cache-dir", str(test_cache))
+    result = run_cli(
+        "build",
+        "--format",
+        "raw,qcow2,vmdk,vhd,gce",
+        "--base",
+        f"dir:{probe_tree}",
+        "--cloud-config",
+        str(cloud_config),
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     found = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "gce": ".tar.gz"}
     paths = {fmt: next(out.glob(f"*{suffix}")) for fmt, suffix in found.items()}

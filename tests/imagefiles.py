@@ -36,18 +36,34 @@ def write_oci_layout(layout: Path, layer: Path, tag: str) -> None:
         return add_blob(path)
 
     diff_id = add_blob(layer)["digest"]
-    config = add_json("config.json", {"architecture": "amd64", "os": "linux",
-                                      "rootfs": {"type": "layers", "diff_ids": [diff_id]}})
-    manifest = add_json("manifest.json", {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **add_blob(layer)}]})
+    config = add_json(
+        "config.json",
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id]}},
+    )
+    manifest = add_json(
+        "manifest.json",
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **add_blob(layer)}],
+        },
+    )
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
-        "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
-
-
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        **manifest,
+                        "annotations": {"org.opencontainers.image.ref.name": tag},
+                    }
+                ],
+            }
+        )
+    )
 
 
 def file_digest(iso: Path, path: str) -> str:

@@ -11,12 +11,29 @@ from pathlib import Path
 
 # Files under kairos_build/ the conversion copies into /usr/lib/kairos/python/kairos_build/.
 MODULES = (
-    "__init__.py", "errors.py", "rootfs.py",
-    "disk/__init__.py", "disk/layout.py", "disk/bootsector.py", "disk/filesystems.py",
-    "source/__init__.py", "source/unpack.py", "source/registry_api.py",
-    "agent/__init__.py", "agent/main.py", "agent/system.py", "agent/config.py",
-    "agent/stages.py", "agent/disks.py", "agent/images.py", "agent/bootstate.py",
-    "agent/install.py", "agent/upgrade.py", "agent/reset.py", "agent/kit.py", "agent/trusted.py",
+    "__init__.py",
+    "errors.py",
+    "rootfs.py",
+    "disk/__init__.py",
+    "disk/layout.py",
+    "disk/bootsector.py",
+    "disk/filesystems.py",
+    "source/__init__.py",
+    "source/unpack.py",
+    "source/registry_api.py",
+    "agent/__init__.py",
+    "agent/main.py",
+    "agent/system.py",
+    "agent/config.py",
+    "agent/stages.py",
+    "agent/disks.py",
+    "agent/images.py",
+    "agent/bootstate.py",
+    "agent/install.py",
+    "agent/upgrade.py",
+    "agent/reset.py",
+    "agent/kit.py",
+    "agent/trusted.py",
 )
 # Where they go in the image; /usr/bin/kairos-agent (overlays/) puts it on python3's path.
 IMAGE_DIR = "usr/lib/kairos/python"

@@ -22,8 +22,12 @@ _HEADER = b"# GRUB Environment Block\n"
 ASSESSMENT = "kairos_assessment"
 
 # kairos.entry= of our menus -> what `kairos-agent state get boot` says (Kairos's names).
-BOOT_STATES = {"active": "active_boot", "passive": "passive_boot", "recovery": "recovery_boot",
-               "statereset": "recovery_boot"}
+BOOT_STATES = {
+    "active": "active_boot",
+    "passive": "passive_boot",
+    "recovery": "recovery_boot",
+    "statereset": "recovery_boot",
+}
 
 
 def boot_entry(words: list[str] | None = None, efivars: Path = trusted.EFIVARS) -> str:
@@ -49,8 +53,11 @@ def boot_state(words: list[str] | None = None, efivars: Path = trusted.EFIVARS) 
     if values.get("root", "").startswith("live:") or entry.startswith("live"):
         return "livecd_boot"
     image = values.get("cos-img/filename", "")
-    for name, state in (("active", "active_boot"), ("passive", "passive_boot"),
-                        ("recovery", "recovery_boot")):
+    for name, state in (
+        ("active", "active_boot"),
+        ("passive", "passive_boot"),
+        ("recovery", "recovery_boot"),
+    ):
         if Path(image).name.startswith(name):
             return state
     return "unknown"
@@ -60,7 +67,7 @@ def parse_grubenv(data: bytes) -> dict[str, str]:
     if not data.startswith(_HEADER):
         raise NodeError("grubenv has no GRUB environment header")
     values = {}
-    for line in data[len(_HEADER):].decode(errors="replace").split("\n"):
+    for line in data[len(_HEADER) :].decode(errors="replace").split("\n"):
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")
             values[key] = value.replace("\\\\", "\\")

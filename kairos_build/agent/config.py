@@ -25,19 +25,46 @@ MiB = 1 << 20
 # Keys the agent applies (cloud-init does not see them).
 AGENT_KEYS = ("users", "hostname", "stages", "install", "upgrade", "reset")
 # Kairos keys this agent does not implement yet (and cloud-init has no meaning for).
-KAIROS_ONLY_KEYS = ("k3s", "k3s-agent", "k0s", "k0s-worker", "p2p", "kairos", "bundles", "vpn",
-                    "options", "fail_on_bundles_errors", "strict", "debug", "config_url",
-                    "cluster", "kubevip", "auroraboot")
+KAIROS_ONLY_KEYS = (
+    "k3s",
+    "k3s-agent",
+    "k0s",
+    "k0s-worker",
+    "p2p",
+    "kairos",
+    "bundles",
+    "vpn",
+    "options",
+    "fail_on_bundles_errors",
+    "strict",
+    "debug",
+    "config_url",
+    "cluster",
+    "kubevip",
+    "auroraboot",
+)
 STAGES = ("rootfs", "initramfs", "boot", "network")
 # Stages the agent runs outside the boot, around its own verbs.
 HOOK_STAGES = ("before-install", "after-install", "after-upgrade", "after-reset")
 STEP_KEYS = ("name", "if", "commands", "files", "directories", "users", "hostname")
-INSTALL_KEYS = ("auto", "device", "reboot", "poweroff", "partitions", "grub_options",
-                "bind_mounts", "ephemeral_mounts")
-PARTITION_NAMES = {"oem": "oem", "recovery": "recovery", "state": "state",
-                   "persistent": "persistent", "efi": "efi"}
-USER_KEYS = ("name", "passwd", "groups", "ssh_authorized_keys", "homedir", "shell", "uid",
-             "lock_passwd")
+INSTALL_KEYS = (
+    "auto",
+    "device",
+    "reboot",
+    "poweroff",
+    "partitions",
+    "grub_options",
+    "bind_mounts",
+    "ephemeral_mounts",
+)
+PARTITION_NAMES = {
+    "oem": "oem",
+    "recovery": "recovery",
+    "state": "state",
+    "persistent": "persistent",
+    "efi": "efi",
+}
+USER_KEYS = ("name", "passwd", "groups", "ssh_authorized_keys", "homedir", "shell", "uid", "lock_passwd")
 _CRYPT = re.compile(r"^\$(1|2[abxy]?|5|6|y|gy|7|sha1|md5)\$")
 
 
@@ -45,8 +72,9 @@ def load_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         import yaml  # the image's PyYAML (cloud-init's dependency); imported only when needed
     except ImportError as exc:
-        raise NodeError("python3's yaml module is missing on this node",
-                        hint="the image needs python3-yaml (PyYAML)") from exc
+        raise NodeError(
+            "python3's yaml module is missing on this node", hint="the image needs python3-yaml (PyYAML)"
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -86,8 +114,12 @@ def read_configs(paths: list[Path]) -> dict[str, Any]:
 
 def boot_config_paths() -> list[Path]:
     """The boot's config files, then the node's own, each folder in name order."""
-    return [path for folder in (BOOT_CONFIG_DIR, PERSISTENT_CONFIG_DIR) if folder.is_dir()
-            for path in sorted(folder.glob("*.yaml"))]
+    return [
+        path
+        for folder in (BOOT_CONFIG_DIR, PERSISTENT_CONFIG_DIR)
+        if folder.is_dir()
+        for path in sorted(folder.glob("*.yaml"))
+    ]
 
 
 def unsupported(config: dict[str, Any]) -> list[str]:
@@ -117,8 +149,9 @@ def _stage_base(stage: str) -> str:
 def cloud_init_view(config: dict[str, Any]) -> dict[str, Any]:
     """What cloud-init gets: the config without the keys the agent applies. `users: []` where the
     agent took the users, or cloud-init would add its distro default user."""
-    view = {key: value for key, value in config.items()
-            if key not in AGENT_KEYS and key not in KAIROS_ONLY_KEYS}
+    view = {
+        key: value for key, value in config.items() if key not in AGENT_KEYS and key not in KAIROS_ONLY_KEYS
+    }
     if "users" in config:
         view["users"] = []
     return view
@@ -161,12 +194,15 @@ def parse_user(data: Any, name: str | None = None) -> User:
     if passwd is not None and not isinstance(passwd, (str, int)):
         raise NodeError(f"passwd of {name} must be a string")
     uid = data.get("uid")
-    return User(name=name, passwd=None if passwd is None else str(passwd),
-                groups=_strings(data.get("groups"), f"groups of {name}"),
-                ssh_authorized_keys=_strings(data.get("ssh_authorized_keys"),
-                                             f"ssh_authorized_keys of {name}"),
-                homedir=data.get("homedir"), shell=data.get("shell"),
-                uid=int(uid) if isinstance(uid, (int, str)) and str(uid).isdigit() else None)
+    return User(
+        name=name,
+        passwd=None if passwd is None else str(passwd),
+        groups=_strings(data.get("groups"), f"groups of {name}"),
+        ssh_authorized_keys=_strings(data.get("ssh_authorized_keys"), f"ssh_authorized_keys of {name}"),
+        homedir=data.get("homedir"),
+        shell=data.get("shell"),
+        uid=int(uid) if isinstance(uid, (int, str)) and str(uid).isdigit() else None,
+    )
 
 
 def top_level_users(config: dict[str, Any]) -> list[User]:
@@ -202,8 +238,10 @@ def install_spec(config: dict[str, Any]) -> InstallSpec:
     sizes = []
     for name, part in (section.get("partitions") or {}).items():
         if name not in PARTITION_NAMES:
-            raise NodeError(f"install.partitions.{name} is not a partition this layout has",
-                            hint=f"use {', '.join(PARTITION_NAMES)}")
+            raise NodeError(
+                f"install.partitions.{name} is not a partition this layout has",
+                hint=f"use {', '.join(PARTITION_NAMES)}",
+            )
         size = part.get("size") if isinstance(part, dict) else None
         if size is None:
             continue
@@ -214,12 +252,16 @@ def install_spec(config: dict[str, Any]) -> InstallSpec:
     grub = section.get("grub_options") or {}
     extra = grub.get("extra_cmdline", "") if isinstance(grub, dict) else ""
     device = str(section.get("device") or "auto")
-    return InstallSpec(auto=_flag(section, "auto"), device=device,
-                       reboot=_flag(section, "reboot"), poweroff=_flag(section, "poweroff"),
-                       sizes=tuple(sizes), extra_cmdline=str(extra or ""),
-                       bind_mounts=_strings(section.get("bind_mounts"), "install.bind_mounts"),
-                       ephemeral_mounts=_strings(section.get("ephemeral_mounts"),
-                                                 "install.ephemeral_mounts"))
+    return InstallSpec(
+        auto=_flag(section, "auto"),
+        device=device,
+        reboot=_flag(section, "reboot"),
+        poweroff=_flag(section, "poweroff"),
+        sizes=tuple(sizes),
+        extra_cmdline=str(extra or ""),
+        bind_mounts=_strings(section.get("bind_mounts"), "install.bind_mounts"),
+        ephemeral_mounts=_strings(section.get("ephemeral_mounts"), "install.ephemeral_mounts"),
+    )
 
 
 @dataclass(frozen=True)
@@ -235,9 +277,12 @@ def upgrade_spec(config: dict[str, Any]) -> UpgradeSpec:
     system = section.get("system") or {}
     recovery_system = section.get("recovery-system") or {}
     source = system.get("uri") or system.get("source") or recovery_system.get("uri")
-    return UpgradeSpec(source=str(source) if source else None,
-                       recovery=_flag(section, "recovery"), reboot=_flag(section, "reboot"),
-                       poweroff=_flag(section, "poweroff"))
+    return UpgradeSpec(
+        source=str(source) if source else None,
+        recovery=_flag(section, "recovery"),
+        reboot=_flag(section, "reboot"),
+        poweroff=_flag(section, "poweroff"),
+    )
 
 
 @dataclass(frozen=True)
@@ -250,9 +295,12 @@ class ResetSpec:
 
 def reset_spec(config: dict[str, Any]) -> ResetSpec:
     section = config.get("reset") or {}
-    return ResetSpec(reset_persistent=_flag(section, "reset-persistent", True),
-                     reset_oem=_flag(section, "reset-oem"),
-                     reboot=_flag(section, "reboot", True), poweroff=_flag(section, "poweroff"))
+    return ResetSpec(
+        reset_persistent=_flag(section, "reset-persistent", True),
+        reset_oem=_flag(section, "reset-oem"),
+        reboot=_flag(section, "reboot", True),
+        poweroff=_flag(section, "poweroff"),
+    )
 
 
 @dataclass(frozen=True)
@@ -281,14 +329,19 @@ def stage_steps(config: dict[str, Any], stage: str) -> list[Step]:
             users = data.get("users") or {}
             if not isinstance(users, dict):
                 raise NodeError(f"users of step {index} of stage {name} must map names to users")
-            steps.append(Step(
-                stage=name, name=str(data.get("name") or f"{name}[{index}]"),
-                condition=data.get("if"),
-                commands=_strings(data.get("commands"), f"commands of {name}[{index}]")
-                if not isinstance(data.get("commands"), str) else (data["commands"],),
-                files=tuple(data.get("files") or ()),
-                directories=tuple(data.get("directories") or ()),
-                users=tuple(parse_user(user, user_name) for user_name, user in users.items()),
-                hostname=data.get("hostname"),
-                extra={k: v for k, v in data.items() if k not in STEP_KEYS}))
+            steps.append(
+                Step(
+                    stage=name,
+                    name=str(data.get("name") or f"{name}[{index}]"),
+                    condition=data.get("if"),
+                    commands=_strings(data.get("commands"), f"commands of {name}[{index}]")
+                    if not isinstance(data.get("commands"), str)
+                    else (data["commands"],),
+                    files=tuple(data.get("files") or ()),
+                    directories=tuple(data.get("directories") or ()),
+                    users=tuple(parse_user(user, user_name) for user_name, user in users.items()),
+                    hostname=data.get("hostname"),
+                    extra={k: v for k, v in data.items() if k not in STEP_KEYS},
+                )
+            )
     return steps

@@ -27,8 +27,11 @@ def disk_size(name: str) -> int:
 
 def partitions_of(name: str) -> list[str]:
     folder = SYS_BLOCK / name
-    return sorted(child.name for child in folder.iterdir() if (child / "partition").exists()) \
-        if folder.is_dir() else []
+    return (
+        sorted(child.name for child in folder.iterdir() if (child / "partition").exists())
+        if folder.is_dir()
+        else []
+    )
 
 
 def held_devices() -> set[str]:
@@ -62,16 +65,25 @@ def pick_device(wanted: str) -> Path:
         for name in candidate_disks():
             if not partitions_of(name) and name not in held:
                 return Path("/dev") / name
-        listed = ", ".join(f"{n} ({disk_size(n) >> 20} MiB, {len(partitions_of(n))} partitions)"
-                           for n in candidate_disks()) or "none"
-        raise NodeError("no disk to install to: `device: auto` takes the first disk with no "
-                        f"partitions, and there is none (disks: {listed})",
-                        hint="attach an empty disk, or name one with install.device / --device")
+        listed = (
+            ", ".join(
+                f"{n} ({disk_size(n) >> 20} MiB, {len(partitions_of(n))} partitions)"
+                for n in candidate_disks()
+            )
+            or "none"
+        )
+        raise NodeError(
+            "no disk to install to: `device: auto` takes the first disk with no "
+            f"partitions, and there is none (disks: {listed})",
+            hint="attach an empty disk, or name one with install.device / --device",
+        )
     device = Path(os.path.realpath(wanted))
     name = device.name
     if not (SYS_BLOCK / name).is_dir() or (SYS_BLOCK / name / "partition").exists():
-        raise NodeError(f"{wanted} is not a whole disk of this node",
-                        hint=f"disks: {', '.join(candidate_disks()) or 'none'}")
+        raise NodeError(
+            f"{wanted} is not a whole disk of this node",
+            hint=f"disks: {', '.join(candidate_disks()) or 'none'}",
+        )
     if name in held or any(part in held for part in partitions_of(name)):
         raise NodeError(f"{wanted} is in use (something is mounted from it)")
     return device

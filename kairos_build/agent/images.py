@@ -20,8 +20,10 @@ from kairos_build.errors import KairosError
 from kairos_build.source.registry_api import INDEX_TYPES, RegistryClient, parse_image_name
 from kairos_build.source.unpack import apply_layer
 
-SOURCE_FORMS = ("dir:PATH, oci:DIR[:TAG], oci-archive:FILE (what `kairos-build convert` writes), "
-                "docker://[REGISTRY/]IMAGE[:TAG] (a registry)")
+SOURCE_FORMS = (
+    "dir:PATH, oci:DIR[:TAG], oci-archive:FILE (what `kairos-build convert` writes), "
+    "docker://[REGISTRY/]IMAGE[:TAG] (a registry)"
+)
 
 
 def format_ext4(target: Path, label: str, tree: Path | None = None, size: int | None = None) -> None:
@@ -115,8 +117,12 @@ class _Verified:
 
 
 def _blob(digest: Any) -> str:
-    if not isinstance(digest, str) or not digest.startswith("sha256:") or \
-            len(digest) != 71 or not all(c in "0123456789abcdef" for c in digest[7:]):
+    if (
+        not isinstance(digest, str)
+        or not digest.startswith("sha256:")
+        or len(digest) != 71
+        or not all(c in "0123456789abcdef" for c in digest[7:])
+    ):
         raise NodeError(f"{digest!r} is not a sha256 digest")
     return f"blobs/sha256/{digest[7:]}"
 
@@ -139,9 +145,11 @@ def apply_blob(handle: IO[bytes], descriptor: dict[str, Any], root: Path) -> Non
     head = peek(4)[:4] if peek is not None else b""
     kind = str(descriptor.get("mediaType", ""))
     if kind.endswith("zstd") or head.startswith(b"\x28\xb5\x2f\xfd"):
-        raise NodeError("zstd-compressed layers are not supported on the node yet",
-                        hint="use an image with uncompressed or gzip layers "
-                             "(`kairos-build convert -o oci-archive:` writes one)")
+        raise NodeError(
+            "zstd-compressed layers are not supported on the node yet",
+            hint="use an image with uncompressed or gzip layers "
+            "(`kairos-build convert -o oci-archive:` writes one)",
+        )
     raw = cast(IO[bytes], verified)
     gzipped = kind.endswith("gzip") or head.startswith(b"\x1f\x8b")
     stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if gzipped else raw
@@ -167,10 +175,12 @@ def _pick(document: dict[str, Any], tag: str | None, where: str) -> str | None:
     if not manifests and document.get("mediaType") not in INDEX_TYPES:
         return None
     if tag:
-        manifests = [m for m in manifests or []
-                     if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
-    amd64 = [m for m in manifests or [] if (m.get("platform") or {}).get("architecture") in
-             (None, "amd64")]
+        manifests = [
+            m
+            for m in manifests or []
+            if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag
+        ]
+    amd64 = [m for m in manifests or [] if (m.get("platform") or {}).get("architecture") in (None, "amd64")]
     if not amd64:
         raise NodeError(f"{where} has no amd64 image{f' tagged {tag}' if tag else ''}")
     return str(amd64[0].get("digest"))
@@ -204,8 +214,9 @@ def pull_image(name: str, root: Path, insecure: bool = False) -> None:
         root.mkdir(parents=True, exist_ok=True)
         for layer in layers:
             digest = _blob(layer.get("digest")).rpartition("/")[2]
-            with client.get(f"{parsed.repository}/blobs/sha256:{digest}",
-                            f"the registry has no blob sha256:{digest}") as response:
+            with client.get(
+                f"{parsed.repository}/blobs/sha256:{digest}", f"the registry has no blob sha256:{digest}"
+            ) as response:
                 apply_blob(cast(IO[bytes], response), layer, root)
     except KairosError as exc:
         if isinstance(exc, NodeError):
@@ -217,28 +228,37 @@ def pull_image(name: str, root: Path, insecure: bool = False) -> None:
 
 def require_kairos(tree: Path, source: str) -> None:
     if not (tree / "etc" / "kairos-release").is_file():
-        raise NodeError(f"{source} is not a Kairos system (no /etc/kairos-release)",
-                        hint="make it with `kairos-build convert ... -o oci-archive:FILE`")
+        raise NodeError(
+            f"{source} is not a Kairos system (no /etc/kairos-release)",
+            hint="make it with `kairos-build convert ... -o oci-archive:FILE`",
+        )
 
 
 @contextlib.contextmanager
-def source_tree(source: str, scratch: Path, insecure: bool = False,
-                require: Callable[[Path, str], None] = require_kairos) -> Iterator[Path]:
+def source_tree(
+    source: str, scratch: Path, insecure: bool = False, require: Callable[[Path, str], None] = require_kairos
+) -> Iterator[Path]:
     """The tree of an upgrade source; an image is unpacked under `scratch` (removed after).
     `oci:NAME` that is no path here is a registry image, as Kairos reads it. `require` refuses
     a tree that is not what the upgrade takes (default: a Kairos system)."""
     kind, sep, rest = source.partition(":")
-    registry = source.removeprefix("docker://") if source.startswith("docker://") else \
-        rest if kind == "oci" and "/" in rest and not rest.startswith(("/", ".")) \
-        and not Path(rest.rpartition(":")[0] or rest).exists() and not Path(rest).exists() \
+    registry = (
+        source.removeprefix("docker://")
+        if source.startswith("docker://")
+        else rest
+        if kind == "oci"
+        and "/" in rest
+        and not rest.startswith(("/", "."))
+        and not Path(rest.rpartition(":")[0] or rest).exists()
+        and not Path(rest).exists()
         else None
+    )
     if registry is None and kind == "dir" and rest:
         require(Path(rest), source)
         yield Path(rest)
         return
     if registry is None and (kind not in ("oci", "oci-archive") or not rest):
-        raise NodeError(f"upgrade source {source!r} is not one this node reads",
-                        hint=f"use {SOURCE_FORMS}")
+        raise NodeError(f"upgrade source {source!r} is not one this node reads", hint=f"use {SOURCE_FORMS}")
     path, tag = Path(rest), None
     if registry is None and kind == "oci" and not path.exists() and ":" in rest:
         head, _, tag = rest.rpartition(":")

@@ -28,8 +28,11 @@ LIVE_ROOT = Path("/run/rootfsbase")  # the live squashfs, as built (no runtime c
 # A Trusted Boot ISO, mounted by the initramfs as it boots the verified image from it.
 TRUSTED_MEDIUM = Path("/run/kairos/state")
 TRUSTED_ESP = 512 * MiB  # the build's (kairos_build/trusted/disk.py): room for an upgrade
-MEDIUM_FILES = {"rootfs.squashfs": "cOS/recovery.squashfs", "boot/kernel": "boot/vmlinuz",
-                "boot/initrd": "boot/initrd"}
+MEDIUM_FILES = {
+    "rootfs.squashfs": "cOS/recovery.squashfs",
+    "boot/kernel": "boot/vmlinuz",
+    "boot/initrd": "boot/initrd",
+}
 CONFIG_NAME = "90_custom.yaml"
 IMMUTABLE_CONF = "immutable.conf"  # on COS_OEM: install's bind_mounts and ephemeral_mounts
 
@@ -40,15 +43,19 @@ def plan(spec: InstallSpec, device: Path, rootfs_bytes: int, recovery_bytes: int
     try:
         return plan_layout(options, rootfs_bytes, recovery_bytes, seed=f"install/{size}")
     except InputError as exc:
-        raise NodeError(f"{device} ({size / (1 << 30):.2f} GiB) is too small: {exc.message}",
-                        hint="use a larger disk or smaller install.partitions sizes") from exc
+        raise NodeError(
+            f"{device} ({size / (1 << 30):.2f} GiB) is too small: {exc.message}",
+            hint="use a larger disk or smaller install.partitions sizes",
+        ) from exc
 
 
 def partition(device: Path, layout: Layout, blank: tuple[str, ...] = ()) -> dict[str, Path]:
     """The table written, each partition formatted but those in `blank`; name -> device."""
     run(["wipefs", "--all", "--force", str(device)])
-    run(["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always", str(device)],
-        input_text=sfdisk_script(layout))
+    run(
+        ["sfdisk", "--quiet", "--wipe", "always", "--wipe-partitions", "always", str(device)],
+        input_text=sfdisk_script(layout),
+    )
     settle()
     devices = {}
     for number, part in enumerate(layout.partitions, start=1):
@@ -112,34 +119,48 @@ def write_boot_loaders(device: Path, devices: dict[str, Path], layout: Layout, m
     bios = next((p for p in layout.partitions if p.name == "bios"), None)
     if bios is not None:
         try:
-            write_bios_boot(device, (tools / kit.BIOS_CORE).read_bytes(),
-                            (tools / kit.BIOS_BOOT).read_bytes(), bios.start, bios.size)
+            write_bios_boot(
+                device,
+                (tools / kit.BIOS_CORE).read_bytes(),
+                (tools / kit.BIOS_BOOT).read_bytes(),
+                bios.start,
+                bios.size,
+            )
         except BootSectorError as exc:
             raise NodeError(str(exc)) from exc
 
 
-def install_trusted(spec: InstallSpec, config_text: str, device_name: str | None,
-                    medium: Path = TRUSTED_MEDIUM) -> Path:
+def install_trusted(
+    spec: InstallSpec, config_text: str, device_name: str | None, medium: Path = TRUSTED_MEDIUM
+) -> Path:
     """A Trusted Boot live system onto a disk: the files the build signed, copied (the ESP of
     the install kit, the verified image), COS_PERSISTENT left blank for the first boot to
     seal to this machine's TPM."""
     esp_kit = medium / kit.KIT_DIR / kit.ESP_DIR
     images = sorted((medium / "cOS").glob("system-*.img"))
     if not esp_kit.is_dir() or len(images) != 1:
-        raise NodeError(f"{medium} has no install kit and system image: this live system "
-                        "cannot install itself", hint="boot a Trusted Boot ISO made by kairos-build")
+        raise NodeError(
+            f"{medium} has no install kit and system image: this live system cannot install itself",
+            hint="boot a Trusted Boot ISO made by kairos-build",
+        )
     image = images[0]
     uki = esp_kit / trusted.UKI_DIR / image.name.replace(".img", ".efi")
     device = pick_device(device_name or spec.device)
     size = disk_size(device.name)
     image_bytes = image.stat().st_size
-    options = DiskOptions(firmware="uefi", disk_size=size, sizes=(("efi", TRUSTED_ESP), *spec.sizes),
-                          image_size=align_up(image_bytes * 11 // 10, 16 * MiB))
+    options = DiskOptions(
+        firmware="uefi",
+        disk_size=size,
+        sizes=(("efi", TRUSTED_ESP), *spec.sizes),
+        image_size=align_up(image_bytes * 11 // 10, 16 * MiB),
+    )
     try:
         layout = plan_layout(options, image_bytes, image_bytes, seed=f"install/{size}")
     except InputError as exc:
-        raise NodeError(f"{device} ({size / (1 << 30):.2f} GiB) is too small: {exc.message}",
-                        hint="use a larger disk or smaller install.partitions sizes") from exc
+        raise NodeError(
+            f"{device} ({size / (1 << 30):.2f} GiB) is too small: {exc.message}",
+            hint="use a larger disk or smaller install.partitions sizes",
+        ) from exc
     say(f"installing to {device}: {layout.describe()}")
     devices = partition(device, layout, blank=("persistent",))
     with mounted(devices["recovery"], "rw") as recovery:
@@ -159,19 +180,28 @@ def install_trusted(spec: InstallSpec, config_text: str, device_name: str | None
     return device
 
 
-def install(spec: InstallSpec, config_text: str, device_name: str | None = None,
-            medium: Path = LIVE_MEDIUM, source: Path = LIVE_ROOT) -> Path:
+def install(
+    spec: InstallSpec,
+    config_text: str,
+    device_name: str | None = None,
+    medium: Path = LIVE_MEDIUM,
+    source: Path = LIVE_ROOT,
+) -> Path:
     """Install this live system; returns the disk it went to."""
     state = boot_state()
     if state != "livecd_boot":
-        raise NodeError(f"install runs from the live system; this node booted as {state}",
-                        hint="boot the live ISO, or use upgrade/reset on an installed node")
+        raise NodeError(
+            f"install runs from the live system; this node booted as {state}",
+            hint="boot the live ISO, or use upgrade/reset on an installed node",
+        )
     if trusted.is_trusted():
         return install_trusted(spec, config_text, device_name)
     for needed in (medium / kit.KIT_DIR, medium / "rootfs.squashfs", source):
         if not needed.exists():
-            raise NodeError(f"{needed} is missing: this live system cannot install itself",
-                            hint="boot an ISO made by kairos-build")
+            raise NodeError(
+                f"{needed} is missing: this live system cannot install itself",
+                hint="boot an ISO made by kairos-build",
+            )
     device = pick_device(device_name or spec.device)
     recovery_bytes = sum((medium / name).stat().st_size for name in MEDIUM_FILES)
     say(f"measuring {source}")

@@ -55,11 +55,11 @@ def cmd_early(_args: argparse.Namespace) -> int:
         ok = stages.run_stage(cfg, stage) and ok
     if SEED.exists():
         import yaml
+
         view = config.cloud_init_view(cfg)
         SEED.write_text("#cloud-config\n" + yaml.safe_dump(view, sort_keys=False))
     if config.stage_steps(cfg, "network"):
-        subprocess.run(["systemctl", "start", "--no-block", "kairos-agent-network.service"],
-                       check=False)
+        subprocess.run(["systemctl", "start", "--no-block", "kairos-agent-network.service"], check=False)
     return 0 if ok else 1
 
 
@@ -92,25 +92,30 @@ def assess() -> int:
     did not reboots, and grub then starts passive."""
     if bootstate.assessment() != "tentative":
         return 0
-    result = subprocess.run(["systemctl", "is-system-running", "--wait"], capture_output=True,
-                            text=True, timeout=900, check=False)
+    result = subprocess.run(
+        ["systemctl", "is-system-running", "--wait"], capture_output=True, text=True, timeout=900, check=False
+    )
     health = result.stdout.strip()
     if health == "running":
         bootstate.update_grubenv({bootstate.ASSESSMENT: ""})
         say("boot assessment: the upgraded system is healthy; it stays active")
         return 0
-    say(f"boot assessment: the upgraded system is {health or 'not running'}; "
-        "rebooting to fall back to passive")
+    say(
+        f"boot assessment: the upgraded system is {health or 'not running'}; "
+        "rebooting to fall back to passive"
+    )
     subprocess.run(["systemctl", "reboot"], check=False)
     return 1
 
 
-def _install(cfg: dict[str, Any], spec: config.InstallSpec, device: str | None,
-             text: str | None = None) -> int:
+def _install(
+    cfg: dict[str, Any], spec: config.InstallSpec, device: str | None, text: str | None = None
+) -> int:
     report_unsupported(cfg)
     stages.run_stage(cfg, "before-install")
     if text is None:
         import yaml
+
         text = "#cloud-config\n" + yaml.safe_dump(cfg, sort_keys=False)
     install.install(spec, text, device)
     stages.run_stage(cfg, "after-install")
@@ -140,8 +145,11 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     spec = config.upgrade_spec(cfg)
     source = args.source or spec.source
     if not source:
-        raise NodeError("no upgrade source", hint="give --source oci-archive:FILE (or dir:, oci:, "
-                        "docker://) or upgrade.system.uri in the config")
+        raise NodeError(
+            "no upgrade source",
+            hint="give --source oci-archive:FILE (or dir:, oci:, "
+            "docker://) or upgrade.system.uri in the config",
+        )
     upgrade.upgrade(source, recovery=args.recovery or spec.recovery, insecure=args.insecure)
     stages.run_stage(cfg, "after-upgrade")
     install.finish(args.reboot or spec.reboot, args.poweroff or spec.poweroff)
@@ -157,17 +165,19 @@ def cmd_reset(args: argparse.Namespace) -> int:
         return 0
     if not args.unattended:
         if not sys.stdin.isatty():
-            raise NodeError("reset erases this node's data; without a terminal to confirm "
-                            "it needs --unattended")
+            raise NodeError(
+                "reset erases this node's data; without a terminal to confirm it needs --unattended"
+            )
         answer = input("Reset this node (type yes)? ")
         if answer.strip().lower() != "yes":
             say("reset cancelled")
             return 1
     spec = config.ResetSpec(
-        reset_persistent=spec.reset_persistent if args.reset_persistent is None
-        else args.reset_persistent,
+        reset_persistent=spec.reset_persistent if args.reset_persistent is None else args.reset_persistent,
         reset_oem=args.reset_oem or spec.reset_oem,
-        reboot=args.reboot or spec.reboot, poweroff=args.poweroff or spec.poweroff)
+        reboot=args.reboot or spec.reboot,
+        poweroff=args.poweroff or spec.poweroff,
+    )
     reset.reset(spec)
     stages.run_stage(cfg, "after-reset")
     install.finish(spec.reboot, spec.poweroff)
@@ -187,8 +197,9 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="kairos-agent", description="Install, upgrade and reset "
-                                  "this Kairos node.")
+    top = argparse.ArgumentParser(
+        prog="kairos-agent", description="Install, upgrade and reset this Kairos node."
+    )
     verbs = top.add_subparsers(dest="verb", required=True)
     verb = verbs.add_parser("install", help="install the live system to a disk")
     verb.add_argument("--device", help="the disk (default: install.device, else auto)")
@@ -199,10 +210,10 @@ def parser() -> argparse.ArgumentParser:
     verb.add_argument("config")
     verb.set_defaults(run=cmd_manual_install)
     verb = verbs.add_parser("upgrade", help="put a new system image in place")
-    verb.add_argument("--source", help="dir:PATH, oci:DIR[:TAG], oci-archive:FILE or "
-                      "docker://[REGISTRY/]IMAGE[:TAG]")
-    verb.add_argument("--insecure", action="store_true",
-                      help="the source's registry speaks plain HTTP")
+    verb.add_argument(
+        "--source", help="dir:PATH, oci:DIR[:TAG], oci-archive:FILE or docker://[REGISTRY/]IMAGE[:TAG]"
+    )
+    verb.add_argument("--insecure", action="store_true", help="the source's registry speaks plain HTTP")
     verb.add_argument("--recovery", action="store_true", help="upgrade the recovery system")
     verb.add_argument("--reboot", action="store_true")
     verb.add_argument("--poweroff", action="store_true")
@@ -213,8 +224,11 @@ def parser() -> argparse.ArgumentParser:
     verb.add_argument("--reset-persistent", type=_bool, nargs="?", const=True, default=None)
     verb.add_argument("--reboot", action="store_true")
     verb.add_argument("--poweroff", action="store_true")
-    verb.add_argument("--reboot-to-recovery", action="store_true",
-                      help="from the installed system: reboot into the reset entry")
+    verb.add_argument(
+        "--reboot-to-recovery",
+        action="store_true",
+        help="from the installed system: reboot into the reset entry",
+    )
     verb.set_defaults(run=cmd_reset)
     verb = verbs.add_parser("state", help="how this node booted")
     what = verb.add_subparsers(dest="what", required=True)

@@ -69,9 +69,11 @@ def redeploy(source: Path) -> None:
 def reset(spec: ResetSpec) -> None:
     booted = boot_state()
     if booted != "recovery_boot":
-        raise NodeError(f"reset runs from the recovery system; this boot is {booted}",
-                        hint="boot the recovery or reset entry of the menu "
-                             "(`kairos-agent reset --reboot-to-recovery` does it)")
+        raise NodeError(
+            f"reset runs from the recovery system; this boot is {booted}",
+            hint="boot the recovery or reset entry of the menu "
+            "(`kairos-agent reset --reboot-to-recovery` does it)",
+        )
     if trusted.is_trusted():
         trusted.reset(STATE_MOUNT, spec.reset_persistent)
         if spec.reset_oem:
@@ -92,8 +94,10 @@ def reset(spec: ResetSpec) -> None:
         reset_oem()
     update_grubenv({ASSESSMENT: "", "next_entry": ""})
     os.sync()
-    say("reset done: active and passive are the recovery system"
-        + ("; COS_PERSISTENT is empty" if spec.reset_persistent else ""))
+    say(
+        "reset done: active and passive are the recovery system"
+        + ("; COS_PERSISTENT is empty" if spec.reset_persistent else "")
+    )
 
 
 def reboot_to_recovery() -> None:

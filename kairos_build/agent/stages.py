@@ -86,7 +86,7 @@ _MACHINE_ID = re.compile(r"\{\{\s*trunc\s+(\d+)\s+\.MachineID\s*\}\}")
 def expand_hostname(name: str, machine_id: str) -> str | None:
     """Kairos's `metal-{{ trunc 4 .MachineID }}`: the machine id's first N characters; None
     for any other template."""
-    expanded = _MACHINE_ID.sub(lambda found: machine_id[:int(found.group(1))], name)
+    expanded = _MACHINE_ID.sub(lambda found: machine_id[: int(found.group(1))], name)
     return None if "{{" in expanded else expanded
 
 
@@ -116,8 +116,7 @@ def write_file(spec: dict[str, Any]) -> None:
     if not path.is_absolute():
         raise NodeError(f"a file's path must be absolute, not {spec.get('path')!r}")
     content = str(spec.get("content") or "")
-    data = base64.b64decode(content) if spec.get("encoding") in ("b64", "base64") \
-        else content.encode()
+    data = base64.b64decode(content) if spec.get("encoding") in ("b64", "base64") else content.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.kairos-new")
     temporary.write_bytes(data)

@@ -30,17 +30,29 @@ def say(message: str) -> None:
         kmsg.write(f"kairos-agent: {message}\n")
 
 
-def run(argv: Sequence[str], *, input_text: str | None = None, capture: bool = False,
-        env: dict[str, str] | None = None) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    input_text: str | None = None,
+    capture: bool = False,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run a program; its output only shown when it fails (the last lines of it)."""
     try:
-        proc = subprocess.run(list(argv), input=input_text, text=True, check=False,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT if not capture
-                              else subprocess.PIPE, env={**os.environ, **(env or {})},
-                              stdin=None if input_text is not None else subprocess.DEVNULL)
+        proc = subprocess.run(
+            list(argv),
+            input=input_text,
+            text=True,
+            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if not capture else subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            stdin=None if input_text is not None else subprocess.DEVNULL,
+        )
     except FileNotFoundError as exc:
-        raise NodeError(f"{argv[0]} is not installed on this node",
-                        hint="the image needs it (see its flavor's packages)") from exc
+        raise NodeError(
+            f"{argv[0]} is not installed on this node", hint="the image needs it (see its flavor's packages)"
+        ) from exc
     if proc.returncode != 0:
         tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-15:])
         raise NodeError(f"{Path(argv[0]).name} failed (exit {proc.returncode}): {tail}")
@@ -59,8 +71,9 @@ def settle() -> None:
 
 
 @contextlib.contextmanager
-def mounted(device: Path | str, options: str = "ro", fstype: str | None = None,
-            where: Path | None = None) -> Iterator[Path]:
+def mounted(
+    device: Path | str, options: str = "ro", fstype: str | None = None, where: Path | None = None
+) -> Iterator[Path]:
     """`device` mounted on a fresh folder under /run/kairos (or `where`) for the block; always
     unmounted after, synced first when it was writable."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)

@@ -150,9 +150,11 @@ def collect_garbage(esp: Path, state: Path) -> None:
             path.unlink()
 
 
-BUNDLE_HINT = ("a Trusted Boot node upgrades from what `kairos-build uki` (a folder: dir:PATH) "
-               "or `kairos-build uki-image` (an OCI image: oci-archive:FILE, or pushed to a "
-               "registry) writes")
+BUNDLE_HINT = (
+    "a Trusted Boot node upgrades from what `kairos-build uki` (a folder: dir:PATH) "
+    "or `kairos-build uki-image` (an OCI image: oci-archive:FILE, or pushed to a "
+    "registry) writes"
+)
 
 
 def bundle(folder: Path, source: str | None = None) -> tuple[Path, Path]:
@@ -161,8 +163,9 @@ def bundle(folder: Path, source: str | None = None) -> tuple[Path, Path]:
     what = source or str(folder)
     ukis = sorted((folder / UKI_DIR).glob("system-*.efi"))
     if len(ukis) != 1:
-        raise NodeError(f"{what} holds no single {UKI_DIR}/system-*.efi: not a Trusted Boot "
-                        "upgrade", hint=BUNDLE_HINT)
+        raise NodeError(
+            f"{what} holds no single {UKI_DIR}/system-*.efi: not a Trusted Boot upgrade", hint=BUNDLE_HINT
+        )
     image = folder / "cOS" / ukis[0].name.replace(".efi", ".img")
     if not image.is_file():
         raise NodeError(f"{what} has {ukis[0].name} but not cOS/{image.name}", hint=BUNDLE_HINT)
@@ -186,8 +189,10 @@ def check_room(folder: Path, size: int, what: str) -> None:
     stat = os.statvfs(folder)
     free = stat.f_bavail * stat.f_frsize
     if free < size + (16 << 20):
-        raise NodeError(f"{what} has {free >> 20} MiB free; the upgrade needs {size >> 20} MiB",
-                        hint="free space or make the partition larger")
+        raise NodeError(
+            f"{what} has {free >> 20} MiB free; the upgrade needs {size >> 20} MiB",
+            hint="free space or make the partition larger",
+        )
 
 
 def upgrade(folder: Path, state_mount: Path, booted: str) -> str:
@@ -207,15 +212,25 @@ def upgrade(folder: Path, state_mount: Path, booted: str) -> str:
             current = entry_efi(actives[0])
             if booted == "active_boot" and current:
                 # Passive keeps its own title and place in the menu, and says which version.
-                version = next((line.partition(" ")[2] for line in entry_lines(actives[0])
-                                if line.startswith("version ")), None)
+                version = next(
+                    (
+                        line.partition(" ")[2]
+                        for line in entry_lines(actives[0])
+                        if line.startswith("version ")
+                    ),
+                    None,
+                )
                 changes = {"version": version} if version else {}
-                write_entry(esp, "passive", entry_lines((passives or actives)[0], **changes),
-                            current, None)
+                write_entry(esp, "passive", entry_lines((passives or actives)[0], **changes), current, None)
             # The new entry's title and version come with the bundle.
             template = folder / ENTRIES_DIR / "active.conf"
-            write_entry(esp, "active", entry_lines(template if template.is_file() else actives[0]),
-                        f"/{UKI_DIR}/{uki.name}", TRIES)
+            write_entry(
+                esp,
+                "active",
+                entry_lines(template if template.is_file() else actives[0]),
+                f"/{UKI_DIR}/{uki.name}",
+                TRIES,
+            )
             collect_garbage(esp, state_mount)
     return uki.name
 

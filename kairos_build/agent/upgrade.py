@@ -54,8 +54,10 @@ def check_room(folder: Path, size: int, what: str) -> None:
     if stale.exists():
         free += stale.stat().st_blocks * 512
     if free < size + SLACK:
-        raise NodeError(f"{what} has {free >> 20} MiB free; the new image needs "
-                        f"{(size + SLACK) >> 20} MiB", hint="free space or make COS_STATE larger")
+        raise NodeError(
+            f"{what} has {free >> 20} MiB free; the new image needs {(size + SLACK) >> 20} MiB",
+            hint="free space or make COS_STATE larger",
+        )
 
 
 def upgrade_system(tree: Path, state_mount: Path = STATE_MOUNT) -> str:
@@ -86,8 +88,21 @@ def upgrade_recovery(tree: Path) -> None:
         check_room(squashfs.parent, tree_bytes(tree) // 2, "COS_RECOVERY")
         say("writing the new recovery image")
         new = squashfs.with_name("recovery.squashfs.new")
-        run(["mksquashfs", str(tree), str(new), "-noappend", "-quiet", "-no-progress",
-             "-comp", "zstd", "-wildcards", "-e", *RUNTIME_EXCLUDES])
+        run(
+            [
+                "mksquashfs",
+                str(tree),
+                str(new),
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+                "-comp",
+                "zstd",
+                "-wildcards",
+                "-e",
+                *RUNTIME_EXCLUDES,
+            ]
+        )
         for source, name in ((kernel, "vmlinuz"), (initrd, "initrd")):
             target = recovery / "boot" / name
             shutil.copyfile(source, target.with_name(f"{name}.new"))
@@ -100,22 +115,26 @@ def upgrade_trusted(source: str, recovery: bool, booted: str, insecure: bool) ->
     """A Trusted Boot node takes signed UKIs and images from a build, never makes its own: a
     `uki` folder (dir:), or a `uki-image` (an OCI archive or layout, or a registry image)."""
     if recovery:
-        raise NodeError("a Trusted Boot node's recovery is not upgraded yet",
-                        hint="upgrade the system; a reset lays back the recovery it has")
+        raise NodeError(
+            "a Trusted Boot node's recovery is not upgraded yet",
+            hint="upgrade the system; a reset lays back the recovery it has",
+        )
     with source_tree(source, scratch_dir(), insecure, require=trusted.require_bundle) as tree:
         name = trusted.upgrade(tree, STATE_MOUNT, booted)
-    say(f"upgraded to {name}: the next boot starts it with {trusted.TRIES} tries; "
-        "systemd-boot falls back to passive when they run out")
+    say(
+        f"upgraded to {name}: the next boot starts it with {trusted.TRIES} tries; "
+        "systemd-boot falls back to passive when they run out"
+    )
 
 
 def upgrade(source: str, recovery: bool = False, insecure: bool = False) -> None:
     """`insecure`: the source's registry speaks plain HTTP (loopback registries always do)."""
     booted = boot_state()
     if booted in ("recovery_boot", "livecd_boot", "unknown"):
-        raise NodeError(f"upgrade runs on an installed system booted from active or passive; "
-                        f"this boot is {booted}",
-                        hint="reboot into the active system" if booted == "recovery_boot"
-                        else "install the node first")
+        raise NodeError(
+            f"upgrade runs on an installed system booted from active or passive; this boot is {booted}",
+            hint="reboot into the active system" if booted == "recovery_boot" else "install the node first",
+        )
     if not os.path.ismount(STATE_MOUNT):
         raise NodeError(f"COS_STATE is not mounted at {STATE_MOUNT}")
     if trusted.is_trusted():
@@ -123,13 +142,22 @@ def upgrade(source: str, recovery: bool = False, insecure: bool = False) -> None
         return
     with source_tree(source, scratch_dir(), insecure) as tree:
         release = (tree / "etc" / "kairos-release").read_text()
-        version = next((line.split("=", 1)[1].strip().strip('"') for line in release.splitlines()
-                        if line.startswith("KAIROS_VERSION=")), "unknown")
+        version = next(
+            (
+                line.split("=", 1)[1].strip().strip('"')
+                for line in release.splitlines()
+                if line.startswith("KAIROS_VERSION=")
+            ),
+            "unknown",
+        )
         if recovery:
             upgrade_recovery(tree)
             say(f"recovery upgraded to {version}")
             return
         was = upgrade_system(tree)
-        kept = "passive keeps the system that was active" if was == "active_boot" \
+        kept = (
+            "passive keeps the system that was active"
+            if was == "active_boot"
             else "passive (this boot) is kept"
+        )
         say(f"upgraded to {version}: the next boot starts it; {kept}")

@@ -45,9 +45,12 @@ OVMF_SECBOOT_VARS = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
 # uefi-secureboot-setup: the Secure Boot build with empty variables, i.e. setup mode: no key
 # enrolled, nothing checked, and anyone may enroll a platform key (systemd-boot does, from the
 # ESP's loader/keys/auto/*.auth with secure-boot-enroll in loader.conf, then resets).
-FIRMWARE_FILES = {"bios": (), "uefi": (OVMF_CODE, OVMF_VARS),
-                  "uefi-secureboot": (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS),
-                  "uefi-secureboot-setup": (OVMF_SECBOOT_CODE, OVMF_VARS)}
+FIRMWARE_FILES = {
+    "bios": (),
+    "uefi": (OVMF_CODE, OVMF_VARS),
+    "uefi-secureboot": (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS),
+    "uefi-secureboot-setup": (OVMF_SECBOOT_CODE, OVMF_VARS),
+}
 FIRMWARES = tuple(FIRMWARE_FILES)
 SECUREBOOT_FIRMWARES = ("uefi-secureboot", "uefi-secureboot-setup")
 # Where a guest reset must not end QEMU: enrolling keys ends in one.
@@ -59,9 +62,12 @@ VERITY_STATES = ("verity", "none", "any")
 NICS = ("none", "user")
 # What each firmware makes the guest see (the report's firmware= and secureboot=). Setup mode
 # checks nothing until a key is enrolled; `boot` then expects enabled (see expected_secureboot).
-GUEST_FIRMWARE = {"bios": ("bios", "unsupported"), "uefi": ("uefi", "disabled"),
-                  "uefi-secureboot": ("uefi", "enabled"),
-                  "uefi-secureboot-setup": ("uefi", "disabled")}
+GUEST_FIRMWARE = {
+    "bios": ("bios", "unsupported"),
+    "uefi": ("uefi", "disabled"),
+    "uefi-secureboot": ("uefi", "enabled"),
+    "uefi-secureboot-setup": ("uefi", "disabled"),
+}
 # Console text of a firmware that will not boot what it was given. OVMF: "BdsDxe: failed to
 # load Boot0001 ... : Access Denied" for an image Secure Boot refuses; shim says "Security
 # Violation"; grub under shim "bad shim signature" for an unsigned kernel. Then OVMF gives up
@@ -129,7 +135,7 @@ def this_boot(seen: bytes) -> bytes:
     if last < 0:
         return seen
     line_end = seen.find(b"\n", last)
-    return b"" if line_end < 0 else seen[line_end + 1:]
+    return b"" if line_end < 0 else seen[line_end + 1 :]
 
 
 def firmware_gave_up(seen: bytes) -> bytes | None:
@@ -147,13 +153,18 @@ def _line_with(seen: bytes, words: bytes) -> str:
     start = seen.find(words)
     begin = max(seen.rfind(b"\n", 0, start), seen.rfind(b"\r", 0, start)) + 1
     ends = [i for i in (seen.find(b"\n", start), seen.find(b"\r", start)) if i >= 0]
-    line = seen[begin:min(ends) if ends else len(seen)].decode(errors="replace")
+    line = seen[begin : min(ends) if ends else len(seen)].decode(errors="replace")
     return re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", line).strip()
 
 
-def _read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes] | bytes,
-                deadline: float, log_file: Path | None = None,
-                firmware_watch: bool = False, reboots: bool = False) -> Console:
+def _read_until(
+    proc: subprocess.Popen[bytes],
+    pattern: re.Pattern[bytes] | bytes,
+    deadline: float,
+    log_file: Path | None = None,
+    firmware_watch: bool = False,
+    reboots: bool = False,
+) -> Console:
     """Read the serial console until `pattern` appears, QEMU exits or the deadline passes;
     with `firmware_watch`, also until the firmware gives up (see firmware_gave_up) in the
     current boot. With `reboots` (QEMU runs on when the guest resets) a kernel panic is
@@ -206,8 +217,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
     # QEMU dies with us: a killed `boot` must not leave a guest running with no end.
-    return subprocess.Popen(dies_with_us(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        dies_with_us(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kvm_works(timeout: float = 10.0) -> bool:
@@ -220,9 +236,26 @@ def kvm_works(timeout: float = 10.0) -> bool:
     with tempfile.TemporaryDirectory(prefix="kairos-kvm-probe-") as tmp:
         disk = Path(tmp) / "probe.img"
         disk.write_bytes(_PROBE_SECTOR)
-        proc = _spawn([qemu, "-machine", "pc", "-accel", "kvm", "-m", "64", "-display", "none",
-                       "-monitor", "none", "-serial", "stdio", "-no-reboot",
-                       "-drive", f"file={disk},format=raw,if=ide"])
+        proc = _spawn(
+            [
+                qemu,
+                "-machine",
+                "pc",
+                "-accel",
+                "kvm",
+                "-m",
+                "64",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-drive",
+                f"file={disk},format=raw,if=ide",
+            ]
+        )
         try:
             seen = _read_until(proc, b"KVMOK", time.monotonic() + timeout).seen
         finally:
@@ -240,8 +273,10 @@ def artifact_drive(artifact: Path, writable: bool = False, as_disk: bool = False
         return ["-drive", f"file={artifact},media=cdrom,readonly=on", "-boot", "d"]
     formats = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw"}
     if suffix not in formats:
-        raise InputError(f"cannot tell how to boot {artifact.name}",
-                         hint="kairos-build boot takes .iso, .raw, .img or .qcow2 files")
+        raise InputError(
+            f"cannot tell how to boot {artifact.name}",
+            hint="kairos-build boot takes .iso, .raw, .img or .qcow2 files",
+        )
     snapshot = "" if writable else ",snapshot=on"
     return ["-drive", f"file={artifact},format={formats[suffix]},if=virtio{snapshot}"]
 
@@ -261,31 +296,56 @@ def nic_options(nic: str) -> list[str]:
     network in restricted mode (DHCP answers, nothing reachable outside the guest)."""
     if nic not in NICS:
         raise InputError(f"--nic {nic!r} is not known", hint=f"use {'|'.join(NICS)}")
-    return ["-nic", "none"] if nic == "none" else \
-        ["-nic", "user,model=virtio-net-pci,restrict=on"]
+    return ["-nic", "none"] if nic == "none" else ["-nic", "user,model=virtio-net-pci,restrict=on"]
 
 
-def qemu_command(artifact: Path, firmware: str, accel: str, vars_file: Path, memory: int,
-                 writable: bool = False, network: list[str] | None = None,
-                 as_disk: bool = False, nic: str = "none", tpm: list[str] | None = None,
-                 ) -> list[str]:
+def qemu_command(
+    artifact: Path,
+    firmware: str,
+    accel: str,
+    vars_file: Path,
+    memory: int,
+    writable: bool = False,
+    network: list[str] | None = None,
+    as_disk: bool = False,
+    nic: str = "none",
+    tpm: list[str] | None = None,
+) -> list[str]:
     """`network` (options booting from it, see netboot_server) replaces the artifact's drive
     and the NIC; `tpm` are the options of a TPM device (see swtpm.running_tpm). A guest
     reset ends QEMU except under a REBOOTING_FIRMWARES one."""
     secure = firmware in SECUREBOOT_FIRMWARES
-    argv = [require_tool("qemu-system-x86_64"), "-machine", "q35,smm=on" if secure else "q35",
-            "-m", str(memory), "-smp", "2", "-display", "none", "-monitor", "none",
-            "-serial", "stdio", *([] if firmware in REBOOTING_FIRMWARES else ["-no-reboot"]),
-            *(network or nic_options(nic))]
-    argv += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
-        ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    argv = [
+        require_tool("qemu-system-x86_64"),
+        "-machine",
+        "q35,smm=on" if secure else "q35",
+        "-m",
+        str(memory),
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        *([] if firmware in REBOOTING_FIRMWARES else ["-no-reboot"]),
+        *(network or nic_options(nic)),
+    ]
+    argv += (
+        ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    )
     if FIRMWARE_FILES[firmware]:
         code = FIRMWARE_FILES[firmware][0]
         if secure:  # the variable store is only writable from SMM: no bypass from the OS
             argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         store = str(vars_file).replace(",", ",,")  # QEMU escapes a comma in a value by doubling it
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={store}"]
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={store}",
+        ]
     argv += tpm or []
     return argv + ([] if network else artifact_drive(artifact, writable, as_disk))
 
@@ -311,8 +371,10 @@ def check_health(fields: dict[str, str]) -> str | None:
     state = fields.get("state")
     failed = _listed(fields.get("failed"))
     if state is None or "failed" not in fields:
-        return ("the boot report says nothing of systemd's state (state=, failed=): "
-                "an image built before the health report?")
+        return (
+            "the boot report says nothing of systemd's state (state=, failed=): "
+            "an image built before the health report?"
+        )
     if state == "running" and not failed:
         return None
     problems = [f"the system is {state}"]
@@ -320,13 +382,19 @@ def check_health(fields: dict[str, str]) -> str | None:
         problems.append(f"failed units: {', '.join(failed)}")
     if state in ("initializing", "starting"):
         jobs = _listed(fields.get("jobs"))
-        problems.append("it never settled; jobs still waiting: "
-                        + (", ".join(jobs) if jobs else "none listed"))
+        problems.append(
+            "it never settled; jobs still waiting: " + (", ".join(jobs) if jobs else "none listed")
+        )
     return "; ".join(problems)
 
 
-def check_platform(fields: dict[str, str], firmware: str, expect_secureboot: str | None = None,
-                   expect_entry: str | None = None, expect_tpm: str = "any") -> str | None:
+def check_platform(
+    fields: dict[str, str],
+    firmware: str,
+    expect_secureboot: str | None = None,
+    expect_entry: str | None = None,
+    expect_tpm: str = "any",
+) -> str | None:
     """Why the firmware, Secure Boot state, boot entry or TPM the guest reports is not the
     expected one, or None. Secure Boot is expected as the firmware sets it unless
     `expect_secureboot`."""
@@ -357,33 +425,44 @@ def require_firmware(firmware: str) -> None:
     """Stop, naming the package, when the host lacks the firmware files."""
     for path in FIRMWARE_FILES[firmware]:
         if not Path(path).is_file():
-            raise MissingToolError(f"missing host file {path} (package ovmf), needed for "
-                                   f"--firmware {firmware}",
-                                   hint="run 'kairos-build install-deps' or 'apt-get install ovmf'")
+            raise MissingToolError(
+                f"missing host file {path} (package ovmf), needed for --firmware {firmware}",
+                hint="run 'kairos-build install-deps' or 'apt-get install ovmf'",
+            )
 
 
 def refusal_message(words: bytes, firmware: str, netboot: bool, seen: bytes = b"") -> str:
     """What to tell the user when the firmware gave up with `words` on the console `seen`."""
     said = _line_with(seen, words) if words in seen else words.decode().strip(": ")
     if firmware == "uefi-secureboot" and netboot:
-        return (f"Secure Boot refused the network boot (console: \"{said}\"): QEMU's iPXE "
-                "loads the kernel from boot.ipxe through the firmware, which runs only images "
-                "signed by a key it trusts (Microsoft's UEFI CA, i.e. shim); netboot under "
-                "Secure Boot needs shim and a signed grub served instead of boot.ipxe")
+        return (
+            f'Secure Boot refused the network boot (console: "{said}"): QEMU\'s iPXE '
+            "loads the kernel from boot.ipxe through the firmware, which runs only images "
+            "signed by a key it trusts (Microsoft's UEFI CA, i.e. shim); netboot under "
+            "Secure Boot needs shim and a signed grub served instead of boot.ipxe"
+        )
     if words in GRUB_FAILED:
-        errors = list(dict.fromkeys(line.strip() for line in seen.decode(errors="replace").splitlines()
-                                    if line.strip().startswith("error: ")))
-        return (f"grub could not start the system (console: \"{said}\"; "
-                f"{'; '.join(errors) or 'no error line'})")
+        errors = list(
+            dict.fromkeys(
+                line.strip()
+                for line in seen.decode(errors="replace").splitlines()
+                if line.strip().startswith("error: ")
+            )
+        )
+        return f'grub could not start the system (console: "{said}"; {"; ".join(errors) or "no error line"})'
     if firmware == "uefi-secureboot" and words not in IPXE_FAILED:
-        return (f"Secure Boot refused the image (console: \"{said}\"): its EFI boot loader is "
-                "not signed by a key the firmware trusts (Microsoft's UEFI CA, i.e. shim)")
+        return (
+            f'Secure Boot refused the image (console: "{said}"): its EFI boot loader is '
+            "not signed by a key the firmware trusts (Microsoft's UEFI CA, i.e. shim)"
+        )
     if firmware == "uefi-secureboot-setup" and words in SECUREBOOT_REFUSED:
-        return (f"Secure Boot refused the image (console: \"{said}\"): keys were enrolled "
-                "(setup mode ended) and the EFI program started next is not signed by them")
+        return (
+            f'Secure Boot refused the image (console: "{said}"): keys were enrolled '
+            "(setup mode ended) and the EFI program started next is not signed by them"
+        )
     if words in IPXE_FAILED:
-        return f"iPXE could not boot the kernel (console: \"{said}\")"
-    return f"the firmware found nothing to boot (console: \"{said}\")"
+        return f'iPXE could not boot the kernel (console: "{said}")'
+    return f'the firmware found nothing to boot (console: "{said}")'
 
 
 def comes_from(image: str, root_images: str | None) -> bool:
@@ -392,8 +471,7 @@ def comes_from(image: str, root_images: str | None) -> bool:
     files of the loop devices under it, as the initramfs named them, e.g.
     /run/kairos/state/cOS/active.img)."""
     name = "/" + image.lstrip("/")
-    return image != "none" and any(found == name or found.endswith(name)
-                                   for found in _listed(root_images))
+    return image != "none" and any(found == name or found.endswith(name) for found in _listed(root_images))
 
 
 def check_root(fields: dict[str, str], expect_root: str, expect_verity: str = "any") -> str | None:
@@ -403,21 +481,29 @@ def check_root(fields: dict[str, str], expect_root: str, expect_verity: str = "a
     if expect_root == "live" and fields.get("live") != "squashfs":
         # A Trusted Boot live medium runs its verified image read-only, no dmsquash-live.
         if fields.get("entry") != "live" or fields.get("verity") != "verity":
-            return ("expected the live squashfs root (or a verified image on the live entry), "
-                    f"the system reports live={fields.get('live')} entry={fields.get('entry')} "
-                    f"verity={fields.get('verity')}")
+            return (
+                "expected the live squashfs root (or a verified image on the live entry), "
+                f"the system reports live={fields.get('live')} entry={fields.get('entry')} "
+                f"verity={fields.get('verity')}"
+            )
         expect_root = "immutable"
     if expect_root == "immutable":
         image = fields.get("image", "none")
         if fields.get("root_mode") != "ro" or image == "none":
-            return ("expected / mounted read-only from a system image, the system reports "
-                    f"root_mode={fields.get('root_mode')} image={image}")
+            return (
+                "expected / mounted read-only from a system image, the system reports "
+                f"root_mode={fields.get('root_mode')} image={image}"
+            )
         if "root_image" not in fields:
-            return ("the boot report does not say which file / comes from (root_image=): "
-                    "an image built before that field?")
+            return (
+                "the boot report does not say which file / comes from (root_image=): "
+                "an image built before that field?"
+            )
         if not comes_from(image, fields["root_image"]):
-            return (f"expected / from {image} (the image on the command line), the system "
-                    f"reports root_image={fields['root_image']}")
+            return (
+                f"expected / from {image} (the image on the command line), the system "
+                f"reports root_image={fields['root_image']}"
+            )
         if fields.get("etc") != "overlay":
             return f"expected a writable overlay on /etc, the system reports etc={fields.get('etc')}"
     if expect_verity != "any" and fields.get("verity") != expect_verity:
@@ -455,13 +541,27 @@ def _retry_after_panic(console: Console, reboots: bool) -> bool:
     return GUEST_PANIC in console.seen
 
 
-def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: int = 2048,
-         expect_root: str | None = None, log_dir: Path | None = None,
-         accel: str | None = None, writable: bool = False, as_disk: bool = False,
-         retried: bool = False, nic: str = "none", expect_secureboot: str | None = None,
-         expect_entry: str | None = None, *, vars_file: Path | None = None, tpm: bool = False,
-         tpm_state: Path | None = None, expect_tpm: str = "any",
-         expect_verity: str = "any") -> BootResult:
+def boot(
+    artifact: Path,
+    firmware: str = "bios",
+    timeout: float = 600,
+    memory: int = 2048,
+    expect_root: str | None = None,
+    log_dir: Path | None = None,
+    accel: str | None = None,
+    writable: bool = False,
+    as_disk: bool = False,
+    retried: bool = False,
+    nic: str = "none",
+    expect_secureboot: str | None = None,
+    expect_entry: str | None = None,
+    *,
+    vars_file: Path | None = None,
+    tpm: bool = False,
+    tpm_state: Path | None = None,
+    expect_tpm: str = "any",
+    expect_verity: str = "any",
+) -> BootResult:
     """Boot `artifact`; return when the boot report shows a healthy system, raise BuildError
     otherwise.
 
@@ -482,12 +582,16 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     _check_choice("--expect-verity", expect_verity, VERITY_STATES)
     nic_options(nic)  # checks the value before any work
     if vars_file is not None and not FIRMWARE_FILES[firmware]:
-        raise InputError(f"--vars needs a UEFI firmware; {firmware} keeps no variables",
-                         hint=f"use --firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}")
+        raise InputError(
+            f"--vars needs a UEFI firmware; {firmware} keeps no variables",
+            hint=f"use --firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}",
+        )
     netboot = netboot_directory(artifact)
     if not artifact.is_file() and netboot is None:
-        raise InputError(f"{artifact} {'has no boot.ipxe' if artifact.is_dir() else 'does not exist'}",
-                         hint="boot takes a file, or a netboot directory holding boot.ipxe")
+        raise InputError(
+            f"{artifact} {'has no boot.ipxe' if artifact.is_dir() else 'does not exist'}",
+            hint="boot takes a file, or a netboot directory holding boot.ipxe",
+        )
     artifact = netboot or artifact  # boot.ipxe stands for its directory; logs go beside it
     require_firmware(firmware)
     if tpm_state is not None:
@@ -499,18 +603,38 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
     expect_root = expect_root or default_expectation(artifact)
     _check_choice("--expect-root", expect_root, EXPECTATIONS)
     accel = accel or ("kvm" if kvm_works() else "tcg")
-    log.info("booting %s under %s firmware with %s%s", artifact.name, firmware, accel,
-             "" if accel == "kvm" else " (KVM unusable here)")
+    log.info(
+        "booting %s under %s firmware with %s%s",
+        artifact.name,
+        firmware,
+        accel,
+        "" if accel == "kvm" else " (KVM unusable here)",
+    )
     log_dir = log_dir or artifact.parent
     log_path = log_dir / f"{artifact.name}.{firmware}{'.disk' if as_disk else ''}.boot.log"
     reboots = firmware in REBOOTING_FIRMWARES
 
     def again(retry: bool) -> BootResult:
-        return boot(artifact, firmware, timeout, memory, expect_root, log_dir, accel="tcg",
-                    writable=writable, as_disk=as_disk, retried=retry, nic=nic,
-                    expect_secureboot=expect_secureboot, expect_entry=expect_entry,
-                    vars_file=vars_file, tpm=tpm, tpm_state=tpm_state, expect_tpm=expect_tpm,
-                    expect_verity=expect_verity)
+        return boot(
+            artifact,
+            firmware,
+            timeout,
+            memory,
+            expect_root,
+            log_dir,
+            accel="tcg",
+            writable=writable,
+            as_disk=as_disk,
+            retried=retry,
+            nic=nic,
+            expect_secureboot=expect_secureboot,
+            expect_entry=expect_entry,
+            vars_file=vars_file,
+            tpm=tpm,
+            tpm_state=tpm_state,
+            expect_tpm=expect_tpm,
+            expect_verity=expect_verity,
+        )
 
     # Stopped in reverse order however the wait ends (an error, Ctrl-C): QEMU, then swtpm and
     # the netboot server, then the temporary files (variables, TPM state, swtpm's socket).
@@ -519,15 +643,18 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
         if FIRMWARE_FILES[firmware] and vars_file is None:
             shutil.copyfile(FIRMWARE_FILES[firmware][1], store)
         log_path.write_bytes(b"")
-        network = running.enter_context(
-            _served(netboot, log_dir / f"{artifact.name}.{firmware}.http.log"))
+        network = running.enter_context(_served(netboot, log_dir / f"{artifact.name}.{firmware}.http.log"))
         tpm_device = running.enter_context(swtpm.running_tpm(Path(tmp), tpm_state)) if tpm else None
         start = time.monotonic()
-        proc = _spawn(qemu_command(artifact, firmware, accel, store, memory, writable, network,
-                                   as_disk, nic, tpm_device))
+        proc = _spawn(
+            qemu_command(
+                artifact, firmware, accel, store, memory, writable, network, as_disk, nic, tpm_device
+            )
+        )
         try:
-            console = _read_until(proc, MARKER, start + timeout, log_path, firmware_watch=True,
-                                  reboots=reboots)
+            console = _read_until(
+                proc, MARKER, start + timeout, log_path, firmware_watch=True, reboots=reboots
+            )
         finally:
             _stop(proc)
         keys_enrolled = reboots and secure_boot_enforced(store.read_bytes())
@@ -553,26 +680,40 @@ def boot(artifact: Path, firmware: str = "bios", timeout: float = 600, memory: i
         elif console.panics:
             why = "the guest kernel panicked" + (
                 f" {console.panics} times (it started again after each but the last)"
-                if console.panics > 1 else "")
+                if console.panics > 1
+                else ""
+            )
         elif proc.returncode not in (None, -signal.SIGKILL):
             why = "QEMU exited"
         else:
             why = f"no boot report within {timeout:.0f} s"
-        raise BuildError(f"boot of {artifact.name} ({firmware}, {accel}) failed after "
-                         f"{elapsed:.0f} s: {why}; last console lines:\n{tail}\n(full log: {log_path})")
+        raise BuildError(
+            f"boot of {artifact.name} ({firmware}, {accel}) failed after "
+            f"{elapsed:.0f} s: {why}; last console lines:\n{tail}\n(full log: {log_path})"
+        )
     fields = _parse_fields(match.group("fields"))
     where = f"boot of {artifact.name} ({firmware}, {elapsed:.0f} s)"
     if problem := check_root(fields, expect_root, expect_verity):
         raise BuildError(f"{where} reached multi-user but {problem} (full log: {log_path})")
     if problem := check_health(fields):
-        raise BuildError(f"{where} reached multi-user but it is not healthy: {problem} "
-                         f"(their status is on the console, KAIROS-FAILED-UNIT lines; "
-                         f"full log: {log_path})")
+        raise BuildError(
+            f"{where} reached multi-user but it is not healthy: {problem} "
+            f"(their status is on the console, KAIROS-FAILED-UNIT lines; "
+            f"full log: {log_path})"
+        )
     secureboot = expect_secureboot or expected_secureboot(firmware, keys_enrolled)
     if problem := check_platform(fields, firmware, secureboot, expect_entry, expect_tpm):
         raise BuildError(f"{where} is healthy but {problem} (full log: {log_path})")
-    return BootResult(firmware, accel, elapsed, fields, log_path, state=fields["state"],
-                      failed=_listed(fields.get("failed")),
-                      secureboot=fields.get("secureboot", "unknown"),
-                      entry=fields.get("entry", "none"), tpm=fields.get("tpm", "unknown"),
-                      verity=fields.get("verity", "unknown"))
+    return BootResult(
+        firmware,
+        accel,
+        elapsed,
+        fields,
+        log_path,
+        state=fields["state"],
+        failed=_listed(fields.get("failed")),
+        secureboot=fields.get("secureboot", "unknown"),
+        entry=fields.get("entry", "none"),
+        tpm=fields.get("tpm", "unknown"),
+        verity=fields.get("verity", "unknown"),
+    )

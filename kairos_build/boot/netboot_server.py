@@ -60,9 +60,13 @@ def serve(directory: Path, access_log: Path) -> Iterator[int]:
 def qemu_network(port: int) -> list[str]:
     """QEMU options: a virtio NIC (iPXE ROM) that network-boots GUEST_ADDRESS/boot.ipxe."""
     relay = shlex.join([sys.executable, "-I", str(Path(__file__).resolve()), str(port)])
-    options = ["user", "model=virtio-net-pci", "restrict=on",
-               f"guestfwd=tcp:{GUEST_ADDRESS}:80-cmd:{relay}",
-               f"bootfile=http://{GUEST_ADDRESS}/{SCRIPT}"]
+    options = [
+        "user",
+        "model=virtio-net-pci",
+        "restrict=on",
+        f"guestfwd=tcp:{GUEST_ADDRESS}:80-cmd:{relay}",
+        f"bootfile=http://{GUEST_ADDRESS}/{SCRIPT}",
+    ]
     # QEMU option values escape a comma by doubling it.
     return ["-nic", ",".join(option.replace(",", ",,") for option in options), "-boot", "n"]
 

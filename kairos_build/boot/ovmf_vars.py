@@ -46,8 +46,8 @@ def read_variables(store: bytes) -> Variables:
         if start != _START:
             break
         name_at = pos + _HEADER.size
-        name = store[name_at:name_at + name_size].decode("utf-16-le", "replace").rstrip("\0")
-        data = store[name_at + name_size:name_at + name_size + data_size]
+        name = store[name_at : name_at + name_size].decode("utf-16-le", "replace").rstrip("\0")
+        data = store[name_at + name_size : name_at + name_size + data_size]
         key = (name, UUID(bytes_le=vendor))
         if state == _ADDED:
             live[key] = data
@@ -77,7 +77,9 @@ def make_variable_store(path: Path, template: str) -> Path:
     if not path.is_file():
         raise InputError(f"--vars {path} is not a file", hint="give a file (made when missing)")
     if path.stat().st_size != size:
-        raise InputError(f"--vars {path} holds {path.stat().st_size} bytes, the firmware's "
-                         f"variable store {size} ({Path(template).name})",
-                         hint="a store from another OVMF build? give a new file name")
+        raise InputError(
+            f"--vars {path} holds {path.stat().st_size} bytes, the firmware's "
+            f"variable store {size} ({Path(template).name})",
+            hint="a store from another OVMF build? give a new file name",
+        )
     return path

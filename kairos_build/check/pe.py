@@ -40,8 +40,14 @@ _OID_NESTED_SIGNATURE = bytes.fromhex("2b060104018237020401")  # 1.3.6.1.4.1.311
 _OID_COMMON_NAME = bytes.fromhex("550403")  # 2.5.4.3
 _SEQUENCE, _SET, _OID, _INTEGER = 0x30, 0x31, 0x06, 0x02
 _CONTEXT_0, _CONTEXT_1 = 0xA0, 0xA1
-_STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x14: "latin-1", 0x16: "ascii",
-                  0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+_STRING_CODECS = {
+    0x0C: "utf-8",
+    0x13: "ascii",
+    0x14: "latin-1",
+    0x16: "ascii",
+    0x1E: "utf-16-be",
+    0x1C: "utf-32-be",
+}
 
 
 @dataclass(frozen=True)
@@ -195,12 +201,11 @@ def _read_image(handle: BinaryIO) -> _Image | None:
         at = optional_size + 40 * index
         if at + 40 > len(headers):
             break
-        name = headers[at:at + 8].split(b"\0", 1)[0].decode("ascii", errors="replace")
+        name = headers[at : at + 8].split(b"\0", 1)[0].decode("ascii", errors="replace")
         virtual_size = _u32(headers, at + 8)
         raw_size, raw_offset = _u32(headers, at + 16), _u32(headers, at + 20)
         if raw_offset < size:
-            sections.append(_Section(name, raw_offset, min(raw_size, size - raw_offset),
-                                     virtual_size))
+            sections.append(_Section(name, raw_offset, min(raw_size, size - raw_offset), virtual_size))
     return _Image(size, security, tuple(sections))
 
 
@@ -212,7 +217,7 @@ def _pkcs_signed_data(table: bytes) -> Iterator[bytes]:
         if length < 8 or at + length > len(table):
             return
         if kind == _WIN_CERT_TYPE_PKCS_SIGNED_DATA:
-            yield table[at + 8:at + length]
+            yield table[at + 8 : at + length]
         at += (length + 7) & ~7
 
 
@@ -241,7 +246,7 @@ def _tlv(data: bytes, at: int, end: int) -> _Tlv | None:
         count = first & 0x7F
         if count == 0 or count > 4 or body + count > end:
             return None
-        length = int.from_bytes(data[body:body + count], "big")
+        length = int.from_bytes(data[body : body + count], "big")
         body += count
     if body + length > end:
         return None
@@ -261,7 +266,7 @@ def _children(data: bytes, parent: _Tlv | None) -> list[_Tlv]:
 
 
 def _raw(data: bytes, element: _Tlv) -> bytes:
-    return data[element.start:element.end]
+    return data[element.start : element.end]
 
 
 def _signature_names(der: bytes, depth: int) -> list[str]:
@@ -271,8 +276,12 @@ def _signature_names(der: bytes, depth: int) -> list[str]:
     if not info or info[0].tag != _SEQUENCE:
         return []
     parts = _children(der, info[0])
-    if len(parts) < 2 or parts[0].tag != _OID or der[parts[0].body:parts[0].end] != _OID_SIGNED_DATA \
-            or parts[1].tag != _CONTEXT_0:
+    if (
+        len(parts) < 2
+        or parts[0].tag != _OID
+        or der[parts[0].body : parts[0].end] != _OID_SIGNED_DATA
+        or parts[1].tag != _CONTEXT_0
+    ):
         return []
     wrapped = _children(der, parts[1])
     if not wrapped or wrapped[0].tag != _SEQUENCE:
@@ -293,7 +302,7 @@ def _signature_names(der: bytes, depth: int) -> list[str]:
             for attributes in (p for p in parts if p.tag == _CONTEXT_1):
                 for attribute in _children(der, attributes):
                     kids = _children(der, attribute)
-                    if len(kids) == 2 and der[kids[0].body:kids[0].end] == _OID_NESTED_SIGNATURE:
+                    if len(kids) == 2 and der[kids[0].body : kids[0].end] == _OID_NESTED_SIGNATURE:
                         for value in _children(der, kids[1]):
                             nested += _signature_names(_raw(der, value), depth + 1)
     names = signers + [name for _, name in described if name]
@@ -321,8 +330,8 @@ def _common_name(der: bytes, name: _Tlv) -> str | None:
         for attribute in _children(der, rdn):
             kids = _children(der, attribute)
             if len(kids) == 2 and kids[0].tag == _OID and kids[1].tag in _STRING_CODECS:
-                text = der[kids[1].body:kids[1].end].decode(_STRING_CODECS[kids[1].tag], errors="replace")
-                values.append((der[kids[0].body:kids[0].end], text))
+                text = der[kids[1].body : kids[1].end].decode(_STRING_CODECS[kids[1].tag], errors="replace")
+                values.append((der[kids[0].body : kids[0].end], text))
     common = [text for oid, text in values if oid == _OID_COMMON_NAME]
     if common:
         return common[0]
@@ -423,7 +432,7 @@ def _fat_file(image: bytes, name: str) -> bytes | None:
     stem, _, suffix = name.upper().partition(".")
     wanted = stem.ljust(8)[:8].encode() + suffix.ljust(3)[:3].encode()
     for at in range(root, min(root + root_entries * 32, len(image) - 31), 32):
-        entry = image[at:at + 32]
+        entry = image[at : at + 32]
         if entry[0] == 0:
             return None
         if entry[:11] != wanted or entry[11] & 0x18:  # a volume label or a folder
@@ -435,7 +444,7 @@ def _fat_file(image: bytes, name: str) -> bytes | None:
             if cluster < 2 or cluster - 2 >= clusters or len(out) >= size:
                 break
             start = data + (cluster - 2) * per_cluster * sector
-            out += image[start:start + per_cluster * sector]
+            out += image[start : start + per_cluster * sector]
             if twelve:
                 pair = fat + cluster * 3 // 2
                 value = _u16(image, pair) if pair + 2 <= len(image) else 0xFFF
@@ -466,7 +475,7 @@ def _squashfs_file(image: bytes, name: str) -> bytes | None:
     if "/" in name or len(image) < 96:
         return None
     _inodes, _time, block_size, _frags, kind = struct.unpack_from("<IIIIH", image, 4)
-    root_ref, = struct.unpack_from("<Q", image, 32)
+    (root_ref,) = struct.unpack_from("<Q", image, 32)
     inode_start, directory_start, fragment_start = struct.unpack_from("<QQQ", image, 64)
 
     def metadata(start: int, ref_block: int, offset: int, size: int) -> bytes | None:
@@ -474,12 +483,12 @@ def _squashfs_file(image: bytes, name: str) -> bytes | None:
         while len(out) < offset + size and at + 2 <= len(image) and len(out) < _MAX_MEMDISK:
             header = _u16(image, at)
             length = header & 0x7FFF
-            raw = image[at + 2:at + 2 + length]
+            raw = image[at + 2 : at + 2 + length]
             block = raw if header & 0x8000 else _decompress(kind, raw, 8192)
             if block is None or length == 0:
                 return None
             out, at = out + block, at + 2 + length
-        return out[offset:offset + size] if len(out) > offset else None  # may come short
+        return out[offset : offset + size] if len(out) > offset else None  # may come short
 
     def inode(ref: int) -> bytes | None:  # a header and up to 16 block sizes
         return metadata(inode_start, ref >> 16, ref & 0xFFFF, 32 + 4 * 16)
@@ -497,7 +506,7 @@ def _squashfs_file(image: bytes, name: str) -> bytes | None:
             if at + 8 > len(listing):
                 return None
             entry_offset, _delta, _type, name_size = struct.unpack_from("<HhHH", listing, at)
-            entry_name = listing[at + 8:at + 9 + name_size].decode(errors="replace")
+            entry_name = listing[at + 8 : at + 9 + name_size].decode(errors="replace")
             at += 9 + name_size
             if entry_name == name:
                 found = inode((block << 16) | entry_offset)
@@ -505,8 +514,14 @@ def _squashfs_file(image: bytes, name: str) -> bytes | None:
     return None
 
 
-def _squashfs_read(image: bytes, kind: int, block_size: int, fragment_start: int, node: bytes | None,
-                   metadata: Callable[[int, int, int, int], bytes | None]) -> bytes | None:
+def _squashfs_read(
+    image: bytes,
+    kind: int,
+    block_size: int,
+    fragment_start: int,
+    node: bytes | None,
+    metadata: Callable[[int, int, int, int], bytes | None],
+) -> bytes | None:
     if node is None or len(node) < 32 or _u16(node, 0) != 2:  # a basic file
         return None
     start, fragment, fragment_offset, size = struct.unpack_from("<IIII", node, 16)
@@ -519,7 +534,7 @@ def _squashfs_read(image: bytes, kind: int, block_size: int, fragment_start: int
     for index in range(whole):
         word = _u32(node, 32 + 4 * index)
         length = word & 0xFFFFFF
-        raw = image[at:at + length]
+        raw = image[at : at + length]
         block = raw if word & 0x1000000 else _decompress(kind, raw, block_size)
         if block is None:
             return None
@@ -532,9 +547,9 @@ def _squashfs_read(image: bytes, kind: int, block_size: int, fragment_start: int
         if entry is None or len(entry) < 16:
             return None
         where, length = struct.unpack_from("<QI", entry, 0)
-        raw = image[where:where + (length & 0xFFFFFF)]
+        raw = image[where : where + (length & 0xFFFFFF)]
         block = raw if length & 0x1000000 else _decompress(kind, raw, block_size)
         if block is None:
             return None
-        out += block[fragment_offset:fragment_offset + size - len(out)]
+        out += block[fragment_offset : fragment_offset + size - len(out)]
     return out if len(out) == size else None

@@ -25,8 +25,12 @@ _STRING = 6
 _MAX_ENTRIES = 1 << 16  # rpm itself refuses headers with more index entries than this
 _MAX_DATA = 256 << 20
 _MAX_BLOBS = 100_000  # a few thousand packages is a big system
-_DATABASES = ("usr/lib/sysimage/rpm/rpmdb.sqlite", "var/lib/rpm/rpmdb.sqlite",
-              "usr/lib/sysimage/rpm/Packages.db", "var/lib/rpm/Packages.db")
+_DATABASES = (
+    "usr/lib/sysimage/rpm/rpmdb.sqlite",
+    "var/lib/rpm/rpmdb.sqlite",
+    "usr/lib/sysimage/rpm/Packages.db",
+    "var/lib/rpm/Packages.db",
+)
 
 _NDB_MAGIC, _SLOT_MAGIC, _BLOB_HEAD, _BLOB_TAIL = b"RpmP", b"Slot", b"BlbS", b"BlbE"
 _PAGE, _SLOT, _BLOCK, _NDB_HEADER = 4096, 16, 16, 32
@@ -36,8 +40,10 @@ class BadHeader(ValueError):
     """A header blob that does not follow the format (truncated, out of bounds)."""
 
 
-def header_strings(blob: bytes, tags: tuple[int, ...] = (TAG_NAME, TAG_VERSION, TAG_RELEASE),
-                   ) -> dict[int, str]:
+def header_strings(
+    blob: bytes,
+    tags: tuple[int, ...] = (TAG_NAME, TAG_VERSION, TAG_RELEASE),
+) -> dict[int, str]:
     """The STRING values of `tags` in one header blob; every offset is bounds-checked."""
     if len(blob) < 8:
         raise BadHeader("shorter than its 8-byte preamble")
@@ -47,7 +53,7 @@ def header_strings(blob: bytes, tags: tuple[int, ...] = (TAG_NAME, TAG_VERSION, 
     start = 8 + 16 * il
     if start + dl > len(blob):
         raise BadHeader(f"{len(blob)} bytes, but the header says {start + dl}")
-    data = blob[start:start + dl]
+    data = blob[start : start + dl]
     found: dict[int, str] = {}
     for index in range(il):
         tag, kind, offset, _count = struct.unpack_from(">IIiI", blob, 8 + 16 * index)
@@ -85,7 +91,7 @@ def _ndb_blobs(path: Path) -> Iterator[bytes]:
         handle.seek(0)
         slots = handle.read(slot_pages * _PAGE)  # the first 32 bytes are the header above
         for offset in range(_NDB_HEADER, len(slots) - _SLOT + 1, _SLOT):
-            if slots[offset:offset + 4] != _SLOT_MAGIC:
+            if slots[offset : offset + 4] != _SLOT_MAGIC:
                 raise BadHeader(f"slot at {offset} has no Slot magic")
             block, blocks = struct.unpack_from("<II", slots, offset + 8)
             if block == 0:

@@ -30,25 +30,44 @@ _READ_LIMIT = 64 << 20  # bytes of a file we search at most (an EFI binary, a pa
 
 # Debian puts systemd's private library under the multiarch dir; Fedora (with its release:
 # libsystemd-shared-256.11-1.fc41.so) and openSUSE under lib64; older systemd under lib.
-_SHARED_LIB_DIRS = ("usr/lib/x86_64-linux-gnu/systemd", "usr/lib/aarch64-linux-gnu/systemd",
-                    "usr/lib64/systemd", "usr/lib/systemd", "lib64/systemd", "lib/systemd")
+_SHARED_LIB_DIRS = (
+    "usr/lib/x86_64-linux-gnu/systemd",
+    "usr/lib/aarch64-linux-gnu/systemd",
+    "usr/lib64/systemd",
+    "usr/lib/systemd",
+    "lib64/systemd",
+    "lib/systemd",
+)
 _SHARED_LIB = re.compile(r"^libsystemd-shared-(\d+)(?:[.~+-].*)?\.so$")
 _SD_BOOT = ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "usr/lib/systemd/boot/efi/systemd-bootaa64.efi")
 _SD_BOOT_VERSION = re.compile(rb"#### LoaderInfo: systemd-boot (\d+)")
-_GRUB_EFI = ("usr/lib/grub/x86_64-efi/linux.mod", "usr/lib/grub/arm64-efi/linux.mod",
-             "usr/share/grub2/x86_64-efi/linux.mod", "boot/efi/EFI/BOOT/BOOTX64.EFI")
+_GRUB_EFI = (
+    "usr/lib/grub/x86_64-efi/linux.mod",
+    "usr/lib/grub/arm64-efi/linux.mod",
+    "usr/share/grub2/x86_64-efi/linux.mod",
+    "boot/efi/EFI/BOOT/BOOTX64.EFI",
+)
 _GRUB_EFI_GLOBS = ("boot/efi/EFI/*/grubx64.efi", "boot/efi/EFI/*/grubaa64.efi")
 _GRUB_BIOS = ("usr/lib/grub/i386-pc/linux.mod", "usr/share/grub2/i386-pc/linux.mod")
 _SYSTEMCTL = ("usr/bin/systemctl", "bin/systemctl")
 _OPENRC = ("sbin/openrc", "usr/sbin/openrc", "usr/sbin/rc", "sbin/rc")
-_INITRAMFS_TOOLS = {"dracut": ("usr/bin/dracut", "sbin/dracut", "usr/sbin/dracut"),
-                    "mkinitfs": ("sbin/mkinitfs", "usr/sbin/mkinitfs")}
+_INITRAMFS_TOOLS = {
+    "dracut": ("usr/bin/dracut", "sbin/dracut", "usr/sbin/dracut"),
+    "mkinitfs": ("sbin/mkinitfs", "usr/sbin/mkinitfs"),
+}
 _OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 # os-release IDs whose flavor file has another name.
-_FLAVOR_OF_OS_ID = {"rocky": "rockylinux", "opensuse-leap": "opensuse", "opensuse-tumbleweed": "opensuse",
-                    "opensuse-slowroll": "opensuse"}
-_GENERIC_PACKAGE = {"shim": "the distro's signed shim package", "grub": "the distro's signed grub package",
-                    "kernel": "the distro's signed kernel package"}
+_FLAVOR_OF_OS_ID = {
+    "rocky": "rockylinux",
+    "opensuse-leap": "opensuse",
+    "opensuse-tumbleweed": "opensuse",
+    "opensuse-slowroll": "opensuse",
+}
+_GENERIC_PACKAGE = {
+    "shim": "the distro's signed shim package",
+    "grub": "the distro's signed grub package",
+    "kernel": "the distro's signed kernel package",
+}
 
 
 @dataclass(frozen=True)
@@ -92,8 +111,9 @@ def _dpkg_version(root: Path, package: str) -> tuple[int | None, str | None]:
     if status is None:
         return None, None
     for stanza in _read(status).decode(errors="replace").split("\n\n"):
-        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M) and \
-                re.search(r"^Status: .* installed$", stanza, re.M):
+        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M) and re.search(
+            r"^Status: .* installed$", stanza, re.M
+        ):
             found = re.search(r"^Version: (?:\d+:)?(\d+)", stanza, re.M)
             if found:
                 return int(found.group(1)), "/var/lib/dpkg/status"
@@ -181,8 +201,14 @@ def kernel_versions(root: Path) -> list[tuple[str, str]]:
         if not directory.is_dir():
             continue
         for entry in sorted(directory.iterdir()):
-            image = _first(root, (f"boot/vmlinuz-{entry.name}", f"{modules}/{entry.name}/vmlinuz",
-                                  f"boot/vmlinuz-{_flavour(entry.name)}"))
+            image = _first(
+                root,
+                (
+                    f"boot/vmlinuz-{entry.name}",
+                    f"{modules}/{entry.name}/vmlinuz",
+                    f"boot/vmlinuz-{_flavour(entry.name)}",
+                ),
+            )
             if entry.is_dir() and image and entry.name not in {v for v, _ in found}:
                 found.append((entry.name, f"/{image}"))
     return found
@@ -190,8 +216,12 @@ def kernel_versions(root: Path) -> list[tuple[str, str]]:
 
 def efi_stub(root: Path, version: str, image: str) -> tuple[bool, str]:
     """CONFIG_EFI_STUB from the kernel config; else the image's PE header and boot header."""
-    for rel in (f"boot/config-{version}", f"lib/modules/{version}/config",
-                f"usr/lib/modules/{version}/config", f"boot/config-{_flavour(version)}"):
+    for rel in (
+        f"boot/config-{version}",
+        f"lib/modules/{version}/config",
+        f"usr/lib/modules/{version}/config",
+        f"boot/config-{_flavour(version)}",
+    ):
         if (config := _file(root, rel)) is not None:
             text = _read(config).decode(errors="replace")
             return bool(re.search(r"^CONFIG_EFI_STUB=y$", text, re.M)), f"/{rel}"
@@ -209,7 +239,7 @@ def is_efi_stub_image(header: bytes) -> bool:
     if len(header) < 0x240 or header[:2] != b"MZ":
         return False
     pe_offset = int.from_bytes(header[0x3C:0x40], "little")
-    is_pe = pe_offset + 4 <= len(header) and header[pe_offset:pe_offset + 4] == b"PE\0\0"
+    is_pe = pe_offset + 4 <= len(header) and header[pe_offset : pe_offset + 4] == b"PE\0\0"
     is_linux = header[0x202:0x206] == b"HdrS" or _magic_says_linux(header)
     return is_pe and is_linux
 
@@ -236,16 +266,22 @@ def _common_rules(root: Path) -> list[Rule]:
         version, image = kernels[0]
         rules.append(Rule("exactly one kernel", True, f"kernel {version}", image))
         stub, evidence = efi_stub(root, version, image)
-        rules.append(Rule("kernel has the EFI stub", stub,
-                          "CONFIG_EFI_STUB / PE header found" if stub else "no EFI stub", evidence))
+        rules.append(
+            Rule(
+                "kernel has the EFI stub",
+                stub,
+                "CONFIG_EFI_STUB / PE header found" if stub else "no EFI stub",
+                evidence,
+            )
+        )
     else:
         names = ", ".join(v for v, _ in kernels) or "none"
-        rules.append(Rule("exactly one kernel", False, f"found {len(kernels)} ({names})",
-                          "/lib/modules"))
+        rules.append(Rule("exactly one kernel", False, f"found {len(kernels)} ({names})", "/lib/modules"))
         rules.append(Rule("kernel has the EFI stub", False, "no single kernel to check"))
     tool, tool_evidence = initramfs_tool(root)
-    rules.append(Rule("an initramfs tool", tool is not None, tool or "neither dracut nor mkinitfs",
-                      tool_evidence))
+    rules.append(
+        Rule("an initramfs tool", tool is not None, tool or "neither dracut nor mkinitfs", tool_evidence)
+    )
     return rules
 
 
@@ -259,8 +295,12 @@ def _trusted_rules(root: Path) -> list[Rule]:
     boot, boot_evidence = systemd_boot_version(root)
     return [
         Rule(f"systemd >= {TRUSTED_MIN_SYSTEMD}", enough, detail, evidence),
-        Rule("systemd-boot EFI binary", boot is not None,
-             f"systemd-boot {boot}" if boot else "not installed", boot_evidence),
+        Rule(
+            "systemd-boot EFI binary",
+            boot is not None,
+            f"systemd-boot {boot}" if boot else "not installed",
+            boot_evidence,
+        ),
     ]
 
 
@@ -281,16 +321,22 @@ def os_release_ids(root: Path) -> list[str]:
 def secure_boot_flavor(root: Path) -> tuple[str | None, list[tuple[str, SecureBoot]]]:
     """The name of the flavor the tree's os-release names (None when none does) and every
     flavor's secure_boot section, that flavor's first."""
-    sections = [(name, flavor.secure_boot) for name in flavor_names()
-                if (flavor := load_flavor(name)).secure_boot is not None]
+    sections = [
+        (name, flavor.secure_boot)
+        for name in flavor_names()
+        if (flavor := load_flavor(name)).secure_boot is not None
+    ]
     names = [name for name, _ in sections]
-    wanted = next((_FLAVOR_OF_OS_ID.get(i, i) for i in os_release_ids(root)
-                   if _FLAVOR_OF_OS_ID.get(i, i) in names), None)
+    wanted = next(
+        (_FLAVOR_OF_OS_ID.get(i, i) for i in os_release_ids(root) if _FLAVOR_OF_OS_ID.get(i, i) in names),
+        None,
+    )
     return wanted, sorted(sections, key=lambda item: item[0] != wanted)
 
 
-def _signed_piece(root: Path, rule: str, candidates: list[str], expected: tuple[str, ...],
-                  package: str) -> Rule:
+def _signed_piece(
+    root: Path, rule: str, candidates: list[str], expected: tuple[str, ...], package: str
+) -> Rule:
     """The first candidate that is signed, else the first that exists, judged by its signature;
     when none exists, the detail names where the tree's own flavor (`expected`) puts it."""
     found = [(rel, path) for rel in dict.fromkeys(candidates) if (path := _file(root, rel)) is not None]
@@ -314,10 +360,22 @@ def _chain_rules(root: Path) -> list[Rule]:
     def package(piece: str) -> str:
         return own.packages.get(piece, _GENERIC_PACKAGE[piece]) if own else _GENERIC_PACKAGE[piece]
 
-    rules = [_signed_piece(root, "signed shim", [p for _, s in sections for p in s.shim],
-                           own.shim if own else (), package("shim")),
-             _signed_piece(root, "signed grub", [p for _, s in sections for p in s.grub],
-                           own.grub if own else (), package("grub"))]
+    rules = [
+        _signed_piece(
+            root,
+            "signed shim",
+            [p for _, s in sections for p in s.shim],
+            own.shim if own else (),
+            package("shim"),
+        ),
+        _signed_piece(
+            root,
+            "signed grub",
+            [p for _, s in sections for p in s.grub],
+            own.grub if own else (),
+            package("grub"),
+        ),
+    ]
     kernels = kernel_versions(root)
     if len(kernels) == 1:
         image = kernels[0][1].lstrip("/")
@@ -332,8 +390,7 @@ def _secureboot_rules(root: Path) -> list[Rule]:
     grub = grub_efi(root)
     return [
         Rule("systemd or openrc in charge", init is not None, init or "neither found", evidence),
-        Rule("grub for EFI", grub is not None, "found" if grub else "no grub EFI modules or binary",
-             grub),
+        Rule("grub for EFI", grub is not None, "found" if grub else "no grub EFI modules or binary", grub),
         *_chain_rules(root),
     ]
 
@@ -344,8 +401,11 @@ def check_rootfs(root: Path, mode: str) -> Report:
         raise InputError(f"--mode {mode!r} is not known", hint=f"use {'|'.join(MODES)}")
     common = _common_rules(root)
     version, _ = systemd_version(root)
-    facts: dict[str, object] = {"systemd": version, "init": init_system(root)[0],
-                                "kernels": [v for v, _ in kernel_versions(root)]}
+    facts: dict[str, object] = {
+        "systemd": version,
+        "init": init_system(root)[0],
+        "kernels": [v for v, _ in kernel_versions(root)],
+    }
     reports = {}
     for candidate in ("trusted", "secureboot") if mode == "auto" else (mode,):
         specific = _trusted_rules(root) if candidate == "trusted" else _secureboot_rules(root)
@@ -371,6 +431,8 @@ def require_mode(root: Path, mode: str, what: str) -> Report:
     report = check_rootfs(root, mode)
     if not report.buildable:
         failed = "; ".join(f"{r.name}: {r.detail}" for r in report.rules if not r.ok and r.blocking)
-        raise CheckFailedError(f"{what} needs a {mode} capable image, but: {failed}",
-                               hint="run `kairos-build check` on the base for the full report")
+        raise CheckFailedError(
+            f"{what} needs a {mode} capable image, but: {failed}",
+            hint="run `kairos-build check` on the base for the full report",
+        )
     return report

@@ -73,8 +73,9 @@ def can_reflink(folder: Path) -> bool:
     if folder not in _reflinks:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".reflink-") as probe:
             (Path(probe) / "a").write_bytes(b"x")
-            result = subprocess.run(["cp", "--reflink=always", f"{probe}/a", f"{probe}/b"],
-                                    capture_output=True, check=False)
+            result = subprocess.run(
+                ["cp", "--reflink=always", f"{probe}/a", f"{probe}/b"], capture_output=True, check=False
+            )
             _reflinks[folder] = result.returncode == 0
     return _reflinks[folder]
 
@@ -137,8 +138,9 @@ def _plan(config: BuildConfig) -> dict[str, Step]:
     return {planned.name: planned for planned in conversion_plan(config)}
 
 
-def install_packages(base: Path, target: Path, config: BuildConfig,
-                     package_cache: Path | None = None) -> None:
+def install_packages(
+    base: Path, target: Path, config: BuildConfig, package_cache: Path | None = None
+) -> None:
     """The packages stage: the base at `base` plus the flavor's packages, into `target`."""
     require_root("converting a rootfs")
     flavor = config.flavor
@@ -150,10 +152,12 @@ def install_packages(base: Path, target: Path, config: BuildConfig,
     write_flavor_files(target, flavor)
     names = flavor.all_packages(config.release)
     commands = package_manager(flavor.package_manager).commands(
-        names, flavor.quirks.install_options, cache=package_cache is not None)
+        names, flavor.quirks.install_options, cache=package_cache is not None
+    )
     with step(f"installing {len(names)} packages with {flavor.package_manager}"):
-        run_package_commands(target, commands, tuple(dated(install_env(flavor), epoch).items()),
-                             package_cache)
+        run_package_commands(
+            target, commands, tuple(dated(install_env(flavor), epoch).items()), package_cache
+        )
     empty_build_records(target, started)
     clamp_newer(target, epoch)
 
@@ -162,8 +166,7 @@ def install_packages(base: Path, target: Path, config: BuildConfig,
 _KEEP = "var/tmp/kairos-initramfs"
 
 
-def build_initramfs(packages_root: Path, target: Path, config: BuildConfig,
-                    inputs: dict[str, str]) -> None:
+def build_initramfs(packages_root: Path, target: Path, config: BuildConfig, inputs: dict[str, str]) -> None:
     """The initramfs stage: the image, its kernel's name and what it was made from
     (initramfs_reads.Reads, with the stage's `inputs`) in `target`, built on a copy of the
     packages tree that gets only the framework files of the initramfs tool."""
@@ -182,8 +185,9 @@ def build_initramfs(packages_root: Path, target: Path, config: BuildConfig,
                 layer_tree(work, overlay, only=path)
         rootfs.remove(work, initrd)  # a hard link to the packages entry: never written into
         rootfs.resolve_in(work, _KEEP, mkdirs=True).mkdir(exist_ok=True)
-        command = with_kernel(initramfs_command(flavor.initramfs, flavor.quirks.initrd,
-                                                keep=f"/{_KEEP}"), kernel)
+        command = with_kernel(
+            initramfs_command(flavor.initramfs, flavor.quirks.initrd, keep=f"/{_KEEP}"), kernel
+        )
         with step(f"building the initramfs for kernel {kernel} with {flavor.initramfs}"):
             run_in_root(work, command, env=dated((), epoch))
         built = rootfs.regular_file(work, initrd)
@@ -191,9 +195,10 @@ def build_initramfs(packages_root: Path, target: Path, config: BuildConfig,
         if built is None:
             raise BuildError(f"{flavor.initramfs} ended without writing /{initrd}")
         if staging is None:
-            raise BuildError(f"{flavor.initramfs} kept no staging folder under /{_KEEP}",
-                             hint="its version may not support keeping it (dracut --keep, "
-                             "mkinitfs -k)")
+            raise BuildError(
+                f"{flavor.initramfs} kept no staging folder under /{_KEEP}",
+                hint="its version may not support keeping it (dracut --keep, mkinitfs -k)",
+            )
         files = copied_files(packages_root, staging, own)
         words = script_words(packages_root, own)
         Reads(inputs, files, words, reads_digest(packages_root, files, words)).save(target)
@@ -204,8 +209,9 @@ def build_initramfs(packages_root: Path, target: Path, config: BuildConfig,
         shutil.rmtree(work)
 
 
-def reuse_initramfs(packages_root: Path, target: Path, donors: Sequence[Path],
-                    inputs: dict[str, str]) -> bool:
+def reuse_initramfs(
+    packages_root: Path, target: Path, donors: Sequence[Path], inputs: dict[str, str]
+) -> bool:
     """Link into `target` the first of `donors` (initramfs entries, newest first) made with
     the same `inputs` from files that this packages tree has alike; False if none was."""
     for donor in donors:
@@ -221,9 +227,12 @@ def reuse_initramfs(packages_root: Path, target: Path, donors: Sequence[Path],
             for name in (INITRD_FILE, KERNEL_FILE, READS_FILE):
                 (target / name).unlink(missing_ok=True)
             continue
-        log.info("  taking the initramfs of %s: the %d files it copied, the programs its "
-                 "modules look for and the kernel's modules and firmware are the same here",
-                 donor.name[:12], len(reads.files))
+        log.info(
+            "  taking the initramfs of %s: the %d files it copied, the programs its "
+            "modules look for and the kernel's modules and firmware are the same here",
+            donor.name[:12],
+            len(reads.files),
+        )
         return True
     return False
 
@@ -260,8 +269,10 @@ def refresh_converted(base: Path, target: Path, config: BuildConfig) -> None:
     with step("copying the base rootfs"):
         copy_base(base, target)
     epoch = build_epoch(target)
-    log.info("  the base is already a Kairos image (it has /etc/kairos-release): "
-             "only refreshing the release file and the identity")
+    log.info(
+        "  the base is already a Kairos image (it has /etc/kairos-release): "
+        "only refreshing the release file and the identity"
+    )
     write_kairos_release(target, config)
     reset_identity(target)
     clamp_newer(target, epoch)

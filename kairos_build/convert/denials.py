@@ -12,20 +12,35 @@ from kairos_build.errors import BuildError
 _SCRIPT_FAILURES = (
     # dpkg: " installed foo package post-installation script subprocess returned error exit
     # status 1" (also new/old, pre-/post-installation/removal)
-    (re.compile(r"(?:installed|new|old) (\S+) package ((?:pre|post)-(?:installation|removal) "
-                r"script) subprocess returned error exit status (\d+)"), "{1}"),
+    (
+        re.compile(
+            r"(?:installed|new|old) (\S+) package ((?:pre|post)-(?:installation|removal) "
+            r"script) subprocess returned error exit status (\d+)"
+        ),
+        "{1}",
+    ),
     # rpm: "error: %post(foo-1.0-1.x86_64) scriptlet failed, exit status 1"
     (re.compile(r"%(\w+)\((\S+)\) scriptlet failed, exit status (\d+)"), "%{0} scriptlet"),
     # apk: "ERROR: foo-1.0-r0.post-install: script exited with error 1"
-    (re.compile(r"(\S+?)\.((?:pre|post)-(?:install|upgrade|deinstall)): script exited with "
-                r"error (\d+)"), "{1} script"),
+    (
+        re.compile(
+            r"(\S+?)\.((?:pre|post)-(?:install|upgrade|deinstall)): script exited with "
+            r"error (\d+)"
+        ),
+        "{1} script",
+    ),
 )
 # Messages of a call the sandbox refused (EPERM, EACCES, EROFS, tools' own wording).
-_DENIED = re.compile(r"operation not permitted|permission denied|read-only file system|"
-                     r"must be root|cannot open .*/dev/|no such device", re.IGNORECASE)
-_SANDBOX_HINT = ("package scripts run in the conversion sandbox, without mount, device "
-                 "nodes, kernel modules, /sys or writes to /proc/sys (README: 'The conversion "
-                 "sandbox'); a script that needs them cannot run while the image is built")
+_DENIED = re.compile(
+    r"operation not permitted|permission denied|read-only file system|"
+    r"must be root|cannot open .*/dev/|no such device",
+    re.IGNORECASE,
+)
+_SANDBOX_HINT = (
+    "package scripts run in the conversion sandbox, without mount, device "
+    "nodes, kernel modules, /sys or writes to /proc/sys (README: 'The conversion "
+    "sandbox'); a script that needs them cannot run while the image is built"
+)
 
 
 def failed_scripts(output: str) -> list[str]:

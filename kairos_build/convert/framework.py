@@ -55,8 +55,9 @@ def layer_tree(root: Path, source_dir: Path, only: str | None = None) -> None:
         for name in sorted(dirnames + filenames):
             source = Path(dirpath, name)
             rel = source.relative_to(source_dir).as_posix()
-            if only is not None and not (rel == only or rel.startswith(f"{only}/")
-                                         or only.startswith(f"{rel}/")):
+            if only is not None and not (
+                rel == only or rel.startswith(f"{only}/") or only.startswith(f"{rel}/")
+            ):
                 continue
             st = source.lstat()
             if stat.S_ISLNK(st.st_mode):
@@ -129,8 +130,9 @@ def base_flavor_release(os_release: dict[str, str], flavor: str) -> str | None:
 
 def write_kairos_release(root: Path, config: BuildConfig) -> None:
     # The release the base really is (its os-release) wins over what the flavor file expects.
-    flavor_release = (base_flavor_release(read_os_release(root), config.flavor.name)
-                      or config.release.flavor_release)
+    flavor_release = (
+        base_flavor_release(read_os_release(root), config.flavor.name) or config.release.flavor_release
+    )
     text = render("kairos-release.j2", **kairos_release_values(config, flavor_release))
     rootfs.write_text(root, "etc/kairos-release", text)
 
@@ -165,8 +167,7 @@ def empty_build_records(root: Path, since: float) -> None:
         for name in filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mtime >= since
-                    and st.st_size):
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mtime >= since and st.st_size:
                 fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
                 os.close(fd)
 
@@ -187,12 +188,16 @@ def find_kernel(root: Path, images: tuple[str, ...] = DEFAULT_KERNEL_IMAGES) -> 
             found[version] = image
     if not found:
         wanted = " or ".join(f"/{image}" for image in images)
-        raise InputError(f"the rootfs has no kernel (no {wanted} beside /lib/modules/VERSION)",
-                         hint="the flavor's kernel packages did not install a kernel, or its "
-                         "quirks.kernel_image names the wrong place")
+        raise InputError(
+            f"the rootfs has no kernel (no {wanted} beside /lib/modules/VERSION)",
+            hint="the flavor's kernel packages did not install a kernel, or its "
+            "quirks.kernel_image names the wrong place",
+        )
     if len(found) > 1:
-        raise InputError(f"the rootfs has {len(found)} kernels ({', '.join(found)})",
-                         hint="a Kairos image carries exactly one kernel; remove the others")
+        raise InputError(
+            f"the rootfs has {len(found)} kernels ({', '.join(found)})",
+            hint="a Kairos image carries exactly one kernel; remove the others",
+        )
     return next(iter(found.items()))
 
 

@@ -30,14 +30,26 @@ def write_layer(rootfs: Path, output: Path, epoch: int) -> str:
     cap_net_raw) must survive. Names sorted, numeric owners, no atime/ctime and no time after
     `epoch`, so the same tree gives the same bytes on any day.
     """
-    argv = [require_tool("tar"), "--create", "--file=-", "--format=pax", "--sort=name",
-            f"--mtime=@{epoch}", "--clamp-mtime", "--numeric-owner", "--xattrs",
-            "--xattrs-include=*",
-            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-            f"--directory={rootfs}", "."]
+    argv = [
+        require_tool("tar"),
+        "--create",
+        "--file=-",
+        "--format=pax",
+        "--sort=name",
+        f"--mtime=@{epoch}",
+        "--clamp-mtime",
+        "--numeric-owner",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+        f"--directory={rootfs}",
+        ".",
+    ]
     digest = hashlib.sha256()
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc, \
-            output.open("wb") as out:
+    with (
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc,
+        output.open("wb") as out,
+    ):
         assert proc.stdout is not None
         while chunk := proc.stdout.read(1 << 20):
             digest.update(chunk)
@@ -50,16 +62,24 @@ def write_layer(rootfs: Path, output: Path, epoch: int) -> str:
 
 def image_config(config: BuildConfig, diff_id: str, epoch: int) -> dict[str, Any]:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-    labels = {"io.kairos.flavor": config.flavor.name, "io.kairos.version": config.version,
-              "io.kairos.variant": config.variant, "io.kairos.model": config.model,
-              "org.opencontainers.image.created-by": f"kairos-build {__version__}"}
+    labels = {
+        "io.kairos.flavor": config.flavor.name,
+        "io.kairos.version": config.version,
+        "io.kairos.variant": config.variant,
+        "io.kairos.model": config.model,
+        "org.opencontainers.image.created-by": f"kairos-build {__version__}",
+    }
     return {
-        "architecture": config.arch, "os": "linux", "created": created,
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": ["/bin/sh"], "Labels": labels},
+        "architecture": config.arch,
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["/bin/sh"],
+            "Labels": labels,
+        },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": created,
-                     "created_by": f"kairos-build convert ({config.flavor.name})"}],
+        "history": [{"created": created, "created_by": f"kairos-build convert ({config.flavor.name})"}],
     }
 
 
@@ -75,27 +95,37 @@ def write_oci_layout(layout: Path, layer: Path, diff_id: str, config: dict[str, 
     layer_size = layer.stat().st_size
     shutil.move(str(layer), layout / "blobs/sha256" / diff_id.removeprefix("sha256:"))
     config_ref = _blob(layout, json.dumps(config, sort_keys=True).encode())
-    manifest = {"schemaVersion": 2, "mediaType": _OCI_MANIFEST,
-                "config": {"mediaType": _OCI_CONFIG, **config_ref},
-                "layers": [{"mediaType": _OCI_LAYER, "digest": diff_id, "size": layer_size}]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": _OCI_MANIFEST,
+        "config": {"mediaType": _OCI_CONFIG, **config_ref},
+        "layers": [{"mediaType": _OCI_LAYER, "digest": diff_id, "size": layer_size}],
+    }
     manifest_ref = _blob(layout, json.dumps(manifest, sort_keys=True).encode())
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": _OCI_MANIFEST, **manifest_ref,
-        "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": _OCI_MANIFEST,
+                **manifest_ref,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
     (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
 
 
-def write_docker_archive(archive: Path, layer: Path, diff_id: str, config: dict[str, Any],
-                         name: str, epoch: int) -> None:
+def write_docker_archive(
+    archive: Path, layer: Path, diff_id: str, config: dict[str, Any], name: str, epoch: int
+) -> None:
     """A `docker save` (legacy format) tarball that every docker version can `docker load`."""
     config_bytes = json.dumps(config, sort_keys=True).encode()
     config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
     layer_name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
     manifest = [{"Config": config_name, "RepoTags": [name], "Layers": [layer_name]}]
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-        for member, data in ((config_name, config_bytes),
-                             ("manifest.json", json.dumps(manifest).encode())):
+        for member, data in ((config_name, config_bytes), ("manifest.json", json.dumps(manifest).encode())):
             info = _pinned(tarfile.TarInfo(member), epoch)
             info.size = len(data)
             tar.addfile(info, _BytesReader(data))
@@ -115,8 +145,12 @@ def tar_directory(directory: Path, archive: Path, epoch: int) -> None:
     """`directory` as a tar with sorted names, root owner and every date `epoch`."""
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(directory.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False,
-                    filter=lambda info: _pinned(info, epoch))
+            tar.add(
+                path,
+                arcname=str(path.relative_to(directory)),
+                recursive=False,
+                filter=lambda info: _pinned(info, epoch),
+            )
 
 
 def _pinned(info: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:

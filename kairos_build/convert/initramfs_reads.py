@@ -25,8 +25,14 @@ READS_FILE = "reads.json"
 # Where a module's check looks for a program it names.
 PROGRAM_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin", "usr/lib/systemd", "usr/libexec")
 # Folders a tool takes files from by listing them: a new name there can change the initramfs.
-LISTED_DIRS = ("lib/modules", "lib/firmware", "usr/lib/modprobe.d", "etc/modprobe.d",
-               "usr/lib/udev/rules.d", "etc/udev/rules.d")
+LISTED_DIRS = (
+    "lib/modules",
+    "lib/firmware",
+    "usr/lib/modprobe.d",
+    "etc/modprobe.d",
+    "usr/lib/udev/rules.d",
+    "etc/udev/rules.d",
+)
 _WORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.+-]+")
 
 
@@ -46,8 +52,9 @@ class Reads:
     def load(folder: Path) -> Reads | None:
         try:
             data = json.loads((folder / READS_FILE).read_text())
-            return Reads(dict(data["inputs"]), tuple(data["files"]), tuple(data["words"]),
-                         str(data["digest"]))
+            return Reads(
+                dict(data["inputs"]), tuple(data["files"]), tuple(data["words"]), str(data["digest"])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -64,8 +71,12 @@ def copied_files(root: Path, staging: Path, own: tuple[str, ...]) -> tuple[str, 
         for name in filenames:
             path = Path(dirpath, name)
             rel = path.relative_to(staging).as_posix()
-            if (path.is_symlink() or any(rel == p or rel.startswith(f"{p}/") for p in own)
-                    or rel in IDENTITY_FILES or rootfs.regular_file(root, rel) is None):
+            if (
+                path.is_symlink()
+                or any(rel == p or rel.startswith(f"{p}/") for p in own)
+                or rel in IDENTITY_FILES
+                or rootfs.regular_file(root, rel) is None
+            ):
                 continue
             found.append(rel)
     return tuple(sorted(found))
@@ -77,8 +88,7 @@ def script_words(root: Path, own: tuple[str, ...]) -> tuple[str, ...]:
     words: set[bytes] = set()
     for path in own:
         top = rootfs.resolve_in(root, path)
-        files = [top] if top.is_file() else [Path(d, n) for d, _s, names in os.walk(top)
-                                             for n in names]
+        files = [top] if top.is_file() else [Path(d, n) for d, _s, names in os.walk(top) for n in names]
         for file in files:
             if file.is_file() and not file.is_symlink() and file.stat().st_size < (1 << 20):
                 words.update(_WORD.findall(file.read_bytes()))

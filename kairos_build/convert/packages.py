@@ -40,15 +40,19 @@ class PackageManager:
     cache_dirs: tuple[str, ...] = ()  # folders the manager expects in its download folder
     refresh_cached: bool = False  # whether the refresh also uses the folder (dnf's metadata)
 
-    def commands(self, packages: Sequence[str], options: Sequence[str] = (), *,
-                 cache: bool = False) -> list[Argv]:
+    def commands(
+        self, packages: Sequence[str], options: Sequence[str] = (), *, cache: bool = False
+    ) -> list[Argv]:
         """Every command, in order; `options` (a flavor's install_options) go before the names.
         With `cache`, the install (and the refresh where it fetches into the same folder)
         keeps its downloads in PACKAGE_CACHE."""
-        refresh = [_after_program(argv, self.cached) if cache and self.refresh_cached else argv
-                   for argv in self.refresh]
-        install = _after_program((*self.install, *options, *packages),
-                                 self.cached if cache else self.uncached)
+        refresh = [
+            _after_program(argv, self.cached) if cache and self.refresh_cached else argv
+            for argv in self.refresh
+        ]
+        install = _after_program(
+            (*self.install, *options, *packages), self.cached if cache else self.uncached
+        )
         return [*refresh, install, *self.clean]
 
 
@@ -56,8 +60,9 @@ def _after_program(argv: Argv, options: Argv) -> Argv:
     return (argv[0], *options, *argv[1:])
 
 
-def run_package_commands(root: Path, commands: Sequence[Argv], env: Sequence[tuple[str, str]],
-                         package_cache: Path | None = None) -> None:
+def run_package_commands(
+    root: Path, commands: Sequence[Argv], env: Sequence[tuple[str, str]], package_cache: Path | None = None
+) -> None:
     """Run a manager's commands in `root` with the host's DNS and no service starting, the
     shared package cache at PACKAGE_CACHE when given, and no fsync: a package stage killed
     half-way is thrown away and made again from its cached input."""
@@ -94,8 +99,15 @@ def network_and_no_daemons(root: Path) -> Iterator[None]:
 APT = PackageManager(
     "apt",
     refresh=(("apt-get", "update", "-q"),),
-    install=("apt-get", "install", "-y", "-q", "--no-install-recommends",
-             "-o", "Dpkg::Options::=--force-confold"),
+    install=(
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+    ),
     clean=(("apt-get", "clean"), ("sh", "-c", "rm -rf /var/lib/apt/lists/*")),
     env=(("DEBIAN_FRONTEND", "noninteractive"), ("DEBCONF_NONINTERACTIVE_SEEN", "true")),
     # The archives folder only: the package lists stay the image's own (a list is trusted once
@@ -109,8 +121,13 @@ DNF = PackageManager(
     refresh=(("dnf", "-y", "makecache"),),
     # Ten downloads at once (dnf's default is three); zypper already fetches in parallel; apt
     # and apk fetch one package after the other and have no such switch.
-    install=("dnf", "-y", "install", "--setopt=install_weak_deps=False",
-             "--setopt=max_parallel_downloads=10"),
+    install=(
+        "dnf",
+        "-y",
+        "install",
+        "--setopt=install_weak_deps=False",
+        "--setopt=max_parallel_downloads=10",
+    ),
     clean=(("dnf", "clean", "all"),),
     cached=("--setopt=keepcache=True", f"--setopt=cachedir={PACKAGE_CACHE}"),
     refresh_cached=True,
@@ -141,6 +158,7 @@ MANAGERS = {m.name: m for m in (APT, DNF, ZYPPER, APK)}
 
 def package_manager(name: str) -> PackageManager:
     if name not in MANAGERS:
-        raise InputError(f"package manager {name!r} is not supported",
-                         hint=f"supported: {', '.join(MANAGERS)}")
+        raise InputError(
+            f"package manager {name!r} is not supported", hint=f"supported: {', '.join(MANAGERS)}"
+        )
     return MANAGERS[name]

@@ -50,8 +50,9 @@ def service_commands(flavor: Flavor) -> list[Argv]:
     """Enable the framework's units and the flavor's services the way the init system does."""
     services = flavor.quirks.services
     if flavor.init == "openrc":
-        return [("rc-update", "add", name, runlevel)
-                for runlevel, names in services.items() for name in names]
+        return [
+            ("rc-update", "add", name, runlevel) for runlevel, names in services.items() for name in names
+        ]
     commands: list[Argv] = []
     if units := framework_units(flavor.family):
         commands.append(("systemctl", "preset", *units))
@@ -67,47 +68,86 @@ def conversion_plan(config: BuildConfig, base: str | None = None) -> list[Step]:
     packages = flavor.all_packages(release)
     overlays = tuple(f"overlays/{d.name}/ -> /" for d in overlay_dirs(flavor.family))
     images = " or ".join(f"/{image}" for image in quirks.kernel_image).replace(KVER, SHELL_KVER)
-    vmlinuz, initrd = (boot_link_target(p).replace(KVER, SHELL_KVER)
-                       for p in (quirks.kernel_image[0], quirks.initrd))
+    vmlinuz, initrd = (
+        boot_link_target(p).replace(KVER, SHELL_KVER) for p in (quirks.kernel_image[0], quirks.initrd)
+    )
     steps = [
         Step("copy_base", f"copy the base {base or release.image} (the cached base stays untouched)"),
-        Step("write_flavor_files", "write the flavor's files the package scripts read",
-             actions=tuple(f"write /{path}" for path in quirks.files)),
-        Step("install_packages", f"install {len(packages)} packages with {manager.name} "
-             "(downloads kept in the cache's pkgcache/, fsync skipped)",
-             commands=tuple(manager.commands(packages, quirks.install_options)),
-             env=install_env(config.flavor)),
-        Step("find_kernel", "find the one kernel: the /lib/modules/KVER with a kernel image",
-             actions=(f"the image is {images}",), stage="initramfs"),
-        Step("build_initramfs", f"build the initramfs with {flavor.initramfs}, on the packages "
-             f"stage's tree plus the framework's {flavor.initramfs} files",
-             commands=(initramfs_command(flavor.initramfs, quirks.initrd),),
-             actions=tuple(f"overlays/{d.name}/{p}/ -> /{p}/" for d in overlay_dirs(flavor.family)
-                           for p in initramfs_paths(flavor.initramfs) if (d / p).exists())
-             + ("run with its staging folder kept, to record what it copied; an initramfs made "
-                "from the same files by an earlier conversion is taken instead",),
-             stage="initramfs"),
-        Step("layer_overlays", "layer the framework files and the node agent",
-             actions=(*overlays, f"kairos-agent's modules -> /{AGENT_DIR}/kairos_build/"),
-             stage="framework"),
+        Step(
+            "write_flavor_files",
+            "write the flavor's files the package scripts read",
+            actions=tuple(f"write /{path}" for path in quirks.files),
+        ),
+        Step(
+            "install_packages",
+            f"install {len(packages)} packages with {manager.name} "
+            "(downloads kept in the cache's pkgcache/, fsync skipped)",
+            commands=tuple(manager.commands(packages, quirks.install_options)),
+            env=install_env(config.flavor),
+        ),
+        Step(
+            "find_kernel",
+            "find the one kernel: the /lib/modules/KVER with a kernel image",
+            actions=(f"the image is {images}",),
+            stage="initramfs",
+        ),
+        Step(
+            "build_initramfs",
+            f"build the initramfs with {flavor.initramfs}, on the packages "
+            f"stage's tree plus the framework's {flavor.initramfs} files",
+            commands=(initramfs_command(flavor.initramfs, quirks.initrd),),
+            actions=tuple(
+                f"overlays/{d.name}/{p}/ -> /{p}/"
+                for d in overlay_dirs(flavor.family)
+                for p in initramfs_paths(flavor.initramfs)
+                if (d / p).exists()
+            )
+            + (
+                "run with its staging folder kept, to record what it copied; an initramfs made "
+                "from the same files by an earlier conversion is taken instead",
+            ),
+            stage="initramfs",
+        ),
+        Step(
+            "layer_overlays",
+            "layer the framework files and the node agent",
+            actions=(*overlays, f"kairos-agent's modules -> /{AGENT_DIR}/kairos_build/"),
+            stage="framework",
+        ),
     ]
     if services := service_commands(flavor):
-        steps.append(Step("enable_services", f"enable services ({flavor.init})", tuple(services),
-                          stage="framework"))
+        steps.append(
+            Step("enable_services", f"enable services ({flavor.init})", tuple(services), stage="framework")
+        )
     steps += [
-        Step("write_kairos_release", "write /etc/kairos-release",
-             actions=(f"KAIROS_FLAVOR={flavor.name} KAIROS_FAMILY={flavor.family} "
-                      f"KAIROS_VERSION={config.version}; KAIROS_FLAVOR_RELEASE from the base's "
-                      f"os-release (VERSION_ID), else {release.flavor_release}",),
-             stage="framework"),
-        Step("link_kernel", "put the initramfs in place; link the kernel and the initramfs to "
-             "their fixed names",
-             actions=(f"/boot/vmlinuz -> {vmlinuz} (or the other image found)"
-                      if len(quirks.kernel_image) > 1 else f"/boot/vmlinuz -> {vmlinuz}",
-                      f"/boot/initrd -> {initrd}"), stage="framework"),
-        Step("reset_identity", "reset the identity: every node makes its own",
-             actions=tuple(f"remove /{path}" for path in IDENTITY_FILES)
-             + (f"remove /{SSH_KEY_DIR}/ssh_host_*",), stage="framework"),
+        Step(
+            "write_kairos_release",
+            "write /etc/kairos-release",
+            actions=(
+                f"KAIROS_FLAVOR={flavor.name} KAIROS_FAMILY={flavor.family} "
+                f"KAIROS_VERSION={config.version}; KAIROS_FLAVOR_RELEASE from the base's "
+                f"os-release (VERSION_ID), else {release.flavor_release}",
+            ),
+            stage="framework",
+        ),
+        Step(
+            "link_kernel",
+            "put the initramfs in place; link the kernel and the initramfs to their fixed names",
+            actions=(
+                f"/boot/vmlinuz -> {vmlinuz} (or the other image found)"
+                if len(quirks.kernel_image) > 1
+                else f"/boot/vmlinuz -> {vmlinuz}",
+                f"/boot/initrd -> {initrd}",
+            ),
+            stage="framework",
+        ),
+        Step(
+            "reset_identity",
+            "reset the identity: every node makes its own",
+            actions=tuple(f"remove /{path}" for path in IDENTITY_FILES)
+            + (f"remove /{SSH_KEY_DIR}/ssh_host_*",),
+            stage="framework",
+        ),
     ]
     return steps
 
@@ -126,8 +166,10 @@ def shell_words(argv: Argv) -> str:
 def kernel_link_script(images: tuple[str, ...], initrd: str) -> str:
     """The shell equivalent of link_kernel, for a Dockerfile: the first image that exists."""
     branches = [f'if [ -f "/{images[0]}" ]; then ln -sf "{boot_link_target(images[0])}" /boot/vmlinuz']
-    branches += [f'elif [ -f "/{image}" ]; then ln -sf "{boot_link_target(image)}" /boot/vmlinuz'
-                 for image in images[1:]]
+    branches += [
+        f'elif [ -f "/{image}" ]; then ln -sf "{boot_link_target(image)}" /boot/vmlinuz'
+        for image in images[1:]
+    ]
     script = "; ".join(branches) + '; else echo "no kernel image for $KVER" >&2; exit 1; fi'
     script += f'; ln -sf "{boot_link_target(initrd)}" /boot/initrd'
     return script.replace(KVER, SHELL_KVER)

@@ -51,16 +51,36 @@ from kairos_build.tools import require_tool
 # in their own PID namespace (KILL); PAM tools writing audit records (AUDIT_WRITE).
 # Not DAC_READ_SEARCH: DAC_OVERRIDE already reads everything, and DAC_READ_SEARCH would also
 # open any file of the host's filesystem by its handle (open_by_handle_at, "shocker").
-PACKAGE_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid",
-                "setfcap", "audit_write")
+PACKAGE_CAPS = (
+    "chown",
+    "dac_override",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setfcap",
+    "audit_write",
+)
 # What bubblewrap itself uses, as root, to make the namespaces and mounts; it never reaches
 # the image's command.
 _SETUP_CAPS = ("sys_admin", "sys_chroot")
 # Kernel knobs under /proc a root process could write with DAC_OVERRIDE alone (bubblewrap
 # covers irq and bus itself, and misses /proc/sys: it mistakes that directory's EACCES for
 # "already read-only"). Entries the host kernel lacks are skipped.
-_READ_ONLY_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "mtrr",
-                   "latency_stats", "timer_list", "driver")
+_READ_ONLY_PROC = (
+    "sys",
+    "sysrq-trigger",
+    "irq",
+    "bus",
+    "fs",
+    "acpi",
+    "scsi",
+    "mtrr",
+    "latency_stats",
+    "timer_list",
+    "driver",
+)
 
 _BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -93,27 +113,59 @@ def _caps(names: Sequence[str], sign: str = "+") -> str:
 Bind = tuple[Path, str]
 
 
-def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd: int,
-                 seccomp_fd: int | None, binds: Sequence[Bind] = (),
-                 read_only: bool = False) -> list[str]:
+def sandbox_argv(
+    root: Path,
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    info_fd: int,
+    seccomp_fd: int | None,
+    binds: Sequence[Bind] = (),
+    read_only: bool = False,
+) -> list[str]:
     """The whole command line: setpriv twice, then bubblewrap, then `cmd` inside `root`."""
     setpriv = require_tool("setpriv")
     argv = [
-        setpriv, "--pdeathsig", "KILL", "--inh-caps", _caps((*_SETUP_CAPS, *PACKAGE_CAPS)), "--",
-        setpriv, "--bounding-set", "-all," + _caps(PACKAGE_CAPS), "--",
-        require_tool("bwrap"), "--die-with-parent", "--new-session",
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--ro-bind" if read_only else "--bind", str(root), "/",
-        "--proc", "/proc",
+        setpriv,
+        "--pdeathsig",
+        "KILL",
+        "--inh-caps",
+        _caps((*_SETUP_CAPS, *PACKAGE_CAPS)),
+        "--",
+        setpriv,
+        "--bounding-set",
+        "-all," + _caps(PACKAGE_CAPS),
+        "--",
+        require_tool("bwrap"),
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--ro-bind" if read_only else "--bind",
+        str(root),
+        "/",
+        "--proc",
+        "/proc",
     ]
     for name in _READ_ONLY_PROC:
         if os.path.lexists(f"/proc/{name}"):
             argv += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
     argv += [
-        "--dev", "/dev",
-        "--perms", "1777", "--tmpfs", "/dev/shm",
-        "--perms", "1777", "--tmpfs", "/tmp",
-        "--perms", "0755", "--tmpfs", "/run",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/dev/shm",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "0755",
+        "--tmpfs",
+        "/run",
     ]
     for source, inside in binds:
         if not inside.startswith("/tmp/") or ".." in inside.split("/"):
@@ -132,8 +184,14 @@ def sandbox_argv(root: Path, cmd: Sequence[str], env: Mapping[str, str], info_fd
 
 
 def run_in_root(
-    root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 3600,
-    binds: Sequence[Bind] = (), no_sync: bool = False, read_only: bool = False,
+    root: Path,
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 3600,
+    binds: Sequence[Bind] = (),
+    no_sync: bool = False,
+    read_only: bool = False,
 ) -> str:
     """Run `cmd` in the sandbox over `root` with a clean environment; return its output.
 
@@ -152,8 +210,9 @@ def run_in_root(
     try:
         argv = sandbox_argv(root, cmd, full_env, info_write, seccomp_fd, binds, read_only)
         log.debug("$ [sandbox %s] %s", root, " ".join(cmd))
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, pass_fds=passed)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=passed
+        )
     except BaseException:
         os.close(info_read)
         raise
@@ -167,8 +226,7 @@ def run_in_root(
     except subprocess.TimeoutExpired as exc:
         proc.kill()
         proc.wait()
-        raise BuildError(f"{' '.join(cmd)} did not finish within {timeout:.0f} s in the "
-                         "sandbox") from exc
+        raise BuildError(f"{' '.join(cmd)} did not finish within {timeout:.0f} s in the sandbox") from exc
     finally:
         # Also on Ctrl-C: kill bubblewrap (its parent-death signal takes the sandbox down)
         # and wait until the PID namespace is empty, so nobody writes into a tree that the
@@ -189,8 +247,9 @@ def _seccomp_fd(no_sync: bool) -> int | None:
     """A pipe holding the system-call filter for bubblewrap to read (convert/seccomp.py)."""
     program = seccomp_program(no_sync=no_sync)
     if program is None:
-        log.warning("no system-call filter for %s: the sandbox relies on capabilities alone",
-                    platform.machine())
+        log.warning(
+            "no system-call filter for %s: the sandbox relies on capabilities alone", platform.machine()
+        )
         return None
     read_end, write_end = os.pipe()
     with os.fdopen(write_end, "wb") as pipe:

@@ -33,14 +33,40 @@ _X32_SYSCALL_BIT = 0x40000000
 
 # Per host architecture: the audit arch and the numbers of the calls we look at.
 _ARCHES = {
-    "x86_64": (0xC000003E, {"clone": 56, "unshare": 272, "clone3": 435, "add_key": 248,
-                            "request_key": 249, "keyctl": 250, "open_by_handle_at": 304,
-                            "fsync": 74, "fdatasync": 75, "sync": 162, "syncfs": 306,
-                            "sync_file_range": 277}),
-    "aarch64": (0xC00000B7, {"clone": 220, "unshare": 97, "clone3": 435, "add_key": 217,
-                             "request_key": 218, "keyctl": 219, "open_by_handle_at": 265,
-                             "fsync": 82, "fdatasync": 83, "sync": 81, "syncfs": 267,
-                             "sync_file_range": 84}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "clone": 56,
+            "unshare": 272,
+            "clone3": 435,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "open_by_handle_at": 304,
+            "fsync": 74,
+            "fdatasync": 75,
+            "sync": 162,
+            "syncfs": 306,
+            "sync_file_range": 277,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "clone": 220,
+            "unshare": 97,
+            "clone3": 435,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "open_by_handle_at": 265,
+            "fsync": 82,
+            "fdatasync": 83,
+            "sync": 81,
+            "syncfs": 267,
+            "sync_file_range": 84,
+        },
+    ),
 }
 _DENIED = ("add_key", "request_key", "keyctl", "open_by_handle_at")
 # Flushing to disk, made a no-op that succeeds (as systemd-nspawn's --suppress-sync does) for
@@ -69,8 +95,9 @@ def _assemble(body: list[Insn | str]) -> bytes:
     def offset(at: int, target: int | str) -> int:
         return target if isinstance(target, int) else labels[target] - at - 1
 
-    return b"".join(_insn(code, k, offset(at, jt), offset(at, jf))
-                    for at, (code, k, jt, jf) in enumerate(insns))
+    return b"".join(
+        _insn(code, k, offset(at, jt), offset(at, jf)) for at, (code, k, jt, jf) in enumerate(insns)
+    )
 
 
 def seccomp_program(machine: str | None = None, *, no_sync: bool = False) -> bytes | None:

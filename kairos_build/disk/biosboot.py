@@ -18,18 +18,17 @@ def bios_core_image(label: str, workdir: Path, modules: Path) -> Path:
     return core_path
 
 
-def install_bios_grub(disk: Path, bios_partition: Partition, label: str, workdir: Path,
-                      modules: Path) -> None:
+def install_bios_grub(
+    disk: Path, bios_partition: Partition, label: str, workdir: Path, modules: Path
+) -> None:
     """Core image (searching the filesystem labelled `label`) into `bios_partition`, boot
     sector into the MBR, both from the grub i386-pc modules in `modules`."""
-    write_bios_images(disk, bios_partition, bios_core_image(label, workdir, modules),
-                      modules / "boot.img")
+    write_bios_images(disk, bios_partition, bios_core_image(label, workdir, modules), modules / "boot.img")
 
 
 def write_bios_images(disk: Path, bios_partition: Partition, core: Path, boot: Path) -> None:
     """grub's core image `core` into `bios_partition`, its boot sector `boot` into the MBR."""
     try:
-        write_bios_boot(disk, core.read_bytes(), boot.read_bytes(), bios_partition.start,
-                        bios_partition.size)
+        write_bios_boot(disk, core.read_bytes(), boot.read_bytes(), bios_partition.start, bios_partition.size)
     except BootSectorError as exc:
         raise BuildError(str(exc)) from exc

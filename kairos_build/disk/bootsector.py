@@ -25,8 +25,9 @@ class BootSectorError(ValueError):
 def patched_images(core: bytes, boot: bytes, start: int, size: int) -> tuple[bytes, bytes]:
     """(core image, MBR code) for a BIOS boot partition at byte `start` of `size` bytes."""
     if len(core) > size:
-        raise BootSectorError(f"grub's core image ({len(core)} bytes) does not fit the "
-                              f"{size} byte BIOS boot partition")
+        raise BootSectorError(
+            f"grub's core image ({len(core)} bytes) does not fit the {size} byte BIOS boot partition"
+        )
     if len(boot) < _MBR_CODE_END:
         raise BootSectorError(f"grub's boot.img has {len(boot)} bytes, not a boot sector")
     first = start // SECTOR
@@ -35,12 +36,11 @@ def patched_images(core: bytes, boot: bytes, start: int, size: int) -> tuple[byt
     struct.pack_into("<QHH", patched_core, _BLOCKLIST, first + 1, sectors - 1, _CORE_SEGMENT)
     patched_boot = bytearray(boot)
     struct.pack_into("<Q", patched_boot, _KERNEL_SECTOR, first)
-    patched_boot[_DRIVE_CHECK:_DRIVE_CHECK + 2] = b"\x90\x90"
+    patched_boot[_DRIVE_CHECK : _DRIVE_CHECK + 2] = b"\x90\x90"
     return bytes(patched_core), bytes(patched_boot[:_MBR_CODE_END])
 
 
-def write_bios_boot(disk: str | os.PathLike[str], core: bytes, boot: bytes, start: int,
-                    size: int) -> None:
+def write_bios_boot(disk: str | os.PathLike[str], core: bytes, boot: bytes, start: int, size: int) -> None:
     """Both images into `disk` (an image file or a block device), the partition table kept;
     the protective MBR entry marked active, which some BIOSes need to boot a GPT disk."""
     patched_core, mbr_code = patched_images(core, boot, start, size)

@@ -51,8 +51,9 @@ def signed_chain(root: Path, secure_boot: SecureBoot | None, cd: bool) -> Signed
     grub = find_file(root, secure_boot.grub_cd if cd else secure_boot.grub)
     if shim is None or grub is None:
         return None
-    return SignedChain(shim, grub, find_file(root, secure_boot.mok_manager),
-                       secure_boot.shim_loads, secure_boot.mok_name)
+    return SignedChain(
+        shim, grub, find_file(root, secure_boot.mok_manager), secure_boot.shim_loads, secure_boot.mok_name
+    )
 
 
 def config_folders(prefix: str | None) -> list[str]:
@@ -66,24 +67,30 @@ def config_folders(prefix: str | None) -> list[str]:
     return folders
 
 
-def esp_files(root: Path, secure_boot: SecureBoot | None, label: str, workdir: Path,
-              cd: bool) -> dict[str, Path]:
+def esp_files(
+    root: Path, secure_boot: SecureBoot | None, label: str, workdir: Path, cd: bool
+) -> dict[str, Path]:
     """ESP path -> host file: the loaders that boot the system whose menu lives on the
     filesystem labelled `label` (at /boot/grub/grub.cfg). `cd`: the live medium's grub."""
     stub = workdir / f"find-{label}.cfg"
     stub.write_text(early_config(label))
     chain = signed_chain(root, secure_boot, cd)
     if chain is not None:
-        log.info("  UEFI: the image's signed shim /%s -> grub /%s", chain.shim.relative_to(root),
-                 chain.grub.relative_to(root))
+        log.info(
+            "  UEFI: the image's signed shim /%s -> grub /%s",
+            chain.shim.relative_to(root),
+            chain.grub.relative_to(root),
+        )
         files = {REMOVABLE_LOADER: chain.shim, f"{REMOVABLE_DIR}/{chain.shim_loads}": chain.grub}
         if chain.mok_manager is not None:
             files[f"{REMOVABLE_DIR}/{chain.mok_name}"] = chain.mok_manager
         for folder in config_folders(grub_prefix(chain.grub)):
             files[f"{folder}/grub.cfg"] = stub
         return files
-    log.warning("  UEFI: the image has no signed shim and grub%s: an unsigned grub boots it, "
-                "not under Secure Boot", "" if secure_boot else " (its flavor names none)")
+    log.warning(
+        "  UEFI: the image has no signed shim and grub%s: an unsigned grub boots it, not under Secure Boot",
+        "" if secure_boot else " (its flavor names none)",
+    )
     loader = workdir / f"grub-{label}.efi"
     make_grub_image("x86_64-efi", loader, label, workdir, grub_dir(root, "x86_64-efi"))
     return {REMOVABLE_LOADER: loader}

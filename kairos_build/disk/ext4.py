@@ -36,12 +36,31 @@ def ext4_options(label: str, fs_uuid: str, offset: int = 0) -> list[str]:
     extended = [f"hash_seed={fs_uuid}", "lazy_itable_init=0", "lazy_journal_init=0"]
     if offset:
         extended.append(f"offset={offset}")
-    return ["-q", "-F", "-L", label, "-U", fs_uuid, "-O", _grub_safe_features(),
-            "-E", ",".join(extended), "-m", "0"]
+    return [
+        "-q",
+        "-F",
+        "-L",
+        label,
+        "-U",
+        fs_uuid,
+        "-O",
+        _grub_safe_features(),
+        "-E",
+        ",".join(extended),
+        "-m",
+        "0",
+    ]
 
 
-def make_ext4(target: Path, size: int, label: str, fs_uuid: str, source: Path | None = None,
-              offset: int = 0, epoch: int = 0) -> None:
+def make_ext4(
+    target: Path,
+    size: int,
+    label: str,
+    fs_uuid: str,
+    source: Path | None = None,
+    offset: int = 0,
+    epoch: int = 0,
+) -> None:
     """An ext4 of `size` bytes labelled `label`, holding `source`'s tree when given.
 
     With `offset`, it is written into the existing file `target` at that byte offset (a

@@ -19,8 +19,14 @@ _SECTOR = 512
 _INVARIANT = ("--invariant",)
 
 
-def make_fat_image(output: Path, files: Mapping[str, Path], label: str, min_size: int = 2 * _MiB,
-                   volume_id: str = "4b41524f", epoch: int = 0) -> None:
+def make_fat_image(
+    output: Path,
+    files: Mapping[str, Path],
+    label: str,
+    min_size: int = 2 * _MiB,
+    volume_id: str = "4b41524f",
+    epoch: int = 0,
+) -> None:
     """Write a FAT image at `output` holding `files` (image path -> host file).
 
     The size is what the files need plus room for FAT structures, rounded up to a MiB.
@@ -28,21 +34,40 @@ def make_fat_image(output: Path, files: Mapping[str, Path], label: str, min_size
     payload = sum(src.stat().st_size for src in files.values())
     size = max(min_size, ((payload * 11 // 10 + _MiB) // _MiB + 1) * _MiB)
     output.unlink(missing_ok=True)
-    run(["mkfs.vfat", *_INVARIANT, "-C", "-n", label[:11], "-i", volume_id, str(output), str(size // 1024)],
-        env=tool_env(epoch))
+    run(
+        ["mkfs.vfat", *_INVARIANT, "-C", "-n", label[:11], "-i", volume_id, str(output), str(size // 1024)],
+        env=tool_env(epoch),
+    )
     copy_files(str(output), files, epoch)
 
 
-def make_fat_in_disk(disk: Path, offset: int, size: int, files: Mapping[str, Path], label: str,
-                     volume_id: str, epoch: int = 0) -> None:
+def make_fat_in_disk(
+    disk: Path, offset: int, size: int, files: Mapping[str, Path], label: str, volume_id: str, epoch: int = 0
+) -> None:
     """A FAT32 filesystem of `size` bytes at byte `offset` of the existing file `disk`."""
     # mkfs.fat sizes clusters for the whole file, not for the partition: on a large disk it
     # picks clusters so big that a 64 MiB FAT32 has too few of them for mtools (and for some
     # firmware). Choose them for the partition.
     per_cluster = "1" if size <= 256 * _MiB else "8"
-    run(["mkfs.vfat", *_INVARIANT, "-F", "32", "-s", per_cluster, "--offset",
-         str(offset // _SECTOR), "-n", label[:11], "-i", volume_id, str(disk), str(size // 1024)],
-        env=tool_env(epoch))
+    run(
+        [
+            "mkfs.vfat",
+            *_INVARIANT,
+            "-F",
+            "32",
+            "-s",
+            per_cluster,
+            "--offset",
+            str(offset // _SECTOR),
+            "-n",
+            label[:11],
+            "-i",
+            volume_id,
+            str(disk),
+            str(size // 1024),
+        ],
+        env=tool_env(epoch),
+    )
     copy_files(f"{disk}@@{offset}", files, epoch)
 
 

@@ -21,5 +21,7 @@ def create_disk(path: Path, layout: Layout) -> None:
 
 def write_partition_table(path: Path, script: str, wipe: str) -> None:
     """Run an sfdisk script against a file (never a device of the host: no reread, no tell)."""
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", wipe, str(path)],
-        input_bytes=script.encode())
+    run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", wipe, str(path)],
+        input_bytes=script.encode(),
+    )

@@ -17,10 +17,40 @@ _IMAGE_GRUB_DIRS = ("usr/lib/grub/{platform}", "usr/share/grub2/{platform}", "us
 # Everything the menus use must be built in: a BIOS CD cannot load modules from an ISO whose
 # layout it does not know yet (kairos#4758 was a missing `smbios`).
 COMMON_MODULES = [
-    "normal", "configfile", "linux", "search", "search_label", "search_fs_file", "search_fs_uuid",
-    "iso9660", "fat", "ext2", "squash4", "part_gpt", "part_msdos", "echo", "test", "serial",
-    "terminal", "gzio", "xzio", "zstd", "loadenv", "regexp", "sleep", "smbios", "all_video",
-    "font", "gfxterm", "halt", "reboot", "cat", "ls", "true", "chain", "loopback",
+    "normal",
+    "configfile",
+    "linux",
+    "search",
+    "search_label",
+    "search_fs_file",
+    "search_fs_uuid",
+    "iso9660",
+    "fat",
+    "ext2",
+    "squash4",
+    "part_gpt",
+    "part_msdos",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "gzio",
+    "xzio",
+    "zstd",
+    "loadenv",
+    "regexp",
+    "sleep",
+    "smbios",
+    "all_video",
+    "font",
+    "gfxterm",
+    "halt",
+    "reboot",
+    "cat",
+    "ls",
+    "true",
+    "chain",
+    "loopback",
 ]
 PLATFORM_MODULES = {"i386-pc": ["biosdisk", "cpuid"], "x86_64-efi": ["efi_gop", "efi_uga"]}
 # What the BIOS CD image needs from the host: the cdboot.img grub-mkimage prepends.
@@ -54,8 +84,10 @@ def image_grub_dir(root: Path, platform: str) -> Path | None:
     could point at a host file and put it into an artifact) is not used."""
     for pattern in _IMAGE_GRUB_DIRS:
         folder = pattern.format(platform=platform)
-        if rootfs.regular_file(root, f"{folder}/kernel.img") is None or \
-                rootfs.regular_file(root, f"{folder}/{PLATFORM_CHECK_FILE[platform]}") is None:
+        if (
+            rootfs.regular_file(root, f"{folder}/kernel.img") is None
+            or rootfs.regular_file(root, f"{folder}/{PLATFORM_CHECK_FILE[platform]}") is None
+        ):
             continue
         directory = rootfs.resolve_in(root, folder)
         if not any(entry.is_symlink() for entry in directory.iterdir()):
@@ -69,8 +101,11 @@ def grub_dir(root: Path, platform: str) -> Path:
     log line) the build host's."""
     if (directory := image_grub_dir(root, platform)) is not None:
         return directory
-    log.warning("  the image has no grub %s modules: using the build host's grub for %s boots",
-                platform, "BIOS" if platform == "i386-pc" else "UEFI")
+    log.warning(
+        "  the image has no grub %s modules: using the build host's grub for %s boots",
+        platform,
+        "BIOS" if platform == "i386-pc" else "UEFI",
+    )
     require_file(str(GRUB_LIB / platform / PLATFORM_CHECK_FILE[platform]))
     return GRUB_LIB / platform
 
@@ -81,8 +116,9 @@ def grub_modules(directory: Path, platform: str) -> list[str]:
     return [m for m in wanted if (directory / f"{m}.mod").is_file()]
 
 
-def make_grub_image(platform: str, output: Path, label: str, workdir: Path, directory: Path,
-                    image_format: str | None = None) -> None:
+def make_grub_image(
+    platform: str, output: Path, label: str, workdir: Path, directory: Path, image_format: str | None = None
+) -> None:
     """A BIOS El Torito image (i386-pc), a BIOS disk core (i386-pc, format i386-pc) or an EFI
     binary (x86_64-efi) from the modules in `directory`; it finds the medium labelled `label`."""
     formats = {"i386-pc": "i386-pc-eltorito", "x86_64-efi": "x86_64-efi"}
@@ -90,6 +126,19 @@ def make_grub_image(platform: str, output: Path, label: str, workdir: Path, dire
         raise ValueError(f"grub platform {platform} is not supported")
     config = workdir / f"early-{platform}.cfg"
     config.write_text(early_config(label))
-    run(["grub-mkimage", "--directory", str(directory), "--format", image_format or formats[platform],
-         "--output", str(output), "--prefix", "/boot/grub", "--config", str(config),
-         *grub_modules(directory, platform)])
+    run(
+        [
+            "grub-mkimage",
+            "--directory",
+            str(directory),
+            "--format",
+            image_format or formats[platform],
+            "--output",
+            str(output),
+            "--prefix",
+            "/boot/grub",
+            "--config",
+            str(config),
+            *grub_modules(directory, platform),
+        ]
+    )

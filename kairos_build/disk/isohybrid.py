@@ -48,8 +48,10 @@ def patch_bios_image(iso: Path, image_lba: int, image_size: int) -> None:
         handle.seek(offset)
         image = bytearray(handle.read(image_size))
         if len(image) < _BLOCKLIST + 12:
-            raise BuildError(f"the El Torito BIOS image in {iso.name} is too short for GRUB "
-                             f"({len(image)} bytes): it is not grub's cdboot + core")
+            raise BuildError(
+                f"the El Torito BIOS image in {iso.name} is too short for GRUB "
+                f"({len(image)} bytes): it is not grub's cdboot + core"
+            )
         struct.pack_into("<Q", image, _BLOCKLIST, image_lba * 4 + 5)
         # Boot info table checksum: the sum of the image's 32-bit words from byte 64 on.
         body = image[64:] + b"\0" * (-len(image[64:]) % 4)
@@ -60,14 +62,22 @@ def patch_bios_image(iso: Path, image_lba: int, image_size: int) -> None:
 
 
 def sfdisk_script(seed: str, iso_end: int, esp_start: int, esp_size: int) -> str:
-    return "\n".join([
-        "label: gpt", f"label-id: {stable_uuid(seed, 'iso-disk').upper()}", "unit: sectors",
-        "first-lba: 64", "sector-size: 512",
-        f"start=64, size={iso_end // SECTOR - 64}, type={TYPE_BASIC_DATA}, "
-        f"uuid={stable_uuid(seed, 'iso-data').upper()}, name=\"ISO9660\"",
-        f"start={esp_start // SECTOR}, size={esp_size // SECTOR}, type={TYPE_ESP}, "
-        f"uuid={stable_uuid(seed, 'iso-esp').upper()}, name=\"EFI\"",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "label: gpt",
+                f"label-id: {stable_uuid(seed, 'iso-disk').upper()}",
+                "unit: sectors",
+                "first-lba: 64",
+                "sector-size: 512",
+                f"start=64, size={iso_end // SECTOR - 64}, type={TYPE_BASIC_DATA}, "
+                f'uuid={stable_uuid(seed, "iso-data").upper()}, name="ISO9660"',
+                f"start={esp_start // SECTOR}, size={esp_size // SECTOR}, type={TYPE_ESP}, "
+                f'uuid={stable_uuid(seed, "iso-esp").upper()}, name="EFI"',
+            ]
+        )
+        + "\n"
+    )
 
 
 def copy_range(source: int, target: int, offset: int) -> None:
@@ -82,15 +92,15 @@ def copy_range(source: int, target: int, offset: int) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            copied = os.pwrite(target, os.pread(source, min(1 << 20, size - done), done),
-                               offset + done)
+            copied = os.pwrite(target, os.pread(source, min(1 << 20, size - done), done), offset + done)
         if copied == 0:
             raise OSError(f"the copy stopped at {done} of {size} bytes")
         done += copied
 
 
-def make_hybrid(iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path, seed: str,
-                mbr_code: bytes | None = None) -> None:
+def make_hybrid(
+    iso: Path, bios_image_lba: int, bios_image_size: int, esp: Path, seed: str, mbr_code: bytes | None = None
+) -> None:
     """Turn the finished ISO at `iso` into a hybrid (see the module docstring). `mbr_code` is
     the grub's `boot_hybrid.img` whose core the ISO carries (default: the build host's)."""
     patch_bios_image(iso, bios_image_lba, bios_image_size)

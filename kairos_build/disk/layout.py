@@ -38,8 +38,9 @@ def parse_size(text: str, what: str) -> int:
     """'8G', '512M', '1.5GiB', '64MiB', '1048576' (bytes) -> bytes; units are powers of 1024."""
     found = _SIZE.match(text)
     if not found:
-        raise InputError(f"{what} {text!r} is not a size",
-                         hint="write it like 8G, 512M, 1.5GiB or a number of bytes")
+        raise InputError(
+            f"{what} {text!r} is not a size", hint="write it like 8G, 512M, 1.5GiB or a number of bytes"
+        )
     number, unit = float(found.group(1)), found.group(2).upper()
     factor = {"": 1, "K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}[unit]
     return int(number * factor)
@@ -68,8 +69,10 @@ class DiskOptions:
             raise InputError(f"--firmware {self.firmware!r} is not known", hint=f"use {'|'.join(FIRMWARES)}")
         for name, _size in self.sizes:
             if name not in PARTITION_NAMES:
-                raise InputError(f"there is no partition called {name!r}",
-                                 hint=f"sizes can be given for: {', '.join(PARTITION_NAMES)}")
+                raise InputError(
+                    f"there is no partition called {name!r}",
+                    hint=f"sizes can be given for: {', '.join(PARTITION_NAMES)}",
+                )
 
     @property
     def uefi(self) -> bool:
@@ -89,8 +92,10 @@ def parse_partition_sizes(values: list[str]) -> tuple[tuple[str, int], ...]:
     for value in values:
         name, sep, size = value.partition("=")
         if not sep:
-            raise InputError(f"--partition-size {value!r} is not NAME=SIZE",
-                             hint=f"e.g. state=8G; names: {', '.join(PARTITION_NAMES)}")
+            raise InputError(
+                f"--partition-size {value!r} is not NAME=SIZE",
+                hint=f"e.g. state=8G; names: {', '.join(PARTITION_NAMES)}",
+            )
         parsed.append((name.strip(), parse_size(size, f"the size of {name.strip()}")))
     return tuple(parsed)
 
@@ -132,9 +137,10 @@ def plan_layout(options: DiskOptions, rootfs_bytes: int, recovery_bytes: int, se
     """Sizes and offsets of every partition; `recovery_bytes` is what COS_RECOVERY holds."""
     image = options.image_size or default_image_size(rootfs_bytes)
     if image < rootfs_bytes * 21 // 20:
-        raise InputError(f"an image size of {image // MiB} MiB cannot hold the "
-                         f"{rootfs_bytes // MiB} MiB rootfs",
-                         hint=f"give --image-size {default_image_size(rootfs_bytes) // MiB}M or more")
+        raise InputError(
+            f"an image size of {image // MiB} MiB cannot hold the {rootfs_bytes // MiB} MiB rootfs",
+            hint=f"give --image-size {default_image_size(rootfs_bytes) // MiB}M or more",
+        )
     wanted: list[tuple[str, str | None, str, int]] = []  # name, label, type, size
     if options.uefi:
         wanted.append(("efi", "COS_GRUB", TYPE_ESP, options.size_of("efi") or 64 * MiB))
@@ -142,8 +148,12 @@ def plan_layout(options: DiskOptions, rootfs_bytes: int, recovery_bytes: int, se
         wanted.append(("bios", None, TYPE_BIOS_BOOT, MiB))
     wanted += [
         ("oem", "COS_OEM", TYPE_LINUX, options.size_of("oem") or 64 * MiB),
-        ("recovery", "COS_RECOVERY", TYPE_LINUX,
-         options.size_of("recovery") or align_up(recovery_bytes * 2 + 200 * MiB)),
+        (
+            "recovery",
+            "COS_RECOVERY",
+            TYPE_LINUX,
+            options.size_of("recovery") or align_up(recovery_bytes * 2 + 200 * MiB),
+        ),
         # Active, passive and a transition image during an upgrade, plus slack (kairos#1751).
         ("state", "COS_STATE", TYPE_LINUX, options.size_of("state") or 3 * image + 1000 * MiB),
     ]
@@ -159,7 +169,8 @@ def plan_layout(options: DiskOptions, rootfs_bytes: int, recovery_bytes: int, se
                 f"a {options.disk_size / GiB:.2f} GiB disk is too small: the partitions need "
                 f"{needed / GiB:.2f} GiB ({fixed // MiB} MiB fixed + "
                 f"{(persistent or persistent_min) // MiB} MiB persistent + 2 MiB GPT)",
-                hint=f"give --disk-size {-(-needed // GiB)}G or smaller partitions")
+                hint=f"give --disk-size {-(-needed // GiB)}G or smaller partitions",
+            )
         persistent = persistent or room
     else:
         persistent = persistent or 2 * GiB
@@ -174,17 +185,26 @@ def plan_layout(options: DiskOptions, rootfs_bytes: int, recovery_bytes: int, se
         partitions.append(Partition(name, label, type_guid, offset, size, stable_uuid(seed, name)))
         offset += size
     if offset + TAIL > disk:
-        raise InputError(f"the partitions need {(offset + TAIL) // MiB} MiB, the disk has {disk // MiB} MiB",
-                         hint="give a larger --disk-size or smaller partitions")
+        raise InputError(
+            f"the partitions need {(offset + TAIL) // MiB} MiB, the disk has {disk // MiB} MiB",
+            hint="give a larger --disk-size or smaller partitions",
+        )
     return Layout(disk, stable_uuid(seed, "disk"), tuple(partitions), image)
 
 
 def sfdisk_script(layout: Layout) -> str:
     """The partition table as an sfdisk script (the build writes it into an image file, the
     node agent onto a disk)."""
-    lines = ["label: gpt", f"label-id: {layout.disk_guid.upper()}", "unit: sectors",
-             "first-lba: 2048", "sector-size: 512"]
+    lines = [
+        "label: gpt",
+        f"label-id: {layout.disk_guid.upper()}",
+        "unit: sectors",
+        "first-lba: 2048",
+        "sector-size: 512",
+    ]
     for part in layout.partitions:
-        lines.append(f"start={part.start // SECTOR}, size={part.size // SECTOR}, "
-                     f"type={part.type_guid}, uuid={part.guid.upper()}, name=\"{part.name}\"")
+        lines.append(
+            f"start={part.start // SECTOR}, size={part.size // SECTOR}, "
+            f'type={part.type_guid}, uuid={part.guid.upper()}, name="{part.name}"'
+        )
     return "\n".join(lines) + "\n"

@@ -32,8 +32,17 @@ if TYPE_CHECKING:  # the context makes the disk through this module: no import a
     from kairos_build.exporters.base import ExportContext
 
 # What making the disk drives on the host: every disk format needs these.
-RAW_DISK_TOOLS: tuple[str, ...] = ("sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs", "mkfs.vfat",
-                                   "mmd", "mcopy", "mksquashfs", "grub-mkimage")
+RAW_DISK_TOOLS: tuple[str, ...] = (
+    "sfdisk",
+    "mkfs.ext4",
+    "debugfs",
+    "dumpe2fs",
+    "mkfs.vfat",
+    "mmd",
+    "mcopy",
+    "mksquashfs",
+    "grub-mkimage",
+)
 
 STATE_LABEL = "COS_STATE"
 CONSOLES = ("console=tty1", "console=ttyS0,115200")  # ttyS0 last: it becomes /dev/console
@@ -73,16 +82,27 @@ def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None, epoc
     with step(f"writing {part.label} ({part.size >> 20} MiB ext4)"):
         if source is not None:
             clamp_times(source, epoch)
-        make_ext4(disk, part.size, part.label, fs_uuid(seed, part.label), source=source,
-                  offset=part.start, epoch=epoch)
+        make_ext4(
+            disk,
+            part.size,
+            part.label,
+            fs_uuid(seed, part.label),
+            source=source,
+            offset=part.start,
+            epoch=epoch,
+        )
 
 
 def state_menu(context: ExportContext) -> str:
     """COS_STATE's /boot/grub/grub.cfg: the active, passive, recovery and reset entries."""
     config, extra = context.config, context.config.extra_kernel_args
-    return render("grub-disk.cfg.j2", timeout=3, title=f"Kairos {config.flavor.pretty_name}",
-                  state_cmdline=state_cmdline(STATE_LABEL, extra),
-                  recovery_cmdline=state_cmdline("COS_RECOVERY", extra))
+    return render(
+        "grub-disk.cfg.j2",
+        timeout=3,
+        title=f"Kairos {config.flavor.pretty_name}",
+        state_cmdline=state_cmdline(STATE_LABEL, extra),
+        recovery_cmdline=state_cmdline("COS_RECOVERY", extra),
+    )
 
 
 def install_kit(context: ExportContext) -> dict[str, Path]:
@@ -145,10 +165,14 @@ def make_raw_disk(context: ExportContext, output: Path) -> Layout:
 
     if "efi" in parts:
         with step("writing COS_GRUB (the EFI boot loaders)"):
-            esp = {path.removeprefix(f"{kit.ESP_DIR}/"): source for path, source in loaders.items()
-                   if path.startswith(f"{kit.ESP_DIR}/")}
-            make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, esp, "COS_GRUB",
-                             volume_id(seed), context.epoch)
+            esp = {
+                path.removeprefix(f"{kit.ESP_DIR}/"): source
+                for path, source in loaders.items()
+                if path.startswith(f"{kit.ESP_DIR}/")
+            }
+            make_fat_in_disk(
+                output, parts["efi"].start, parts["efi"].size, esp, "COS_GRUB", volume_id(seed), context.epoch
+            )
     if "bios" in parts:
         with step("writing grub for BIOS"):
             write_bios_images(output, parts["bios"], loaders[kit.BIOS_CORE], loaders[kit.BIOS_BOOT])

@@ -46,8 +46,10 @@ class Compression:
         if not colon:
             return cls(algorithm, default)
         if not level_text.isdigit() or int(level_text) not in levels:
-            raise InputError(f"compression level {level_text!r} of {algorithm} is not valid",
-                             hint=f"{algorithm} levels go from {levels.start} to {levels.stop - 1}")
+            raise InputError(
+                f"compression level {level_text!r} of {algorithm} is not valid",
+                hint=f"{algorithm} levels go from {levels.start} to {levels.stop - 1}",
+            )
         return cls(algorithm, int(level_text))
 
     @property
@@ -71,8 +73,10 @@ class Compression:
 
 def _bcj_filter(arch: str) -> str:
     if arch not in _BCJ_FILTERS:
-        raise InputError(f"no xz BCJ filter is known for arch {arch!r}",
-                         hint=f"use zstd, or an arch among {', '.join(_BCJ_FILTERS)}")
+        raise InputError(
+            f"no xz BCJ filter is known for arch {arch!r}",
+            hint=f"use zstd, or an arch among {', '.join(_BCJ_FILTERS)}",
+        )
     return _BCJ_FILTERS[arch]
 
 
@@ -88,18 +92,26 @@ def squashfs_options(compression: Compression, epoch: int) -> list[str]:
     No `-processors` and no `-mem`: mksquashfs then compresses on every core and uses up to a
     quarter of the RAM for its caches, which is what a build machine wants.
     """
-    return ["-noappend", "-no-progress", "-quiet", *compression.mksquashfs_args(),
-            # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
-            "-mkfs-time", str(epoch), "-all-time", str(epoch),
-            # Runtime-only directories are mounted at boot; ship them empty. Last: mksquashfs
-            # reads every word after -e as a path to exclude, options included.
-            "-wildcards", "-e", *RUNTIME_EXCLUDES]
+    return [
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        *compression.mksquashfs_args(),
+        # Reproducible: fixed times; mksquashfs already sorts entries and is otherwise stable.
+        "-mkfs-time",
+        str(epoch),
+        "-all-time",
+        str(epoch),
+        # Runtime-only directories are mounted at boot; ship them empty. Last: mksquashfs
+        # reads every word after -e as a path to exclude, options included.
+        "-wildcards",
+        "-e",
+        *RUNTIME_EXCLUDES,
+    ]
 
 
-def make_squashfs(root: Path, output: Path, compression: Compression | None = None,
-                  epoch: int = 0) -> None:
+def make_squashfs(root: Path, output: Path, compression: Compression | None = None, epoch: int = 0) -> None:
     """Write `root` as a squashfs to `output` (replaced if present), every time `epoch`."""
     options = squashfs_options(compression or Compression(), epoch)
     # mksquashfs refuses SOURCE_DATE_EPOCH beside -mkfs-time; the options carry the epoch.
-    run(["mksquashfs", str(root), str(output), *options], timeout=3600,
-        unset=("SOURCE_DATE_EPOCH",))
+    run(["mksquashfs", str(root), str(output), *options], timeout=3600, unset=("SOURCE_DATE_EPOCH",))

@@ -39,11 +39,20 @@ class ExportContext:
     def squashfs(self) -> Path:
         """The rootfs as a squashfs, made once per converted rootfs, compression and tool."""
         compression = self.config.squashfs_compression
-        stage = Stage("squashfs", "squashfs", {
-            "rootfs": self.rootfs_key, "compression": compression.spec, "epoch": self.epoch,
-            "mksquashfs": mksquashfs_version(), "tool": __version__,
-            "options": squashfs_options(compression, self.epoch)},
-            lineage=("rootfs",), prefix=f"{compression.spec.replace(':', '')}-")
+        stage = Stage(
+            "squashfs",
+            "squashfs",
+            {
+                "rootfs": self.rootfs_key,
+                "compression": compression.spec,
+                "epoch": self.epoch,
+                "mksquashfs": mksquashfs_version(),
+                "tool": __version__,
+                "options": squashfs_options(compression, self.epoch),
+            },
+            lineage=("rootfs",),
+            prefix=f"{compression.spec.replace(':', '')}-",
+        )
 
         def make(target: Path) -> None:
             with step(f"making the squashfs ({compression})"):
@@ -56,8 +65,10 @@ class ExportContext:
         """/boot/vmlinuz or /boot/initrd of the converted rootfs, resolved inside it."""
         path = rootfs_module.resolve_in(self.rootfs, f"boot/{name}")
         if not path.is_file():
-            raise InputError(f"the converted rootfs has no /boot/{name}",
-                             hint="was it converted? kairos-build links the kernel and initrd there")
+            raise InputError(
+                f"the converted rootfs has no /boot/{name}",
+                hint="was it converted? kairos-build links the kernel and initrd there",
+            )
         return path
 
     def kernel(self) -> Path:
@@ -84,16 +95,26 @@ class ExportContext:
         """The rootfs as the ext4 image `cOS/active.img` (label COS_ACTIVE), made once per
         converted rootfs, size and tool."""
         fs_uuid = stable_uuid(self.rootfs_key, "COS_ACTIVE")
-        stage = Stage("ext4 image", "ext4", {
-            "rootfs": self.rootfs_key, "size": size, "epoch": self.epoch,
-            "mke2fs": mke2fs_version(), "tool": __version__,
-            "options": ext4_options("COS_ACTIVE", fs_uuid)},
-            lineage=("rootfs",), prefix=f"{size >> 20}M-")
+        stage = Stage(
+            "ext4 image",
+            "ext4",
+            {
+                "rootfs": self.rootfs_key,
+                "size": size,
+                "epoch": self.epoch,
+                "mke2fs": mke2fs_version(),
+                "tool": __version__,
+                "options": ext4_options("COS_ACTIVE", fs_uuid),
+            },
+            lineage=("rootfs",),
+            prefix=f"{size >> 20}M-",
+        )
 
         def make(target: Path) -> None:
             with step(f"making the system image ({size >> 20} MiB ext4)"):
-                make_ext4(target / "active.img", size, "COS_ACTIVE", fs_uuid, source=self.rootfs,
-                          epoch=self.epoch)
+                make_ext4(
+                    target / "active.img", size, "COS_ACTIVE", fs_uuid, source=self.rootfs, epoch=self.epoch
+                )
 
         return self.cache.get_or_make_stage(stage, make, refresh=self.config.no_cache) / "active.img"
 
@@ -148,16 +169,29 @@ def _load_format(entry: metadata.EntryPoint) -> Format | None:
     try:
         exporter = entry.load()
         doc = (exporter.__doc__ or "").strip().splitlines()
-        return Format(entry.name, exporter.extension, exporter.boot_mode, tuple(exporter.tools),
-                      tuple(exporter.files), provider,
-                      doc[0] if doc else f"Build a {entry.name} artifact.", exporter)
+        return Format(
+            entry.name,
+            exporter.extension,
+            exporter.boot_mode,
+            tuple(exporter.tools),
+            tuple(exporter.files),
+            provider,
+            doc[0] if doc else f"Build a {entry.name} artifact.",
+            exporter,
+        )
     # Any exception: a plugin is someone else's code, and one that is broken (a missing module,
     # a syntax error, a member it lacks) must not take every command down with it.
     except Exception as exc:
         if entry.name not in _skipped:
             _skipped.add(entry.name)
-            log.warning("warning: skipping the format plugin %r (%s, from %s): %s: %s",
-                        entry.name, entry.value, provider, type(exc).__name__, exc)
+            log.warning(
+                "warning: skipping the format plugin %r (%s, from %s): %s: %s",
+                entry.name,
+                entry.value,
+                provider,
+                type(exc).__name__,
+                exc,
+            )
         return None
 
 

@@ -90,8 +90,17 @@ class GceExporter(DiskFormat):
             run(["cp", "--sparse=always", "--reflink=auto", str(raw), str(sized)])
             os.truncate(sized, -(-size // GiB) * GiB)
             # The backup GPT must sit at the new end of the disk.
-            run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--relocate",
-                 "gpt-bak-std", str(sized)])
+            run(
+                [
+                    "sfdisk",
+                    "--quiet",
+                    "--no-reread",
+                    "--no-tell-kernel",
+                    "--relocate",
+                    "gpt-bak-std",
+                    str(sized),
+                ]
+            )
         write_gce_bundle(sized, output, context.epoch, folder / "bundle")
 
 
@@ -109,6 +118,21 @@ def write_gce_bundle(disk: Path, output: Path, epoch: int, work: Path) -> None:
     bundled = work / "disk.raw"
     bundled.unlink(missing_ok=True)
     run(["cp", "--sparse=always", "--reflink=never", str(disk), str(bundled)])
-    run(["tar", "--format=gnu", "--sparse", "--sort=name", "--owner=0", "--group=0",
-         "--numeric-owner", f"--mtime=@{epoch}", "--use-compress-program=gzip -n -6",
-         "-C", str(work), "-cf", str(output), "disk.raw"])
+    run(
+        [
+            "tar",
+            "--format=gnu",
+            "--sparse",
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            f"--mtime=@{epoch}",
+            "--use-compress-program=gzip -n -6",
+            "-C",
+            str(work),
+            "-cf",
+            str(output),
+            "disk.raw",
+        ]
+    )

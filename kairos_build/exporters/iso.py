@@ -28,11 +28,17 @@ MiB = 1 << 20
 
 def live_cmdline(label: str, extra: tuple[str, ...] = ()) -> str:
     """dracut dmsquash-live arguments; ttyS0 last so it is /dev/console (logs, login)."""
-    return " ".join([
-        f"root=live:CDLABEL={label}", "rd.live.dir=/", "rd.live.squashimg=rootfs.squashfs",
-        "rd.live.overlay.overlayfs=1", "console=tty1", "console=ttyS0,115200",
-        *(grub_quote(word) for word in extra),
-    ])
+    return " ".join(
+        [
+            f"root=live:CDLABEL={label}",
+            "rd.live.dir=/",
+            "rd.live.squashimg=rootfs.squashfs",
+            "rd.live.overlay.overlayfs=1",
+            "console=tty1",
+            "console=ttyS0,115200",
+            *(grub_quote(word) for word in extra),
+        ]
+    )
 
 
 class _Iso:
@@ -41,8 +47,14 @@ class _Iso:
 
     def __init__(self) -> None:
         self.iso = pycdlib.PyCdlib()
-        self.iso.new(interchange_level=3, vol_ident=LABEL, sys_ident="LINUX",
-                     app_ident_str="kairos-build", rock_ridge="1.09", joliet=3)
+        self.iso.new(
+            interchange_level=3,
+            vol_ident=LABEL,
+            sys_ident="LINUX",
+            app_ident_str="kairos-build",
+            rock_ridge="1.09",
+            joliet=3,
+        )
         self.names: dict[str, str] = {"": ""}  # path -> ISO9660 path
         self.used: dict[str, set[str]] = {}  # ISO9660 folder -> names taken in it
 
@@ -56,31 +68,44 @@ class _Iso:
         candidate, number = stem, 1
         while (candidate if folder else f"{candidate}.{ext}") in taken:
             number += 1
-            candidate = f"{stem[:20 - len(str(number)) - 1]}_{number}"
+            candidate = f"{stem[: 20 - len(str(number)) - 1]}_{number}"
         leaf = candidate if folder else f"{candidate}.{ext}"
         taken.add(leaf)
         self.names[path] = f"{iso_parent}/{leaf}"
         return self.names[path]
 
     def add_dir(self, path: str) -> None:
-        self.iso.add_directory(self._iso_path(path, folder=True), rr_name=path.rsplit("/", 1)[-1],
-                               joliet_path=path)
+        self.iso.add_directory(
+            self._iso_path(path, folder=True), rr_name=path.rsplit("/", 1)[-1], joliet_path=path
+        )
 
     def add_file(self, source: Path, path: str) -> None:
         name = path.rsplit("/", 1)[-1]
         if len(name) > 64:
             raise InputError(f"{path}: names on the ISO are limited to 64 characters (Joliet)")
-        self.iso.add_file(str(source), iso_path=f"{self._iso_path(path, folder=False)};1",
-                          rr_name=name, joliet_path=path)
+        self.iso.add_file(
+            str(source), iso_path=f"{self._iso_path(path, folder=False)};1", rr_name=name, joliet_path=path
+        )
 
 
 _NOT_D_CHARS = re.compile(r"[^A-Z0-9_]")
 
 
 # Paths the ISO itself uses: an --overlay-iso tree may not replace them.
-RESERVED = frozenset({"/boot/kernel", "/boot/initrd", "/boot/uefi.img", "/boot/boot.cat",
-                      "/boot/grub/grub.cfg", "/boot/grub/bios.img", "/boot/grub/boot_hybrid.img",
-                      "/rootfs.squashfs", "/config.yaml", "/.disk/info"})
+RESERVED = frozenset(
+    {
+        "/boot/kernel",
+        "/boot/initrd",
+        "/boot/uefi.img",
+        "/boot/boot.cat",
+        "/boot/grub/grub.cfg",
+        "/boot/grub/bios.img",
+        "/boot/grub/boot_hybrid.img",
+        "/rootfs.squashfs",
+        "/config.yaml",
+        "/.disk/info",
+    }
+)
 # The MBR code of the hybrid ISO, kept on it so `inject` can make the disk structures again
 # from the image's own grub (kairos_build/pipelines/inject.py has no rootfs).
 HYBRID_MBR = "/BOOT/GRUB/BOOT_HYBRID.IMG;1"
@@ -94,12 +119,16 @@ def overlay_files(directory: Path) -> dict[str, Path]:
         for name in sorted(filenames):
             source = Path(dirpath, name)
             if source.is_symlink() or not source.is_file():
-                raise InputError(f"--overlay-iso: {source} is not a regular file",
-                                 hint="an ISO overlay holds plain files and folders only")
+                raise InputError(
+                    f"--overlay-iso: {source} is not a regular file",
+                    hint="an ISO overlay holds plain files and folders only",
+                )
             path = "/" + source.relative_to(directory).as_posix()
             if path in RESERVED:
-                raise InputError(f"--overlay-iso: {path} would replace a file the ISO boots with",
-                                 hint="rename it, or use --cloud-config for /config.yaml")
+                raise InputError(
+                    f"--overlay-iso: {path} would replace a file the ISO boots with",
+                    hint="rename it, or use --cloud-config for /config.yaml",
+                )
             found[path] = source
     return found
 
@@ -127,30 +156,44 @@ class IsoExporter:
         squashfs = context.squashfs()
 
         grub_cfg = work / "grub.cfg"
-        grub_cfg.write_text(render(
-            "grub-live.cfg.j2", timeout=3, title=f"Kairos {config.flavor.pretty_name}",
-            cmdline=live_cmdline(LABEL, config.extra_kernel_args)))
+        grub_cfg.write_text(
+            render(
+                "grub-live.cfg.j2",
+                timeout=3,
+                title=f"Kairos {config.flavor.pretty_name}",
+                cmdline=live_cmdline(LABEL, config.extra_kernel_args),
+            )
+        )
         with step("making the BIOS and UEFI boot images"):
             bios_modules = grub_dir(context.rootfs, "i386-pc")
             bios_img = work / "bios.img"
             make_grub_image("i386-pc", bios_img, LABEL, work, bios_modules)
             esp = work / "uefi.img"
             # The same ESP boots the CD (El Torito) and the USB stick (the appended partition).
-            make_fat_image(esp, esp_files(context.rootfs, config.flavor.secure_boot, LABEL, work, cd=True),
-                           label="COS_GRUB", epoch=context.epoch)
+            make_fat_image(
+                esp,
+                esp_files(context.rootfs, config.flavor.secure_boot, LABEL, work, cd=True),
+                label="COS_GRUB",
+                epoch=context.epoch,
+            )
             # Debian's signed CD grub finds the medium by this file when its prefix is missing.
             disk_info = work / "disk-info"
             disk_info.write_text(f"Kairos {config.flavor.pretty_name} {config.version} live\n")
 
         with step("writing the ISO"):
-            files = {"/boot/grub/grub.cfg": grub_cfg, "/boot/grub/bios.img": bios_img,
-                     "/boot/grub/boot_hybrid.img": bios_modules / "boot_hybrid.img",
-                     "/.disk/info": disk_info,
-                     "/boot/uefi.img": esp, "/boot/kernel": kernel, "/boot/initrd": initrd,
-                     "/rootfs.squashfs": squashfs, **extra}
+            files = {
+                "/boot/grub/grub.cfg": grub_cfg,
+                "/boot/grub/bios.img": bios_img,
+                "/boot/grub/boot_hybrid.img": bios_modules / "boot_hybrid.img",
+                "/.disk/info": disk_info,
+                "/boot/uefi.img": esp,
+                "/boot/kernel": kernel,
+                "/boot/initrd": initrd,
+                "/rootfs.squashfs": squashfs,
+                **extra,
+            }
             # What kairos-agent install lays down: the installed disk's boot loaders and menu.
-            files.update({f"/{kit.KIT_DIR}/{path}": source
-                          for path, source in install_kit(context).items()})
+            files.update({f"/{kit.KIT_DIR}/{path}": source for path, source in install_kit(context).items()})
             if config.cloud_config is not None:
                 # Where Kairos looks for a config on the live medium.
                 files["/config.yaml"] = config.cloud_config
@@ -189,17 +232,28 @@ def _write_iso(files: dict[str, Path], output: Path, bios: bool) -> None:
         iso.add_file(files[path], path)
     if bios:
         # BIOS: grub's cdboot needs the boot info table and loads 4 sectors to start.
-        iso.iso.add_eltorito("/BOOT/GRUB/BIOS.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
-                             rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
-                             boot_load_size=4, boot_info_table=True)
+        iso.iso.add_eltorito(
+            "/BOOT/GRUB/BIOS.IMG;1",
+            bootcatfile="/BOOT/BOOT.CAT;1",
+            rr_bootcatname="boot.cat",
+            joliet_bootcatfile="/boot/boot.cat",
+            boot_load_size=4,
+            boot_info_table=True,
+        )
         iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", efi=True)
     else:
         # The ESP holds a UKI: far more than the 65535 sectors El Torito's count can say. A
         # count below 2 has UEFI firmware (edk2's ElTorito.c) take the image from its start
         # to the end of the medium; the FAT inside says its own size.
-        iso.iso.add_eltorito("/BOOT/UEFI.IMG;1", bootcatfile="/BOOT/BOOT.CAT;1",
-                             rr_bootcatname="boot.cat", joliet_bootcatfile="/boot/boot.cat",
-                             efi=True, boot_load_size=1, platform_id=0xEF)
+        iso.iso.add_eltorito(
+            "/BOOT/UEFI.IMG;1",
+            bootcatfile="/BOOT/BOOT.CAT;1",
+            rr_bootcatname="boot.cat",
+            joliet_bootcatfile="/boot/boot.cat",
+            efi=True,
+            boot_load_size=1,
+            platform_id=0xEF,
+        )
     try:
         iso.iso.write(str(output))
     finally:

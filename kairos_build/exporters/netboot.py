@@ -19,10 +19,17 @@ CONFIG_URL = "${kairos-dir}/config.yaml"
 def netboot_cmdline(squashfs_url: str, extra: tuple[str, ...] = ()) -> str:
     """dracut livenet: download the squashfs over the network brought up by DHCP, then boot it
     as dmsquash-live does from a CD; ttyS0 last so it is /dev/console (logs, login)."""
-    return " ".join([
-        f"root=live:{squashfs_url}", "rd.live.overlay.overlayfs=1", "ip=dhcp", "rd.neednet=1",
-        "console=tty1", "console=ttyS0,115200", *extra,
-    ])
+    return " ".join(
+        [
+            f"root=live:{squashfs_url}",
+            "rd.live.overlay.overlayfs=1",
+            "ip=dhcp",
+            "rd.neednet=1",
+            "console=tty1",
+            "console=ttyS0,115200",
+            *extra,
+        ]
+    )
 
 
 def render_script(title: str, extra: tuple[str, ...] = (), config_url: str | None = None) -> str:
@@ -44,8 +51,11 @@ class NetbootExporter:
 
     def export(self, context: ExportContext, output: Path) -> None:
         config = context.config
-        parts = {"vmlinuz": context.kernel(),
-                 "initrd": context.initrd(), "rootfs.squashfs": context.squashfs()}
+        parts = {
+            "vmlinuz": context.kernel(),
+            "initrd": context.initrd(),
+            "rootfs.squashfs": context.squashfs(),
+        }
         if config.cloud_config is not None:
             parts["config.yaml"] = config.cloud_config
         output.mkdir()
@@ -54,6 +64,10 @@ class NetbootExporter:
             # the cached squashfs that later builds reuse.
             for name, source in parts.items():
                 shutil.copyfile(source, output / name)
-        (output / SCRIPT).write_text(render_script(
-            f"Kairos {config.flavor.pretty_name}", config.extra_kernel_args,
-            CONFIG_URL if config.cloud_config is not None else None))
+        (output / SCRIPT).write_text(
+            render_script(
+                f"Kairos {config.flavor.pretty_name}",
+                config.extra_kernel_args,
+                CONFIG_URL if config.cloud_config is not None else None,
+            )
+        )

@@ -46,15 +46,15 @@ class UkiImageExporter:
     files: tuple[str, ...] = ()
 
     def export(self, context: ExportContext, output: Path) -> None:
-        folder, layer, layout = (context.workdir / name for name in ("uki-image", "uki-layer.tar",
-                                                                      "uki-layout"))
+        folder, layer, layout = (
+            context.workdir / name for name in ("uki-image", "uki-layer.tar", "uki-layout")
+        )
         UkiExporter().export(context, folder)
         diff_id = write_layer(folder, layer, context.epoch)
         shutil.rmtree(folder)
         config = image_config(context.config, diff_id, context.epoch)
         # Not a system to run: no command or environment, and a label saying what it is.
-        config["config"] = {"Labels": {**config["config"]["Labels"],
-                                       "io.kairos.boot-mode": "trusted"}}
+        config["config"] = {"Labels": {**config["config"]["Labels"], "io.kairos.boot-mode": "trusted"}}
         config["history"][0]["created_by"] = "kairos-build uki-image"
         write_oci_layout(layout, layer, diff_id, config, context.config.version)
         tar_directory(layout, output, context.epoch)

@@ -69,11 +69,15 @@ def build(config: BuildConfig, formats: list[str]) -> list[Artifact]:
             mark = len(cache.used)
             artifact, key = export_artifact(exporter, context, config.output_dir)
             tools = [t for need in host_needs(config, [exporter]) for t in need.tools]
-            artifacts.append(write_records(artifact, context, facts,
-                                           [*cache.used[mark:], (artifact_cache.KIND, key)], tools))
+            artifacts.append(
+                write_records(
+                    artifact, context, facts, [*cache.used[mark:], (artifact_cache.KIND, key)], tools
+                )
+            )
     for artifact in artifacts:
-        log.info("wrote %s (%.0f MiB) with its SBOM and build manifest", artifact.path,
-                 artifact.size / (1 << 20))
+        log.info(
+            "wrote %s (%.0f MiB) with its SBOM and build manifest", artifact.path, artifact.size / (1 << 20)
+        )
     return artifacts
 
 
@@ -82,12 +86,16 @@ def boot_mode(config: BuildConfig, exporter: Exporter) -> str:
     Boot disk; a format of one mode only (the ISO today, uki) keeps its own."""
     if config.boot_mode == "trusted" and exporter.boot_mode == "secureboot":
         if not getattr(exporter, "trusted", False):
-            raise InputError(f"the {exporter.name} format has no Trusted Boot variant yet",
-                             hint="build iso, raw, qcow2, vmdk, vhd, gce or uki with --boot-mode trusted")
+            raise InputError(
+                f"the {exporter.name} format has no Trusted Boot variant yet",
+                hint="build iso, raw, qcow2, vmdk, vhd, gce or uki with --boot-mode trusted",
+            )
         return "trusted"
     if exporter.boot_mode == "trusted" and config.keys is None:
-        raise InputError(f"the {exporter.name} format signs with Trusted Boot keys",
-                         hint="make them once with 'kairos-build genkey DIR', then give --keys DIR")
+        raise InputError(
+            f"the {exporter.name} format signs with Trusted Boot keys",
+            hint="make them once with 'kairos-build genkey DIR', then give --keys DIR",
+        )
     return exporter.boot_mode
 
 
@@ -108,14 +116,18 @@ OVERLAY_TOOLS = ("cp",)
 
 def host_needs(config: BuildConfig, exporters: list[Exporter]) -> list[HostNeeds]:
     """Each stage this build runs, in order, with the host programs and files it drives."""
-    needs = [HostNeeds("resolving the base", base_tools(config.base, config.release)),
-             HostNeeds("the conversion", conversion_tools(dir_base(config.base)))]
+    needs = [
+        HostNeeds("resolving the base", base_tools(config.base, config.release)),
+        HostNeeds("the conversion", conversion_tools(dir_base(config.base))),
+    ]
     if config.overlay_rootfs is not None:
         needs.append(HostNeeds("adding the --overlay-rootfs files", OVERLAY_TOOLS))
     if any(boot_mode(config, e) == "trusted" for e in exporters):
         needs.append(HostNeeds("Trusted Boot (verity, signing)", TRUSTED_TOOLS))
-    needs.extend(HostNeeds(f"the {e.name} export", (*e.tools, *artifact_cache.TOOLS), tuple(e.files))
-                 for e in exporters)
+    needs.extend(
+        HostNeeds(f"the {e.name} export", (*e.tools, *artifact_cache.TOOLS), tuple(e.files))
+        for e in exporters
+    )
     return needs
 
 
@@ -140,8 +152,7 @@ def check_host_tools(config: BuildConfig, exporters: list[Exporter]) -> None:
             raise MissingToolError(f"{exc.message}, needed for {need.stage}", hint=exc.hint) from None
 
 
-def export_artifact(exporter: Exporter, context: ExportContext,
-                    output_dir: Path) -> tuple[Artifact, str]:
+def export_artifact(exporter: Exporter, context: ExportContext, output_dir: Path) -> tuple[Artifact, str]:
     """Write to hidden temporary names, then rename: no half-written artifact is ever visible.
     The artifact and its key in the artifact cache.
 
@@ -156,8 +167,9 @@ def export_artifact(exporter: Exporter, context: ExportContext,
         with step(f"exporting {exporter.name}"):
             reuse = not (context.config.no_cache or context.config.fresh_artifact)
             if reuse and (kept := artifact_cache.kept_output(context, key, final)):
-                return Artifact(exporter.name, final, kept.sha256, kept.size,
-                                final.with_name(f"{final.name}.sha256")), key
+                return Artifact(
+                    exporter.name, final, kept.sha256, kept.size, final.with_name(f"{final.name}.sha256")
+                ), key
             if not (reuse and artifact_cache.copy_cached(context, key, partial)):
                 exporter.export(context, partial)
             if partial.is_dir():

@@ -47,16 +47,16 @@ def convert_to(config: BuildConfig, output: str) -> str:
         copy_tree(rootfs, path)
         return str(path)
     # Beside the output (renamed into place at the end), or in the cache for the daemon.
-    with (cache.workdir() if target.transport == "docker"
-          else scratch(path.absolute().parent)) as work:
+    with cache.workdir() if target.transport == "docker" else scratch(path.absolute().parent) as work:
         layer = Path(work) / "layer.tar"
         with step("writing the converted image"):
             epoch = build_epoch(rootfs)
             diff_id = write_layer(rootfs, layer, epoch)
             image = image_config(config, diff_id, epoch)
             if target.transport == "docker":
-                return _load_into_daemon(Path(work), layer, diff_id, image,
-                                         _docker_name(target.target), epoch)
+                return _load_into_daemon(
+                    Path(work), layer, diff_id, image, _docker_name(target.target), epoch
+                )
             layout = Path(work) / "layout"
             write_oci_layout(layout, layer, diff_id, image, target.tag or config.version)
             if target.transport == "oci":
@@ -67,8 +67,9 @@ def convert_to(config: BuildConfig, output: str) -> str:
     return str(path)
 
 
-def _load_into_daemon(work: Path, layer: Path, diff_id: str, image: dict[str, object],
-                      name: str, epoch: int) -> str:
+def _load_into_daemon(
+    work: Path, layer: Path, diff_id: str, image: dict[str, object], name: str, epoch: int
+) -> str:
     import docker
     from docker.errors import DockerException
 
@@ -78,7 +79,8 @@ def _load_into_daemon(work: Path, layer: Path, diff_id: str, image: dict[str, ob
         with closing(docker.from_env(timeout=600)) as client, archive.open("rb") as data:
             client.images.load(data)
     except DockerException as exc:
-        raise InputError(f"cannot load the converted image into the docker daemon: {exc}",
-                         hint="is dockerd running? (DOCKER_HOST names it), or write "
-                         "--output oci-archive:FILE instead") from None
+        raise InputError(
+            f"cannot load the converted image into the docker daemon: {exc}",
+            hint="is dockerd running? (DOCKER_HOST names it), or write --output oci-archive:FILE instead",
+        ) from None
     return f"docker://{name}"

@@ -43,13 +43,20 @@ def write_build_context(config: BuildConfig, directory: Path, image: str | None 
     (directory / "kairos-release").write_text(render("kairos-release.j2", **values))
     run_steps = [plan[name] for name in ("install_packages", "enable_services") if name in plan]
     dockerfile = directory / "Dockerfile"
-    dockerfile.write_text(render(
-        "Dockerfile.j2", tool_version=__version__, flavor=flavor.name, image=base,
-        package_manager=flavor.package_manager, initramfs_tool=flavor.initramfs,
-        env=plan["install_packages"].env,
-        install=[shell_words(argv) for planned in run_steps for argv in planned.commands],
-        initramfs=shell_words(plan["build_initramfs"].commands[0]),
-        kernel_links=kernel_link_script(flavor.quirks.kernel_image, flavor.quirks.initrd),
-        identity=[f"/{p}" for p in IDENTITY_FILES if p not in _NOT_IN_CONTAINERS]
-        + [f"/{SSH_KEY_DIR}/ssh_host_*"]))
+    dockerfile.write_text(
+        render(
+            "Dockerfile.j2",
+            tool_version=__version__,
+            flavor=flavor.name,
+            image=base,
+            package_manager=flavor.package_manager,
+            initramfs_tool=flavor.initramfs,
+            env=plan["install_packages"].env,
+            install=[shell_words(argv) for planned in run_steps for argv in planned.commands],
+            initramfs=shell_words(plan["build_initramfs"].commands[0]),
+            kernel_links=kernel_link_script(flavor.quirks.kernel_image, flavor.quirks.initrd),
+            identity=[f"/{p}" for p in IDENTITY_FILES if p not in _NOT_IN_CONTAINERS]
+            + [f"/{SSH_KEY_DIR}/ssh_host_*"],
+        )
+    )
     return dockerfile

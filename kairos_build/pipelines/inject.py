@@ -33,10 +33,10 @@ def inject_cloud_config(iso_path: Path, cloud_config: Path, output: Path | None 
     try:
         try:
             if _has(iso, CONFIG_ISO_PATH):
-                iso.rm_file(iso_path=CONFIG_ISO_PATH, rr_name="config.yaml",
-                            joliet_path="/config.yaml")
-            iso.add_file(str(cloud_config), iso_path=CONFIG_ISO_PATH, rr_name="config.yaml",
-                         joliet_path="/config.yaml")
+                iso.rm_file(iso_path=CONFIG_ISO_PATH, rr_name="config.yaml", joliet_path="/config.yaml")
+            iso.add_file(
+                str(cloud_config), iso_path=CONFIG_ISO_PATH, rr_name="config.yaml", joliet_path="/config.yaml"
+            )
             iso.write(str(partial))
         finally:
             iso.close()
@@ -67,6 +67,8 @@ def _open(path: Path) -> pycdlib.PyCdlib:
     volume = iso.pvd.volume_identifier.decode(errors="replace").strip()
     if volume != LABEL or not _has(iso, "/BOOT/GRUB/BIOS.IMG;1"):
         iso.close()
-        raise InputError(f"{path} is not a Kairos live ISO (volume {volume!r})",
-                         hint="inject works on ISOs made by kairos-build iso")
+        raise InputError(
+            f"{path} is not a Kairos live ISO (volume {volume!r})",
+            hint="inject works on ISOs made by kairos-build iso",
+        )
     return iso

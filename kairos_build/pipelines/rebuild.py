@@ -54,12 +54,15 @@ def source_date_epoch(recorded: dict[str, object]) -> Iterator[None]:
 def check_output(manifest_path: Path, output: Path) -> None:
     """The rebuild must not overwrite the artifact it is checked against."""
     if output.resolve() == manifest_path.parent.resolve():
-        raise InputError(f"--output {output} is the folder of the artifact being checked",
-                         hint="rebuild into another folder, e.g. --output rebuild")
+        raise InputError(
+            f"--output {output} is the folder of the artifact being checked",
+            hint="rebuild into another folder, e.g. --output rebuild",
+        )
 
 
-def rebuild(manifest_path: Path, output: Path, cache_dir: Path | None = None,
-            no_cache: bool = False) -> Rebuilt:
+def rebuild(
+    manifest_path: Path, output: Path, cache_dir: Path | None = None, no_cache: bool = False
+) -> Rebuilt:
     recorded = manifest.load(manifest_path)
     check_output(manifest_path, output)
     values = manifest.settings_values(recorded["settings"])

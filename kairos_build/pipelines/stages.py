@@ -40,16 +40,19 @@ from kairos_build.source.resolve import Base, SourceOptions, resolve_base
 
 
 def source_options(config: BuildConfig) -> SourceOptions:
-    return SourceOptions(pull=config.pull, platform=config.platform,
-                         insecure_registries=config.insecure_registries,
-                         bootstrap_fallback=config.bootstrap_fallback, refresh=config.no_cache)
+    return SourceOptions(
+        pull=config.pull,
+        platform=config.platform,
+        insecure_registries=config.insecure_registries,
+        bootstrap_fallback=config.bootstrap_fallback,
+        refresh=config.no_cache,
+    )
 
 
 def resolve_config_base(config: BuildConfig, cache: Cache) -> Base:
     """The configured base (or the flavor's default image) as a cached root directory."""
     with step("resolving the base"):
-        base = resolve_base(config.base, config.flavor, config.release, cache,
-                            source_options(config))
+        base = resolve_base(config.base, config.flavor, config.release, cache, source_options(config))
         log.info("  base: %s", base.description)
     return base
 
@@ -76,36 +79,53 @@ def initramfs_files_digest(config: BuildConfig) -> str:
 def framework_files_digest(config: BuildConfig) -> str:
     """Every framework file the framework stage lays (overlays/) or renders (its template)."""
     trees = [(d.name, hash_tree(d)) for d in overlay_dirs(config.flavor.family)]
-    agent = [(rel, hashlib.sha256(source.read_bytes()).hexdigest())
-             for rel, source in sorted(agent_files().items())]
-    return hashlib.sha256(repr((trees, agent, hash_tree(data_dir("templates") / "kairos-release.j2")))
-                          .encode()).hexdigest()
+    agent = [
+        (rel, hashlib.sha256(source.read_bytes()).hexdigest())
+        for rel, source in sorted(agent_files().items())
+    ]
+    return hashlib.sha256(
+        repr((trees, agent, hash_tree(data_dir("templates") / "kairos-release.j2"))).encode()
+    ).hexdigest()
 
 
 def packages_stage(config: BuildConfig, base: Base) -> Stage:
     """The base plus the packages: what the package manager installs and the files its
     scripts read (the flavor's quirks.files), the environment it runs with."""
     flavor = config.flavor
-    return Stage("packages", "packages", {
-        "base": base.key, "package_manager": flavor.package_manager,
-        "packages": flavor.all_packages(config.release),
-        "install_options": flavor.quirks.install_options, "env": install_env(flavor),
-        "files": flavor.quirks.files, "arch": config.arch,
-        "code": code_digest(packages, convert.install_packages),
-        "SOURCE_DATE_EPOCH": given_epoch(),
-    }, lineage=("base",))
+    return Stage(
+        "packages",
+        "packages",
+        {
+            "base": base.key,
+            "package_manager": flavor.package_manager,
+            "packages": flavor.all_packages(config.release),
+            "install_options": flavor.quirks.install_options,
+            "env": install_env(flavor),
+            "files": flavor.quirks.files,
+            "arch": config.arch,
+            "code": code_digest(packages, convert.install_packages),
+            "SOURCE_DATE_EPOCH": given_epoch(),
+        },
+        lineage=("base",),
+    )
 
 
 def initramfs_stage(config: BuildConfig, base: Base, packages_key: str) -> Stage:
     """The initramfs: the packages tree (its kernel, the tool and what it copies from there),
     the tool's command and the framework files it reads; not the rest of the framework."""
     flavor = config.flavor
-    return Stage("initramfs", "initramfs", {
-        "base": base.key, "packages": packages_key,
-        "command": initramfs_command(flavor.initramfs, flavor.quirks.initrd),
-        "initramfs_files": initramfs_files_digest(config),
-        "code": code_digest(initramfs, initramfs_reads, convert.build_initramfs),
-    }, lineage=("base",))
+    return Stage(
+        "initramfs",
+        "initramfs",
+        {
+            "base": base.key,
+            "packages": packages_key,
+            "command": initramfs_command(flavor.initramfs, flavor.quirks.initrd),
+            "initramfs_files": initramfs_files_digest(config),
+            "code": code_digest(initramfs, initramfs_reads, convert.build_initramfs),
+        },
+        lineage=("base",),
+    )
 
 
 def initramfs_inputs(config: BuildConfig, packages_root: Path) -> dict[str, str]:
@@ -113,8 +133,11 @@ def initramfs_inputs(config: BuildConfig, packages_root: Path) -> dict[str, str]
     (convert/initramfs_reads.py): the kernel, the tool's own files in that tree, our files for
     it, its command, the date and the code. An initramfs made with the same may be taken."""
     flavor = config.flavor
-    own = [hash_tree(path) for rel in initramfs_paths(flavor.initramfs)
-           if (path := rootfs.resolve_in(packages_root, rel)).exists()]
+    own = [
+        hash_tree(path)
+        for rel in initramfs_paths(flavor.initramfs)
+        if (path := rootfs.resolve_in(packages_root, rel)).exists()
+    ]
     return {
         "kernel": find_kernel(packages_root, flavor.quirks.kernel_image)[0],
         "tool": hashlib.sha256(repr(own).encode()).hexdigest(),
@@ -128,40 +151,58 @@ def initramfs_inputs(config: BuildConfig, packages_root: Path) -> dict[str, str]
 def initramfs_donors(cache: Cache) -> list[Path]:
     """The initramfs entries, the most recently used first."""
     entries = [cache.path("initramfs", r.key) for r in cache.records("initramfs")]
-    return sorted((e for e in entries if e.is_dir()), key=lambda e: e.stat().st_mtime,
-                  reverse=True)
+    return sorted((e for e in entries if e.is_dir()), key=lambda e: e.stat().st_mtime, reverse=True)
 
 
 def framework_stage(config: BuildConfig, base: Base, packages_key: str, initramfs_key: str) -> Stage:
     """The converted rootfs: the packages tree, every framework file, the services, the release
     file (its values), the initramfs; SOURCE_DATE_EPOCH comes in with the packages."""
     flavor = config.flavor
-    return Stage("framework", "converted", {
-        "base": base.key, "packages": packages_key, "initramfs": initramfs_key,
-        "framework_files": framework_files_digest(config),
-        "services": service_commands(flavor), "flavor": [flavor.name, flavor.family],
-        "release": config.release, "version": config.version, "variant": config.variant,
-        "model": config.model, "arch": config.arch,
-        "code": code_digest(framework, convert.apply_framework),
-    }, lineage=("base",))
+    return Stage(
+        "framework",
+        "converted",
+        {
+            "base": base.key,
+            "packages": packages_key,
+            "initramfs": initramfs_key,
+            "framework_files": framework_files_digest(config),
+            "services": service_commands(flavor),
+            "flavor": [flavor.name, flavor.family],
+            "release": config.release,
+            "version": config.version,
+            "variant": config.variant,
+            "model": config.model,
+            "arch": config.arch,
+            "code": code_digest(framework, convert.apply_framework),
+        },
+        lineage=("base",),
+    )
 
 
 def refresh_stage(config: BuildConfig, base: Base) -> Stage:
     """A base that is already a Kairos image: its release file and identity rewritten."""
-    return Stage("refresh", "converted", {
-        "base": base.key, "flavor": [config.flavor.name, config.flavor.family],
-        "release": config.release, "version": config.version, "variant": config.variant,
-        "model": config.model, "arch": config.arch,
-        "code": code_digest(framework, convert.refresh_converted),
-        "SOURCE_DATE_EPOCH": given_epoch(),
-    }, lineage=("base",))
+    return Stage(
+        "refresh",
+        "converted",
+        {
+            "base": base.key,
+            "flavor": [config.flavor.name, config.flavor.family],
+            "release": config.release,
+            "version": config.version,
+            "variant": config.variant,
+            "model": config.model,
+            "arch": config.arch,
+            "code": code_digest(framework, convert.refresh_converted),
+            "SOURCE_DATE_EPOCH": given_epoch(),
+        },
+        lineage=("base",),
+    )
 
 
 def package_cache_name(config: BuildConfig) -> str:
     """The shared download folder of a conversion: packages of one manager, distro release and
     architecture have one name each there (pkgcache/NAME)."""
-    return (f"{config.flavor.package_manager}-{config.flavor.name}-{config.release.name}-"
-            f"{config.arch}")
+    return f"{config.flavor.package_manager}-{config.flavor.name}-{config.release.name}-{config.arch}"
 
 
 def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, str]:
@@ -170,7 +211,8 @@ def convert_base(config: BuildConfig, base: Base, cache: Cache) -> tuple[Path, s
     if is_converted(base.rootfs):
         stage = refresh_stage(config, base)
         tree = cache.get_or_make_stage(
-            stage, lambda target: refresh_converted(base.rootfs, target, config), refresh=refresh)
+            stage, lambda target: refresh_converted(base.rootfs, target, config), refresh=refresh
+        )
     else:
         tree, stage = convert_in_stages(config, base, cache)
     if config.overlay_rootfs is None:
@@ -192,6 +234,7 @@ def convert_in_stages(config: BuildConfig, base: Base, cache: Cache) -> tuple[Pa
             manager = packages.package_manager(flavor.package_manager)
             with cache.package_cache(package_cache_name(config), manager.cache_dirs) as downloads:
                 install_packages(base.rootfs, target, config, downloads)
+
         return cache.get_or_make_stage(packages_entry, install, refresh=refresh)
 
     def make_initramfs(target: Path) -> None:
@@ -209,16 +252,16 @@ def convert_in_stages(config: BuildConfig, base: Base, cache: Cache) -> tuple[Pa
             packages_root()  # in stage order, so the log reads top to bottom
             initrd()
         tree = cache.get_or_make_stage(
-            final, lambda target: apply_framework(packages_root(), initrd(), target, config),
-            refresh=refresh)
+            final, lambda target: apply_framework(packages_root(), initrd(), target, config), refresh=refresh
+        )
     return tree, final
 
 
-def overlay_rootfs(folder: Path, rootfs: Path, key: str, cache: Cache,
-                   refresh: bool = False) -> tuple[Path, str]:
+def overlay_rootfs(
+    folder: Path, rootfs: Path, key: str, cache: Cache, refresh: bool = False
+) -> tuple[Path, str]:
     """The converted rootfs plus the files of --overlay-rootfs, cached by both."""
-    stage = Stage("overlay", "converted", {"rootfs": key, "files": hash_tree(folder)},
-                  lineage=("rootfs",))
+    stage = Stage("overlay", "converted", {"rootfs": key, "files": hash_tree(folder)}, lineage=("rootfs",))
 
     def make(target: Path) -> None:
         with step(f"adding the files of {folder} to the rootfs"):

@@ -19,9 +19,9 @@ def unpack_to(config: BuildConfig, target: Path) -> Base:
     unpack never leaves a half-filled `target`.
     """
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InputError(f"{target} exists and is not an empty directory",
-                         hint="choose a new directory to unpack into")
+        raise InputError(
+            f"{target} exists and is not an empty directory", hint="choose a new directory to unpack into"
+        )
     base = resolve_config_base(config, Cache(config.cache_dir))
     copy_tree(base.rootfs, target)
     return base
-

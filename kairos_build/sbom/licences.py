@@ -40,8 +40,11 @@ def copyright_licences(text: str) -> tuple[str, ...]:
     from kairos_build.sbom.packages import paragraphs
 
     stanzas = list(paragraphs(text))
-    if not stanzas or "copyright-format" not in stanzas[0].get("Format", "") \
-            and "dep5" not in stanzas[0].get("Format", "").lower():
+    if (
+        not stanzas
+        or "copyright-format" not in stanzas[0].get("Format", "")
+        and "dep5" not in stanzas[0].get("Format", "").lower()
+    ):
         return ()
     found: dict[str, None] = {}
     for index, stanza in enumerate(stanzas):
@@ -95,7 +98,7 @@ def _convert(words: list[str]) -> str:
             end = index + 1
             while end < len(words) and words[end].lower() not in ("and", "or", ")"):
                 end += 1
-            exception = " ".join(w for w in words[index + 1:end] if w.lower() != "exception")
+            exception = " ".join(w for w in words[index + 1 : end] if w.lower() != "exception")
             known = exception_id(exception.replace(" ", "-"))
             if known:
                 out.append(f"WITH {known}")
@@ -125,8 +128,9 @@ def spdx_expression(stated: tuple[str, ...]) -> str:
         return "NOASSERTION"
     if len(parts) == 1:
         return parts[0]
-    return " AND ".join(p if " " not in p or p.startswith("(") and p.endswith(")") else f"({p})"
-                        for p in parts)
+    return " AND ".join(
+        p if " " not in p or p.startswith("(") and p.endswith(")") else f"({p})" for p in parts
+    )
 
 
 def licence_refs(expression: str) -> list[str]:

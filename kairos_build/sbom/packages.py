@@ -21,8 +21,9 @@ DPKG_STATUS = "var/lib/dpkg/status"
 APK_INSTALLED = "lib/apk/db/installed"
 RPM_DATABASES = ("usr/lib/sysimage/rpm", "var/lib/rpm")
 # One line per package; fields by tab. %{EPOCH} is "(none)" when the package has none.
-RPM_QUERY = ("%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{LICENSE}\\t"
-             "%{VENDOR}\\t%{SUMMARY}\\n")
+RPM_QUERY = (
+    "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{LICENSE}\\t%{VENDOR}\\t%{SUMMARY}\\n"
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ class Package:
         qualifiers = [f"arch={quote(self.arch, safe='')}", f"distro={quote(distro, safe='')}"]
         if self.source and self.source != self.name:
             qualifiers.append(f"upstream={quote(self.source, safe='')}")
-        return (f"pkg:{self.kind}/{quote(namespace, safe='')}/{quote(self.name, safe='')}@"
-                f"{quote(self.version, safe='')}?{'&'.join(qualifiers)}")
+        return (
+            f"pkg:{self.kind}/{quote(namespace, safe='')}/{quote(self.name, safe='')}@"
+            f"{quote(self.version, safe='')}?{'&'.join(qualifiers)}"
+        )
 
 
 def _read(rootfs: Path, path: str, limit: int = 256 << 20) -> str:
@@ -55,8 +58,10 @@ def _read(rootfs: Path, path: str, limit: int = 256 << 20) -> str:
     if found is None:
         return ""
     if found.stat().st_size > limit:
-        raise BuildError(f"the image's /{path} is {found.stat().st_size >> 20} MiB: too large "
-                         "to be a package database", hint="check where the base image comes from")
+        raise BuildError(
+            f"the image's /{path} is {found.stat().st_size >> 20} MiB: too large to be a package database",
+            hint="check where the base image comes from",
+        )
     return found.read_text(errors="replace")
 
 
@@ -96,11 +101,18 @@ def dpkg_packages(rootfs: Path) -> list[Package]:
             continue  # removed with its configuration kept, half-installed, ...
         name = stanza["Package"]
         source = stanza.get("Source", "").split(" ")[0]
-        found.append(Package(
-            "deb", name, stanza.get("Version", ""), stanza.get("Architecture", ""),
-            copyright_licences(_copyright(rootfs, name)),
-            stanza.get("Maintainer", ""), stanza.get("Description", "").split("\n")[0],
-            source))
+        found.append(
+            Package(
+                "deb",
+                name,
+                stanza.get("Version", ""),
+                stanza.get("Architecture", ""),
+                copyright_licences(_copyright(rootfs, name)),
+                stanza.get("Maintainer", ""),
+                stanza.get("Description", "").split("\n")[0],
+                source,
+            )
+        )
     return found
 
 
@@ -111,9 +123,18 @@ def apk_packages(rootfs: Path) -> list[Package]:
         if "P" not in stanza:
             continue
         licence = stanza.get("L", "")
-        found.append(Package("apk", stanza["P"], stanza.get("V", ""), stanza.get("A", ""),
-                             (licence,) if licence else (), stanza.get("m", ""),
-                             stanza.get("T", ""), stanza.get("o", "")))
+        found.append(
+            Package(
+                "apk",
+                stanza["P"],
+                stanza.get("V", ""),
+                stanza.get("A", ""),
+                (licence,) if licence else (),
+                stanza.get("m", ""),
+                stanza.get("T", ""),
+                stanza.get("o", ""),
+            )
+        )
     return found
 
 
@@ -126,9 +147,17 @@ def parse_rpm_query(output: str) -> list[Package]:
             continue  # imported signing keys are headers in the database, not packages
         name, epoch, version, release, arch, licence, vendor, summary = parts
         evr = f"{version}-{release}" if epoch in ("", "0", "(none)") else f"{epoch}:{version}-{release}"
-        found.append(Package("rpm", name, evr, arch,
-                             (licence,) if licence and licence != "(none)" else (),
-                             "" if vendor == "(none)" else vendor, summary))
+        found.append(
+            Package(
+                "rpm",
+                name,
+                evr,
+                arch,
+                (licence,) if licence and licence != "(none)" else (),
+                "" if vendor == "(none)" else vendor,
+                summary,
+            )
+        )
     return found
 
 
@@ -138,8 +167,10 @@ def rpm_packages(rootfs: Path) -> list[Package]:
     try:
         output = run_in_root(rootfs, ["rpm", "-qa", "--queryformat", RPM_QUERY], read_only=True)
     except KairosError as exc:
-        raise BuildError(f"the image's own rpm could not list its packages: {exc.message}",
-                         hint="an image with an rpm database needs its rpm to read it") from None
+        raise BuildError(
+            f"the image's own rpm could not list its packages: {exc.message}",
+            hint="an image with an rpm database needs its rpm to read it",
+        ) from None
     return parse_rpm_query(output)
 
 
@@ -167,6 +198,7 @@ def installed_packages(rootfs: Path) -> tuple[str, list[Package]]:
         if present(rootfs):
             packages = sorted(read(rootfs), key=lambda p: (p.name, p.arch, p.version))
             return database, packages
-    raise BuildError("the image has no package database to make an SBOM from",
-                     hint=f"looked for {DPKG_STATUS}, {APK_INSTALLED} and "
-                          f"{' or '.join(RPM_DATABASES)}")
+    raise BuildError(
+        "the image has no package database to make an SBOM from",
+        hint=f"looked for {DPKG_STATUS}, {APK_INSTALLED} and {' or '.join(RPM_DATABASES)}",
+    )

@@ -20,8 +20,10 @@ from kairos_build.sbom.packages import Package
 LICENCE_LIST_VERSION = "3.24"  # sbom/spdx-license-ids.txt
 # Our own licence (pyproject.toml): the framework layer's files are ours.
 FRAMEWORK_LICENCE = "Apache-2.0"
-_ORGANIZATION = re.compile(r"(?i)\b(team|maintainers|developers|project|group|community|"
-                           r"foundation|packagers|debian|ubuntu|fedora|opensuse|alpine)\b")
+_ORGANIZATION = re.compile(
+    r"(?i)\b(team|maintainers|developers|project|group|community|"
+    r"foundation|packagers|debian|ubuntu|fedora|opensuse|alpine)\b"
+)
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,22 @@ def _spdx_id(index: int, package: Package) -> str:
 
 def _package(index: int, package: Package, image: ImageInfo) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "SPDXID": _spdx_id(index, package), "name": package.name, "versionInfo": package.version,
-        "supplier": supplier(package.supplier), "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": False, "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": spdx_expression(package.licences), "copyrightText": "NOASSERTION",
-        "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                          "referenceLocator": package.purl(image.purl_namespace, image.distro)}],
+        "SPDXID": _spdx_id(index, package),
+        "name": package.name,
+        "versionInfo": package.version,
+        "supplier": supplier(package.supplier),
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": False,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": spdx_expression(package.licences),
+        "copyrightText": "NOASSERTION",
+        "externalRefs": [
+            {
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": package.purl(image.purl_namespace, image.distro),
+            }
+        ],
         "primaryPackagePurpose": "LIBRARY" if package.name.startswith("lib") else "APPLICATION",
     }
     if package.summary:
@@ -72,37 +84,60 @@ def _package(index: int, package: Package, image: ImageInfo) -> dict[str, Any]:
     return entry
 
 
-def spdx_document(image: ImageInfo, database: str, packages: Sequence[Package],
-                  epoch: int) -> dict[str, Any]:
+def spdx_document(image: ImageInfo, database: str, packages: Sequence[Package], epoch: int) -> dict[str, Any]:
     """The SPDX 2.3 document of an artifact holding `packages` (read from `database`)."""
     artifact = {
-        "SPDXID": "SPDXRef-Artifact", "name": image.artifact, "versionInfo": image.version,
-        "supplier": "NOASSERTION", "downloadLocation": "NOASSERTION", "filesAnalyzed": False,
+        "SPDXID": "SPDXRef-Artifact",
+        "name": image.artifact,
+        "versionInfo": image.version,
+        "supplier": "NOASSERTION",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": False,
         "checksums": [{"algorithm": "SHA256", "checksumValue": image.sha256}],
-        "licenseConcluded": "NOASSERTION", "licenseDeclared": "NOASSERTION",
-        "copyrightText": "NOASSERTION", "primaryPackagePurpose": "OPERATING-SYSTEM",
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "primaryPackagePurpose": "OPERATING-SYSTEM",
         "description": f"{image.description} ({image.format}); its packages are listed from "
-                       f"the image's {database} database.",
+        f"the image's {database} database.",
     }
     framework = {
-        "SPDXID": "SPDXRef-Framework", "name": "kairos-build-framework", "versionInfo": __version__,
-        "supplier": "Organization: kairos-build", "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": False, "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": FRAMEWORK_LICENCE, "copyrightText": "NOASSERTION",
+        "SPDXID": "SPDXRef-Framework",
+        "name": "kairos-build-framework",
+        "versionInfo": __version__,
+        "supplier": "Organization: kairos-build",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": False,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": FRAMEWORK_LICENCE,
+        "copyrightText": "NOASSERTION",
         "primaryPackagePurpose": "FRAMEWORK",
         "description": "The Kairos framework layer kairos-build adds: kairos-agent, the "
-                       "initramfs module that mounts the image read-only, the boot files and "
-                       "services, /etc/kairos-release.",
+        "initramfs module that mounts the image read-only, the boot files and "
+        "services, /etc/kairos-release.",
         "comment": f"sha256 of the framework files: {image.framework_digest}",
     }
     listed = [_package(index, p, image) for index, p in enumerate(packages, 1)]
-    relationships = [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
-                      "relatedSpdxElement": "SPDXRef-Artifact"}]
-    relationships += [{"spdxElementId": "SPDXRef-Artifact", "relationshipType": "CONTAINS",
-                       "relatedSpdxElement": p["SPDXID"]} for p in [framework, *listed]]
+    relationships = [
+        {
+            "spdxElementId": "SPDXRef-DOCUMENT",
+            "relationshipType": "DESCRIBES",
+            "relatedSpdxElement": "SPDXRef-Artifact",
+        }
+    ]
+    relationships += [
+        {
+            "spdxElementId": "SPDXRef-Artifact",
+            "relationshipType": "CONTAINS",
+            "relatedSpdxElement": p["SPDXID"],
+        }
+        for p in [framework, *listed]
+    ]
     refs = {ref: None for p in listed for ref in licence_refs(p["licenseDeclared"])}
     document: dict[str, Any] = {
-        "spdxVersion": "SPDX-2.3", "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT",
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
         "name": image.artifact,
         "documentNamespace": f"https://spdx.org/spdxdocs/kairos-build/{image.artifact}-{image.sha256}",
         "creationInfo": {
@@ -115,8 +150,13 @@ def spdx_document(image: ImageInfo, database: str, packages: Sequence[Package],
     }
     if refs:
         document["hasExtractedLicensingInfos"] = [
-            {"licenseId": ref, "name": ref.removeprefix("LicenseRef-"),
-             "extractedText": "A licence the package names that the SPDX License List does not "
-                              f"have: {ref.removeprefix('LicenseRef-')}. See the package's own "
-                              "copyright statement in the image."} for ref in refs]
+            {
+                "licenseId": ref,
+                "name": ref.removeprefix("LicenseRef-"),
+                "extractedText": "A licence the package names that the SPDX License List does not "
+                f"have: {ref.removeprefix('LicenseRef-')}. See the package's own "
+                "copyright statement in the image.",
+            }
+            for ref in refs
+        ]
     return document

@@ -21,7 +21,13 @@ def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:
     # a killed build leaves no mount on the host and no installer running.
     run(
         [
-            "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
             require_tool("mmdebstrap"),
             f"--variant={recipe.variant}",
             "--mode=root",

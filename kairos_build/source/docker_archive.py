@@ -55,8 +55,10 @@ def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
     try:
         tar = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the `with` below)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path} is not a readable docker archive: {exc}",
-                         hint="make one with `docker save IMAGE -o FILE`") from exc
+        raise InputError(
+            f"{path} is not a readable docker archive: {exc}",
+            hint="make one with `docker save IMAGE -o FILE`",
+        ) from exc
     with tar:
         yield tar
 
@@ -96,8 +98,7 @@ class _Archive:
             raise InputError(f"{self.path}: malformed member name {name!r} in manifest.json")
         clean = posixpath.normpath(name)
         if posixpath.isabs(name) or ".." in name.split("/"):
-            raise HostileContentError(f"{self.path}: member name {name!r} leaves the archive; "
-                                      "refusing it")
+            raise HostileContentError(f"{self.path}: member name {name!r} leaves the archive; refusing it")
         return clean
 
     def regular(self, name: object) -> tarfile.TarInfo:
@@ -107,8 +108,9 @@ class _Archive:
         for _ in range(8):
             member = self.members.get(clean)
             if member is None:
-                raise InputError(f"{self.path}: the archive has no {name}",
-                                 hint="is it truncated? `docker save` it again")
+                raise InputError(
+                    f"{self.path}: the archive has no {name}", hint="is it truncated? `docker save` it again"
+                )
             if member.isreg():
                 if self.size is not None and member.offset_data + member.size > self.size:
                     raise InputError(f"{self.path} is truncated: {name} is cut short")
@@ -119,8 +121,9 @@ class _Archive:
             base = posixpath.dirname(clean) if member.issym() else ""
             clean = posixpath.normpath(posixpath.join(base, target))
             if posixpath.isabs(target) or clean == ".." or clean.startswith("../"):
-                raise HostileContentError(f"{self.path}: {name} links to {target!r}, which leaves "
-                                          "the archive; refusing it")
+                raise HostileContentError(
+                    f"{self.path}: {name} links to {target!r}, which leaves the archive; refusing it"
+                )
         raise InputError(f"{self.path}: {name} is a chain of links that does not end")
 
     @contextmanager
@@ -150,11 +153,13 @@ def _pick_legacy(archive: _Archive, manifest: Any, tag: str | None) -> dict[str,
     if tag:
         entries = [e for e in entries if any(_tags_match(t, tag) for t in e.get("RepoTags") or [])]
         if not entries:
-            raise InputError(f"{archive.path} has no image tagged {tag!r}",
-                             hint=f"it has: {', '.join(tags) or 'no tags'}")
+            raise InputError(
+                f"{archive.path} has no image tagged {tag!r}", hint=f"it has: {', '.join(tags) or 'no tags'}"
+            )
     if len({json.dumps(e.get("Config")) for e in entries}) > 1:
-        raise InputError(f"{archive.path} holds several images",
-                         hint=f"name one of: {', '.join(tags) or 'no tags'}")
+        raise InputError(
+            f"{archive.path} holds several images", hint=f"name one of: {', '.join(tags) or 'no tags'}"
+        )
     return entries[0]
 
 
@@ -163,8 +168,10 @@ def _check_platform(config: dict[str, Any], platform: str, where: str) -> None:
     arch = arch.partition("/")[0]
     found = (config.get("os"), config.get("architecture"))
     if all(isinstance(f, str) for f in found) and found != (os_name, arch):
-        raise InputError(f"{where} is for {found[0]}/{found[1]}, not the requested {platform}",
-                         hint="choose a matching image or --platform")
+        raise InputError(
+            f"{where} is for {found[0]}/{found[1]}, not the requested {platform}",
+            hint="choose a matching image or --platform",
+        )
 
 
 def _open_legacy(archive: _Archive, tag: str | None, platform: str) -> Image:
@@ -187,8 +194,9 @@ def _open_legacy(archive: _Archive, tag: str | None, platform: str) -> Image:
     layers = []
     for diff_id, name in zip(diff_ids, names, strict=True):
         member = archive.regular(name)  # checked now: a bad name fails before any unpacking
-        layers.append(Layer(check_digest(diff_id), partial(archive.open, name), member.size,
-                            uncompressed=True))
+        layers.append(
+            Layer(check_digest(diff_id), partial(archive.open, name), member.size, uncompressed=True)
+        )
     description = f"{where} ({tag})" if tag else where
     return Image(f"sha256:{hexdigest}", tuple(layers), description)
 
@@ -200,8 +208,12 @@ def _open_oci(path: Path, tag: str | None, platform: str) -> Image:
         index = store.read_json(name="index.json")
         entries = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
         if tag:
-            wanted = [m for m in entries if _tags_match(m.get("annotations", {}).get(_NAME_ANNOTATION), tag)
-                      or m.get("annotations", {}).get(TAG_ANNOTATION) == tag]
+            wanted = [
+                m
+                for m in entries
+                if _tags_match(m.get("annotations", {}).get(_NAME_ANNOTATION), tag)
+                or m.get("annotations", {}).get(TAG_ANNOTATION) == tag
+            ]
             if not wanted:
                 names = sorted(str(m.get("annotations", {}).get(_NAME_ANNOTATION)) for m in entries)
                 raise InputError(f"{path} has no image tagged {tag!r}", hint=f"it has: {', '.join(names)}")
@@ -211,8 +223,9 @@ def _open_oci(path: Path, tag: str | None, platform: str) -> Image:
         elif not tag:
             names = sorted(str(m.get("annotations", {}).get(_NAME_ANNOTATION)) for m in entries)
             raise InputError(f"{path} holds several images", hint=f"name one of: {', '.join(names)}")
-        manifest = resolve_manifest(lambda digest: store.read_json(digest=digest),
-                                    {"manifests": entries}, None, platform, str(path))
+        manifest = resolve_manifest(
+            lambda digest: store.read_json(digest=digest), {"manifests": entries}, None, platform, str(path)
+        )
         config_digest = manifest_config_digest(manifest, str(path))
         _check_platform(store.read_json(digest=config_digest), platform, str(path))
     finally:
@@ -229,5 +242,7 @@ def open_docker_archive(path: Path, tag: str | None = None, platform: str = "lin
         return _open_oci(path, tag, platform)
     if "manifest.json" in archive.members:
         return _open_legacy(archive, tag, platform)
-    raise InputError(f"{path} is not a docker archive (no manifest.json or index.json)",
-                     hint="is it truncated? make one with `docker save IMAGE -o FILE`")
+    raise InputError(
+        f"{path} is not a docker archive (no manifest.json or index.json)",
+        hint="is it truncated? make one with `docker save IMAGE -o FILE`",
+    )

@@ -66,9 +66,11 @@ def _check_platform(image: Any, name: str, platform: str) -> None:
     os_name, _, arch = platform.partition("/")
     arch = arch.partition("/")[0]
     if (image.attrs.get("Os"), image.attrs.get("Architecture")) != (os_name, arch):
-        raise InputError(f"docker image {name} is for {_platform_of(image)}, not the requested "
-                         f"{platform}", hint=f"pull it with `docker pull --platform {platform} "
-                         f"{name}` or choose --platform {_platform_of(image)}")
+        raise InputError(
+            f"docker image {name} is for {_platform_of(image)}, not the requested {platform}",
+            hint=f"pull it with `docker pull --platform {platform} "
+            f"{name}` or choose --platform {_platform_of(image)}",
+        )
 
 
 def _get(client: Any, name: str, pull: str, platform: str) -> Any:
@@ -80,16 +82,18 @@ def _get(client: Any, name: str, pull: str, platform: str) -> Any:
             return client.images.get(name)
         except ImageNotFound:
             if pull == "never":
-                raise InputError(f"image {name} is not in the docker daemon and --pull never "
-                                 "forbids pulling", hint="pull it first, or use --pull missing"
-                                 ) from None
+                raise InputError(
+                    f"image {name} is not in the docker daemon and --pull never forbids pulling",
+                    hint="pull it first, or use --pull missing",
+                ) from None
     log.info("  pulling %s (%s) with the docker daemon", name, platform)
     try:
         return client.images.pull(name, platform=platform)
     except APIError as exc:
-        raise InputError(f"docker cannot pull {name}: {_explain(exc)}",
-                         hint="check the name, the tag and the network; `docker login` for a "
-                         "private image") from None
+        raise InputError(
+            f"docker cannot pull {name}: {_explain(exc)}",
+            hint="check the name, the tag and the network; `docker login` for a private image",
+        ) from None
 
 
 def _explain(exc: Exception) -> str:
@@ -109,8 +113,9 @@ def _export(client: Any, image: Any, name: str, file: Path) -> str | None:
     return tag
 
 
-def open_daemon_image(name: str, workdir: Path, *, pull: str = "missing",
-                      platform: str = "linux/amd64") -> Image | None:
+def open_daemon_image(
+    name: str, workdir: Path, *, pull: str = "missing", platform: str = "linux/amd64"
+) -> Image | None:
     """The image `name` from the docker daemon, exported to `workdir` (which the caller owns
     and deletes). None when no daemon answers, so the caller can try a registry instead."""
     try:
@@ -125,11 +130,14 @@ def open_daemon_image(name: str, workdir: Path, *, pull: str = "missing",
             _check_platform(image, name, platform)
             tag = _export(client, image, name, workdir / "docker-save.tar")
         except APIError as exc:
-            raise InputError(f"docker daemon: {name}: {_explain(exc)}",
-                             hint="check the image name, and that the daemon works "
-                             "(`docker image inspect NAME`)") from None
+            raise InputError(
+                f"docker daemon: {name}: {_explain(exc)}",
+                hint="check the image name, and that the daemon works (`docker image inspect NAME`)",
+            ) from None
         except (DockerException, requests.exceptions.RequestException) as exc:
-            raise InputError(f"lost the docker daemon while reading {name}: {exc}",
-                             hint="is dockerd still running? (DOCKER_HOST names it)") from None
+            raise InputError(
+                f"lost the docker daemon while reading {name}: {exc}",
+                hint="is dockerd still running? (DOCKER_HOST names it)",
+            ) from None
     archive = open_docker_archive(workdir / "docker-save.tar", tag, platform)
     return dataclasses.replace(archive, description=f"docker image {name}")

@@ -41,8 +41,12 @@ def check_digest(digest: object) -> str:
 class DigestReader:
     """A read-only stream that hashes what passes through and checks it at the end."""
 
-    def __init__(self, raw: _Reads, digest: str, on_read: Callable[[int], object] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        raw: _Reads,
+        digest: str,
+        on_read: Callable[[int], object] | None = None,
+    ) -> None:
         self.expected = check_digest(digest).partition(":")[2]
         self.raw = raw
         self.digest = digest
@@ -96,8 +100,12 @@ def decompressed(reader: _Reads) -> IO[bytes]:
     return stream
 
 
-def select_descriptor(manifests: list[dict[str, Any]], tag: str | None, platform: str, where: str,
-                      ) -> dict[str, Any]:
+def select_descriptor(
+    manifests: list[dict[str, Any]],
+    tag: str | None,
+    platform: str,
+    where: str,
+) -> dict[str, Any]:
     """Pick one entry of an image index: by tag annotation, then by platform (os/arch[/variant])."""
     if tag:
         manifests = [m for m in manifests if m.get("annotations", {}).get(TAG_ANNOTATION) == tag]
@@ -106,23 +114,39 @@ def select_descriptor(manifests: list[dict[str, Any]], tag: str | None, platform
     os_name, _, arch = platform.partition("/")
     arch, _, variant = arch.partition("/")
     matching = [
-        m for m in manifests
+        m
+        for m in manifests
         if "platform" not in m
-        or (m["platform"].get("os") == os_name and m["platform"].get("architecture") == arch
-            and (not variant or m["platform"].get("variant") == variant))
+        or (
+            m["platform"].get("os") == os_name
+            and m["platform"].get("architecture") == arch
+            and (not variant or m["platform"].get("variant") == variant)
+        )
     ]
     if not matching:
-        found = sorted({f"{m['platform'].get('os')}/{m['platform'].get('architecture')}"
-                        for m in manifests if isinstance(m.get("platform"), dict)})
-        raise InputError(f"{where} has no image for platform {platform}",
-                         hint=f"it has: {', '.join(found) or 'none'}; choose with --platform")
+        found = sorted(
+            {
+                f"{m['platform'].get('os')}/{m['platform'].get('architecture')}"
+                for m in manifests
+                if isinstance(m.get("platform"), dict)
+            }
+        )
+        raise InputError(
+            f"{where} has no image for platform {platform}",
+            hint=f"it has: {', '.join(found) or 'none'}; choose with --platform",
+        )
     if len(matching) > 1 and not tag:
         raise InputError(f"{where} holds several images", hint="name one with :TAG")
     return matching[0]
 
 
-def resolve_manifest(read_json: Callable[[str], dict[str, Any]], top: dict[str, Any],
-                     tag: str | None, platform: str, where: str) -> dict[str, Any]:
+def resolve_manifest(
+    read_json: Callable[[str], dict[str, Any]],
+    top: dict[str, Any],
+    tag: str | None,
+    platform: str,
+    where: str,
+) -> dict[str, Any]:
     """Follow an index (possibly nested, as multi-platform images are) down to one manifest.
 
     `read_json(digest)` returns a verified JSON blob; `top` is the index or manifest to start at.
@@ -166,8 +190,9 @@ def manifest_config_digest(manifest: dict[str, Any], where: str) -> str:
     return check_digest(config.get("digest"))
 
 
-def manifest_layers(manifest: dict[str, Any], opener: Callable[[str], AbstractContextManager[IO[bytes]]],
-                    where: str) -> tuple[Layer, ...]:
+def manifest_layers(
+    manifest: dict[str, Any], opener: Callable[[str], AbstractContextManager[IO[bytes]]], where: str
+) -> tuple[Layer, ...]:
     """The layers of an OCI or docker v2 manifest, each opened through `opener(digest)`."""
     layers = manifest.get("layers")
     if not isinstance(layers, list):
@@ -176,8 +201,13 @@ def manifest_layers(manifest: dict[str, Any], opener: Callable[[str], AbstractCo
     for layer in layers:
         digest = check_digest(layer.get("digest") if isinstance(layer, dict) else None)
         size = layer.get("size")
-        found.append(Layer(digest, lambda d=digest: opener(d),  # type: ignore[misc]
-                           size if isinstance(size, int) else None))
+        found.append(
+            Layer(
+                digest,
+                lambda d=digest: opener(d),  # type: ignore[misc]
+                size if isinstance(size, int) else None,
+            )
+        )
     return tuple(found)
 
 
@@ -232,7 +262,7 @@ class _Prefetcher:
                 self.buffer, self.offset = item, 0
                 continue
             end = len(self.buffer) if wanted < 0 else min(len(self.buffer), self.offset + wanted)
-            parts.append(self.buffer[self.offset:end])
+            parts.append(self.buffer[self.offset : end])
             if wanted > 0:
                 wanted -= end - self.offset
             self.offset = end
@@ -244,8 +274,13 @@ class _Prefetcher:
         self.thread.join()
 
 
-def _apply_one(layer: Layer, name: str, target: Path, where: str, on_read: Callable[[int], object],
-               ) -> None:
+def _apply_one(
+    layer: Layer,
+    name: str,
+    target: Path,
+    where: str,
+    on_read: Callable[[int], object],
+) -> None:
     with layer.open() as raw:
         if layer.uncompressed:  # docker save: the digest is of the tar after decompression
             checked = DigestReader(decompressed(raw), layer.digest, on_read)

@@ -110,16 +110,19 @@ def open_oci_image(path: Path, tag: str | None, platform: str = "linux/amd64") -
     store = ImageStore(path)
     try:
         index = store.read_json(name="index.json")
-        manifest = resolve_manifest(lambda digest: store.read_json(digest=digest), index, tag,
-                                    platform, str(path))
+        manifest = resolve_manifest(
+            lambda digest: store.read_json(digest=digest), index, tag, platform, str(path)
+        )
         config_digest = manifest_config_digest(manifest, str(path))
     finally:
         store.close()
     return Image(config_digest, manifest_layers(manifest, blob_opener(path), str(path)), str(path))
 
 
-def blob_opener(path: Path, wrap: Callable[[IO[bytes]], IO[bytes]] | None = None,
-                ) -> Callable[[str], AbstractContextManager[IO[bytes]]]:
+def blob_opener(
+    path: Path,
+    wrap: Callable[[IO[bytes]], IO[bytes]] | None = None,
+) -> Callable[[str], AbstractContextManager[IO[bytes]]]:
     """Opens one blob of the layout at `path` at a time, each with its own handle, so layers
     can be read long after the index was (`wrap` may translate the stream's errors)."""
 

@@ -65,16 +65,22 @@ def _resolve(client: RegistryClient, name: ImageName, platform: str, where: str)
 def _blobs_of(manifest: dict[str, Any], where: str) -> list[tuple[str, int | None]]:
     """Config and layer digests (with sizes) of an image manifest, checked."""
     if manifest.get("schemaVersion") == 1:
-        raise InputError(f"{where} uses the obsolete schema 1 manifest format",
-                         hint="rebuild or re-push it with a current docker, buildah or skopeo")
+        raise InputError(
+            f"{where} uses the obsolete schema 1 manifest format",
+            hint="rebuild or re-push it with a current docker, buildah or skopeo",
+        )
     config, layers = manifest.get("config"), manifest.get("layers")
     if not isinstance(config, dict) or not isinstance(layers, list):
         raise InputError(f"{where}: the manifest has no config or layers")
     found = []
     for item in [config, *layers]:
         size = item.get("size") if isinstance(item, dict) else None
-        found.append((check_digest(item.get("digest") if isinstance(item, dict) else None),
-                      size if isinstance(size, int) and size >= 0 else None))
+        found.append(
+            (
+                check_digest(item.get("digest") if isinstance(item, dict) else None),
+                size if isinstance(size, int) and size >= 0 else None,
+            )
+        )
     return found
 
 
@@ -92,8 +98,7 @@ def _atomic(final: Path) -> Iterator[IO[bytes]]:
     """A temporary file beside `final`, renamed to it only when the block completes."""
     final.parent.mkdir(parents=True, exist_ok=True)
     # Named .tmp-*-PID like the cache's own temporaries, so Cache.prune_partial knows them too.
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name[:16]}-", suffix=f"-{os.getpid()}",
-                               dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name[:16]}-", suffix=f"-{os.getpid()}", dir=final.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
@@ -120,23 +125,33 @@ def _load_ref(path: Path) -> bytes | None:
 def _download(client: RegistryClient, digest: str, size: int | None, final: Path, bar: Any) -> None:
     """Stream one blob into the store; it appears there only once complete and verified."""
     hasher, received = hashlib.sha256(), 0
-    with _atomic(final) as out, client.get(f"{client.name.repository}/blobs/{digest}",
-                                           f"the registry lacks blob {digest} (the image is incomplete)",
-                                           ) as response:
+    with (
+        _atomic(final) as out,
+        client.get(
+            f"{client.name.repository}/blobs/{digest}",
+            f"the registry lacks blob {digest} (the image is incomplete)",
+        ) as response,
+    ):
         while chunk := client.read(response, CHUNK):
             received += len(chunk)
             if size is not None and received > size:
-                raise InputError(f"{client.where}: blob {digest} is larger than its manifest says",
-                                 hint="the registry serves a corrupt image")
+                raise InputError(
+                    f"{client.where}: blob {digest} is larger than its manifest says",
+                    hint="the registry serves a corrupt image",
+                )
             hasher.update(chunk)
             out.write(chunk)
             bar.update(len(chunk))
         if size is not None and received < size:
-            raise BuildError(f"{client.where}: the download of blob {digest} stopped after "
-                             f"{received} of {size} bytes", hint="the connection broke; try again")
+            raise BuildError(
+                f"{client.where}: the download of blob {digest} stopped after {received} of {size} bytes",
+                hint="the connection broke; try again",
+            )
         if f"sha256:{hasher.hexdigest()}" != digest:
-            raise InputError(f"{client.where}: blob {digest} from {client.name.registry} does not match "
-                             "its digest", hint="the registry or a proxy corrupted it; try again")
+            raise InputError(
+                f"{client.where}: blob {digest} from {client.name.registry} does not match its digest",
+                hint="the registry or a proxy corrupted it; try again",
+            )
 
 
 def _remove_stale(cache: Cache) -> None:
@@ -147,8 +162,14 @@ def _remove_stale(cache: Cache) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def open_registry_image(name: str, cache: Cache, *, pull: str = "missing", platform: str = "linux/amd64",
-                        insecure_registries: tuple[str, ...] = ()) -> Image:
+def open_registry_image(
+    name: str,
+    cache: Cache,
+    *,
+    pull: str = "missing",
+    platform: str = "linux/amd64",
+    insecure_registries: tuple[str, ...] = (),
+) -> Image:
     """The image `name` for `platform`, its blobs in the cache's blob store (pulled as needed).
 
     `pull` has docker's meaning: `missing` uses what an earlier pull left in the cache without
@@ -163,8 +184,10 @@ def open_registry_image(name: str, cache: Cache, *, pull: str = "missing", platf
     manifest = _parse(data, name, "the cached manifest") if data is not None else None
     if manifest is None or not all(_blob_path(cache, d).is_file() for d, _ in _blobs_of(manifest, name)):
         if pull == "never":
-            raise InputError(f"{name} ({platform}) is not in the cache and --pull never forbids pulling",
-                             hint="pull it once with --pull missing")
+            raise InputError(
+                f"{name} ({platform}) is not in the cache and --pull never forbids pulling",
+                hint="pull it once with --pull missing",
+            )
         client = RegistryClient(parsed, name, insecure_registries)
         client.get("", f"{parsed.registry} does not offer the registry API").close()
         data, from_index = _resolve(client, parsed, platform, name)
@@ -174,8 +197,12 @@ def open_registry_image(name: str, cache: Cache, *, pull: str = "missing", platf
         with progress(sum(s or 0 for _, s in wanted) or None, f"pulling {name}") as bar:
             for digest, size in wanted:
                 _download(client, digest, size, _blob_path(cache, digest), bar)
-        record = {"image": str(parsed), "platform": platform, "manifest_digest":
-                  "sha256:" + hashlib.sha256(data).hexdigest(), "manifest": data.decode()}
+        record = {
+            "image": str(parsed),
+            "platform": platform,
+            "manifest_digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+            "manifest": data.decode(),
+        }
         with _atomic(ref_file) as out:
             out.write(json.dumps(record).encode())
         if not from_index:
@@ -191,8 +218,10 @@ def open_registry_image(name: str, cache: Cache, *, pull: str = "missing", platf
         try:
             handle = _blob_path(cache, digest).open("rb")
         except OSError as exc:
-            raise InputError(f"{name}: blob {digest} is gone from the cache: {exc}",
-                             hint="pull it again with --pull always") from exc
+            raise InputError(
+                f"{name}: blob {digest} is gone from the cache: {exc}",
+                hint="pull it again with --pull always",
+            ) from exc
         with handle:
             yield handle
 

@@ -38,8 +38,10 @@ TIMEOUT = 30.0  # seconds, for connecting and for every read
 CHUNK = 1 << 20  # bytes per read of a blob
 _MAX_JSON = 4 << 20
 _ACCEPT = ", ".join(sorted(INDEX_TYPES | MANIFEST_TYPES))
-_DENIED_HINT = ("check the name; if the image is private, log in with docker login or put "
-                "credentials in ~/.docker/config.json")
+_DENIED_HINT = (
+    "check the name; if the image is private, log in with docker login or put "
+    "credentials in ~/.docker/config.json"
+)
 _NAME_HINT = "use [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST], e.g. debian:trixie or quay.io/org/image:1.0"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -100,8 +102,10 @@ def parse_image_name(name: str) -> ImageName:
 def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
     """`Bearer realm="…",service="…",scope="…"` -> ("bearer", {realm, service, scope})."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {key.lower(): re.sub(r"\\(.)", r"\1", quoted) if quoted else bare
-              for key, quoted, bare in _PARAM.findall(rest)}
+    params = {
+        key.lower(): re.sub(r"\\(.)", r"\1", quoted) if quoted else bare
+        for key, quoted, bare in _PARAM.findall(rest)
+    }
     return scheme.lower(), params
 
 
@@ -114,26 +118,33 @@ def docker_credentials(registry: str) -> tuple[str, str] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the registry credentials in {path}: {exc}",
-                         hint="fix the file or log in again with docker login") from exc
+        raise InputError(
+            f"cannot read the registry credentials in {path}: {exc}",
+            hint="fix the file or log in again with docker login",
+        ) from exc
     auths = config.get("auths") if isinstance(config, dict) else None
     wanted = _HUB_NAMES if registry == DOCKER_HUB else {registry}
-    for key, entry in (auths.items() if isinstance(auths, dict) else ()):
+    for key, entry in auths.items() if isinstance(auths, dict) else ():
         if re.sub(r"^[a-z]+://", "", key).split("/", 1)[0] not in wanted or not isinstance(entry, dict):
             continue
         if isinstance(entry.get("auth"), str) and entry["auth"]:
             try:
                 user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
             except ValueError as exc:
-                raise InputError(f"{path}: the auth entry for {key} is not base64 of user:password",
-                                 hint="log in again with docker login") from exc
+                raise InputError(
+                    f"{path}: the auth entry for {key} is not base64 of user:password",
+                    hint="log in again with docker login",
+                ) from exc
             if sep:
                 return user, password
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
             return entry["username"], entry["password"]
     if isinstance(config, dict) and (config.get("credsStore") or config.get("credHelpers")):
-        log.warning("%s names docker credential helpers, which kairos-build does not run; it reads "
-                    "only the auths entries", path)
+        log.warning(
+            "%s names docker credential helpers, which kairos-build does not run; it reads "
+            "only the auths entries",
+            path,
+        )
     return None
 
 
@@ -157,10 +168,16 @@ class RegistryClient:
         self.where = where
         self.authorization: str | None = None
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+            urllib.request.HTTPSHandler(context=ssl.create_default_context())
+        )
 
-    def _open(self, request: urllib.request.Request, what: str, missing: str, challenge_ok: bool = False,
-              ) -> http.client.HTTPResponse | str:
+    def _open(
+        self,
+        request: urllib.request.Request,
+        what: str,
+        missing: str,
+        challenge_ok: bool = False,
+    ) -> http.client.HTTPResponse | str:
         """The response, or the challenge of a 401 when `challenge_ok`; failures as one clear error."""
         try:
             response: http.client.HTTPResponse = self.opener.open(request, timeout=TIMEOUT)
@@ -170,17 +187,22 @@ class RegistryClient:
             if exc.code == 401 and challenge and challenge_ok:
                 return str(challenge)
             if exc.code in (401, 403):
-                raise InputError(f"{self.where}: access denied by {self.name.registry}",
-                                 hint=_DENIED_HINT) from None
+                raise InputError(
+                    f"{self.where}: access denied by {self.name.registry}", hint=_DENIED_HINT
+                ) from None
             if exc.code == 404:
                 raise InputError(f"{self.where}: {missing}", hint="check the image name and tag") from None
-            raise BuildError(f"{self.where}: {what} answered {exc.code} {exc.reason}",
-                             hint="it has a problem; try again later") from None
+            raise BuildError(
+                f"{self.where}: {what} answered {exc.code} {exc.reason}",
+                hint="it has a problem; try again later",
+            ) from None
         except _NETWORK_ERRORS as exc:
             reason = getattr(exc, "reason", exc)
-            hint = ("if it uses a private CA, add it to the system CA store, or list the registry as "
-                    "insecure" if isinstance(reason, ssl.SSLError) else
-                    "check the name, your network and proxy settings, then try again")
+            hint = (
+                "if it uses a private CA, add it to the system CA store, or list the registry as insecure"
+                if isinstance(reason, ssl.SSLError)
+                else "check the name, your network and proxy settings, then try again"
+            )
             raise BuildError(f"{self.where}: cannot reach {what}: {reason}", hint=hint) from exc
         return response
 
@@ -201,8 +223,7 @@ class RegistryClient:
     def _authenticate(self, challenge: str) -> None:
         scheme, params = parse_www_authenticate(challenge)
         credentials = docker_credentials(self.name.registry)
-        basic = ("Basic " + base64.b64encode(":".join(credentials).encode()).decode()
-                 if credentials else None)
+        basic = "Basic " + base64.b64encode(":".join(credentials).encode()).decode() if credentials else None
         if scheme == "basic":
             if basic is None:
                 raise InputError(f"{self.where}: {self.name.registry} wants a login", hint=_DENIED_HINT)
@@ -210,12 +231,15 @@ class RegistryClient:
             return
         realm = params.get("realm", "")
         if scheme != "bearer" or not realm.startswith(("https://", "http://")):
-            raise BuildError(f"{self.where}: {self.name.registry} asks for an unsupported login "
-                             f"({challenge[:80]})", hint="pull it with docker or skopeo instead")
+            raise BuildError(
+                f"{self.where}: {self.name.registry} asks for an unsupported login ({challenge[:80]})",
+                hint="pull it with docker or skopeo instead",
+            )
         query = {"scope": params.get("scope") or f"repository:{self.name.repository}:pull"}
         query |= {"service": params["service"]} if "service" in params else {}
         request = urllib.request.Request(  # noqa: S310 (checked above)
-            realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query))
+            realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+        )
         if basic:
             request.add_unredirected_header("Authorization", basic)
         response = self._open(request, f"the token server {realm}", f"no token server at {realm}")
@@ -234,13 +258,15 @@ class RegistryClient:
         try:
             return response.read(size)
         except _NETWORK_ERRORS as exc:
-            raise BuildError(f"{self.where}: the download from {self.name.registry} broke off: {exc}",
-                             hint="try again") from exc
+            raise BuildError(
+                f"{self.where}: the download from {self.name.registry} broke off: {exc}", hint="try again"
+            ) from exc
 
     def manifest(self, reference: str) -> bytes:
         """A manifest or index by tag or digest, verified against the digest it is known by."""
-        with self.get(f"{self.name.repository}/manifests/{reference}", "no such image or tag",
-                      _ACCEPT) as response:
+        with self.get(
+            f"{self.name.repository}/manifests/{reference}", "no such image or tag", _ACCEPT
+        ) as response:
             data = self.read(response, _MAX_JSON + 1)
             claimed = response.headers.get("Docker-Content-Digest") or ""
         if len(data) > _MAX_JSON:
@@ -248,6 +274,8 @@ class RegistryClient:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = reference if reference.startswith("sha256:") else claimed
         if expected.startswith("sha256:") and expected != digest:
-            raise InputError(f"{self.where}: the manifest {reference} does not match its digest {expected}",
-                             hint="the registry or a proxy corrupted it; try again")
+            raise InputError(
+                f"{self.where}: the manifest {reference} does not match its digest {expected}",
+                hint="the registry or a proxy corrupted it; try again",
+            )
         return data

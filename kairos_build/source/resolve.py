@@ -138,15 +138,21 @@ def _from_daemon_or_registry(name: str, cache: Cache, options: SourceOptions) ->
     base = _from_daemon(name, cache, options)
     if base is not None:
         return base
-    image = open_registry_image(name, cache, pull=options.pull, platform=options.platform,
-                                insecure_registries=options.insecure_registries)
+    image = open_registry_image(
+        name,
+        cache,
+        pull=options.pull,
+        platform=options.platform,
+        insecure_registries=options.insecure_registries,
+    )
     return unpack_cached(image, cache, options.refresh)
 
 
 def _bootstrap(ref: BaseRef, flavor: Flavor, cache: Cache, options: SourceOptions) -> Base:
     distro, _, suite = ref.target.partition("/")
-    recipe = next((r.bootstrap for r in flavor.releases.values()
-                   if r.bootstrap and r.bootstrap.suite == suite), None)
+    recipe = next(
+        (r.bootstrap for r in flavor.releases.values() if r.bootstrap and r.bootstrap.suite == suite), None
+    )
     if distro != flavor.name or recipe is None:
         raise InputError(
             f"--base {ref}: flavor {flavor.name} has no bootstrap recipe for {ref.target}",
@@ -154,15 +160,16 @@ def _bootstrap(ref: BaseRef, flavor: Flavor, cache: Cache, options: SourceOption
         )
     key = cache_key("bootstrap", recipe=recipe)
     if options.pull == "never" and not cache.path("rootfs", key).is_dir():
-        raise InputError(f"--base {ref} is not cached and --pull never forbids bootstrapping",
-                         hint="run once with --pull missing")
+        raise InputError(
+            f"--base {ref} is not cached and --pull never forbids bootstrapping",
+            hint="run once with --pull missing",
+        )
 
     def make(target: Path) -> None:
         with step(f"bootstrapping {distro} {suite} with {recipe.tool}"):
             bootstrap_rootfs(recipe, target)
 
-    rootfs = cache.get_or_make("rootfs", key, make,
-                               refresh=options.pull == "always" or options.refresh)
+    rootfs = cache.get_or_make("rootfs", key, make, refresh=options.pull == "always" or options.refresh)
     return Base(rootfs, key, str(ref))
 
 
@@ -185,8 +192,9 @@ def base_tools(base: str | None, release: Release) -> tuple[str, ...]:
     return BOOTSTRAP_TOOLS if ref.transport == "bootstrap" else ()
 
 
-def resolve_base(base: str | None, flavor: Flavor, release: Release, cache: Cache,
-                 options: SourceOptions | None = None) -> Base:
+def resolve_base(
+    base: str | None, flavor: Flavor, release: Release, cache: Cache, options: SourceOptions | None = None
+) -> Base:
     """Resolve `base` (or, without one, the flavor's default image) into a root directory."""
     options = options or SourceOptions()
     ref = parse_ref(base) if base else parse_ref(release.image)
@@ -197,9 +205,14 @@ def resolve_base(base: str | None, flavor: Flavor, release: Release, cache: Cach
         except KairosError as exc:
             if base is not None or release.bootstrap is None or not options.bootstrap_fallback:
                 raise
-            log.info("base image %s cannot be had (%s); bootstrapping %s/%s with %s instead",
-                     ref.target, exc.message, flavor.name, release.bootstrap.suite,
-                     release.bootstrap.tool)
+            log.info(
+                "base image %s cannot be had (%s); bootstrapping %s/%s with %s instead",
+                ref.target,
+                exc.message,
+                flavor.name,
+                release.bootstrap.suite,
+                release.bootstrap.tool,
+            )
             ref = BaseRef("bootstrap", f"{flavor.name}/{release.bootstrap.suite}")
 
     if ref.transport == "dir":
@@ -210,14 +223,18 @@ def resolve_base(base: str | None, flavor: Flavor, release: Release, cache: Cach
     if ref.transport in ("oci", "oci-archive"):
         from kairos_build.source.oci import open_oci_image
 
-        return unpack_cached(open_oci_image(_readable(ref), ref.tag, options.platform), cache,
-                             options.refresh)
+        return unpack_cached(
+            open_oci_image(_readable(ref), ref.tag, options.platform), cache, options.refresh
+        )
     if ref.transport == "docker-archive":
         from kairos_build.source.docker_archive import open_docker_archive
 
-        return unpack_cached(open_docker_archive(_readable(ref), None, options.platform), cache,
-                             options.refresh)
+        return unpack_cached(
+            open_docker_archive(_readable(ref), None, options.platform), cache, options.refresh
+        )
     if ref.transport == "bootstrap":
         return _bootstrap(ref, flavor, cache, options)
-    raise InputError(f"--base {ref}: {ref.transport} bases are not supported",
-                     hint="use docker://, oci:, oci-archive:, docker-archive:, dir: or bootstrap:")
+    raise InputError(
+        f"--base {ref}: {ref.transport} bases are not supported",
+        hint="use docker://, oci:, oci-archive:, docker-archive:, dir: or bootstrap:",
+    )

@@ -118,8 +118,7 @@ def _set_metadata(layer: _Layer, path: Path, member: tarfile.TarInfo) -> None:
         # Kept by name and identity, not host path: a later member may replace a parent with a
         # symlink, and the kernel would follow it out of the rootfs when the time is set.
         st = os.lstat(path)
-        layer.dir_times.append((_member_path(layer, member.name), (st.st_dev, st.st_ino),
-                                _mtime_ns(member)))
+        layer.dir_times.append((_member_path(layer, member.name), (st.st_dev, st.st_ino), _mtime_ns(member)))
     else:
         mtime = _mtime_ns(member)
         os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
@@ -159,8 +158,7 @@ def _hardlink_source(layer: _Layer, member: tarfile.TarInfo) -> Path:
         target_rel = _member_path(layer, member.linkname)
     except HostileContentError:
         # Name the hardlink itself: its target is no member, a message naming it would mislead.
-        raise layer.refuse(member.name, f"is a hardlink out of the rootfs to {member.linkname!r}"
-                           ) from None
+        raise layer.refuse(member.name, f"is a hardlink out of the rootfs to {member.linkname!r}") from None
     try:
         source = resolve_in(layer.root, target_rel, follow_last=False)
     except HostileContentError as exc:

@@ -59,9 +59,19 @@ class Uki:
         # No kairos.entry= on a system UKI: the same file is active before an upgrade and
         # passive after it; the role booted is the loader entry (LoaderEntrySelected).
         role = ["kairos.entry=recovery"] if self.kind == "recovery" else []
-        words = [f"root=LABEL={self.label}", "ro", *CONSOLES, f"cos-img/filename={image_path(verity)}",
-                 *verity.kernel_args(), "rd.kairos.encrypt=tpm2", *role, "panic=5", "rd.shell=0",
-                 "rd.emergency=reboot", *extra]
+        words = [
+            f"root=LABEL={self.label}",
+            "ro",
+            *CONSOLES,
+            f"cos-img/filename={image_path(verity)}",
+            *verity.kernel_args(),
+            "rd.kairos.encrypt=tpm2",
+            *role,
+            "panic=5",
+            "rd.shell=0",
+            "rd.emergency=reboot",
+            *extra,
+        ]
         return " ".join(words) + "\n"
 
 
@@ -69,8 +79,12 @@ SYSTEM = Uki("system", "COS_STATE")
 RECOVERY = Uki("recovery", "COS_RECOVERY")
 # Loader entry -> the UKI it starts, in menu order. A fresh disk has one system image, which
 # is both active and passive; an upgrade points active at the new one.
-ENTRIES = (("active", SYSTEM, ""), ("passive", SYSTEM, " (fallback)"),
-           ("recovery", RECOVERY, " recovery"), ("statereset", RECOVERY, " reset"))
+ENTRIES = (
+    ("active", SYSTEM, ""),
+    ("passive", SYSTEM, " (fallback)"),
+    ("recovery", RECOVERY, " recovery"),
+    ("statereset", RECOVERY, " reset"),
+)
 
 
 def image_id(verity: VerityImage) -> str:
@@ -83,8 +97,9 @@ def image_path(verity: VerityImage) -> str:
 
 
 def loader_entry(title: str, number: int, version: str, efi: str) -> str:
-    return render("systemd-boot/entry.conf.j2", title=title, sort_key=f"kairos-{number}",
-                  version=version, efi=efi)
+    return render(
+        "systemd-boot/entry.conf.j2", title=title, sort_key=f"kairos-{number}", version=version, efi=efi
+    )
 
 
 def signed_ukis(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
@@ -110,8 +125,9 @@ def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) ->
     """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll.
     Made once per build: every format of it carries the same signed files (a signature holds
     its signing time, so signing again gives other bytes)."""
-    made = {path.removeprefix(ESP_MADE): file for path, file in context.made.items()
-            if path.startswith(ESP_MADE)}
+    made = {
+        path.removeprefix(ESP_MADE): file for path, file in context.made.items() if path.startswith(ESP_MADE)
+    }
     if made:
         return made
     files = _make_esp_files(context, keys, verity)
@@ -125,12 +141,15 @@ def _make_esp_files(context: ExportContext, keys: SigningKeys, verity: VerityIma
     work.mkdir(exist_ok=True)
     title = f"Kairos {config.flavor.pretty_name} {config.version}"
     boot = image_file(context.rootfs, SYSTEMD_BOOT, "systemd-boot-efi")
-    files = {"EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
-             **signed_ukis(context, keys, verity)}
+    files = {
+        "EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
+        **signed_ukis(context, keys, verity),
+    }
     for number, (role, uki, suffix) in enumerate(ENTRIES, start=1):
         conf = work / f"{role}.conf"
-        conf.write_text(loader_entry(title + suffix, number, config.version,
-                                     f"/{UKI_DIR}/{uki.name(verity)}.efi"))
+        conf.write_text(
+            loader_entry(title + suffix, number, config.version, f"/{UKI_DIR}/{uki.name(verity)}.efi")
+        )
         files[f"loader/entries/{role}.conf"] = conf
     loader = work / "loader.conf"
     loader.write_text(render("systemd-boot/loader.conf.j2", timeout=3, enroll="if-safe"))
@@ -142,8 +161,7 @@ def _make_esp_files(context: ExportContext, keys: SigningKeys, verity: VerityIma
 
 def root_image(context: ExportContext) -> VerityImage:
     """The build's squashfs with its verity tree, made once per build."""
-    return make_verity_image(context.squashfs(), context.workdir / "root.verity.img",
-                             context.rootfs_key)
+    return make_verity_image(context.squashfs(), context.workdir / "root.verity.img", context.rootfs_key)
 
 
 def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
@@ -154,9 +172,12 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     verity = root_image(context)
     image_bytes = verity.path.stat().st_size
     # plan_layout sizes COS_STATE for three images (active, passive, an upgrade) of image_size.
-    options = replace(config.disk, firmware="uefi",
-                      image_size=align_up(image_bytes * 11 // 10, 16 * MiB),
-                      sizes=(("efi", DEFAULT_ESP), *config.disk.sizes))
+    options = replace(
+        config.disk,
+        firmware="uefi",
+        image_size=align_up(image_bytes * 11 // 10, 16 * MiB),
+        sizes=(("efi", DEFAULT_ESP), *config.disk.sizes),
+    )
     layout = plan_layout(options, image_bytes, image_bytes, seed)
     log.info("  layout: %s; disk %d MiB", layout.describe(), layout.disk_size >> 20)
     create_disk(output, layout)
@@ -182,6 +203,7 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     # COS_PERSISTENT stays blank: the node's first boot seals it to its own TPM (LUKS2, see
     # the kairos-immutable dracut module), which no build can do.
     with step("writing the ESP (systemd-boot, the signed UKIs, the keys to enroll)"):
-        make_fat_in_disk(output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB",
-                         volume_id(seed), context.epoch)
+        make_fat_in_disk(
+            output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB", volume_id(seed), context.epoch
+        )
     return layout

@@ -53,24 +53,32 @@ def efi_time(when: datetime) -> bytes:
     """The EFI_TIME of an authenticated write: UTC to the second; the spec wants Pad1,
     Nanosecond, TimeZone, Daylight and Pad2 zero."""
     utc = when.astimezone(UTC)
-    return _EFI_TIME.pack(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second,
-                          0, 0, 0, 0, 0)
+    return _EFI_TIME.pack(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, 0, 0, 0, 0, 0)
 
 
-def signed_bytes(variable: str, data: bytes, timestamp: bytes,
-                 attributes: int = TIME_BASED_ATTRIBUTES) -> bytes:
+def signed_bytes(
+    variable: str, data: bytes, timestamp: bytes, attributes: int = TIME_BASED_ATTRIBUTES
+) -> bytes:
     """What the firmware checks the signature over: VariableName (UTF-16LE, no NUL) ||
     VendorGuid || Attributes (u32 LE) || TimeStamp || Data."""
-    return (variable.encode("utf-16-le") + VENDORS[variable].bytes_le
-            + struct.pack("<I", attributes) + timestamp + data)
+    return (
+        variable.encode("utf-16-le")
+        + VENDORS[variable].bytes_le
+        + struct.pack("<I", attributes)
+        + timestamp
+        + data
+    )
 
 
 def authenticated_variable(timestamp: bytes, signed_data: bytes, data: bytes) -> bytes:
     """EFI_VARIABLE_AUTHENTICATION_2 (TimeStamp, then a WIN_CERTIFICATE_UEFI_GUID of type
     EFI_CERT_TYPE_PKCS7_GUID carrying `signed_data`), followed by the variable's data."""
     length = _WIN_CERT_HEADER.size + 16 + len(signed_data)
-    auth_info = (_WIN_CERT_HEADER.pack(length, _WIN_CERT_REVISION, _WIN_CERT_TYPE_EFI_GUID)
-                 + EFI_CERT_TYPE_PKCS7_GUID.bytes_le + signed_data)
+    auth_info = (
+        _WIN_CERT_HEADER.pack(length, _WIN_CERT_REVISION, _WIN_CERT_TYPE_EFI_GUID)
+        + EFI_CERT_TYPE_PKCS7_GUID.bytes_le
+        + signed_data
+    )
     return timestamp + auth_info + data
 
 
@@ -86,7 +94,7 @@ def _element(der: bytes, at: int) -> tuple[int, int, int]:
     if not 1 <= count <= 4:
         raise ValueError("DER length out of range")
     start = at + 2 + count
-    return tag, start, start + int.from_bytes(der[at + 2:start], "big")
+    return tag, start, start + int.from_bytes(der[at + 2 : start], "big")
 
 
 def signed_data_of(content_info: bytes) -> bytes:
@@ -99,7 +107,7 @@ def signed_data_of(content_info: bytes) -> bytes:
     tag, start, end = _element(content_info, 0)
     if tag != 0x30 or end != len(content_info):
         raise ValueError("not one DER SEQUENCE")
-    if content_info[start:start + len(_SIGNED_DATA_OID)] != _SIGNED_DATA_OID:
+    if content_info[start : start + len(_SIGNED_DATA_OID)] != _SIGNED_DATA_OID:
         raise ValueError("not a PKCS#7 signedData ContentInfo")
     tag, explicit_start, explicit_end = _element(content_info, start + len(_SIGNED_DATA_OID))
     if tag != 0xA0 or explicit_end != end:

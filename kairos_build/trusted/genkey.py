@@ -66,14 +66,18 @@ class GeneratedKeys:
 
 def key_set_files() -> tuple[str, ...]:
     """Every file genkey writes, in the order it lists them."""
-    per_key = [f"{key}.{ext}" for key in SECURE_BOOT_KEYS
-               for ext in ("key", "pem", "der", "esl", "auth")]
+    per_key = [f"{key}.{ext}" for key in SECURE_BOOT_KEYS for ext in ("key", "pem", "der", "esl", "auth")]
     return (*per_key, PCR_PRIVATE_KEY, PCR_PUBLIC_KEY, OWNER_GUID_FILE)
 
 
-def generate_keys(directory: Path, *, name: str = DEFAULT_NAME,
-                  expiration_days: int = DEFAULT_EXPIRATION_DAYS, key_bits: int = 2048,
-                  force: bool = False) -> GeneratedKeys:
+def generate_keys(
+    directory: Path,
+    *,
+    name: str = DEFAULT_NAME,
+    expiration_days: int = DEFAULT_EXPIRATION_DAYS,
+    key_bits: int = 2048,
+    force: bool = False,
+) -> GeneratedKeys:
     """Write a new key set into `directory` (made 0700 when missing). Existing key files stop
     it unless `force`. The set is made in a private folder inside `directory` and moved into
     place only when complete, so a failure leaves no partial set behind."""
@@ -94,14 +98,16 @@ def generate_keys(directory: Path, *, name: str = DEFAULT_NAME,
 
 def _check_options(name: str, expiration_days: int, key_bits: int) -> None:
     if not name or not name.isprintable() or len(name) > _CN_MAX:
-        raise InputError(f"--name {name!r} cannot name a certificate",
-                         hint=f"use 1 to {_CN_MAX} printable characters")
+        raise InputError(
+            f"--name {name!r} cannot name a certificate", hint=f"use 1 to {_CN_MAX} printable characters"
+        )
     if not 1 <= expiration_days <= 36500:
-        raise InputError(f"--expiration-days {expiration_days} is out of range",
-                         hint="use 1 to 36500 days")
+        raise InputError(f"--expiration-days {expiration_days} is out of range", hint="use 1 to 36500 days")
     if key_bits not in KEY_BITS:
-        raise InputError(f"--key-bits {key_bits} is not offered",
-                         hint=" or ".join(map(str, KEY_BITS)) + " (2048 is what all firmware takes)")
+        raise InputError(
+            f"--key-bits {key_bits} is not offered",
+            hint=" or ".join(map(str, KEY_BITS)) + " (2048 is what all firmware takes)",
+        )
 
 
 def _refuse_existing(directory: Path, files: tuple[str, ...], force: bool) -> None:
@@ -112,7 +118,8 @@ def _refuse_existing(directory: Path, files: tuple[str, ...], force: bool) -> No
         raise InputError(
             f"{directory} already holds key files: {', '.join(existing)}",
             hint="choose another directory, or --force to replace them (the old keys are lost, "
-                 "and images signed with them stop booting once the new ones are enrolled)")
+            "and images signed with them stop booting once the new ones are enrolled)",
+        )
 
 
 def _staging_folder(directory: Path) -> Path:
@@ -122,8 +129,10 @@ def _staging_folder(directory: Path) -> Path:
             directory.chmod(0o700)  # mkdir's mode is cut by the umask, which could leave 0500
         return Path(tempfile.mkdtemp(prefix=".genkey-", dir=directory))  # mode 0700
     except PermissionError as exc:
-        raise InputError(f"cannot write the keys into {directory}: {exc.strerror}",
-                         hint="choose a directory you may write to") from exc
+        raise InputError(
+            f"cannot write the keys into {directory}: {exc.strerror}",
+            hint="choose a directory you may write to",
+        ) from exc
 
 
 def _make_key_set(folder: Path, name: str, days: int, key_bits: int, owner: uuid.UUID) -> None:
@@ -137,8 +146,9 @@ def _make_key_set(folder: Path, name: str, days: int, key_bits: int, owner: uuid
         esl = signature_list((folder / f"{key}.der").read_bytes(), owner)
         (folder / f"{key}.esl").write_bytes(esl)
         signer = SIGNER[key]
-        content_info = sign_detached(signed_bytes(key, esl, timestamp),
-                                     folder / f"{signer}.key", folder / f"{signer}.pem")
+        content_info = sign_detached(
+            signed_bytes(key, esl, timestamp), folder / f"{signer}.key", folder / f"{signer}.pem"
+        )
         try:
             signature = signed_data_of(content_info)
         except ValueError as exc:

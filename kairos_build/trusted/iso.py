@@ -31,10 +31,20 @@ MiB = 1 << 20
 
 
 def live_cmdline(label: str, verity: VerityImage, extra: tuple[str, ...], config: bool) -> str:
-    words = [f"root=LABEL={label}", "ro", *CONSOLES, f"cos-img/filename={image_path(verity)}",
-             *verity.kernel_args(), "kairos.entry=live", "rd.kairos.persistent=none",
-             *(["kairos.live_config=/config.yaml"] if config else []), "panic=5", "rd.shell=0",
-             "rd.emergency=reboot", *extra]
+    words = [
+        f"root=LABEL={label}",
+        "ro",
+        *CONSOLES,
+        f"cos-img/filename={image_path(verity)}",
+        *verity.kernel_args(),
+        "kairos.entry=live",
+        "rd.kairos.persistent=none",
+        *(["kairos.live_config=/config.yaml"] if config else []),
+        "panic=5",
+        "rd.shell=0",
+        "rd.emergency=reboot",
+        *extra,
+    ]
     return " ".join(words) + "\n"
 
 
@@ -49,13 +59,22 @@ def live_esp(context: ExportContext, keys: SigningKeys, verity: VerityImage, lab
     unsigned.unlink()
     boot = image_file(context.rootfs, SYSTEMD_BOOT, "systemd-boot-efi")
     entry, loader = work / "live.conf", work / "loader.conf"
-    entry.write_text(loader_entry(f"Kairos {config.flavor.pretty_name} {config.version} live", 1,
-                                  config.version, f"/{UKI_DIR}/{name}.efi"))
+    entry.write_text(
+        loader_entry(
+            f"Kairos {config.flavor.pretty_name} {config.version} live",
+            1,
+            config.version,
+            f"/{UKI_DIR}/{name}.efi",
+        )
+    )
     loader.write_text(render("systemd-boot/loader.conf.j2", timeout=3, enroll="if-safe"))
-    files = {"EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
-             f"{UKI_DIR}/{name}.efi": uki, "loader/loader.conf": loader,
-             "loader/entries/live.conf": entry,
-             **{f"loader/keys/auto/{n}": path for n, path in keys.auto_enroll.items()}}
+    files = {
+        "EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
+        f"{UKI_DIR}/{name}.efi": uki,
+        "loader/loader.conf": loader,
+        "loader/entries/live.conf": entry,
+        **{f"loader/keys/auto/{n}": path for n, path in keys.auto_enroll.items()},
+    }
     esp = work / "uefi.img"
     with step("making the UEFI boot image (systemd-boot, the live UKI)"):
         make_fat_image(esp, files, label="COS_GRUB", epoch=context.epoch)
@@ -66,11 +85,14 @@ def live_esp(context: ExportContext, keys: SigningKeys, verity: VerityImage, lab
 def trusted_iso_files(context: ExportContext, keys: SigningKeys, label: str) -> dict[str, Path]:
     """ISO path -> host file of a Trusted Boot ISO."""
     verity = root_image(context)
-    files = {"/boot/uefi.img": live_esp(context, keys, verity, label),
-             image_path(verity): verity.path}
+    files = {"/boot/uefi.img": live_esp(context, keys, verity, label), image_path(verity): verity.path}
     # What kairos-agent install lays down: an installed disk's ESP, made by the same code.
-    files.update({f"/{kit.KIT_DIR}/{kit.ESP_DIR}/{path}": source
-                  for path, source in esp_files(context, keys, verity).items()})
+    files.update(
+        {
+            f"/{kit.KIT_DIR}/{kit.ESP_DIR}/{path}": source
+            for path, source in esp_files(context, keys, verity).items()
+        }
+    )
     if context.config.cloud_config is not None:
         files["/config.yaml"] = context.config.cloud_config
     return files

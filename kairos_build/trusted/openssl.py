@@ -39,8 +39,20 @@ def new_private_key(path: Path, bits: int) -> None:
     """A new RSA key of `bits` in `path` (PEM, PKCS#8, unencrypted), mode 0600."""
     create_private_file(path)
     # openssl truncates the file it is given and keeps its mode.
-    run(["openssl", "genpkey", "-quiet", "-algorithm", "RSA", "-pkeyopt",
-         f"rsa_keygen_bits:{bits}", "-out", path], name="openssl genpkey")
+    run(
+        [
+            "openssl",
+            "genpkey",
+            "-quiet",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            f"rsa_keygen_bits:{bits}",
+            "-out",
+            path,
+        ],
+        name="openssl genpkey",
+    )
 
 
 def _subject(common_name: str) -> str:
@@ -53,9 +65,27 @@ def self_signed_certificate(key: Path, common_name: str, days: int, out: Path) -
     with tempfile.TemporaryDirectory(prefix="kairos-build-req-") as tmp:
         config = Path(tmp) / "req.cnf"
         config.write_text(_REQ_CONFIG)
-        run(["openssl", "req", "-new", "-x509", "-config", config, "-utf8", "-key", key,
-             "-subj", _subject(common_name), "-days", str(days), "-sha256", "-out", out],
-            name="openssl req")
+        run(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-x509",
+                "-config",
+                config,
+                "-utf8",
+                "-key",
+                key,
+                "-subj",
+                _subject(common_name),
+                "-days",
+                str(days),
+                "-sha256",
+                "-out",
+                out,
+            ],
+            name="openssl req",
+        )
 
 
 def certificate_der(pem: Path, out: Path) -> None:
@@ -64,13 +94,13 @@ def certificate_der(pem: Path, out: Path) -> None:
 
 def public_key_pem(private_key: Path) -> str:
     """The public half of `private_key` (PEM SubjectPublicKeyInfo, as systemd-measure reads)."""
-    return run(["openssl", "pkey", "-in", private_key, "-pubout"], capture=True,
-               name="openssl pkey")
+    return run(["openssl", "pkey", "-in", private_key, "-pubout"], capture=True, name="openssl pkey")
 
 
 def certificate_public_key_pem(certificate: Path) -> str:
-    return run(["openssl", "x509", "-in", certificate, "-noout", "-pubkey"], capture=True,
-               name="openssl x509")
+    return run(
+        ["openssl", "x509", "-in", certificate, "-noout", "-pubkey"], capture=True, name="openssl x509"
+    )
 
 
 def sign_detached(payload: bytes, key: Path, certificate: Path) -> bytes:
@@ -81,7 +111,26 @@ def sign_detached(payload: bytes, key: Path, certificate: Path) -> bytes:
     with tempfile.TemporaryDirectory(prefix="kairos-build-sign-") as tmp:
         data, signature = Path(tmp) / "payload", Path(tmp) / "signature.p7"
         data.write_bytes(payload)
-        run(["openssl", "smime", "-sign", "-binary", "-noattr", "-md", "sha256",
-             "-signer", certificate, "-inkey", key, "-in", data, "-outform", "DER",
-             "-out", signature], name="openssl smime")
+        run(
+            [
+                "openssl",
+                "smime",
+                "-sign",
+                "-binary",
+                "-noattr",
+                "-md",
+                "sha256",
+                "-signer",
+                certificate,
+                "-inkey",
+                key,
+                "-in",
+                data,
+                "-outform",
+                "DER",
+                "-out",
+                signature,
+            ],
+            name="openssl smime",
+        )
         return signature.read_bytes()

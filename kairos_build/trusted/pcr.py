@@ -28,8 +28,7 @@ PCR = 11
 BANK = "sha256"
 MEASURE = "/usr/lib/systemd/systemd-measure"
 # The sections systemd-stub measures, by systemd-measure's option for each.
-MEASURED = ("linux", "osrel", "cmdline", "initrd", "ucode", "splash", "dtb", "uname", "sbat",
-            "pcrpkey")
+MEASURED = ("linux", "osrel", "cmdline", "initrd", "ucode", "splash", "dtb", "uname", "sbat", "pcrpkey")
 _TPM2_CC_POLICY_PCR = 0x0000017F
 _TPM2_ALG_SHA256 = 0x000B
 
@@ -44,8 +43,7 @@ def pcr_selection(pcr: int = PCR) -> bytes:
 def policy_digest(pcr_value: bytes) -> bytes:
     """The TPM2 policy digest of PolicyPCR(PCR 11 == pcr_value), from an empty policy."""
     command = _TPM2_CC_POLICY_PCR.to_bytes(4, "big")
-    return hashlib.sha256(bytes(32) + command + pcr_selection()
-                          + hashlib.sha256(pcr_value).digest()).digest()
+    return hashlib.sha256(bytes(32) + command + pcr_selection() + hashlib.sha256(pcr_value).digest()).digest()
 
 
 def measure(rootfs: Path, uki: Path, work: Path, inside: str) -> list[tuple[str, str]]:
@@ -63,8 +61,12 @@ def measure(rootfs: Path, uki: Path, work: Path, inside: str) -> list[tuple[str,
             handle.seek(offset)
             (work / f"section.{name}").write_bytes(handle.read(size))
             options.append(f"--{name}={inside}/section.{name}")
-    out = run_in_root(rootfs, [MEASURE, "calculate", f"--bank={BANK}", "--json=short", *options],
-                      binds=[(work, inside)], read_only=True)
+    out = run_in_root(
+        rootfs,
+        [MEASURE, "calculate", f"--bank={BANK}", "--json=short", *options],
+        binds=[(work, inside)],
+        read_only=True,
+    )
     for name in MEASURED:
         (work / f"section.{name}").unlink(missing_ok=True)
     try:
@@ -77,16 +79,28 @@ def measure(rootfs: Path, uki: Path, work: Path, inside: str) -> list[tuple[str,
 def public_key_fingerprint(public_key: Path) -> str:
     """systemd's fingerprint of an RSA public key: SHA-256 of its PKCS#1 DER."""
     der = public_key.with_name(public_key.name + ".der")
-    run(["openssl", "rsa", "-pubin", "-in", str(public_key), "-RSAPublicKey_out", "-outform",
-         "DER", "-out", str(der)], capture=True)
+    run(
+        [
+            "openssl",
+            "rsa",
+            "-pubin",
+            "-in",
+            str(public_key),
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+            "-out",
+            str(der),
+        ],
+        capture=True,
+    )
     try:
         return hashlib.sha256(der.read_bytes()).hexdigest()
     finally:
         der.unlink()
 
 
-def sign_policies(values: list[tuple[str, str]], private_key: Path, public_copy: Path,
-                  work: Path) -> str:
+def sign_policies(values: list[tuple[str, str]], private_key: Path, public_copy: Path, work: Path) -> str:
     """The `.pcrsig` JSON for `values`; `public_copy` is a copy of the public key in `work`."""
     fingerprint = public_key_fingerprint(public_copy)
     entries = []
@@ -94,10 +108,18 @@ def sign_policies(values: list[tuple[str, str]], private_key: Path, public_copy:
         policy = policy_digest(bytes.fromhex(value))
         message, signature = work / f"policy.{index}", work / f"policy.{index}.sig"
         message.write_bytes(policy)
-        run(["openssl", "dgst", "-sha256", "-sign", str(private_key), "-out", str(signature),
-             str(message)], capture=True)
-        entries.append({"pcrs": [PCR], "pkfp": fingerprint, "pol": policy.hex(),
-                        "sig": base64.b64encode(signature.read_bytes()).decode()})
+        run(
+            ["openssl", "dgst", "-sha256", "-sign", str(private_key), "-out", str(signature), str(message)],
+            capture=True,
+        )
+        entries.append(
+            {
+                "pcrs": [PCR],
+                "pkfp": fingerprint,
+                "pol": policy.hex(),
+                "sig": base64.b64encode(signature.read_bytes()).decode(),
+            }
+        )
         message.unlink()
         signature.unlink()
     return json.dumps({BANK: entries})

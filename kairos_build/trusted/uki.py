@@ -35,9 +35,11 @@ def image_file(rootfs: Path, path: str, package: str) -> Path:
     """A file the image must have for Trusted Boot, or an error naming its package."""
     found = rootfs_module.regular_file(rootfs, path)
     if found is None:
-        raise InputError(f"the image has no /{path}, which Trusted Boot needs",
-                         hint=f"install {package} in the image (the debian flavor's trixie "
-                              "release does: its `trusted` packages)")
+        raise InputError(
+            f"the image has no /{path}, which Trusted Boot needs",
+            hint=f"install {package} in the image (the debian flavor's trixie "
+            "release does: its `trusted` packages)",
+        )
     return found
 
 
@@ -60,19 +62,32 @@ def assemble_uki(rootfs: Path, work: Path, name: str, cmdline: str, keys: Signin
         values = measure(rootfs, first, work, _INSIDE)
         first.unlink()
         (work / f"{name}.pcrsig").write_text(
-            sign_policies(values, keys.pcr_private_key, work / "pcr-public.pem", work))
+            sign_policies(values, keys.pcr_private_key, work / "pcr-public.pem", work)
+        )
         _ukify(rootfs, work, name, output, f"--section=.pcrsig:@{_INSIDE}/{name}.pcrsig")
     return output
 
 
 def _ukify(rootfs: Path, work: Path, name: str, output: Path, *extra: str) -> None:
     output.unlink(missing_ok=True)
-    run_in_root(rootfs, [
-        "ukify", "build", "--linux=/boot/vmlinuz", "--initrd=/boot/initrd",
-        f"--cmdline=@{_INSIDE}/{name}.cmdline", "--os-release=@/etc/os-release",
-        f"--stub=/{STUB}", f"--pcrpkey={_INSIDE}/pcr-public.pem", *extra,
-        f"--output={_INSIDE}/{output.name}"],
-        env={"PYTHONDONTWRITEBYTECODE": "1"}, binds=[(work, _INSIDE)], read_only=True)
+    run_in_root(
+        rootfs,
+        [
+            "ukify",
+            "build",
+            "--linux=/boot/vmlinuz",
+            "--initrd=/boot/initrd",
+            f"--cmdline=@{_INSIDE}/{name}.cmdline",
+            "--os-release=@/etc/os-release",
+            f"--stub=/{STUB}",
+            f"--pcrpkey={_INSIDE}/pcr-public.pem",
+            *extra,
+            f"--output={_INSIDE}/{output.name}",
+        ],
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        binds=[(work, _INSIDE)],
+        read_only=True,
+    )
 
 
 def sign_efi(source: Path, output: Path, key: Path, cert: Path) -> Path:

@@ -36,8 +36,7 @@ class VerityImage:
     hash_offset: int  # bytes: where the hash tree (its superblock first) starts
 
     def kernel_args(self) -> tuple[str, ...]:
-        return (f"kairos.verity.roothash={self.root_hash}",
-                f"kairos.verity.hashoffset={self.hash_offset}")
+        return (f"kairos.verity.roothash={self.root_hash}", f"kairos.verity.hashoffset={self.hash_offset}")
 
 
 def make_verity_image(squashfs: Path, output: Path, seed: str) -> VerityImage:
@@ -48,10 +47,22 @@ def make_verity_image(squashfs: Path, output: Path, seed: str) -> VerityImage:
     os.truncate(output, data_bytes)
     salt = hashlib.sha256(f"{seed}/verity-salt".encode()).hexdigest()
     with step(f"hashing the root image for dm-verity ({data_bytes >> 20} MiB)"):
-        out = run(["veritysetup", "format", "--hash=sha256", f"--data-block-size={BLOCK}",
-                   f"--hash-block-size={BLOCK}", f"--data-blocks={data_bytes // BLOCK}",
-                   f"--hash-offset={data_bytes}", f"--salt={salt}",
-                   f"--uuid={stable_uuid(seed, 'verity')}", str(output), str(output)], capture=True)
+        out = run(
+            [
+                "veritysetup",
+                "format",
+                "--hash=sha256",
+                f"--data-block-size={BLOCK}",
+                f"--hash-block-size={BLOCK}",
+                f"--data-blocks={data_bytes // BLOCK}",
+                f"--hash-offset={data_bytes}",
+                f"--salt={salt}",
+                f"--uuid={stable_uuid(seed, 'verity')}",
+                str(output),
+                str(output),
+            ],
+            capture=True,
+        )
     found = _ROOT_HASH.search(out)
     if found is None:
         raise BuildError("veritysetup format printed no root hash", hint=out.strip()[-400:])

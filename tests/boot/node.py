@@ -31,6 +31,8 @@ PROMPT = "KAIROS-SHELL# "
 def kvm_works() -> bool:
     """Probed once per session: the probe may wait its whole timeout on a broken /dev/kvm."""
     return harness.kvm_works()
+
+
 _RC = re.compile(rb"KAIROS-RC=(\d+)")
 # The guest kernel's last words before a reboot, and the first of the next kernel.
 _RESTART, _KERNEL = b"reboot: machine restart", b"Linux version"
@@ -48,9 +50,17 @@ class GuestError(AssertionError):
 class Node:
     """One QEMU machine. `cdrom` and `disks` (qcow2 or raw files, written in place)."""
 
-    def __init__(self, log_path: Path, disks: list[Path], cdrom: Path | None = None,
-                 firmware: str = "bios", memory: int = 2048, vars_file: Path | None = None,
-                 extra_drives: Sequence[Path] = (), tpm_state: Path | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        disks: list[Path],
+        cdrom: Path | None = None,
+        firmware: str = "bios",
+        memory: int = 2048,
+        vars_file: Path | None = None,
+        extra_drives: Sequence[Path] = (),
+        tpm_state: Path | None = None,
+    ) -> None:
         self.log_path = log_path
         self.seen = b""
         self.offset = 0  # what earlier waits consumed
@@ -64,10 +74,14 @@ class Node:
         # A TPM (swtpm) whose state is kept in `tpm_state`, for sealed data across runs.
         self._stack = contextlib.ExitStack()
         self._tpm_state = tpm_state
-        tpm = (self._stack.enter_context(swtpm.running_tpm(Path(self._tmp.name), tpm_state))
-               if tpm_state is not None else None)
-        argv = harness.qemu_command(first, firmware, accel, vars_file or Path("/dev/null"),
-                                    memory, writable=True, tpm=tpm)
+        tpm = (
+            self._stack.enter_context(swtpm.running_tpm(Path(self._tmp.name), tpm_state))
+            if tpm_state is not None
+            else None
+        )
+        argv = harness.qemu_command(
+            first, firmware, accel, vars_file or Path("/dev/null"), memory, writable=True, tpm=tpm
+        )
         if "-no-reboot" in argv:  # absent under a firmware that reboots anyway (setup mode)
             argv.remove("-no-reboot")
         for disk in disks if cdrom else disks[1:]:
@@ -83,9 +97,13 @@ class Node:
         self.proc = self._start_qemu()
 
     def _start_qemu(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(dies_with_us(self._argv), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            dies_with_us(self._argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def power_cycle(self, why: str) -> None:
         """Off and on again: QEMU (and swtpm, which ends with it) started anew on the same
@@ -136,16 +154,24 @@ class Node:
                 self.offset = found.end()
                 return found
             panic = self.seen.rfind(harness.GUEST_PANIC_END, self.offset)
-            if panic >= 0 and self.seen.find(b"Rebooting in", panic) < 0 \
-                    and time.monotonic() - quiet_since > 20:
-                raise GuestError(f"the guest kernel panicked and did not reboot; last lines:\n"
-                                 f"{self.tail()}\n(log: {self.log_path})")
+            if (
+                panic >= 0
+                and self.seen.find(b"Rebooting in", panic) < 0
+                and time.monotonic() - quiet_since > 20
+            ):
+                raise GuestError(
+                    f"the guest kernel panicked and did not reboot; last lines:\n"
+                    f"{self.tail()}\n(log: {self.log_path})"
+                )
             if time.monotonic() > deadline:
-                raise GuestError(f"no {regex.pattern!r} within {timeout:.0f} s; last lines:\n"
-                                 f"{self.tail()}\n(log: {self.log_path})")
+                raise GuestError(
+                    f"no {regex.pattern!r} within {timeout:.0f} s; last lines:\n"
+                    f"{self.tail()}\n(log: {self.log_path})"
+                )
             if self._firmware_hung(time.monotonic() - quiet_since):
-                self.power_cycle(f"no output for {FIRMWARE_HANG:.0f} s after the guest restarted "
-                                 "(the firmware hung)")
+                self.power_cycle(
+                    f"no output for {FIRMWARE_HANG:.0f} s after the guest restarted (the firmware hung)"
+                )
                 quiet_since = time.monotonic()
                 continue
             before = len(self.seen)
@@ -156,8 +182,10 @@ class Node:
                 if found:
                     self.offset = found.end()
                     return found
-                raise GuestError(f"QEMU exited before {regex.pattern!r}; last lines:\n"
-                                 f"{self.tail()}\n(log: {self.log_path})")
+                raise GuestError(
+                    f"QEMU exited before {regex.pattern!r}; last lines:\n"
+                    f"{self.tail()}\n(log: {self.log_path})"
+                )
             if len(self.seen) != before:
                 quiet_since = time.monotonic()
 
@@ -194,7 +222,7 @@ class Node:
         start = self.offset
         self.type(f"{command}; echo KAIROS-RC=$?\n")
         found = self.wait_for(_RC, timeout)
-        output = self.seen[start:found.start()].decode(errors="replace")
+        output = self.seen[start : found.start()].decode(errors="replace")
         return int(found.group(1)), output
 
     def wait_exit(self, timeout: float) -> int:
@@ -203,8 +231,10 @@ class Node:
         while self.proc.poll() is None and time.monotonic() < deadline:
             self._pump(0.5)
         if self.proc.poll() is None:
-            raise GuestError(f"the guest did not power off within {timeout:.0f} s; last lines:\n"
-                             f"{self.tail()}\n(log: {self.log_path})")
+            raise GuestError(
+                f"the guest did not power off within {timeout:.0f} s; last lines:\n"
+                f"{self.tail()}\n(log: {self.log_path})"
+            )
         while self._pump(0.1):
             pass
         return self.proc.returncode

@@ -49,8 +49,7 @@ echo "RESULT $persistent $oem"
 """
 # Stand-ins on PATH ahead of the real tools: each fails at the step named by $STOP_AT when
 # one of its arguments is $STOP_ON, as a power cut there would leave the disk.
-STOP = ('if [ "$STOP_AT" = "{step}" ]; then for arg; do '
-        '[ "$arg" = "$STOP_ON" ] && exit 1; done; fi\n')
+STOP = 'if [ "$STOP_AT" = "{step}" ]; then for arg; do [ "$arg" = "$STOP_ON" ] && exit 1; done; fi\n'
 ENROLL = """#!/bin/sh
 {stop}for arg; do
     case "$arg" in --unlock-key-file=*) old=${{arg#--unlock-key-file=}} ;; esac
@@ -99,13 +98,19 @@ class Disk:
     def boot(self, stop_at: str = "", stop_on: str = "", persistent: bool = True) -> tuple[str, str, str]:
         """One boot: (COS_PERSISTENT's device, COS_OEM's device, what it said); "none" when
         a device was not opened."""
-        env = {**os.environ, "WORK": str(self.work), "SEALED": str(self.sealed),
-               "TPM_KEY": str(self.work / "tpm.key"), "PERSISTENT": self.persistent,
-               "OEM": self.oem, "WITH_PERSISTENT": "yes" if persistent else "no",
-               "STOP_AT": stop_at, "STOP_ON": stop_on,
-               "PATH": f"{self.bin}:{os.environ['PATH']}"}
-        result = subprocess.run(["sh", "-c", BOOT], env=env, capture_output=True, text=True,
-                                check=True)
+        env = {
+            **os.environ,
+            "WORK": str(self.work),
+            "SEALED": str(self.sealed),
+            "TPM_KEY": str(self.work / "tpm.key"),
+            "PERSISTENT": self.persistent,
+            "OEM": self.oem,
+            "WITH_PERSISTENT": "yes" if persistent else "no",
+            "STOP_AT": stop_at,
+            "STOP_ON": stop_on,
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+        }
+        result = subprocess.run(["sh", "-c", BOOT], env=env, capture_output=True, text=True, check=True)
         said = result.stdout + result.stderr
         line = next(row for row in result.stdout.splitlines() if row.startswith("RESULT "))
         _word, persistent_device, oem_device = line.split()
@@ -123,8 +128,7 @@ class Disk:
             subprocess.run(["losetup", "-d", loop], capture_output=True)
 
     def probe(self, device: str) -> dict[str, str]:
-        result = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True,
-                                text=True)
+        result = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True)
         return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
     def oem_files(self, device: str) -> dict[str, tuple[str, int]]:
@@ -133,8 +137,11 @@ class Disk:
         where.mkdir(exist_ok=True)
         run("mount", "-o", "ro", device, str(where))
         try:
-            return {path.name: (path.read_text(), stat.S_IMODE(path.stat().st_mode))
-                    for path in where.iterdir() if path.is_file()}
+            return {
+                path.name: (path.read_text(), stat.S_IMODE(path.stat().st_mode))
+                for path in where.iterdir()
+                if path.is_file()
+            }
         finally:
             run("umount", str(where))
 
@@ -175,6 +182,7 @@ def first_boot_seals_both_and_the_config_stays(disk: Disk) -> None:
 def seal_stopped_at(stop_at: str, stop_on: str, oem_left: str) -> Callable[[Disk], None]:
     """A seal stopped at one step (the disk as a power cut there leaves it) is redone whole by
     the next boot, COS_OEM's files kept."""
+
     def scenario(disk: Disk) -> None:
         target = {"OEM": disk.oem, "PERSISTENT": disk.persistent}.get(stop_on, stop_on)
         _persistent, oem, said = disk.boot(stop_at, target)
@@ -189,6 +197,7 @@ def seal_stopped_at(stop_at: str, stop_on: str, oem_left: str) -> Callable[[Disk
         assert_sealed_whole(disk)
         assert_config_kept(disk, oem)
         assert not disk.stash().exists()
+
     scenario.__name__ = f"seal_stopped_at_{stop_at}_on_{stop_on}"
     return scenario
 

@@ -22,17 +22,34 @@ PROBE = re.compile(r"KAIROS-PROBE usr_local=(\S+) etc=(\S+) root=(\S+)")
 
 def boot(disk: Path, firmware: str, *extra: str) -> tuple[dict[str, str], dict[str, str]]:
     """Boot and return the marker's fields and the probe's findings."""
-    result = run_cli("boot", str(disk), "--firmware", firmware, "--timeout", "420", "--json",
-                     "--expect-entry", "active", *extra, timeout=600)
+    result = run_cli(
+        "boot",
+        str(disk),
+        "--firmware",
+        firmware,
+        "--timeout",
+        "420",
+        "--json",
+        "--expect-entry",
+        "active",
+        *extra,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     fields = report["fields"]
     assert fields["state"] == "running" and fields["failed"] == "none", fields
     assert (report["state"], report["failed"], report["entry"]) == ("running", [], "active")
     # Read in the guest (the firmware's SecureBoot variable), never assumed from the options.
-    assert report["secureboot"] == {"bios": "unsupported", "uefi": "disabled",
-                                    "uefi-secureboot": "enabled",
-                                    "uefi-secureboot-setup": "disabled"}[firmware]
+    assert (
+        report["secureboot"]
+        == {
+            "bios": "unsupported",
+            "uefi": "disabled",
+            "uefi-secureboot": "enabled",
+            "uefi-secureboot-setup": "disabled",
+        }[firmware]
+    )
     log = Path(report["log_path"]).read_text(errors="replace")
     assert "[FAILED]" not in log
     found = PROBE.findall(log)
@@ -53,7 +70,8 @@ def assert_immutable(fields: dict[str, str]) -> None:
 
 
 def test_raw_disk_boots_both_firmwares_and_keeps_persistent_paths(
-        built_disks: tuple[dict[str, Path], str], tmp_path: Path) -> None:
+    built_disks: tuple[dict[str, Path], str], tmp_path: Path
+) -> None:
     disk = tmp_path / "node.raw"
     subprocess.run(["cp", "--sparse=always", str(built_disks[0]["raw"]), str(disk)], check=True)
 
@@ -80,4 +98,3 @@ def test_qcow2_boots(built_disks: tuple[dict[str, Path], str]) -> None:
     assert_immutable(fields)
     assert fields["hostname"] == "kairos-disk-test"  # the cloud-config, with a network card
     assert probe["root"] == "read-only"
-

@@ -28,29 +28,48 @@ def unsigned_efi_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = folder / "early.cfg"
     config.write_text(f"echo {RAN}\nhalt\n")
     program = folder / "BOOTX64.EFI"
-    subprocess.run(["grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-c", str(config),
-                    "-o", str(program), "echo", "halt"], check=True)
+    subprocess.run(
+        [
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-p",
+            "/EFI/BOOT",
+            "-c",
+            str(config),
+            "-o",
+            str(program),
+            "echo",
+            "halt",
+        ],
+        check=True,
+    )
     esp = folder / "esp.img"
-    subprocess.run(["mkfs.vfat", "-C", "-n", "ESP", str(esp), str(32 * 1024)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mkfs.vfat", "-C", "-n", "ESP", str(esp), str(32 * 1024)], check=True, capture_output=True
+    )
     subprocess.run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], check=True)
     subprocess.run(["mcopy", "-i", str(esp), str(program), "::/EFI/BOOT/BOOTX64.EFI"], check=True)
     disk = folder / "unsigned.raw"
     with disk.open("wb") as out:
         out.truncate(34 << 20)
-    subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], check=True,
-                   input=f"label: gpt\nstart=2048, size=65536, type={ESP_TYPE}, name=ESP\n",
-                   text=True)
-    subprocess.run(["dd", f"if={esp}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc",
-                    "status=none"], check=True)
+    subprocess.run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
+        check=True,
+        input=f"label: gpt\nstart=2048, size=65536, type={ESP_TYPE}, name=ESP\n",
+        text=True,
+    )
+    subprocess.run(
+        ["dd", f"if={esp}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none"], check=True
+    )
     return disk
 
 
-def test_secure_boot_refuses_an_unsigned_efi_program_and_the_harness_says_so(
-        unsigned_efi_disk: Path) -> None:
+def test_secure_boot_refuses_an_unsigned_efi_program_and_the_harness_says_so(unsigned_efi_disk: Path) -> None:
     began = time.monotonic()
-    result = run_cli("boot", str(unsigned_efi_disk), "--firmware", "uefi-secureboot",
-                     "--timeout", "240", timeout=300)
+    result = run_cli(
+        "boot", str(unsigned_efi_disk), "--firmware", "uefi-secureboot", "--timeout", "240", timeout=300
+    )
     assert result.returncode == 1, result.stderr
     assert "Secure Boot refused the image" in result.stderr
     assert "Access Denied" in result.stderr  # the firmware's own words, quoted
@@ -60,8 +79,7 @@ def test_secure_boot_refuses_an_unsigned_efi_program_and_the_harness_says_so(
 
 
 def test_the_same_disk_runs_without_secure_boot(unsigned_efi_disk: Path) -> None:
-    result = run_cli("boot", str(unsigned_efi_disk), "--firmware", "uefi", "--timeout", "240",
-                     timeout=300)
+    result = run_cli("boot", str(unsigned_efi_disk), "--firmware", "uefi", "--timeout", "240", timeout=300)
     assert result.returncode == 1  # it is no Kairos system: it prints no boot report
     assert "QEMU exited" in result.stderr and "Secure Boot" not in result.stderr
     log = unsigned_efi_disk.with_name(unsigned_efi_disk.name + ".uefi.boot.log")

@@ -21,11 +21,12 @@ from tests.boot.live_iso import assert_healthy, boot_plain_iso
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.boot
+
+
 # SeaBIOS boots the plain ISO as a CD in test_staged_conversion (its framework-edit ISO, with
 # these same checks): one boot there proves both.
 @pytest.mark.parametrize("firmware", ["uefi-secureboot"])
-def test_iso_boots_to_multi_user_on_the_live_root(built_iso: tuple[Path, str],
-                                                   firmware: str) -> None:
+def test_iso_boots_to_multi_user_on_the_live_root(built_iso: tuple[Path, str], firmware: str) -> None:
     boot_plain_iso(built_iso[0], firmware)
 
 
@@ -39,8 +40,9 @@ def test_a_medium_that_does_not_boot_fails_with_the_console_tail(tmp_path: Path)
 
 
 # A fixed SHA-512 crypt hash of "kairos" (openssl passwd -6 -salt kairossalt kairos).
-PASSWD_HASH = ("$6$kairossalt$2UEPcvODkavwUpBtdnk.Ijv/JPxVEvnxJxXVYuUGSSzTCZ7xnW1jR42RHxz0S"
-               "fHKjVP3eCfoQ3zvWm.GDV/sk0")
+PASSWD_HASH = (
+    "$6$kairossalt$2UEPcvODkavwUpBtdnk.Ijv/JPxVEvnxJxXVYuUGSSzTCZ7xnW1jR42RHxz0SfHKjVP3eCfoQ3zvWm.GDV/sk0"
+)
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKairosBootTestKeyxxxxxxxxxxxxxxxxxxxxxxx test@kairos"
 INJECTED = f"""#cloud-config
 hostname: kairos-injected
@@ -63,8 +65,7 @@ runcmd:
 
 
 @pytest.fixture(scope="module")
-def injected_iso(built_iso: tuple[Path, str],
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def injected_iso(built_iso: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("injected")
     config = folder / "config.yaml"
     config.write_text(INJECTED)
@@ -76,10 +77,24 @@ def injected_iso(built_iso: tuple[Path, str],
 
 
 @pytest.mark.parametrize(("firmware", "nic"), [("bios", "none"), ("uefi-secureboot", "user")])
-def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(injected_iso: Path,
-                                                                        firmware: str, nic: str) -> None:
-    result = run_cli("boot", str(injected_iso), "--as-disk", "--firmware", firmware, "--nic", nic,
-                     "--expect-entry", "live-config", "--timeout", "480", "--json", timeout=660)
+def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(
+    injected_iso: Path, firmware: str, nic: str
+) -> None:
+    result = run_cli(
+        "boot",
+        str(injected_iso),
+        "--as-disk",
+        "--firmware",
+        firmware,
+        "--nic",
+        nic,
+        "--expect-entry",
+        "live-config",
+        "--timeout",
+        "480",
+        "--json",
+        timeout=660,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["fields"]["live"] == "squashfs"
@@ -92,8 +107,9 @@ def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(injected_
     assert "Booting `Kairos Debian (live, with the cloud-config applied)'" in log
     # Anywhere in its line: the serial console is shared, and a getty prompt ("NAME login: ")
     # may come first when the machine is slow (two boots at once).
-    line = next(row[row.index("KAIROS-CLOUD-CONFIG "):] for row in log.splitlines()
-                if "KAIROS-CLOUD-CONFIG " in row)
+    line = next(
+        row[row.index("KAIROS-CLOUD-CONFIG ") :] for row in log.splitlines() if "KAIROS-CLOUD-CONFIG " in row
+    )
     assert "groups=kairos-user,sudo" in line
     assert "file=written_by_cloud-config" in line
     assert f"key={SSH_KEY.split()[2]}" in line

@@ -26,8 +26,17 @@ FILES = {"vmlinuz", "initrd", "rootfs.squashfs", "boot.ipxe", "SHA256SUMS"}
 @pytest.fixture(scope="module")
 def netboot_dir(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("netboot-out")
-    result = run_cli("netboot", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
-                     "--output", str(out), "--cache-dir", str(test_cache))
+    result = run_cli(
+        "netboot",
+        "--flavor",
+        "debian",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     name = "kairos-debian-13-core-amd64-generic-v0.1.0-netboot"
     # The folder, and its SBOM and build manifest beside it.
@@ -52,10 +61,12 @@ def test_the_netboot_directory_holds_the_boot_files_and_their_checksums(netboot_
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
-def test_netboot_reaches_multi_user_on_the_squashfs_fetched_over_http(netboot_dir: Path,
-                                                                      firmware: str) -> None:
-    result = run_cli("boot", str(netboot_dir), "--firmware", firmware, "--timeout", "480", "--json",
-                     timeout=600)
+def test_netboot_reaches_multi_user_on_the_squashfs_fetched_over_http(
+    netboot_dir: Path, firmware: str
+) -> None:
+    result = run_cli(
+        "boot", str(netboot_dir), "--firmware", firmware, "--timeout", "480", "--json", timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["firmware"] == firmware
@@ -78,8 +89,9 @@ def test_netboot_under_secure_boot_is_refused_with_a_clear_message(netboot_dir: 
     Debian's kernel is signed by Debian, not by a key OVMF's Microsoft db trusts, so it is
     refused ("Exec format error")."""
     began = time.monotonic()
-    result = run_cli("boot", str(netboot_dir), "--firmware", "uefi-secureboot", "--timeout", "300",
-                     timeout=400)
+    result = run_cli(
+        "boot", str(netboot_dir), "--firmware", "uefi-secureboot", "--timeout", "300", timeout=400
+    )
     assert result.returncode == 1, result.stderr[-4000:]
     assert "Secure Boot refused the network boot" in result.stderr
     assert "Could not boot image" in result.stderr

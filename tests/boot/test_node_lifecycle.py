@@ -61,8 +61,7 @@ class Flow:
         self.failed: str | None = None
 
     def node(self, name: str, **options: object) -> Node:
-        return Node(self.folder / f"{name}.log", [self.disk], extra_drives=[self.upgrades],
-                    **options)  # type: ignore[arg-type]
+        return Node(self.folder / f"{name}.log", [self.disk], extra_drives=[self.upgrades], **options)  # type: ignore[arg-type]
 
     def step(self) -> None:
         if self.failed:
@@ -77,23 +76,34 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     config = state.folder / "install.yaml"
     config.write_text(INSTALL_CONFIG)
     common = ("--flavor", "debian", "--cache-dir", str(test_cache))
-    result = run_cli("iso", "--base", BASE, "--cloud-config", str(config), "--version", "v1.0.0",
-                     "--output", str(state.folder / "iso"), *common)
+    result = run_cli(
+        "iso",
+        "--base",
+        BASE,
+        "--cloud-config",
+        str(config),
+        "--version",
+        "v1.0.0",
+        "--output",
+        str(state.folder / "iso"),
+        *common,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     state.iso = next((state.folder / "iso").glob("*.iso"))
     drive = state.folder / "drive"
-    result = run_cli("convert", BASE, "--version", "v2.0.0", "--output",
-                     f"oci-archive:{drive / 'v2.tar'}", *common)
+    result = run_cli(
+        "convert", BASE, "--version", "v2.0.0", "--output", f"oci-archive:{drive / 'v2.tar'}", *common
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_cli("convert", BASE, "--version", "v3.0.0", "--output", f"dir:{drive / 'bad'}",
-                     *common)
+    result = run_cli("convert", BASE, "--version", "v3.0.0", "--output", f"dir:{drive / 'bad'}", *common)
     assert result.returncode == 0, result.stderr[-3000:]
     # An upgrade that cannot boot: its initramfs is garbage, the kernel panics.
     initrd = (drive / "bad/boot/initrd").resolve()
     initrd.unlink()  # never written into: it may share its inode with the cache
     initrd.write_bytes(b"not an initramfs" * 256)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "UPGRADES", "-d", str(drive),
-                    str(state.upgrades), "3G"], check=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "UPGRADES", "-d", str(drive), str(state.upgrades), "3G"], check=True
+    )
     shutil.rmtree(drive)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(state.disk), "16G"], check=True)
     yield state
@@ -128,8 +138,7 @@ def boot_live(flow: Flow) -> tuple[Node, dict[str, str]]:
     test_boot_iso.py boots the ISO under SeaBIOS and Secure Boot. A guest kernel panic under
     TCG before the report (rare, see harness.boot) is given one more boot, as the harness does."""
     for attempt in (1, 2):
-        node = Node(flow.folder / f"install{attempt}.log", [flow.disk], cdrom=flow.iso,
-                    firmware="uefi")
+        node = Node(flow.folder / f"install{attempt}.log", [flow.disk], cdrom=flow.iso, firmware="uefi")
         try:
             return node, node.report(900)
         except GuestError:
@@ -182,10 +191,13 @@ def test_the_installed_disk_boots_read_only_and_upgrades_from_an_oci_archive(flo
             # Refusals: one message, a non-zero exit, the node unchanged.
             before = state_images(node)
             for command, message in (
-                    ("kairos-agent upgrade --source oci-archive:/mnt/up/missing.tar",
-                     "the upgrade source /mnt/up/missing.tar does not exist"),
-                    ("kairos-agent upgrade --source docker.io/library/x", "is not one this node reads"),
-                    ("kairos-agent install", "install runs from the live system")):
+                (
+                    "kairos-agent upgrade --source oci-archive:/mnt/up/missing.tar",
+                    "the upgrade source /mnt/up/missing.tar does not exist",
+                ),
+                ("kairos-agent upgrade --source docker.io/library/x", "is not one this node reads"),
+                ("kairos-agent install", "install runs from the live system"),
+            ):
                 status, output = node.run(f"{command} 2>&1")
                 assert status != 0 and message in output, output
                 assert "Traceback" not in output
@@ -200,8 +212,11 @@ def test_the_installed_disk_boots_read_only_and_upgrades_from_an_oci_archive(flo
             login_and_mount(node)
             assert shell(node, f"cat {PERSISTENT_MARK}").strip().endswith("kept")
             # passive holds the version that was active; the boot on probation was confirmed.
-            passive = shell(node, "mkdir -p /mnt/p && mount -o ro,loop /run/kairos/state/cOS/passive.img "
-                                  "/mnt/p && grep KAIROS_VERSION= /mnt/p/etc/kairos-release")
+            passive = shell(
+                node,
+                "mkdir -p /mnt/p && mount -o ro,loop /run/kairos/state/cOS/passive.img "
+                "/mnt/p && grep KAIROS_VERSION= /mnt/p/etc/kairos-release",
+            )
             assert 'KAIROS_VERSION="v1.0.0"' in passive
             assert shell(node, "kairos-agent state get assessment").strip().endswith("none")
             # Power cut while the next upgrade writes its image.
@@ -227,16 +242,22 @@ def test_a_power_cut_in_an_upgrade_leaves_the_old_system_and_a_bad_one_is_abando
             node.type("reboot\n")
             node.wait_for(b"Kernel panic", 600)  # the new active cannot start...
             fallback = node.report(900)  # ...and grub starts passive on the next boot
-            assert (fallback["entry"], fallback["boot"], fallback["version"]) == \
-                ("passive", "passive_boot", "v2.0.0")
+            assert (fallback["entry"], fallback["boot"], fallback["version"]) == (
+                "passive",
+                "passive_boot",
+                "v2.0.0",
+            )
             login_and_mount(node)
             assert "kairos.upgrade_failure" in shell(node, "cat /proc/cmdline")
             assert shell(node, "kairos-agent state get assessment").strip().endswith("failed")
             # The reset entry next.
             node.type("kairos-agent reset --reboot-to-recovery\n")
             resetting = node.report(900)
-            assert (resetting["entry"], resetting["boot"], resetting["version"]) == \
-                ("statereset", "recovery_boot", "v1.0.0")
+            assert (resetting["entry"], resetting["boot"], resetting["version"]) == (
+                "statereset",
+                "recovery_boot",
+                "v1.0.0",
+            )
             assert resetting["persistent"] == "no"
             node.wait_for(b"reset done", 900)
             after = node.report(900)

@@ -61,8 +61,14 @@ class Flow:
         self.failed: str | None = None
 
     def node(self, name: str) -> Node:
-        return Node(self.folder / f"{name}.log", [self.disk], firmware="uefi-secureboot-setup",
-                    vars_file=self.vars, tpm_state=self.tpm, extra_drives=[self.upgrades])
+        return Node(
+            self.folder / f"{name}.log",
+            [self.disk],
+            firmware="uefi-secureboot-setup",
+            vars_file=self.vars,
+            tpm_state=self.tpm,
+            extra_drives=[self.upgrades],
+        )
 
     def step(self) -> None:
         if self.failed:
@@ -88,31 +94,64 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     # The same db key (the firmware starts it), another PCR policy key (the TPM refuses it).
     shutil.copytree(keys, other)
     (other / "tpm2-pcr-private.pem").unlink()
-    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-                    "-out", str(other / "tpm2-pcr-private.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            str(other / "tpm2-pcr-private.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (other / "tpm2-pcr-private.pem").chmod(0o600)
     (other / "tpm2-pcr-public.pem").unlink()
     config = state.folder / "config.yaml"
     config.write_text(CONFIG)
     common = ("--base", BASE, "--cache-dir", str(test_cache), "--boot-mode", "trusted")
-    result = run_cli("qcow2", *common, "--keys", str(keys), "--version", "v1.0.0",
-                     "--cloud-config", str(config), "--output", str(state.folder / "v1"))
+    result = run_cli(
+        "qcow2",
+        *common,
+        "--keys",
+        str(keys),
+        "--version",
+        "v1.0.0",
+        "--cloud-config",
+        str(config),
+        "--output",
+        str(state.folder / "v1"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "v1").glob("*.qcow2")).rename(state.built)
     # No auto-install: the stick boots on its own, and the node is installed by hand from a
     # login (auto-install is the grub lifecycle's, test_node_lifecycle.py; the same code).
-    result = run_cli("iso", *common, "--keys", str(keys), "--version", "v1.0.0",
-                     "--cloud-config", str(config), "--output", str(state.folder / "iso"))
+    result = run_cli(
+        "iso",
+        *common,
+        "--keys",
+        str(keys),
+        "--version",
+        "v1.0.0",
+        "--cloud-config",
+        str(config),
+        "--output",
+        str(state.folder / "iso"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     next((state.folder / "iso").glob("*.iso")).rename(state.iso)
     drive = state.folder / "drive"
     # v2 as an OCI image (what a registry would serve), the others as `uki` folders.
     for version, key_dir, name, kind, built in (
-            ("v2.0.0", keys, "v2.uki.tar", "uki-image", "*.uki.tar"),
-            ("v3.0.0", keys, "v3", "uki", "*-uki"), ("v1.0.0", other, "other", "uki", "*-uki")):
+        ("v2.0.0", keys, "v2.uki.tar", "uki-image", "*.uki.tar"),
+        ("v3.0.0", keys, "v3", "uki", "*-uki"),
+        ("v1.0.0", other, "other", "uki", "*-uki"),
+    ):
         out = state.folder / f"out-{name}"
-        result = run_cli(kind, *common, "--keys", str(key_dir), "--version", version,
-                         "--output", str(out))
+        result = run_cli(kind, *common, "--keys", str(key_dir), "--version", version, "--output", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
         drive.mkdir(exist_ok=True)
         next(out.glob(built)).rename(drive / name)
@@ -126,8 +165,9 @@ def flow(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     shutil.copyfile(next((drive / "other/EFI/kairos").glob("system-*.efi")), tampered)
     flip_byte(tampered, tampered.stat().st_size // 2)
     write_tampered_esp(state.tampered, drive / "other/EFI/BOOT/BOOTX64.EFI", tampered)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "UPGRADES", "-d", str(drive),
-                    str(state.upgrades), "2G"], check=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "UPGRADES", "-d", str(drive), str(state.upgrades), "2G"], check=True
+    )
     shutil.rmtree(drive)
     shutil.copyfile(harness.FIRMWARE_FILES["uefi-secureboot-setup"][1], state.vars)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(state.disk), "8G"], check=True)
@@ -148,11 +188,22 @@ def write_tampered_esp(disk: Path, systemd_boot: Path, uki: Path) -> None:
     loader.write_text("timeout 0\n")
     with disk.open("wb") as handle:
         handle.truncate(256 << 20)
-    write_partition_table(disk, "label: gpt\nstart=2048, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n",
-                          wipe="always")
-    make_fat_in_disk(disk, 1 << 20, 254 << 20, {
-        "EFI/BOOT/BOOTX64.EFI": systemd_boot, "EFI/kairos/tampered.efi": uki,
-        "loader/loader.conf": loader, "loader/entries/tampered.conf": conf}, "ESP", "4b415453")
+    write_partition_table(
+        disk, "label: gpt\nstart=2048, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n", wipe="always"
+    )
+    make_fat_in_disk(
+        disk,
+        1 << 20,
+        254 << 20,
+        {
+            "EFI/BOOT/BOOTX64.EFI": systemd_boot,
+            "EFI/kairos/tampered.efi": uki,
+            "loader/loader.conf": loader,
+            "loader/entries/tampered.conf": conf,
+        },
+        "ESP",
+        "4b415453",
+    )
 
 
 def shell(node: Node, command: str, timeout: float = 300) -> str:
@@ -198,10 +249,24 @@ def test_kairos_build_boot_enrolls_and_boots_the_disk_enforced(flow: Flow) -> No
     stays untouched: a snapshot). The variable store it leaves is enrolled; the node below
     goes on with it."""
     with guarded(flow, "kairos-build boot"):
-        result = run_cli("boot", str(flow.built), "--firmware", "uefi-secureboot-setup", "--vars",
-                         str(flow.vars), "--tpm", "--expect-secureboot", "enabled",
-                         "--expect-verity", "verity", "--expect-tpm", "2.0", "--timeout", "900",
-                         "--json")
+        result = run_cli(
+            "boot",
+            str(flow.built),
+            "--firmware",
+            "uefi-secureboot-setup",
+            "--vars",
+            str(flow.vars),
+            "--tpm",
+            "--expect-secureboot",
+            "enabled",
+            "--expect-verity",
+            "verity",
+            "--expect-tpm",
+            "2.0",
+            "--timeout",
+            "900",
+            "--json",
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         output = json.loads(result.stdout)
         report = output["fields"]
@@ -224,8 +289,9 @@ def test_the_enrolled_firmware_refuses_a_uki_with_one_changed_byte(flow: Flow) -
     flow.step()
     store = flow.folder / "tampered-vars.fd"
     shutil.copyfile(flow.vars, store)
-    with Node(flow.folder / "tampered.log", [flow.tampered], firmware="uefi-secureboot-setup",
-              vars_file=store) as node:
+    with Node(
+        flow.folder / "tampered.log", [flow.tampered], firmware="uefi-secureboot-setup", vars_file=store
+    ) as node:
         node.wait_for(VIOLATION, 600)
         assert b"Linux version" not in node.seen
 
@@ -235,19 +301,33 @@ def test_the_live_iso_boots_from_a_usb_stick(flow: Flow) -> None:
     starts our systemd-boot from the GPT's appended ESP (no El Torito on a disk), and the live
     system finds its verified image on the stick."""
     flow.step()
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(flow.iso)], check=True,
-                                      capture_output=True, text=True).stdout)["partitiontable"]
-    assert [part["type"] for part in table["partitions"]][-1] == \
-        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", table
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(flow.iso)], check=True, capture_output=True, text=True).stdout
+    )["partitiontable"]
+    assert [part["type"] for part in table["partitions"]][-1] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", table
     store = flow.folder / "usb-vars.fd"
     shutil.copyfile(flow.vars, store)
-    result = run_cli("boot", str(flow.iso), "--as-disk", "--firmware", "uefi-secureboot-setup",
-                     "--vars", str(store), "--expect-secureboot", "enabled", "--expect-verity",
-                     "verity", "--expect-entry", "live", "--timeout", "900", "--json")
+    result = run_cli(
+        "boot",
+        str(flow.iso),
+        "--as-disk",
+        "--firmware",
+        "uefi-secureboot-setup",
+        "--vars",
+        str(store),
+        "--expect-secureboot",
+        "enabled",
+        "--expect-verity",
+        "verity",
+        "--expect-entry",
+        "live",
+        "--timeout",
+        "900",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)["fields"]
-    assert (report["boot"], report["root"], report["persistent"]) == (
-        "livecd_boot", "squashfs", "no"), report
+    assert (report["boot"], report["root"], report["persistent"]) == ("livecd_boot", "squashfs", "no"), report
     store.unlink()
 
 
@@ -255,16 +335,25 @@ def test_the_live_iso_installs_the_node(flow: Flow) -> None:
     """The live ISO as a CD under the enrolled firmware (Secure Boot enforced): its verified
     image boots, and `kairos-agent manual-install` puts it on the empty disk with the medium's
     config."""
-    with guarded(flow, "install"), Node(flow.folder / "live.log", [flow.disk], cdrom=flow.iso,
-                                        firmware="uefi-secureboot-setup", vars_file=flow.vars,
-                                        tpm_state=flow.tpm) as node:
+    with (
+        guarded(flow, "install"),
+        Node(
+            flow.folder / "live.log",
+            [flow.disk],
+            cdrom=flow.iso,
+            firmware="uefi-secureboot-setup",
+            vars_file=flow.vars,
+            tpm_state=flow.tpm,
+        ) as node,
+    ):
         live = node.report(900)
         assert (live["entry"], live["boot"], live["version"]) == ("live", "livecd_boot", "v1.0.0")
         assert (live["secureboot"], live["verity"], live["root"]) == ("enabled", "verity", "squashfs")
         assert (live["persistent"], live["hostname"]) == ("no", HOSTNAME)
         node.login("root", PASSWORD)
-        output = shell(node, "kairos-agent manual-install --device /dev/vda "
-                             "/run/kairos/state/config.yaml 2>&1", 1200)
+        output = shell(
+            node, "kairos-agent manual-install --device /dev/vda /run/kairos/state/config.yaml 2>&1", 1200
+        )
         assert "installed to /dev/vda" in output, output[-3000:]
         node.type("poweroff\n")
         assert node.wait_exit(300) == 0
@@ -295,18 +384,20 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         # Each step of a seal stopped as a power cut would stop it, then the next boot: on loop
         # devices in the node, with its cryptsetup, blkid, mkfs and the initramfs's own script
         # (this host's kernel has no device-mapper). Kernel lines off the console meanwhile.
-        output = shell(node, "read level _ < /proc/sys/kernel/printk; dmesg -n 1; "
-                             "python3 /mnt/up/sealed_scenarios.py /usr/lib/dracut/modules.d/"
-                             "90kairos-immutable/kairos-sealed.sh; dmesg -n $level", 900)
+        output = shell(
+            node,
+            "read level _ < /proc/sys/kernel/printk; dmesg -n 1; "
+            "python3 /mnt/up/sealed_scenarios.py /usr/lib/dracut/modules.d/"
+            "90kairos-immutable/kairos-sealed.sh; dmesg -n $level",
+            900,
+        )
         assert f"SEALED-SCENARIOS passed={len(SCENARIOS)} failed=0" in output, output[-6000:]
         shell(node, f"echo sealed > {MARK} && sync")
         # Upgrade to v2 from its OCI image: a new UKI and image beside the old, active+3
         # pointing at them.
-        output = shell(node, "kairos-agent upgrade --source oci-archive:/mnt/up/v2.uki.tar 2>&1",
-                       900)
+        output = shell(node, "kairos-agent upgrade --source oci-archive:/mnt/up/v2.uki.tar 2>&1", 900)
         assert "the next boot starts it with 3 tries" in output
-        assert esp_entries(node) == ["active+3.conf", "passive.conf", "recovery.conf",
-                                     "statereset.conf"]
+        assert esp_entries(node) == ["active+3.conf", "passive.conf", "recovery.conf", "statereset.conf"]
         node.type("reboot\n")
         second = node.report(900)
         assert_trusted(second, "active", "v2.0.0", "yes")
@@ -318,8 +409,7 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         shell(node, "kairos-agent upgrade --source dir:/mnt/up/v3 2>&1", 900)
         # One try instead of the agent's three: systemd-boot counts them the same way, and
         # each failing boot costs about 90 s under TCG.
-        shell(node, "mv /efi/loader/entries/active+3.conf /efi/loader/entries/active+1.conf "
-                    "&& sync")
+        shell(node, "mv /efi/loader/entries/active+3.conf /efi/loader/entries/active+1.conf && sync")
         node.type("reboot\n")
         # v3's root fails verity; with its tries spent, systemd-boot starts passive (v2).
         node.wait_for(b"is corrupted", 600)
@@ -337,23 +427,28 @@ def test_first_boot_upgrade_fallback_reset_and_another_pcr_key(flow: Flow) -> No
         node.wait_for(b"reset done", 600)
         final = node.report(900)
         assert_trusted(final, "active", "v1.0.0", "yes")
-        final_log = node.seen[node.seen.rfind(b"Linux version"):].decode(errors="replace")
+        final_log = node.seen[node.seen.rfind(b"Linux version") :].decode(errors="replace")
         assert "sealing COS_PERSISTENT" in final_log
         assert "sealing COS_OEM" not in final_log  # still sealed, still holding the config
         login_and_mount(node)
         status, _output = node.run(f"test -e {MARK}")
         assert status != 0, "the reset left COS_PERSISTENT's data"
-        assert esp_entries(node) == ["active.conf", "passive.conf", "recovery.conf",
-                                     "statereset.conf"]
+        assert esp_entries(node) == ["active.conf", "passive.conf", "recovery.conf", "statereset.conf"]
 
         # v1's UKI signed by our db key but with another PCR key, once.
         other = shell(node, "ls /mnt/up/other/EFI/kairos/ | grep system-").split()[-1]
-        shell(node, f"cp /mnt/up/other/EFI/kairos/{other} /efi/EFI/kairos/other.efi && "
-                    "printf 'title other\\nefi /EFI/kairos/other.efi\\n' "
-                    "> /efi/loader/entries/other.conf && sync")
-        shell(node, "printf '\\007\\000\\000\\000o\\000t\\000h\\000e\\000r"
-                    "\\000.\\000c\\000o\\000n\\000f\\000\\000\\000' > /sys/firmware/efi/efivars/"
-                    "LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")
+        shell(
+            node,
+            f"cp /mnt/up/other/EFI/kairos/{other} /efi/EFI/kairos/other.efi && "
+            "printf 'title other\\nefi /EFI/kairos/other.efi\\n' "
+            "> /efi/loader/entries/other.conf && sync",
+        )
+        shell(
+            node,
+            "printf '\\007\\000\\000\\000o\\000t\\000h\\000e\\000r"
+            "\\000.\\000c\\000o\\000n\\000f\\000\\000\\000' > /sys/firmware/efi/efivars/"
+            "LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f",
+        )
         node.type("reboot\n")
         foreign = node.report(900, healthy=False)
         # Booted (the db key signed it), verified, but the TPM kept the data closed.

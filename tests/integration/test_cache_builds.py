@@ -35,8 +35,18 @@ STAGED = ("converted", "squashfs", "ext4")
 
 
 def iso_command(tree: Path, cache: Path, out: Path, verb: str = "iso") -> list[str]:
-    return [sys.executable, "-m", "kairos_build", verb, "--base", f"dir:{tree}",
-            "--cache-dir", str(cache), "--output", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "kairos_build",
+        verb,
+        "--base",
+        f"dir:{tree}",
+        "--cache-dir",
+        str(cache),
+        "--output",
+        str(out),
+    ]
 
 
 def sha256(path: Path) -> str:
@@ -50,8 +60,7 @@ def only(paths: list[Path]) -> Path:
 
 
 def squashfs_entry(cache: Path) -> Path:
-    return only([p / "rootfs.squashfs" for p in (cache / "squashfs").iterdir()
-                 if not p.name.startswith(".")])
+    return only([p / "rootfs.squashfs" for p in (cache / "squashfs").iterdir() if not p.name.startswith(".")])
 
 
 def check_consistent(cache: Path) -> list[dict[str, object]]:
@@ -86,9 +95,15 @@ def clean_builds(probe_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     procs = []
     for name, log_path in zip("ab", logs, strict=True):
         with log_path.open("w") as log_file:
-            procs.append(subprocess.Popen(iso_command(probe_tree, cache, root / f"out-{name}"),
-                                          stdout=subprocess.DEVNULL, stderr=log_file, text=True,
-                                          env={**os.environ, **EPOCH}))
+            procs.append(
+                subprocess.Popen(
+                    iso_command(probe_tree, cache, root / f"out-{name}"),
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                    text=True,
+                    env={**os.environ, **EPOCH},
+                )
+            )
     codes = [proc.wait(timeout=3600) for proc in procs]
     texts = [p.read_text() for p in logs]
     assert codes == [0, 0], "\n---\n".join(t[-3000:] for t in texts)
@@ -116,15 +131,23 @@ def test_two_builds_at_once_share_one_cache(clean_builds: CleanBuilds) -> None:
 
 
 def test_sigkill_during_the_squashfs_leaves_a_usable_cache(
-        probe_tree: Path, clean_builds: CleanBuilds, tmp_path: Path) -> None:
+    probe_tree: Path, clean_builds: CleanBuilds, tmp_path: Path
+) -> None:
     cache, out = tmp_path / "cache", tmp_path / "out"
     try:
-        kill_during_stage(iso_command(probe_tree, cache, out), "making the squashfs",
-                          cache / "squashfs", "rootfs.squashfs")
+        kill_during_stage(
+            iso_command(probe_tree, cache, out), "making the squashfs", cache / "squashfs", "rootfs.squashfs"
+        )
         assert [e.kind for e in Cache(cache).entries()] == ["converted"]
 
-        again = subprocess.run(iso_command(probe_tree, cache, out), capture_output=True,
-                               text=True, timeout=3600, env={**os.environ, **EPOCH}, check=False)
+        again = subprocess.run(
+            iso_command(probe_tree, cache, out),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env={**os.environ, **EPOCH},
+            check=False,
+        )
         assert again.returncode == 0, again.stderr[-4000:]
         assert "reusing cached converted" in again.stderr
         assert "squashfs runs: nothing cached for this rootfs yet" in again.stderr
@@ -139,28 +162,41 @@ def test_sigkill_during_the_squashfs_leaves_a_usable_cache(
 
 
 def test_sigkill_during_the_ext4_image_leaves_a_usable_cache(
-        probe_tree: Path, clean_builds: CleanBuilds, tmp_path: Path) -> None:
+    probe_tree: Path, clean_builds: CleanBuilds, tmp_path: Path
+) -> None:
     """The raw disk made after the kill equals one from a clean build on a fresh cache."""
     cache, out = tmp_path / "cache", tmp_path / "out"
     try:
-        kill_during_stage(iso_command(probe_tree, cache, out, "raw"), "making the system image",
-                          cache / "ext4", "active.img")
+        kill_during_stage(
+            iso_command(probe_tree, cache, out, "raw"),
+            "making the system image",
+            cache / "ext4",
+            "active.img",
+        )
         assert sorted(e.kind for e in Cache(cache).entries()) == ["converted", "squashfs"]
 
-        again = subprocess.run(iso_command(probe_tree, cache, out, "raw"), capture_output=True,
-                               text=True, timeout=3600, env={**os.environ, **EPOCH}, check=False)
+        again = subprocess.run(
+            iso_command(probe_tree, cache, out, "raw"),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env={**os.environ, **EPOCH},
+            check=False,
+        )
         assert again.returncode == 0, again.stderr[-4000:]
         assert "reusing cached squashfs" in again.stderr
         assert "ext4 image runs: nothing cached for this rootfs yet" in again.stderr
         entries = check_consistent(cache)
-        assert sorted(str(e["kind"]) for e in entries) == ["artifact", "converted", "ext4",
-                                                           "squashfs"]
+        assert sorted(str(e["kind"]) for e in entries) == ["artifact", "converted", "ext4", "squashfs"]
         assert sha256(squashfs_entry(cache)) == sha256(squashfs_entry(clean_builds.cache))
-        clean = run_cli(*iso_command(probe_tree, tmp_path / "fresh", tmp_path / "clean", "raw")[3:],
-                        env=EPOCH)
+        clean = run_cli(
+            *iso_command(probe_tree, tmp_path / "fresh", tmp_path / "clean", "raw")[3:], env=EPOCH
+        )
         assert clean.returncode == 0, clean.stderr[-4000:]
-        digests = [only(list(folder.glob("*.raw.sha256"))).read_text().split()[0]
-                   for folder in (out, tmp_path / "clean")]
+        digests = [
+            only(list(folder.glob("*.raw.sha256"))).read_text().split()[0]
+            for folder in (out, tmp_path / "clean")
+        ]
         assert digests[0] == digests[1]
         assert sha256(only(list(out.glob("*.raw")))) == digests[0]
     finally:
@@ -171,8 +207,14 @@ def kill_during_stage(argv: list[str], started: str, kind_dir: Path, name: str) 
     """Run the build until its log says `started` and the stage writes its `name` under
     `kind_dir`, SIGKILL its process group, and check what a kill may and may not leave."""
     cache, out = Path(argv[argv.index("--cache-dir") + 1]), Path(argv[argv.index("--output") + 1])
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True, env={**os.environ, **EPOCH})
+    proc = subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **EPOCH},
+    )
     seen = read_until(proc, started, deadline=time.monotonic() + 1200)
     partial = wait_for_partial(kind_dir, name)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -37,8 +37,10 @@ def test_converted_trixie_has_debians_signed_chain(probe_tree: Path) -> None:
     assert {name: r.evidence for name, r in chain.items()} == {
         "signed shim": "/usr/lib/shim/shimx64.efi.signed",
         "signed grub": "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
-        "kernel signed": next(r.evidence for r in check_rootfs(root, "secureboot").rules
-                              if r.name == "exactly one kernel")}
+        "kernel signed": next(
+            r.evidence for r in check_rootfs(root, "secureboot").rules if r.name == "exactly one kernel"
+        ),
+    }
     assert "Microsoft Corporation UEFI CA 2011" in chain["signed shim"].detail
     assert chain["signed grub"].detail == "signed by Debian Secure Boot Signer 2022 - grub2"
     assert chain["kernel signed"].detail.startswith("signed by Debian Secure Boot Signer")
@@ -67,8 +69,9 @@ def test_a_build_stops_on_a_failed_check_before_exporting(tmp_path: Path) -> Non
     (tree / "etc/kairos-release").write_text('KAIROS_ID="kairos"\n')
     (tree / "etc/os-release").write_text("ID=debian\nVERSION_ID=13\n")
     out = tmp_path / "out"
-    result = run_cli("iso", "--base", f"dir:{tree}", "--output", str(out),
-                     "--cache-dir", str(tmp_path / "cache"))
+    result = run_cli(
+        "iso", "--base", f"dir:{tree}", "--output", str(out), "--cache-dir", str(tmp_path / "cache")
+    )
     assert result.returncode == 3, result.stderr
     assert "needs a secureboot capable image" in result.stderr and "exactly one kernel" in result.stderr
     assert "exporting iso" not in result.stderr

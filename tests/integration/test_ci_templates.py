@@ -50,8 +50,11 @@ print(json.dumps({"argv": sys.argv[1:], "artifacts": []}))
 
 def setup_tool(path: Path | None, name: str) -> Path:
     if path is None or not os.access(path, os.X_OK):
-        pytest.fail(f"{name} is not installed (expected at {path or 'the virtualenv or PATH'}): "
-                    "run bash ci/setup.sh --dev", pytrace=False)
+        pytest.fail(
+            f"{name} is not installed (expected at {path or 'the virtualenv or PATH'}): "
+            "run bash ci/setup.sh --dev",
+            pytrace=False,
+        )
     return path
 
 
@@ -68,8 +71,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_listed_artifacts(artifacts: list[dict[str, Any]], base: Path,
-                           keys: tuple[str, ...] = ("checksum", "sbom", "manifest")) -> list[Path]:
+def check_listed_artifacts(
+    artifacts: list[dict[str, Any]], base: Path, keys: tuple[str, ...] = ("checksum", "sbom", "manifest")
+) -> list[Path]:
     """Each artifact of a `--json` listing (paths relative to `base`, where the build ran) is a
     file with the listed sha256, and every file named under `keys` ("checksum", "sbom",
     "manifest") is there beside it; the checksum file is `sha256sum -c`'s. Returns the files."""
@@ -90,17 +94,23 @@ def check_listed_artifacts(artifacts: list[dict[str, Any]], base: Path,
 
 # -- GitLab: the template in a project of its own, run by gitlab-ci-local ---------------------
 
+
 def gitlab_project(root: Path, variables: Mapping[str, str]) -> Path:
     """A git project whose .gitlab-ci.yml includes a copy of the template and sets `variables`."""
     project = root / "project"
     (project / "ci").mkdir(parents=True)
     shutil.copy(GITLAB_TEMPLATE, project / "ci/kairos-build.yml")
     (project / "cloud-config.yaml").write_text(CLOUD_CONFIG)
-    (project / ".gitlab-ci.yml").write_text(yaml.safe_dump(
-        {"include": [{"local": "ci/kairos-build.yml"}], "variables": dict(variables)}))
+    (project / ".gitlab-ci.yml").write_text(
+        yaml.safe_dump({"include": [{"local": "ci/kairos-build.yml"}], "variables": dict(variables)})
+    )
     git = ["git", "-C", str(project), "-c", "user.name=kairos-test", "-c", "user.email=test@example.com"]
-    for args in (["init", "-q"], ["remote", "add", "origin", "https://gitlab.example.com/kairos/ci-test.git"],
-                 ["add", "-A"], ["commit", "-q", "-m", "a project that includes the template"]):
+    for args in (
+        ["init", "-q"],
+        ["remote", "add", "origin", "https://gitlab.example.com/kairos/ci-test.git"],
+        ["add", "-A"],
+        ["commit", "-q", "-m", "a project that includes the template"],
+    ):
         subprocess.run([*git, *args], check=True, capture_output=True)
     return project
 
@@ -109,9 +119,14 @@ def run_gitlab_job(project: Path, path: str, timeout: float = 1800) -> subproces
     """gitlab-ci-local's shell executor on the template's job (its image is for docker runners)."""
     tool = setup_tool(GITLAB_CI_LOCAL, "gitlab-ci-local")
     return subprocess.run(
-        [str(tool), "--force-shell-executor", "kairos-build"], cwd=project,
-        capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, "PATH": f"{path}{os.pathsep}{os.environ['PATH']}", "FORCE_COLOR": "0"})
+        [str(tool), "--force-shell-executor", "kairos-build"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PATH": f"{path}{os.pathsep}{os.environ['PATH']}", "FORCE_COLOR": "0"},
+    )
 
 
 def job_artifacts(project: Path) -> Path:
@@ -130,17 +145,41 @@ def fake_kairos_build(tmp_path: Path) -> Path:
 
 
 def test_the_gitlab_template_passes_every_variable_as_one_argument(
-        tmp_path: Path, fake_kairos_build: Path) -> None:
-    project = gitlab_project(tmp_path, {
-        "KAIROS_BASE": "dir:my base", "KAIROS_FORMATS": "iso,qcow2", "KAIROS_CLOUD_CONFIG": HOSTILE,
-        "KAIROS_VERSION": "", "KAIROS_EXTRA_ARGS": "--kernel-arg quiet  --compression *"})
+    tmp_path: Path, fake_kairos_build: Path
+) -> None:
+    project = gitlab_project(
+        tmp_path,
+        {
+            "KAIROS_BASE": "dir:my base",
+            "KAIROS_FORMATS": "iso,qcow2",
+            "KAIROS_CLOUD_CONFIG": HOSTILE,
+            "KAIROS_VERSION": "",
+            "KAIROS_EXTRA_ARGS": "--kernel-arg quiet  --compression *",
+        },
+    )
     result = run_gitlab_job(project, str(fake_kairos_build))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     printed = json.loads((job_artifacts(project) / "build/artifacts.json").read_text())
     assert printed["argv"] == [
-        "build", "--format", "iso,qcow2", "--flavor", "debian", "--output", "build",
-        "--base", "dir:my base", "--cloud-config", HOSTILE, "--cache-dir", ".kairos-cache",
-        "--kernel-arg", "quiet", "--compression", "*", "--json"]
+        "build",
+        "--format",
+        "iso,qcow2",
+        "--flavor",
+        "debian",
+        "--output",
+        "build",
+        "--base",
+        "dir:my base",
+        "--cloud-config",
+        HOSTILE,
+        "--cache-dir",
+        ".kairos-cache",
+        "--kernel-arg",
+        "quiet",
+        "--compression",
+        "*",
+        "--json",
+    ]
     assert not list(project.rglob("PWNED"))
 
 
@@ -152,10 +191,17 @@ def test_a_failing_build_fails_the_gitlab_job(tmp_path: Path, fake_kairos_build:
 
 
 def test_the_gitlab_template_builds_an_iso(test_cache: Path, tmp_path: Path) -> None:
-    project = gitlab_project(tmp_path, {
-        "KAIROS_FLAVOR": "debian", "KAIROS_BASE": BASE, "KAIROS_FORMATS": "iso",
-        "KAIROS_CLOUD_CONFIG": "cloud-config.yaml", "KAIROS_VERSION": VERSION,
-        "KAIROS_CACHE_DIR": str(test_cache)})
+    project = gitlab_project(
+        tmp_path,
+        {
+            "KAIROS_FLAVOR": "debian",
+            "KAIROS_BASE": BASE,
+            "KAIROS_FORMATS": "iso",
+            "KAIROS_CLOUD_CONFIG": "cloud-config.yaml",
+            "KAIROS_VERSION": VERSION,
+            "KAIROS_CACHE_DIR": str(test_cache),
+        },
+    )
     result = run_gitlab_job(project, str(VENV_BIN))
     log = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, log
@@ -170,12 +216,17 @@ def test_the_gitlab_template_builds_an_iso(test_cache: Path, tmp_path: Path) -> 
 
 # -- GitHub: schemas, and the composite action's steps run by a small runner ----------------
 
+
 def test_the_templates_match_their_published_schemas() -> None:
     tool = check_jsonschema()
-    for schema, path in (("vendor.github-actions", ACTION), ("vendor.github-workflows", EXAMPLE_WORKFLOW),
-                         ("vendor.gitlab-ci", GITLAB_TEMPLATE)):
-        result = subprocess.run([str(tool), "--builtin-schema", schema, str(path)],
-                                capture_output=True, text=True, check=False)
+    for schema, path in (
+        ("vendor.github-actions", ACTION),
+        ("vendor.github-workflows", EXAMPLE_WORKFLOW),
+        ("vendor.gitlab-ci", GITLAB_TEMPLATE),
+    ):
+        result = subprocess.run(
+            [str(tool), "--builtin-schema", schema, str(path)], capture_output=True, text=True, check=False
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -232,8 +283,9 @@ def read_outputs(path: Path) -> dict[str, str]:
     return outputs
 
 
-def run_composite_action(action: Path, inputs: Mapping[str, str], workspace: Path,
-                         path: str) -> dict[str, str]:
+def run_composite_action(
+    action: Path, inputs: Mapping[str, str], workspace: Path, path: str
+) -> dict[str, str]:
     """Run the composite action's `run:` steps as GitHub's runner does (bash --noprofile --norc
     -eo pipefail, $GITHUB_OUTPUT and $GITHUB_PATH files per step, the step's env: rendered),
     in `workspace`; return the action's outputs. Scripts must hold no expression: inputs
@@ -242,8 +294,7 @@ def run_composite_action(action: Path, inputs: Mapping[str, str], workspace: Pat
     assert spec["runs"]["using"] == "composite"
     assert not set(inputs) - set(spec["inputs"]), "inputs the action does not declare"
     given = {name: inputs.get(name, str(meta.get("default", ""))) for name, meta in spec["inputs"].items()}
-    context: dict[str, Any] = {"inputs": given, "github": {"action_path": str(action.parent)},
-                               "steps": {}}
+    context: dict[str, Any] = {"inputs": given, "github": {"action_path": str(action.parent)}, "steps": {}}
     runner = workspace.parent / "runner"
     runner.mkdir()
     search_path = [path, os.environ["PATH"]]
@@ -258,13 +309,25 @@ def run_composite_action(action: Path, inputs: Mapping[str, str], workspace: Pat
         script.write_text(step["run"])
         output.touch()
         added_path.touch()
-        env = {**runner_env, **{k: render(str(v), context) for k, v in step.get("env", {}).items()},
-               "PATH": os.pathsep.join(search_path), "GITHUB_OUTPUT": str(output),
-               "GITHUB_PATH": str(added_path), "GITHUB_ACTION_PATH": str(action.parent),
-               "GITHUB_WORKSPACE": str(workspace), "RUNNER_TEMP": str(runner)}
-        result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-                                cwd=workspace, env=env, capture_output=True, text=True,
-                                timeout=1800, check=False)
+        env = {
+            **runner_env,
+            **{k: render(str(v), context) for k, v in step.get("env", {}).items()},
+            "PATH": os.pathsep.join(search_path),
+            "GITHUB_OUTPUT": str(output),
+            "GITHUB_PATH": str(added_path),
+            "GITHUB_ACTION_PATH": str(action.parent),
+            "GITHUB_WORKSPACE": str(workspace),
+            "RUNNER_TEMP": str(runner),
+        }
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         assert result.returncode == 0, f"step {number} failed: {result.stderr[-4000:]}"
         search_path[:0] = reversed(added_path.read_text().splitlines())
         if "id" in step:
@@ -275,15 +338,38 @@ def run_composite_action(action: Path, inputs: Mapping[str, str], workspace: Pat
 def test_the_action_passes_every_input_as_one_argument(tmp_path: Path, fake_kairos_build: Path) -> None:
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    outputs = run_composite_action(ACTION, {
-        "install": "false", "base": "dir:my base", "cloud-config": HOSTILE, "version": "",
-        "output": "out dir", "extra-args": "--kernel-arg quiet  --compression *"}, workspace,
-        str(fake_kairos_build))
+    outputs = run_composite_action(
+        ACTION,
+        {
+            "install": "false",
+            "base": "dir:my base",
+            "cloud-config": HOSTILE,
+            "version": "",
+            "output": "out dir",
+            "extra-args": "--kernel-arg quiet  --compression *",
+        },
+        workspace,
+        str(fake_kairos_build),
+    )
     printed = json.loads((workspace / "out dir/artifacts.json").read_text())
     assert printed["argv"] == [
-        "build", "--format", "iso", "--flavor", "debian", "--output", "out dir",
-        "--base", "dir:my base", "--cloud-config", HOSTILE, "--kernel-arg", "quiet",
-        "--compression", "*", "--json"]
+        "build",
+        "--format",
+        "iso",
+        "--flavor",
+        "debian",
+        "--output",
+        "out dir",
+        "--base",
+        "dir:my base",
+        "--cloud-config",
+        HOSTILE,
+        "--kernel-arg",
+        "quiet",
+        "--compression",
+        "*",
+        "--json",
+    ]
     assert outputs == {"artifacts": "[]", "output-dir": "out dir"}
     assert not list(tmp_path.rglob("PWNED"))
 
@@ -294,10 +380,21 @@ def test_the_action_installs_kairos_build_and_builds_an_iso(test_cache: Path, tm
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     (workspace / "cloud-config.yaml").write_text(CLOUD_CONFIG)
-    outputs = run_composite_action(ACTION, {
-        "install": "true", "flavor": "debian", "base": BASE, "formats": "iso",
-        "cloud-config": "cloud-config.yaml", "version": VERSION, "output": "build",
-        "cache-dir": str(test_cache)}, workspace, "/nonexistent")
+    outputs = run_composite_action(
+        ACTION,
+        {
+            "install": "true",
+            "flavor": "debian",
+            "base": BASE,
+            "formats": "iso",
+            "cloud-config": "cloud-config.yaml",
+            "version": VERSION,
+            "output": "build",
+            "cache-dir": str(test_cache),
+        },
+        workspace,
+        "/nonexistent",
+    )
     assert (tmp_path / "runner/kairos-build-venv/bin/kairos-build").is_file()
 
     assert outputs["output-dir"] == "build"
@@ -305,5 +402,6 @@ def test_the_action_installs_kairos_build_and_builds_an_iso(test_cache: Path, tm
     artifacts = json.loads(outputs["artifacts"])
     files = check_listed_artifacts(artifacts, workspace, keys=LISTED_FILES)
     assert [(a["format"], f.name) for a, f in zip(artifacts, files, strict=True)] == [
-        ("iso", f"kairos-debian-13-core-amd64-generic-{VERSION}.iso")]
+        ("iso", f"kairos-debian-13-core-amd64-generic-{VERSION}.iso")
+    ]
     assert json.loads((workspace / "build/artifacts.json").read_text())["artifacts"] == artifacts

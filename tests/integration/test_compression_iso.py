@@ -15,26 +15,46 @@ pytestmark = pytest.mark.integration
 
 
 def superblock(squashfs: Path) -> str:
-    return subprocess.run(["unsquashfs", "-s", str(squashfs)], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["unsquashfs", "-s", str(squashfs)], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_a_non_default_compression_lands_in_the_iso(test_cache: Path, tmp_path: Path) -> None:
     # lz4, not xz: the same path through the CLI, the cache key and mksquashfs, in seconds
     # rather than minutes on two cores.
     out = tmp_path / "out"
-    result = run_cli("iso", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
-                     "--compression", "lz4", "--output", str(out), "--cache-dir", str(test_cache))
+    result = run_cli(
+        "iso",
+        "--flavor",
+        "debian",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--compression",
+        "lz4",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     # Made now, or kept from an earlier run (the squashfs or the whole ISO): what counts is
     # what the ISO holds.
-    assert any(line in result.stderr for line in (
-        "making the squashfs (lz4)", "reusing cached squashfs lz4", "reusing the cached artifact")), \
-        result.stderr[-3000:]
+    assert any(
+        line in result.stderr
+        for line in (
+            "making the squashfs (lz4)",
+            "reusing cached squashfs lz4",
+            "reusing the cached artifact",
+        )
+    ), result.stderr[-3000:]
     iso = next(out.glob("*.iso"))
     squashfs = tmp_path / "rootfs.squashfs"
-    subprocess.run(["xorriso", "-indev", str(iso), "-osirrox", "on", "-extract",
-                    "/rootfs.squashfs", str(squashfs)], check=True, capture_output=True)
+    subprocess.run(
+        ["xorriso", "-indev", str(iso), "-osirrox", "on", "-extract", "/rootfs.squashfs", str(squashfs)],
+        check=True,
+        capture_output=True,
+    )
     assert "Compression lz4" in superblock(squashfs)
 
 

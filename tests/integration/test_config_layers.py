@@ -43,20 +43,42 @@ def test_flags_config_file_and_set_give_the_same_iso(test_cache: Path, tmp_path:
     cloud_config = tmp_path / "cloud-config.yaml"
     cloud_config.write_text(CLOUD_CONFIG)
     from_flags = build_iso(
-        test_cache, tmp_path / "flags", "iso", "--flavor", "debian", "--base", BASE,
-        "--compression", COMPRESSION, *(f"--kernel-arg={a}" for a in KERNEL_ARGS),
-        "--cloud-config", str(cloud_config))
+        test_cache,
+        tmp_path / "flags",
+        "iso",
+        "--flavor",
+        "debian",
+        "--base",
+        BASE,
+        "--compression",
+        COMPRESSION,
+        *(f"--kernel-arg={a}" for a in KERNEL_ARGS),
+        "--cloud-config",
+        str(cloud_config),
+    )
 
     # The cloud-config path is relative: a config file's paths are relative to the file.
     config = tmp_path / "kairos-build.yaml"
-    config.write_text(f"flavor: debian\nbase: {BASE}\ncompression: {COMPRESSION}\n"
-                      f"kernel-arg: [{', '.join(KERNEL_ARGS)}]\ncloud-config: cloud-config.yaml\n")
+    config.write_text(
+        f"flavor: debian\nbase: {BASE}\ncompression: {COMPRESSION}\n"
+        f"kernel-arg: [{', '.join(KERNEL_ARGS)}]\ncloud-config: cloud-config.yaml\n"
+    )
     from_file = build_iso(test_cache, tmp_path / "file", "--config", str(config), "iso")
 
     from_sets = build_iso(
-        test_cache, tmp_path / "sets", "--set", "flavor=debian", "--set", f"base={BASE}",
-        "--set", f"compression={COMPRESSION}", *(f"--set=kernel-arg={a}" for a in KERNEL_ARGS),
-        "--set", f"cloud-config={cloud_config}", "iso")
+        test_cache,
+        tmp_path / "sets",
+        "--set",
+        "flavor=debian",
+        "--set",
+        f"base={BASE}",
+        "--set",
+        f"compression={COMPRESSION}",
+        *(f"--set=kernel-arg={a}" for a in KERNEL_ARGS),
+        "--set",
+        f"cloud-config={cloud_config}",
+        "iso",
+    )
 
     assert from_flags.name == from_file.name == from_sets.name
     digests = {sha256(iso) for iso in (from_flags, from_file, from_sets)}
@@ -66,18 +88,24 @@ def test_flags_config_file_and_set_give_the_same_iso(test_cache: Path, tmp_path:
     for iso in (from_flags, from_file, from_sets):
         assert iso.with_name(f"{iso.name}.sha256").read_text().split()[0] in digests
 
-@pytest.mark.parametrize(("text", "line", "needles"), [
-    ("flavor: debian\nrelase: trixie\n", 2, ["unknown setting 'relase'", "did you mean release?"]),
-    ("flavor: debian\nkernel-arg: [quiet\n", 3, ["not valid YAML"]),
-    ("compression: brotli\n", 1, ["'brotli' is not known"]),
-])
-def test_a_bad_config_file_stops_the_command_line(tmp_path: Path, text: str, line: int,
-                                                  needles: list[str]) -> None:
+
+@pytest.mark.parametrize(
+    ("text", "line", "needles"),
+    [
+        ("flavor: debian\nrelase: trixie\n", 2, ["unknown setting 'relase'", "did you mean release?"]),
+        ("flavor: debian\nkernel-arg: [quiet\n", 3, ["not valid YAML"]),
+        ("compression: brotli\n", 1, ["'brotli' is not known"]),
+    ],
+)
+def test_a_bad_config_file_stops_the_command_line(
+    tmp_path: Path, text: str, line: int, needles: list[str]
+) -> None:
     config = tmp_path / "kairos-build.yaml"
     config.write_text(text)
     out = tmp_path / "out"
-    result = run_cli("--config", str(config), "iso", "--output", str(out),
-                     "--cache-dir", str(tmp_path / "cache"))
+    result = run_cli(
+        "--config", str(config), "iso", "--output", str(out), "--cache-dir", str(tmp_path / "cache")
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [shown for shown in result.stderr.splitlines() if shown.startswith("error:")]

@@ -35,8 +35,11 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @pytest.fixture(scope="module")
-def client(dockerd: str, trixie_base: Path,  # noqa: F811
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerClient]:
+def client(
+    dockerd: str,  # noqa: F811
+    trixie_base: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[docker.DockerClient]:
     """A client of the test dockerd that has built TOOL_IMAGE; the images are removed at the
     end (the disk is shared), with whatever containers used them."""
     with closing(docker.DockerClient(base_url=dockerd, timeout=3600)) as client:
@@ -53,23 +56,31 @@ def client(dockerd: str, trixie_base: Path,  # noqa: F811
 def make_base(client: docker.DockerClient, rootfs: Path, context: Path) -> None:
     """BASE_IMAGE: `docker import` of `rootfs` as ROOTFS_IMAGE, plus the host's CA bundle
     (built from the empty folder `context`)."""
-    tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", "-", "."],
-                           stdout=subprocess.PIPE)
+    tar = subprocess.Popen(
+        ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", "-", "."], stdout=subprocess.PIPE
+    )
     assert tar.stdout is not None
     repository, tag = ROOTFS_IMAGE.split(":")
     client.api.import_image_from_stream(tar.stdout, repository=repository, tag=tag)
     assert tar.wait() == 0
     shutil.copy(HOST_CA_BUNDLE, context / "host-ca.crt")
     (context / "Dockerfile").write_text(
-        f"FROM {ROOTFS_IMAGE}\nCOPY host-ca.crt /etc/ssl/host-ca.crt\nENV PIP_CERT=/etc/ssl/host-ca.crt\n")
+        f"FROM {ROOTFS_IMAGE}\nCOPY host-ca.crt /etc/ssl/host-ca.crt\nENV PIP_CERT=/etc/ssl/host-ca.crt\n"
+    )
     client.images.build(path=str(context), tag=BASE_IMAGE, rm=True, forcerm=True)
 
 
 def build_image(client: docker.DockerClient) -> None:
     # The test dockerd has no bridge: build steps use the host's network (apt, PyPI).
     try:
-        client.images.build(path=str(ROOT), buildargs={"BASE": BASE_IMAGE}, tag=TOOL_IMAGE,
-                            network_mode="host", rm=True, forcerm=True)
+        client.images.build(
+            path=str(ROOT),
+            buildargs={"BASE": BASE_IMAGE},
+            tag=TOOL_IMAGE,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+        )
     except docker.errors.BuildError as exc:
         log = "".join(str(line.get("stream", line.get("error", ""))) for line in exc.build_log)
         raise AssertionError(log[-4000:]) from exc
@@ -88,14 +99,24 @@ def container_privileges() -> dict[str, Any]:
     return {"cap_add": ["SYS_ADMIN"], "security_opt": ["seccomp=unconfined", "apparmor=unconfined"]}
 
 
-def run_container(client: docker.DockerClient, volumes: dict[Path, str], *args: str,
-                  entrypoint: list[str] | None = None, **options: Any) -> tuple[int, str]:
+def run_container(
+    client: docker.DockerClient,
+    volumes: dict[Path, str],
+    *args: str,
+    entrypoint: list[str] | None = None,
+    **options: Any,
+) -> tuple[int, str]:
     """Run TOOL_IMAGE on the host's network with `volumes` (host path -> path inside); its exit
     status and its output."""
     container = client.containers.run(
-        TOOL_IMAGE, list(args), entrypoint=entrypoint, network_mode="host", detach=True,
+        TOOL_IMAGE,
+        list(args),
+        entrypoint=entrypoint,
+        network_mode="host",
+        detach=True,
         volumes={str(host): {"bind": inside, "mode": "rw"} for host, inside in volumes.items()},
-        **options)
+        **options,
+    )
     try:
         status = container.wait(timeout=3600)["StatusCode"]
         return status, container.logs().decode(errors="replace")
@@ -104,14 +125,22 @@ def run_container(client: docker.DockerClient, volumes: dict[Path, str], *args: 
 
 
 def test_the_image_builds_an_iso_into_the_output_volume(
-        test_cache: Path, tmp_path: Path, client: docker.DockerClient) -> None:
+    test_cache: Path, tmp_path: Path, client: docker.DockerClient
+) -> None:
     # As the README runs it, the test cache as the cache volume (the bootstrap and the
     # conversion are reused).
     out = tmp_path / "build"
     out.mkdir()
     status, log = run_container(
-        client, {out: "/build", test_cache: "/var/cache/kairos-build"},
-        "iso", "--flavor", "debian", "--base", "bootstrap:debian/trixie", **container_privileges())
+        client,
+        {out: "/build", test_cache: "/var/cache/kairos-build"},
+        "iso",
+        "--flavor",
+        "debian",
+        "--base",
+        "bootstrap:debian/trixie",
+        **container_privileges(),
+    )
     assert status == 0, log[-4000:]
 
     isos = list(out.glob("*.iso"))
@@ -133,10 +162,10 @@ print("sandbox PID 1:", run_in_root(Path("/rootfs"), ["cat", "/proc/1/comm"], re
 
 
 def test_the_conversion_sandbox_runs_with_these_privileges_and_not_without(
-        client: docker.DockerClient, trixie_base: Path) -> None:
+    client: docker.DockerClient, trixie_base: Path
+) -> None:
     probe = ["/opt/kairos-build/.venv/bin/python", "-c", SANDBOX_PROBE]
-    status, log = run_container(client, {trixie_base: "/rootfs"}, entrypoint=probe,
-                                **container_privileges())
+    status, log = run_container(client, {trixie_base: "/rootfs"}, entrypoint=probe, **container_privileges())
     assert status == 0 and "sandbox PID 1: bwrap" in log, log[-3000:]
 
     # Docker's defaults: no CAP_SYS_ADMIN in the bounding set, which the sandbox's setpriv

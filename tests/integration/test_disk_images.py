@@ -41,13 +41,22 @@ def table(disks: dict[str, Path]) -> list[dict[str, object]]:
 
 def extract(raw: Path, part: dict[str, object], dest: Path) -> Path:
     """One partition as a file of its own (sparse), for tools that take no offset."""
-    sh("dd", f"if={raw}", f"of={dest}", "bs=1M", f"skip={int(part['start']) // 2048}",  # type: ignore[call-overload]
-       f"count={int(part['size']) // 2048}", "conv=sparse", "status=none")  # type: ignore[call-overload]
+    sh(
+        "dd",
+        f"if={raw}",
+        f"of={dest}",
+        "bs=1M",
+        f"skip={int(part['start']) // 2048}",  # type: ignore[call-overload]
+        f"count={int(part['size']) // 2048}",
+        "conv=sparse",
+        "status=none",
+    )  # type: ignore[call-overload]
     return dest
 
 
-def test_gpt_validates_and_has_the_kairos_layout(disks: dict[str, Path],
-                                                 table: list[dict[str, object]]) -> None:
+def test_gpt_validates_and_has_the_kairos_layout(
+    disks: dict[str, Path], table: list[dict[str, object]]
+) -> None:
     raw = disks["raw"]
     verify = sh("sgdisk", "-v", str(raw)).stdout
     assert "No problems found" in verify
@@ -64,7 +73,8 @@ def test_gpt_validates_and_has_the_kairos_layout(disks: dict[str, Path],
 
 
 def test_mbr_carries_grub_pointing_at_the_bios_boot_partition(
-        disks: dict[str, Path], table: list[dict[str, object]], probe_tree: Path) -> None:
+    disks: dict[str, Path], table: list[dict[str, object]], probe_tree: Path
+) -> None:
     with disks["raw"].open("rb") as handle:
         mbr = handle.read(512)
         bios_start = int(table[1]["start"])  # type: ignore[call-overload]
@@ -81,7 +91,8 @@ def test_mbr_carries_grub_pointing_at_the_bios_boot_partition(
 
 @pytest.mark.parametrize("index", [2, 3, 4, 5])
 def test_every_ext4_partition_checks_clean_with_its_label(
-        disks: dict[str, Path], table: list[dict[str, object]], index: int, tmp_path: Path) -> None:
+    disks: dict[str, Path], table: list[dict[str, object]], index: int, tmp_path: Path
+) -> None:
     image = extract(disks["raw"], table[index], tmp_path / "part.img")
     sh("e2fsck", "-fn", str(image))
     header = sh("dumpe2fs", "-h", str(image)).stdout
@@ -92,14 +103,17 @@ def test_every_ext4_partition_checks_clean_with_its_label(
 
 
 def test_esp_checks_clean_and_holds_the_images_signed_chain(
-        disks: dict[str, Path], table: list[dict[str, object]], probe_tree: Path, tmp_path: Path) -> None:
+    disks: dict[str, Path], table: list[dict[str, object]], probe_tree: Path, tmp_path: Path
+) -> None:
     """shim as the removable loader, the distro's signed disk grub (grubx64, never the CD build
     that would search every disk) beside it, and a config where its prefix /EFI/debian points."""
     image = extract(disks["raw"], table[0], tmp_path / "esp.img")
     sh("fsck.vfat", "-n", str(image))
-    expected = {"EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
-                "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
-                "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed"}
+    expected = {
+        "EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
+        "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+        "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed",
+    }
     for on_esp, in_rootfs in expected.items():
         copy = tmp_path / "file"
         sh("mcopy", "-o", "-i", str(image), f"::/{on_esp}", str(copy))
@@ -114,8 +128,9 @@ def debugfs(image: Path, command: str) -> str:
     return sh("debugfs", "-R", command, str(image)).stdout
 
 
-def test_state_holds_the_system_image_and_the_menu(disks: dict[str, Path],
-                                                   table: list[dict[str, object]], tmp_path: Path) -> None:
+def test_state_holds_the_system_image_and_the_menu(
+    disks: dict[str, Path], table: list[dict[str, object]], tmp_path: Path
+) -> None:
     state = extract(disks["raw"], table[4], tmp_path / "state.img")
     assert "active.img" in debugfs(state, "ls -l /cOS")
     menu = debugfs(state, "cat /boot/grub/grub.cfg")
@@ -130,11 +145,13 @@ def test_state_holds_the_system_image_and_the_menu(disks: dict[str, Path],
     assert "vmlinuz" in debugfs(active, "ls -l /boot")
     # The initramfs module that mounts it is in the image.
     assert "kairos-immutable-setup.sh" in debugfs(
-        active, "ls -l /usr/lib/dracut/modules.d/90kairos-immutable")
+        active, "ls -l /usr/lib/dracut/modules.d/90kairos-immutable"
+    )
 
 
-def test_recovery_and_oem_partitions(disks: dict[str, Path], table: list[dict[str, object]],
-                                     tmp_path: Path) -> None:
+def test_recovery_and_oem_partitions(
+    disks: dict[str, Path], table: list[dict[str, object]], tmp_path: Path
+) -> None:
     recovery = extract(disks["raw"], table[3], tmp_path / "recovery.img")
     listing = debugfs(recovery, "ls -l /cOS") + debugfs(recovery, "ls -l /boot")
     assert "recovery.squashfs" in listing and "vmlinuz" in listing and "initrd" in listing
@@ -159,14 +176,22 @@ def test_converted_formats_agree_with_the_raw_disk(disks: dict[str, Path]) -> No
     unsummed = footer[:64] + bytes(4) + footer[68:]
     assert struct.unpack_from(">I", footer, 64)[0] == ~sum(unsummed) & 0xFFFFFFFF
     # The vmdk's descriptor names the file as published, not the temporary name it was written to.
-    descriptor = disks["vmdk"].read_bytes()[:64 * 1024]
+    descriptor = disks["vmdk"].read_bytes()[: 64 * 1024]
     assert f'"{disks["vmdk"].name}"'.encode() in descriptor and b".partial" not in descriptor
     for fmt, qemu_fmt in (("vmdk", "vmdk"), ("vhd", "vpc")):
-        assert sh("qemu-img", "compare", "-f", "raw", "-F", qemu_fmt, str(disks["raw"]),
-                  str(disks[fmt])).returncode == 0, fmt
+        assert (
+            sh(
+                "qemu-img", "compare", "-f", "raw", "-F", qemu_fmt, str(disks["raw"]), str(disks[fmt])
+            ).returncode
+            == 0
+        ), fmt
     # The qcow2 holds exactly the raw disk's bytes.
-    assert sh("qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(disks["raw"]),
-              str(disks["qcow2"])).returncode == 0
+    assert (
+        sh(
+            "qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(disks["raw"]), str(disks["qcow2"])
+        ).returncode
+        == 0
+    )
 
 
 def test_gce_bundle_is_a_gnu_tar_of_disk_raw_in_whole_gib(disks: dict[str, Path]) -> None:

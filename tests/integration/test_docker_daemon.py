@@ -53,12 +53,30 @@ def _start(root: Path, driver: str) -> tuple[subprocess.Popen[bytes], str, Path]
     (work / "daemon.json").write_text("{}")  # so that no /etc/docker/daemon.json applies
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(work / "data"), "--exec-root", str(work / "exec"),
-             "--pidfile", str(work / "docker.pid"), "--host", f"unix://{sock}",
-             "--storage-driver", driver, "--bridge", "none", "--iptables=false",
-             "--ip6tables=false", "--ip-masq=false", "--userland-proxy=false",
-             "--config-file", str(work / "daemon.json")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                "dockerd",
+                "--data-root",
+                str(work / "data"),
+                "--exec-root",
+                str(work / "exec"),
+                "--pidfile",
+                str(work / "docker.pid"),
+                "--host",
+                f"unix://{sock}",
+                "--storage-driver",
+                driver,
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+                "--config-file",
+                str(work / "daemon.json"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     return proc, f"unix://{sock}", log
 
@@ -167,8 +185,7 @@ def check_tree(root: Path) -> None:
 
 @pytest.mark.parametrize("ref", [f"{NAME}:1", NAME, f"docker.io/{NAME}:latest"])
 @pytest.mark.parametrize("pull", ["missing", "never"])
-def test_an_imported_image_unpacks(host: str, imported: str, tmp_path: Path, ref: str,
-                                   pull: str) -> None:
+def test_an_imported_image_unpacks(host: str, imported: str, tmp_path: Path, ref: str, pull: str) -> None:
     assert daemon_available()
     (tmp_path / "work").mkdir()
     (tmp_path / "rootfs").mkdir()
@@ -191,8 +208,10 @@ def test_an_image_id_unpacks(host: str, imported: str, tmp_path: Path) -> None:
 
 
 def test_an_absent_image_with_pull_never(host: str, imported: str, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="image kairos-test/absent:1 is not in the docker daemon "
-                       "and --pull never forbids pulling"):
+    with pytest.raises(
+        InputError,
+        match="image kairos-test/absent:1 is not in the docker daemon and --pull never forbids pulling",
+    ):
         open_daemon_image("kairos-test/absent:1", tmp_path, pull="never", platform=imported)
 
 

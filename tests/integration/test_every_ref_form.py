@@ -45,8 +45,11 @@ def layout(trixie_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def docker_archive(layout: Path) -> Path:
     archive = layout.parent / "docker-save.tar"
-    subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{TAG}",
-                    f"docker-archive:{archive}:kairos/base:{TAG}"], check=True, timeout=300)
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", f"oci:{layout}:{TAG}", f"docker-archive:{archive}:kairos/base:{TAG}"],
+        check=True,
+        timeout=300,
+    )
     return archive
 
 
@@ -60,9 +63,14 @@ def config_digest(layout: Path) -> str:
 
 
 @pytest.fixture
-def ref_for(layout: Path, docker_archive: Path, trixie_tree: Path, tmp_path: Path,
-            start_registry: Callable[..., Registry], request: pytest.FixtureRequest,  # noqa: F811
-            ) -> Iterator[Callable[[str], tuple[str, dict[str, str]]]]:
+def ref_for(
+    layout: Path,
+    docker_archive: Path,
+    trixie_tree: Path,
+    tmp_path: Path,
+    start_registry: Callable[..., Registry],  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[str], tuple[str, dict[str, str]]]]:
     no_daemon = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
 
     def make(form: str) -> tuple[str, dict[str, str]]:
@@ -81,8 +89,10 @@ def ref_for(layout: Path, docker_archive: Path, trixie_tree: Path, tmp_path: Pat
             return f"{registry.address}/kairos/base:{TAG}", no_daemon
         if form == "daemon":
             host = request.getfixturevalue("dockerd")
-            with closing(docker.DockerClient(base_url=host, timeout=300)) as client, \
-                    docker_archive.open("rb") as data:
+            with (
+                closing(docker.DockerClient(base_url=host, timeout=300)) as client,
+                docker_archive.open("rb") as data,
+            ):
                 client.images.load(data)
             return f"docker://kairos/base:{TAG}", {"DOCKER_HOST": host}
         assert form == "dir"
@@ -91,18 +101,25 @@ def ref_for(layout: Path, docker_archive: Path, trixie_tree: Path, tmp_path: Pat
     yield make
 
 
-@pytest.mark.parametrize("form", ["oci", "oci-archive", "docker-archive", "registry", "daemon",
-                                  "dir"])
-def test_every_reference_form_builds_the_iso(form: str, ref_for: Callable[[str], tuple[str, dict[str, str]]],
-                                             layout: Path, test_cache: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["oci", "oci-archive", "docker-archive", "registry", "daemon", "dir"])
+def test_every_reference_form_builds_the_iso(
+    form: str,
+    ref_for: Callable[[str], tuple[str, dict[str, str]]],
+    layout: Path,
+    test_cache: Path,
+    tmp_path: Path,
+) -> None:
     ref, env = ref_for(form)
     out = tmp_path / "out"
-    result = run_cli("iso", "--base", ref, "--output", str(out), "--cache-dir", str(test_cache),
-                     env=env)
+    result = run_cli("iso", "--base", ref, "--output", str(out), "--cache-dir", str(test_cache), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     iso = out / "kairos-debian-13-core-amd64-generic-v0.1.0.iso"
-    report = subprocess.run(["xorriso", "-indev", str(iso), "-report_el_torito", "plain"],
-                            capture_output=True, text=True, check=True).stdout
+    report = subprocess.run(
+        ["xorriso", "-indev", str(iso), "-report_el_torito", "plain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert re.findall(r"El Torito boot img :\s+\d+\s+(\w+)", report) == ["BIOS", "UEFI"]
     if form != "dir":
         # The image was recognised as the same image, whichever way it came.

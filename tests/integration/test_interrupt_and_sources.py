@@ -22,15 +22,29 @@ pytestmark = pytest.mark.integration
 
 
 def test_ctrl_c_during_conversion_leaves_no_mount_no_partial_entry_no_artifact(
-        trixie_base: Path, tmp_path: Path) -> None:
+    trixie_base: Path, tmp_path: Path
+) -> None:
     cache, out = tmp_path / "cache", tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kairos_build", "iso", "--base", f"dir:{trixie_base}",
-         "--output", str(out), "--cache-dir", str(cache)],
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "kairos_build",
+            "iso",
+            "--base",
+            f"dir:{trixie_base}",
+            "--output",
+            str(out),
+            "--cache-dir",
+            str(cache),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         # As from a terminal: Ctrl-C acts. A runner that started us in the background of a
         # non-interactive shell (`cmd &`) passes SIGINT down ignored, and then it would not.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = read_until(proc, "installing")
     assert "installing" in seen, seen
     time.sleep(3)  # let apt run inside the namespace with its mounts in place
@@ -52,8 +66,7 @@ def test_oci_layout_base_unpacks_to_the_same_tree(trixie_base: Path, tmp_path: P
     layout.mkdir()
     write_oci_layout(layout, layer, "trixie")
     flavor = load_flavor("debian")
-    base = resolve_base(f"oci:{layout}:trixie", flavor, flavor.release(None),
-                        Cache(tmp_path / "cache"))
+    base = resolve_base(f"oci:{layout}:trixie", flavor, flavor.release(None), Cache(tmp_path / "cache"))
 
     def tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
         found = {}
@@ -61,8 +74,7 @@ def test_oci_layout_base_unpacks_to_the_same_tree(trixie_base: Path, tmp_path: P
             for name in dirnames + filenames:
                 path = Path(dirpath, name)
                 st = path.lstat()
-                detail = os.readlink(path) if path.is_symlink() else str(st.st_size) \
-                    if path.is_file() else ""
+                detail = os.readlink(path) if path.is_symlink() else str(st.st_size) if path.is_file() else ""
                 found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, detail)
         return found
 

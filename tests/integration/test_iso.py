@@ -15,16 +15,29 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 RELEASE_KEYS = (
-    "KAIROS_ID", "KAIROS_ID_LIKE", "KAIROS_NAME", "KAIROS_VERSION", "KAIROS_RELEASE",
-    "KAIROS_ARCH", "KAIROS_TARGETARCH", "KAIROS_FLAVOR", "KAIROS_FLAVOR_RELEASE", "KAIROS_FAMILY",
-    "KAIROS_MODEL", "KAIROS_VARIANT", "KAIROS_BUG_REPORT_URL", "KAIROS_HOME_URL", "KAIROS_FIPS",
+    "KAIROS_ID",
+    "KAIROS_ID_LIKE",
+    "KAIROS_NAME",
+    "KAIROS_VERSION",
+    "KAIROS_RELEASE",
+    "KAIROS_ARCH",
+    "KAIROS_TARGETARCH",
+    "KAIROS_FLAVOR",
+    "KAIROS_FLAVOR_RELEASE",
+    "KAIROS_FAMILY",
+    "KAIROS_MODEL",
+    "KAIROS_VARIANT",
+    "KAIROS_BUG_REPORT_URL",
+    "KAIROS_HOME_URL",
+    "KAIROS_FIPS",
     "KAIROS_TRUSTED_BOOT",
 )
 
 
 def xorriso(iso: Path, *args: str) -> str:
-    result = subprocess.run(["xorriso", "-indev", str(iso), *args], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        ["xorriso", "-indev", str(iso), *args], capture_output=True, text=True, check=True
+    )
     return result.stdout + result.stderr
 
 
@@ -52,8 +65,7 @@ def test_el_torito_has_a_bios_and_a_uefi_entry(iso: Path) -> None:
 def test_volume_label_and_layout(iso: Path) -> None:
     assert re.search(r"Volume Id\s*:\s*COS_LIVE", xorriso(iso, "-pvd_info"))
     listing = xorriso(iso, "-find", "/", "-type", "f")
-    for path in ("/boot/kernel", "/boot/initrd", "/rootfs.squashfs", "/boot/grub/grub.cfg",
-                 "/boot/uefi.img"):
+    for path in ("/boot/kernel", "/boot/initrd", "/rootfs.squashfs", "/boot/grub/grub.cfg", "/boot/uefi.img"):
         assert f"'{path}'" in listing, listing
 
 
@@ -67,16 +79,23 @@ def test_esp_holds_the_images_signed_shim_and_cd_grub(iso: Path, probe_tree: Pat
     all from the converted rootfs, never a grub made on the build host."""
     esp = extract(iso, "/boot/uefi.img", tmp_path / "uefi.img")
     subprocess.run(["fsck.vfat", "-n", str(esp)], check=True, capture_output=True)
-    listing = subprocess.run(["mdir", "-i", str(esp), "-/", "-b", "::/"], check=True,
-                             capture_output=True, text=True).stdout.upper()
+    listing = subprocess.run(
+        ["mdir", "-i", str(esp), "-/", "-b", "::/"], check=True, capture_output=True, text=True
+    ).stdout.upper()
     assert "FBX64" not in listing  # shim's fallback would add firmware boot entries
-    image = {"EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
-             "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed",
-             "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed"}
+    image = {
+        "EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
+        "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed",
+        "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed",
+    }
     for on_esp, in_rootfs in image.items():
         assert mtools_read(esp, on_esp, tmp_path / "file") == (probe_tree / in_rootfs).read_bytes(), on_esp
-    signers = {name: subprocess.run(["sbverify", "--list", str(probe_tree / rel)], capture_output=True,
-                                    text=True, check=True).stdout for name, rel in image.items()}
+    signers = {
+        name: subprocess.run(
+            ["sbverify", "--list", str(probe_tree / rel)], capture_output=True, text=True, check=True
+        ).stdout
+        for name, rel in image.items()
+    }
     assert "Microsoft Corporation UEFI CA 2011" in signers["EFI/BOOT/BOOTX64.EFI"]
     assert "Debian Secure Boot" in signers["EFI/BOOT/grubx64.efi"]
     # gcdx64's built-in prefix is /boot/grub: there, a config that finds the ISO by label.
@@ -86,8 +105,12 @@ def test_esp_holds_the_images_signed_shim_and_cd_grub(iso: Path, probe_tree: Pat
     # CD grub searches for when its prefix is missing.
     kernel = extract(iso, "/boot/kernel", tmp_path / "kernel")
     assert kernel.read_bytes() == (probe_tree / "boot/vmlinuz").read_bytes()
-    assert "Debian Secure Boot Signer" in subprocess.run(
-        ["sbverify", "--list", str(kernel)], capture_output=True, text=True, check=True).stdout
+    assert (
+        "Debian Secure Boot Signer"
+        in subprocess.run(
+            ["sbverify", "--list", str(kernel)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert extract(iso, "/.disk/info", tmp_path / "info").read_text().startswith("Kairos Debian")
 
 
@@ -97,7 +120,7 @@ def test_bios_image_is_made_from_the_images_grub(iso: Path, probe_tree: Path, tm
     bios = extract(iso, "/boot/grub/bios.img", tmp_path / "bios.img").read_bytes()
     modules = probe_tree / "usr/lib/grub/i386-pc"
     cdboot = (modules / "cdboot.img").read_bytes()
-    assert bios[64:len(cdboot)] == cdboot[64:]  # bytes 8-63: the El Torito boot info table
+    assert bios[64 : len(cdboot)] == cdboot[64:]  # bytes 8-63: the El Torito boot info table
     decompressor = (modules / "lzma_decompress.img").read_bytes()
     assert bios.find(decompressor[0x300:0x600]) > 0
     host = Path("/usr/lib/grub/i386-pc/lzma_decompress.img")
@@ -117,8 +140,9 @@ def test_squashfs_holds_a_converted_system(iso: Path, tmp_path: Path) -> None:
     squashfs = extract(iso, "/rootfs.squashfs", tmp_path / "rootfs.squashfs")
 
     def cat(path: str) -> str:
-        return subprocess.run(["unsquashfs", "-cat", str(squashfs), path], check=True,
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["unsquashfs", "-cat", str(squashfs), path], check=True, capture_output=True, text=True
+        ).stdout
 
     release = dict(line.split("=", 1) for line in cat("etc/kairos-release").splitlines() if "=" in line)
     assert set(RELEASE_KEYS) <= set(release), set(RELEASE_KEYS) - set(release)
@@ -128,8 +152,9 @@ def test_squashfs_holds_a_converted_system(iso: Path, tmp_path: Path) -> None:
     assert values["KAIROS_FLAVOR"] == "debian" and values["KAIROS_FLAVOR_RELEASE"] == "13"
     assert values["KAIROS_FAMILY"] == "debian"
 
-    listing = subprocess.run(["unsquashfs", "-lls", str(squashfs)], check=True,
-                             capture_output=True, text=True).stdout
+    listing = subprocess.run(
+        ["unsquashfs", "-lls", str(squashfs)], check=True, capture_output=True, text=True
+    ).stdout
     assert re.search(r"squashfs-root/boot/vmlinuz -> vmlinuz-\S+", listing)
     assert re.search(r"squashfs-root/boot/initrd -> initrd.img-\S+", listing)
     assert "squashfs-root/etc/machine-id" not in listing
@@ -159,10 +184,21 @@ def test_the_build_logs_each_timed_step(built_iso: tuple[Path, str]) -> None:
         assert re.search(rf"done: {step}.* \(\d+\.\d s\)", stderr), stderr
 
 
-def test_a_second_build_reuses_the_converted_rootfs(test_cache: Path, tmp_path: Path,
-                                                    built_iso: tuple[Path, str]) -> None:
-    result = run_cli("iso", "--flavor", "debian", "--base", "bootstrap:debian/trixie",
-                     "--output", str(tmp_path), "--cache-dir", str(test_cache), "--json")
+def test_a_second_build_reuses_the_converted_rootfs(
+    test_cache: Path, tmp_path: Path, built_iso: tuple[Path, str]
+) -> None:
+    result = run_cli(
+        "iso",
+        "--flavor",
+        "debian",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--output",
+        str(tmp_path),
+        "--cache-dir",
+        str(test_cache),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"reusing cached converted", result.stderr)
     assert "installing" not in result.stderr

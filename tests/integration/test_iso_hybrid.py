@@ -39,8 +39,7 @@ def iso_file(iso: Path, path: str) -> bytes:
 
 def test_system_area_has_grub_mbr_and_a_gpt_with_the_esp(built_iso: tuple[Path, str]) -> None:
     iso = built_iso[0]
-    report = sh("xorriso", "-indev", str(iso), "-report_system_area", "plain",
-                "-report_el_torito", "plain")
+    report = sh("xorriso", "-indev", str(iso), "-report_system_area", "plain", "-report_el_torito", "plain")
     assert "grub2-mbr" in report and "GPT" in report
     assert "El Torito boot img :   1  BIOS" in report and "El Torito boot img :   2  UEFI" in report
     assert "boot-info-table grub2-boot-info" in report
@@ -50,8 +49,9 @@ def test_system_area_has_grub_mbr_and_a_gpt_with_the_esp(built_iso: tuple[Path, 
     sh("sfdisk", "--verify", str(iso))
 
 
-def test_appended_esp_is_the_el_torito_esp_and_holds_grub(built_iso: tuple[Path, str], probe_tree: Path,
-                                                          tmp_path: Path) -> None:
+def test_appended_esp_is_the_el_torito_esp_and_holds_grub(
+    built_iso: tuple[Path, str], probe_tree: Path, tmp_path: Path
+) -> None:
     iso = built_iso[0]
     dump = sh("sfdisk", "--dump", str(iso))
     line = next(row for row in dump.splitlines() if "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in row)
@@ -67,8 +67,13 @@ def test_appended_esp_is_the_el_torito_esp_and_holds_grub(built_iso: tuple[Path,
     mbr = iso.read_bytes()[:512]
     hybrid = (probe_tree / "usr/lib/grub/i386-pc/boot_hybrid.img").read_bytes()  # the image's grub
     assert mbr[:0x1B0] == hybrid[:0x1B0] and mbr[510:] == b"\x55\xaa"
-    lba = int(next(r for r in sh("xorriso", "-indev", str(iso), "-report_el_torito", "plain")
-                   .splitlines() if "El Torito boot img :   1" in r).split()[-1])
+    lba = int(
+        next(
+            r
+            for r in sh("xorriso", "-indev", str(iso), "-report_el_torito", "plain").splitlines()
+            if "El Torito boot img :   1" in r
+        ).split()[-1]
+    )
     assert struct.unpack_from("<Q", mbr, 0x1B0)[0] == lba * 4 + 4
 
 
@@ -80,7 +85,8 @@ def test_grub_menu_entries(built_iso: tuple[Path, str]) -> None:
 
 
 def test_inject_replaces_the_config_in_seconds_and_keeps_the_squashfs(
-        built_iso: tuple[Path, str], tmp_path: Path) -> None:
+    built_iso: tuple[Path, str], tmp_path: Path
+) -> None:
     iso = built_iso[0]
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
@@ -101,13 +107,16 @@ def test_inject_replaces_the_config_in_seconds_and_keeps_the_squashfs(
     assert not list(tmp_path.glob(".*partial*"))
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("hostname: x\n", "does not start with '#cloud-config'"),
-    ("#cloud-config\nusers: [\n", "is not valid YAML"),
-])
-def test_inject_refuses_a_bad_config_and_leaves_the_iso_alone(built_iso: tuple[Path, str],
-                                                              tmp_path: Path, content: str,
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("hostname: x\n", "does not start with '#cloud-config'"),
+        ("#cloud-config\nusers: [\n", "is not valid YAML"),
+    ],
+)
+def test_inject_refuses_a_bad_config_and_leaves_the_iso_alone(
+    built_iso: tuple[Path, str], tmp_path: Path, content: str, message: str
+) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(content)
     out = tmp_path / "out.iso"
@@ -129,17 +138,26 @@ def test_inject_refuses_an_iso_it_did_not_make(tmp_path: Path) -> None:
     assert result.returncode == 2 and "is not an ISO image" in result.stderr
 
 
-def test_iso_overlay_and_extra_cmdline(built_iso: tuple[Path, str], test_cache: Path,
-                                       tmp_path: Path) -> None:
+def test_iso_overlay_and_extra_cmdline(built_iso: tuple[Path, str], test_cache: Path, tmp_path: Path) -> None:
     overlay = tmp_path / "overlay"
     (overlay / "docs" / "Read Me+").mkdir(parents=True)
     (overlay / "docs" / "Read Me+" / "notes for you.txt").write_text("hello")
     (overlay / "docs" / "a-b.txt").write_text("1")
     (overlay / "docs" / "a_b.txt").write_text("2")  # same ISO9660 name as a-b.txt
     out = tmp_path / "out"
-    result = run_cli("iso", "--base", "bootstrap:debian/trixie", "--overlay-iso", str(overlay),
-                     "--extra-cmdline", "quiet 'kairos.test=a b'", "--output", str(out),
-                     "--cache-dir", str(test_cache))
+    result = run_cli(
+        "iso",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--overlay-iso",
+        str(overlay),
+        "--extra-cmdline",
+        "quiet 'kairos.test=a b'",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     iso = next(out.glob("*.iso"))
     assert iso_file(iso, "/docs/Read Me+/notes for you.txt") == b"hello"
@@ -147,8 +165,17 @@ def test_iso_overlay_and_extra_cmdline(built_iso: tuple[Path, str], test_cache: 
     assert "quiet 'kairos.test=a b'" in iso_file(iso, "/boot/grub/grub.cfg").decode()
 
     (overlay / "rootfs.squashfs").write_text("not allowed")
-    refused = run_cli("iso", "--base", "bootstrap:debian/trixie", "--overlay-iso", str(overlay),
-                      "--output", str(tmp_path / "out2"), "--cache-dir", str(test_cache))
+    refused = run_cli(
+        "iso",
+        "--base",
+        "bootstrap:debian/trixie",
+        "--overlay-iso",
+        str(overlay),
+        "--output",
+        str(tmp_path / "out2"),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert refused.returncode == 2 and "would replace a file the ISO boots with" in refused.stderr
 
 
@@ -171,7 +198,17 @@ def test_a_squashfs_over_4_gib_is_stored_in_several_extents(tmp_path: Path) -> N
     # Read both ends back through libisofs (xorriso), an implementation other than ours.
     for offset, expected in ((0, b"HEAD" * 1024), (size - 4096, b"TAIL" * 1024)):
         piece = tmp_path / f"piece-{offset}"
-        sh("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract_cut", "/rootfs.squashfs",
-           str(offset), "4096", str(piece))
+        sh(
+            "xorriso",
+            "-osirrox",
+            "on",
+            "-indev",
+            str(iso),
+            "-extract_cut",
+            "/rootfs.squashfs",
+            str(offset),
+            "4096",
+            str(piece),
+        )
         assert piece.read_bytes() == expected
     iso.unlink()  # 4.3 GiB written for real: do not keep it in pytest's retained temp dirs

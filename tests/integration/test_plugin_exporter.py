@@ -78,12 +78,13 @@ def write_wheel(source: Path, target: Path) -> Path:
     info = f"{stem}.dist-info"
     entry_points = "".join(
         f"[{group}]\n" + "".join(f"{key} = {value}\n" for key, value in entries.items())
-        for group, entries in project["entry-points"].items())
+        for group, entries in project["entry-points"].items()
+    )
     files = {module.name: module.read_bytes() for module in sorted(source.glob("*.py"))}
     files |= {
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: kairos-build tests\n"
-                         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
         f"{info}/entry_points.txt": entry_points.encode(),
     }
     record = [record_line(path, data) for path, data in files.items()] + [f"{info}/RECORD,,"]
@@ -96,8 +97,13 @@ def write_wheel(source: Path, target: Path) -> Path:
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture()
@@ -116,8 +122,9 @@ def tarball_plugin(tmp_path: Path) -> Iterator[str]:
         pip("uninstall", "--yes", DIST)
 
 
-def test_a_plugin_format_is_listed_offered_and_built(tarball_plugin: str, test_cache: Path,
-                                                    tmp_path: Path) -> None:
+def test_a_plugin_format_is_listed_offered_and_built(
+    tarball_plugin: str, test_cache: Path, tmp_path: Path
+) -> None:
     listed = run_cli("formats", "--json")
     assert listed.returncode == 0, listed.stderr
     formats = {f["name"]: f for f in json.loads(listed.stdout)["formats"]}
@@ -131,8 +138,17 @@ def test_a_plugin_format_is_listed_offered_and_built(tarball_plugin: str, test_c
     assert tarball_plugin in build_help.stdout, build_help.stdout
 
     out = tmp_path / "out"
-    built = run_cli("build", "--format", tarball_plugin, "--base", "bootstrap:debian/trixie",
-                    "--output", str(out), "--cache-dir", str(test_cache))
+    built = run_cli(
+        "build",
+        "--format",
+        tarball_plugin,
+        "--base",
+        "bootstrap:debian/trixie",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert built.returncode == 0, built.stderr[-4000:]
     artifacts = list(out.glob("*.tar"))
     assert len(artifacts) == 1, list(out.iterdir())

@@ -38,8 +38,10 @@ from tests.unit.ocihelp import Layout, dir_, entry, layer_tar, reg, sym, whiteou
 REGISTRY_BIN = "/usr/bin/docker-registry"
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not (Path(REGISTRY_BIN).exists() and shutil.which("skopeo")),
-                       reason="needs the Debian packages docker-registry and skopeo"),
+    pytest.mark.skipif(
+        not (Path(REGISTRY_BIN).exists() and shutil.which("skopeo")),
+        reason="needs the Debian packages docker-registry and skopeo",
+    ),
 ]
 USER, PASSWORD = "builder", "s3cret"
 
@@ -59,8 +61,7 @@ class Registry:
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "error", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(root / "storage")},
-                        "delete": {"enabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(root / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": self.address, "secret": "test"},
         }
         if auth:
@@ -68,8 +69,12 @@ class Registry:
         (root / "config.yml").write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         self.log = (root / "registry.log").open("w")
-        self.process = subprocess.Popen([REGISTRY_BIN, "serve", str(root / "config.yml")],
-                                        stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(root / "config.yml")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -80,8 +85,9 @@ class Registry:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    pytest.fail("docker-registry did not start: "
-                                + (root / "registry.log").read_text()[-2000:])
+                    pytest.fail(
+                        "docker-registry did not start: " + (root / "registry.log").read_text()[-2000:]
+                    )
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -94,24 +100,33 @@ class Registry:
                 self.process.wait()
         self.log.close()
 
-    def push(self, layout: Path, tag: str, repository: str, *, all_images: bool = False,
-             creds: str | None = None) -> None:
+    def push(
+        self, layout: Path, tag: str, repository: str, *, all_images: bool = False, creds: str | None = None
+    ) -> None:
         command = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
         command += ["--all"] if all_images else []
         command += ["--dest-creds", creds] if creds else []
-        result = subprocess.run([*command, f"oci:{layout}:{tag}",
-                                 f"docker://{self.address}/{repository}"],
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [*command, f"oci:{layout}:{tag}", f"docker://{self.address}/{repository}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
 
     def blob_data(self, digest: str) -> Path:
         hexdigest = digest.removeprefix("sha256:")
-        return (self.root / "storage/docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest
-                / "data")
+        return self.root / "storage/docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
     def layer_link(self, repository: str, digest: str) -> Path:
-        return (self.root / "storage/docker/registry/v2/repositories" / repository / "_layers/sha256"
-                / digest.removeprefix("sha256:"))
+        return (
+            self.root
+            / "storage/docker/registry/v2/repositories"
+            / repository
+            / "_layers/sha256"
+            / digest.removeprefix("sha256:")
+        )
 
 
 @pytest.fixture
@@ -156,12 +171,21 @@ def store_files(cache: Cache) -> list[str]:
 
 def two_layer_image(layout: Layout) -> dict[str, Any]:
     return layout.image(
-        layer_tar(dir_("etc"), reg("etc/os-release", b"ID=test\n"), dir_("usr/bin", mode=0o750),
-                  reg("usr/bin/tool", b"#!/bin/sh\necho hi\n", mode=0o755), sym("bin", "usr/bin"),
-                  reg("etc/gone", b"x")),
-        layer_tar(reg("etc/os-release", b"ID=test2\n", mode=0o600), whiteout("etc/.wh.gone"),
-                  sym("etc/link", "../usr/bin/tool")),
-        compression=["gzip", "zstd"])
+        layer_tar(
+            dir_("etc"),
+            reg("etc/os-release", b"ID=test\n"),
+            dir_("usr/bin", mode=0o750),
+            reg("usr/bin/tool", b"#!/bin/sh\necho hi\n", mode=0o755),
+            sym("bin", "usr/bin"),
+            reg("etc/gone", b"x"),
+        ),
+        layer_tar(
+            reg("etc/os-release", b"ID=test2\n", mode=0o600),
+            whiteout("etc/.wh.gone"),
+            sym("etc/link", "../usr/bin/tool"),
+        ),
+        compression=["gzip", "zstd"],
+    )
 
 
 EXPECTED_TREE = {
@@ -176,8 +200,10 @@ EXPECTED_TREE = {
 
 
 @pytest.fixture
-def pushed(start_registry: Callable[..., Registry], tmp_path: Path,
-           ) -> tuple[Registry, Layout, dict[str, Any]]:
+def pushed(
+    start_registry: Callable[..., Registry],
+    tmp_path: Path,
+) -> tuple[Registry, Layout, dict[str, Any]]:
     """A registry holding test/app:v1 (two layers)."""
     registry = start_registry()
     layout = Layout()
@@ -187,8 +213,9 @@ def pushed(start_registry: Callable[..., Registry], tmp_path: Path,
     return registry, layout, manifest
 
 
-def test_pull_and_apply_gives_the_pushed_tree(pushed: tuple[Registry, Layout, dict[str, Any]],
-                                              cache: Cache, tmp_path: Path) -> None:
+def test_pull_and_apply_gives_the_pushed_tree(
+    pushed: tuple[Registry, Layout, dict[str, Any]], cache: Cache, tmp_path: Path
+) -> None:
     registry, layout, manifest = pushed
     stale = cache.root / "blobs/sha256/.tmp-0123456789abcdef-x1y2z3-999999999"  # a killed pull's
     stale.parent.mkdir(parents=True)
@@ -202,19 +229,18 @@ def test_pull_and_apply_gives_the_pushed_tree(pushed: tuple[Registry, Layout, di
     wanted = [d.removeprefix("sha256:") for d in [image.config_digest, *layout.layer_digests(manifest)]]
     assert store_files(cache) == sorted(wanted)  # verified blobs only, no temporary files
 
-    by_digest = open_registry_image(f"{registry.address}/test/app@{manifest['digest']}", cache,
-                                    pull="always")
+    by_digest = open_registry_image(f"{registry.address}/test/app@{manifest['digest']}", cache, pull="always")
     assert by_digest.config_digest == image.config_digest
 
 
-def test_multi_platform_index(start_registry: Callable[..., Registry], cache: Cache,
-                              tmp_path: Path) -> None:
+def test_multi_platform_index(start_registry: Callable[..., Registry], cache: Cache, tmp_path: Path) -> None:
     registry = start_registry()
     layout = Layout()
     amd = layout.image(layer_tar(reg("arch", b"amd64")), label="amd64")
     arm = layout.image(layer_tar(reg("arch", b"arm64")), label="arm64")
-    layout.add(layout.index(entry(amd, platform="linux/amd64"), entry(arm, platform="linux/arm64")),
-               tag="multi")
+    layout.add(
+        layout.index(entry(amd, platform="linux/amd64"), entry(arm, platform="linux/arm64")), tag="multi"
+    )
     registry.push(layout.write_dir(tmp_path / "layout"), "multi", "test/multi:1", all_images=True)
     name = f"{registry.address}/test/multi:1"
     for platform, manifest in [("linux/arm64", arm), ("linux/amd64", amd)]:
@@ -230,8 +256,9 @@ def test_multi_platform_index(start_registry: Callable[..., Registry], cache: Ca
     assert "linux/amd64, linux/arm64" in str(error.value)
 
 
-def test_pull_policies_and_the_cache(pushed: tuple[Registry, Layout, dict[str, Any]], cache: Cache,
-                                     tmp_path: Path) -> None:
+def test_pull_policies_and_the_cache(
+    pushed: tuple[Registry, Layout, dict[str, Any]], cache: Cache, tmp_path: Path
+) -> None:
     registry, layout, manifest = pushed
     name = f"{registry.address}/test/app:v1"
     first = open_registry_image(name, cache)
@@ -270,8 +297,9 @@ def test_unknown_tag(pushed: tuple[Registry, Layout, dict[str, Any]], cache: Cac
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated", "manifest"])
-def test_broken_blob_in_the_registry(pushed: tuple[Registry, Layout, dict[str, Any]], cache: Cache,
-                                     damage: str) -> None:
+def test_broken_blob_in_the_registry(
+    pushed: tuple[Registry, Layout, dict[str, Any]], cache: Cache, damage: str
+) -> None:
     registry, layout, manifest = pushed
     layer = layout.layer_digests(manifest)[1]
     if damage == "missing":
@@ -326,12 +354,17 @@ class TokenServer:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         self.bundle = root / "token-cert.pem"
         self.bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
@@ -359,9 +392,18 @@ class TokenServer:
                     kind, name, actions = scope.split(":")
                     access.append({"type": kind, "name": name, "actions": actions.split(",")})
                 now = int(time.time())
-                token = sign({"iss": "test-issuer", "sub": USER, "aud": query["service"][0],
-                              "exp": now + 300, "nbf": now - 10, "iat": now,
-                              "jti": hashlib.sha256(os.urandom(8)).hexdigest(), "access": access})
+                token = sign(
+                    {
+                        "iss": "test-issuer",
+                        "sub": USER,
+                        "aud": query["service"][0],
+                        "exp": now + 300,
+                        "nbf": now - 10,
+                        "iat": now,
+                        "jti": hashlib.sha256(os.urandom(8)).hexdigest(),
+                        "access": access,
+                    }
+                )
                 body = json.dumps({"token": token, "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -390,16 +432,27 @@ def token_server(tmp_path: Path) -> Iterator[TokenServer]:
     server.stop()
 
 
-def test_token_auth(start_registry: Callable[..., Registry], token_server: TokenServer, cache: Cache,
-                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = start_registry({"token": {"realm": token_server.realm, "service": "test-registry",
-                                         "issuer": "test-issuer",
-                                         "rootcertbundle": str(token_server.bundle)}})
+def test_token_auth(
+    start_registry: Callable[..., Registry],
+    token_server: TokenServer,
+    cache: Cache,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = start_registry(
+        {
+            "token": {
+                "realm": token_server.realm,
+                "service": "test-registry",
+                "issuer": "test-issuer",
+                "rootcertbundle": str(token_server.bundle),
+            }
+        }
+    )
     layout = Layout()
     manifest = two_layer_image(layout)
     layout.add(manifest, tag="v1")
-    registry.push(layout.write_dir(tmp_path / "layout"), "v1", "private/app:v1",
-                  creds=f"{USER}:{PASSWORD}")
+    registry.push(layout.write_dir(tmp_path / "layout"), "v1", "private/app:v1", creds=f"{USER}:{PASSWORD}")
     name = f"{registry.address}/private/app:v1"
 
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
@@ -435,8 +488,10 @@ class BasicAuthProxy:
                 if self.path.startswith("/storage/"):
                     proxy.storage_auth.append(self.headers.get("Authorization"))
                     self.forward(self.path.removeprefix("/storage"))
-                elif self.headers.get("Authorization") != "Basic " + base64.b64encode(
-                        f"{USER}:{PASSWORD}".encode()).decode():
+                elif (
+                    self.headers.get("Authorization")
+                    != "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                ):
                     self.answer(401, b"", {"WWW-Authenticate": 'Basic realm="test"'})
                 elif "/blobs/" in self.path:
                     self.answer(307, b"", {"Location": f"/storage{self.path}"})
@@ -452,8 +507,11 @@ class BasicAuthProxy:
                 except urllib.error.HTTPError as exc:
                     response = exc
                 with response:
-                    headers = {k: response.headers[k] for k in ("Content-Type", "Docker-Content-Digest")
-                               if response.headers.get(k)}
+                    headers = {
+                        k: response.headers[k]
+                        for k in ("Content-Type", "Docker-Content-Digest")
+                        if response.headers.get(k)
+                    }
                     self.answer(response.status, response.read(), headers)
 
             def answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -476,9 +534,12 @@ class BasicAuthProxy:
         self.httpd.server_close()
 
 
-def test_basic_auth_and_redirected_blobs(pushed: tuple[Registry, Layout, dict[str, Any]],
-                                         cache: Cache, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_basic_auth_and_redirected_blobs(
+    pushed: tuple[Registry, Layout, dict[str, Any]],
+    cache: Cache,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry, layout, manifest = pushed
     proxy = BasicAuthProxy(registry.address)
     try:

@@ -23,8 +23,18 @@ EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
 
 def build(tree: Path, cache: Path, out: Path) -> dict[str, str]:
     """`build --format iso,raw,qcow2,vmdk,vhd` and `convert -o oci-archive:`; sha256 by format."""
-    result = run_cli("build", "--format", "iso,raw,qcow2,vmdk,vhd", "--base", f"dir:{tree}",
-                     "--output", str(out), "--cache-dir", str(cache), env=EPOCH)
+    result = run_cli(
+        "build",
+        "--format",
+        "iso,raw,qcow2,vmdk,vhd",
+        "--base",
+        f"dir:{tree}",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        env=EPOCH,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     sums = {p.name.rsplit(".", 2)[-2]: p.read_text().split()[0] for p in out.glob("*.sha256")}
     for fmt, digest in sums.items():  # the .sha256 files tell the truth
@@ -32,8 +42,9 @@ def build(tree: Path, cache: Path, out: Path) -> dict[str, str]:
         if fmt not in ("raw", "vhd"):  # 7 GiB, sparse: hashed by the build, trusted here
             assert hashlib.file_digest(artifact.open("rb"), "sha256").hexdigest() == digest
     archive = out / "converted.oci.tar"
-    result = run_cli("convert", f"dir:{tree}", "--output", f"oci-archive:{archive}",
-                     "--cache-dir", str(cache), env=EPOCH)
+    result = run_cli(
+        "convert", f"dir:{tree}", "--output", f"oci-archive:{archive}", "--cache-dir", str(cache), env=EPOCH
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     sums["oci-archive"] = hashlib.file_digest(archive.open("rb"), "sha256").hexdigest()
     return sums
@@ -48,8 +59,11 @@ def test_two_builds_give_bit_identical_artifacts(probe_tree: Path, tmp_path: Pat
     first = build(probe_tree, tmp_path / "cache-1", tmp_path / "out-1")
     assert set(first) == {"iso", "raw", "qcow2", "vmdk", "vhd", "oci-archive"}
     # No build path in the output: not the base's, the cache's or the output folder's.
-    for artifact in [*(tmp_path / "out-1").glob("*.iso"), *(tmp_path / "out-1").glob("*.vmdk"),
-                     tmp_path / "out-1" / "converted.oci.tar"]:
+    for artifact in [
+        *(tmp_path / "out-1").glob("*.iso"),
+        *(tmp_path / "out-1").glob("*.vmdk"),
+        tmp_path / "out-1" / "converted.oci.tar",
+    ]:
         with artifact.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             for path in (tmp_path, probe_tree):
                 assert data.find(str(path).encode()) == -1, (artifact.name, path)
@@ -80,15 +94,27 @@ def test_two_conversions_of_one_base_give_the_same_image(test_cache: Path, tmp_p
     # The session's conversion (cached, or made now), then the same base converted again from
     # scratch: a copy of the bootstrapped tree elsewhere, an empty cache, apt run again.
     first = tmp_path / "first.oci.tar"
-    result = run_cli("convert", "bootstrap:debian/trixie", "--output", f"oci-archive:{first}",
-                     "--cache-dir", str(test_cache))
+    result = run_cli(
+        "convert",
+        "bootstrap:debian/trixie",
+        "--output",
+        f"oci-archive:{first}",
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     base = tmp_path / "base"
     result = run_cli("unpack", "bootstrap:debian/trixie", str(base), "--cache-dir", str(test_cache))
     assert result.returncode == 0, result.stderr[-4000:]
     second = tmp_path / "second.oci.tar"
-    result = run_cli("convert", f"dir:{base}", "--output", f"oci-archive:{second}",
-                     "--cache-dir", str(tmp_path / "fresh-cache"))
+    result = run_cli(
+        "convert",
+        f"dir:{base}",
+        "--output",
+        f"oci-archive:{second}",
+        "--cache-dir",
+        str(tmp_path / "fresh-cache"),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "installing" in result.stderr  # really converted again, not reused
     if sha256(first) != sha256(second):

@@ -20,8 +20,17 @@ from tests.conftest import read_until, run_cli
 pytestmark = pytest.mark.integration
 
 # Capability numbers (linux/capability.h) of what the sandbox keeps.
-CAP_NUMBERS = {"chown": 0, "dac_override": 1, "fowner": 3, "fsetid": 4,
-               "kill": 5, "setgid": 6, "setuid": 7, "audit_write": 29, "setfcap": 31}
+CAP_NUMBERS = {
+    "chown": 0,
+    "dac_override": 1,
+    "fowner": 3,
+    "fsetid": 4,
+    "kill": 5,
+    "setgid": 6,
+    "setuid": 7,
+    "audit_write": 29,
+    "setfcap": 31,
+}
 REPORT = "usr/share/kairos-hostile/report"
 
 # Each probe prints NAME=allowed or NAME=denied. The clock and /proc/sys probes write back
@@ -90,38 +99,62 @@ def test_a_hostile_base_converts_and_every_probe_is_denied(trixie_base: Path, tm
     hostname, mounts_before = socket.gethostname(), Path("/proc/self/mountinfo").read_text()
     out = tmp_path / "converted"
     try:
-        result = run_cli("convert", f"dir:{base}", "--flavor", "debian", "--output", f"dir:{out}",
-                         "--cache-dir", str(tmp_path / "cache"))
+        result = run_cli(
+            "convert",
+            f"dir:{base}",
+            "--flavor",
+            "debian",
+            "--output",
+            f"dir:{out}",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        )
     finally:
         if socket.gethostname() != hostname:  # a broken sandbox must not leave the host renamed
             socket.sethostname(hostname)
             pytest.fail("the hostile base renamed the build host")
     assert result.returncode == 0, result.stderr[-4000:]
 
-    report = dict(line.split("=", 1) for line in (out / REPORT).read_text().splitlines()
-                  if "=" in line)
+    report = dict(line.split("=", 1) for line in (out / REPORT).read_text().splitlines() if "=" in line)
     probes_run = [line.split()[1] for line in PROBES.splitlines() if line.startswith("probe ")]
     assert len(probes_run) == 15
     assert {name: report.get(name) for name in probes_run} == dict.fromkeys(probes_run, "denied")
     # Only the package managers' capabilities, in every set that could hand one back.
     kept = capability_bits(PACKAGE_CAPS)
-    status = {line.split(":")[0]: line.split(":")[1]
-              for line in (out / REPORT).read_text().splitlines() if ":" in line}
+    status = {
+        line.split(":")[0]: line.split(":")[1]
+        for line in (out / REPORT).read_text().splitlines()
+        if ":" in line
+    }
     for field in ("CapEff", "CapPrm", "CapBnd"):
         assert int(status[field], 16) == kept, (field, status[field])
     assert int(status["CapAmb"], 16) & ~kept == 0
     assert status["NoNewPrivs"] == "1"
     # No disk, only the harmless nodes; no process of the host to be seen.
-    assert report["dev"].split() == sorted(["core", "fd", "full", "null", "ptmx", "pts", "random",
-                                            "shm", "stderr", "stdin", "stdout", "tty", "urandom",
-                                            "zero"])
+    assert report["dev"].split() == sorted(
+        [
+            "core",
+            "fd",
+            "full",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+        ]
+    )
     assert int(report["processes"]) < 10
     # And the host is as it was.
     assert socket.gethostname() == hostname
     assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
     # (Only the probes' own mounts count: the suite's other worker may mount meanwhile.)
-    new_mounts = set(Path("/proc/self/mountinfo").read_text().splitlines()) - set(
-        mounts_before.splitlines())
+    new_mounts = set(Path("/proc/self/mountinfo").read_text().splitlines()) - set(mounts_before.splitlines())
     assert not [m for m in new_mounts if "kairos-probe" in m or " /mnt " in m], new_mounts
     # What the package managers need still works: arping's postinst gave it its file
     # capability (cap_net_raw) with setcap, and it is in the converted tree.
@@ -129,25 +162,37 @@ def test_a_hostile_base_converts_and_every_probe_is_denied(trixie_base: Path, tm
 
 
 def test_a_denied_action_in_a_package_script_names_the_package_and_the_command(
-        trixie_base: Path, tmp_path: Path) -> None:
+    trixie_base: Path, tmp_path: Path
+) -> None:
     package = tmp_path / "pkg"
     (package / "DEBIAN").mkdir(parents=True)
     (package / "DEBIAN/control").write_text(
         "Package: kairos-test-denied\nVersion: 1.0\nArchitecture: all\n"
-        "Maintainer: kairos-build tests <tests@example.invalid>\nDescription: mounts in postinst\n")
+        "Maintainer: kairos-build tests <tests@example.invalid>\nDescription: mounts in postinst\n"
+    )
     postinst = package / "DEBIAN/postinst"
     postinst.write_text("#!/bin/sh\nset -e\nmount -t tmpfs kairos-test /mnt\n")
     postinst.chmod(0o755)
     deb = tmp_path / "kairos-test-denied.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(package), str(deb)],
-                   check=True, capture_output=True)
-    base = hostile_copy(trixie_base, tmp_path / "base", "true",
-                        extra="dpkg -i /root/kairos-test-denied.deb || exit $?")
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(package), str(deb)], check=True, capture_output=True
+    )
+    base = hostile_copy(
+        trixie_base, tmp_path / "base", "true", extra="dpkg -i /root/kairos-test-denied.deb || exit $?"
+    )
     (base / "root/kairos-test-denied.deb").write_bytes(deb.read_bytes())
-    result = run_cli("convert", f"dir:{base}", "--flavor", "debian", "--output",
-                     f"dir:{tmp_path / 'out'}", "--cache-dir", str(tmp_path / "cache"))
+    result = run_cli(
+        "convert",
+        f"dir:{base}",
+        "--flavor",
+        "debian",
+        "--output",
+        f"dir:{tmp_path / 'out'}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert result.returncode == 1, result.stderr[-4000:]
-    error = result.stderr[result.stderr.index("error:"):]
+    error = result.stderr[result.stderr.index("error:") :]
     assert "'apt-get update -q' failed in the conversion sandbox" in error
     assert "package kairos-test-denied: post-installation script failed" in error
     assert "refused by the sandbox:" in error and "mount: /mnt: permission denied" in error
@@ -191,9 +236,23 @@ def _still_running(pid: int, start: str) -> bool:
 def test_sigkill_during_the_install_leaves_no_process_behind(trixie_base: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kairos_build", "convert", f"dir:{trixie_base}", "--flavor",
-         "debian", "--output", f"dir:{tmp_path / 'out'}", "--cache-dir", str(cache)],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "kairos_build",
+            "convert",
+            f"dir:{trixie_base}",
+            "--flavor",
+            "debian",
+            "--output",
+            f"dir:{tmp_path / 'out'}",
+            "--cache-dir",
+            str(cache),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     seen = read_until(proc, "installing")
     assert "installing" in seen, seen
     deadline = time.monotonic() + 300
@@ -201,8 +260,11 @@ def test_sigkill_during_the_install_leaves_no_process_behind(trixie_base: Path, 
     names: set[str] = set()
     while time.monotonic() < deadline:
         tree = _process_tree(proc.pid)
-        names = {Path(f"/proc/{pid}/comm").read_text().strip()
-                 for pid in tree if Path(f"/proc/{pid}/comm").exists()}
+        names = {
+            Path(f"/proc/{pid}/comm").read_text().strip()
+            for pid in tree
+            if Path(f"/proc/{pid}/comm").exists()
+        }
         if names & {"apt-get", "dpkg", "http"}:
             break
         time.sleep(0.2)
@@ -217,9 +279,13 @@ def test_sigkill_during_the_install_leaves_no_process_behind(trixie_base: Path, 
     time.sleep(1)
     left = {pid: _cmdline(pid) for pid, start in tree.items() if _still_running(pid, start)}
     # Also what the package manager started after the snapshot: anything in its namespace.
-    left |= {int(entry.name): _cmdline(int(entry.name)) for entry in Path("/proc").iterdir()
-             if entry.name.isdigit() and _pid_namespace(int(entry.name)) in sandboxes
-             and _still_running(int(entry.name), _start_time(int(entry.name)))}
+    left |= {
+        int(entry.name): _cmdline(int(entry.name))
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and _pid_namespace(int(entry.name)) in sandboxes
+        and _still_running(int(entry.name), _start_time(int(entry.name)))
+    }
     assert not left, left
     assert str(cache) not in Path("/proc/self/mountinfo").read_text()
     assert not (tmp_path / "out").exists()

@@ -34,13 +34,11 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def test_the_sbom_validates_and_lists_what_dpkg_lists(built_iso: tuple[Path, str],
-                                                      test_cache: Path) -> None:
+def test_the_sbom_validates_and_lists_what_dpkg_lists(built_iso: tuple[Path, str], test_cache: Path) -> None:
     iso, _stderr = built_iso
     sbom = iso.with_name(iso.name + ".spdx.json")
     record = json.loads(iso.with_name(iso.name + ".build.json").read_text())
-    validated = subprocess.run([pyspdxtools(), "-i", str(sbom)], capture_output=True, text=True,
-                               check=False)
+    validated = subprocess.run([pyspdxtools(), "-i", str(sbom)], capture_output=True, text=True, check=False)
     assert validated.returncode == 0 and not validated.stdout.strip(), validated.stdout[-3000:]
 
     document = json.loads(sbom.read_text())
@@ -49,21 +47,30 @@ def test_the_sbom_validates_and_lists_what_dpkg_lists(built_iso: tuple[Path, str
     artifact = packages["SPDXRef-Artifact"]
     assert artifact["checksums"] == [{"algorithm": "SHA256", "checksumValue": sha256(iso)}]
     assert packages["SPDXRef-Framework"]["name"] == "kairos-build-framework"
-    listed = {(p["name"], p["versionInfo"]) for id_, p in packages.items()
-              if id_.startswith("SPDXRef-Package-deb-")}
-    contained = {r["relatedSpdxElement"] for r in document["relationships"]
-                 if r["spdxElementId"] == "SPDXRef-Artifact" and r["relationshipType"] == "CONTAINS"}
+    listed = {
+        (p["name"], p["versionInfo"]) for id_, p in packages.items() if id_.startswith("SPDXRef-Package-deb-")
+    }
+    contained = {
+        r["relatedSpdxElement"]
+        for r in document["relationships"]
+        if r["spdxElementId"] == "SPDXRef-Artifact" and r["relationshipType"] == "CONTAINS"
+    }
     assert contained == set(packages) - {"SPDXRef-Artifact"}
 
     # What the image's own package manager says, run in the image (the converted rootfs the
     # ISO was made from, named by the manifest).
     converted = next(key for kind, key in record["stages"] if kind == "converted")
     root = Cache(test_cache).path("converted", converted)
-    output = run_in_root(root, ["dpkg-query", "-W", "-f",
-                                "${db:Status-Status}\\t${binary:Package}\\t${Version}\\n"],
-                         read_only=True)
-    installed = {(name.split(":")[0], version) for status, name, version in
-                 (line.split("\t") for line in output.splitlines()) if status == "installed"}
+    output = run_in_root(
+        root,
+        ["dpkg-query", "-W", "-f", "${db:Status-Status}\\t${binary:Package}\\t${Version}\\n"],
+        read_only=True,
+    )
+    installed = {
+        (name.split(":")[0], version)
+        for status, name, version in (line.split("\t") for line in output.splitlines())
+        if status == "installed"
+    }
     assert len(installed) > 100
     assert listed == installed
     assert record["packages"]["count"] == len(installed)
@@ -76,12 +83,23 @@ def test_the_sbom_validates_and_lists_what_dpkg_lists(built_iso: tuple[Path, str
 
 
 def test_the_manifest_rebuilds_the_same_bytes_and_names_a_changed_input(
-        test_cache: Path, tmp_path: Path) -> None:
+    test_cache: Path, tmp_path: Path
+) -> None:
     config = tmp_path / "cloud-config.yaml"
     config.write_text("#cloud-config\nhostname: rebuild-one\n")
     out = tmp_path / "out"
-    result = run_cli("iso", "--base", BASE, "--cloud-config", str(config), "--output", str(out),
-                     "--cache-dir", str(test_cache), "--json")
+    result = run_cli(
+        "iso",
+        "--base",
+        BASE,
+        "--cloud-config",
+        str(config),
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [entry] = json.loads(result.stdout)["artifacts"]
     iso = Path(entry["path"])
@@ -95,8 +113,9 @@ def test_the_manifest_rebuilds_the_same_bytes_and_names_a_changed_input(
     assert {kind for kind, _key in record["stages"]} >= {"rootfs", "converted", "artifact"}
 
     # The same inputs: the same bytes (the artifact is exported anew, not copied).
-    same = run_cli("rebuild", entry["manifest"], "--output", str(tmp_path / "again"),
-                   "--cache-dir", str(test_cache))
+    same = run_cli(
+        "rebuild", entry["manifest"], "--output", str(tmp_path / "again"), "--cache-dir", str(test_cache)
+    )
     assert same.returncode == 0, same.stderr[-3000:]
     assert f"sha256 matches: {entry['sha256']}" in same.stdout
     assert "exporting iso" in same.stderr and "reusing the cached artifact" not in same.stderr
@@ -104,8 +123,15 @@ def test_the_manifest_rebuilds_the_same_bytes_and_names_a_changed_input(
 
     # The cloud-config changed since: another ISO, and the rebuild says what changed.
     config.write_text("#cloud-config\nhostname: rebuild-two\n")
-    changed = run_cli("rebuild", entry["manifest"], "--output", str(tmp_path / "changed"),
-                      "--cache-dir", str(test_cache), "--json")
+    changed = run_cli(
+        "rebuild",
+        entry["manifest"],
+        "--output",
+        str(tmp_path / "changed"),
+        "--cache-dir",
+        str(test_cache),
+        "--json",
+    )
     assert changed.returncode == 1, changed.stderr[-3000:]
     report = json.loads(changed.stdout)
     assert report["matches"] is False and report["recorded_sha256"] == entry["sha256"]

@@ -109,8 +109,11 @@ def test_a_cold_build_runs_every_stage_and_keeps_the_downloads(staged: Staged) -
 def test_a_dracut_module_edit_reruns_the_initramfs_and_the_framework(staged: Staged) -> None:
     before = staged.converted()
     module = staged.data / MODULE
-    module.write_text(module.read_text().replace(
-        "install() {\n", 'install() {\n    echo staged > "$initdir/etc/kairos-staged-test"\n', 1))
+    module.write_text(
+        module.read_text().replace(
+            "install() {\n", 'install() {\n    echo staged > "$initdir/etc/kairos-staged-test"\n', 1
+        )
+    )
     _iso, log = staged.iso("dracut")
     assert ran(log) == {"initramfs", "framework"}, log
     assert "initramfs_files changed" in why(log, "initramfs")
@@ -126,18 +129,19 @@ def initramfs_archive(initrd: Path) -> bytes:
     data = initrd.resolve().read_bytes()
     start = data.find(b"\x28\xb5\x2f\xfd")  # zstd's frame magic
     assert start >= 0, f"{initrd}: no zstd archive"
-    return subprocess.run(["zstd", "-dcq"], input=data[start:], capture_output=True,
-                          check=True).stdout
+    return subprocess.run(["zstd", "-dcq"], input=data[start:], capture_output=True, check=True).stdout
 
 
 @pytest.mark.boot
-def test_a_framework_edit_reruns_only_the_framework_and_the_booted_iso_has_it(
-        staged: Staged) -> None:
+def test_a_framework_edit_reruns_only_the_framework_and_the_booted_iso_has_it(staged: Staged) -> None:
     report = staged.data / REPORT
     text = report.read_text()
     assert 'line="KAIROS-BOOT-REPORT flavor=' in text
-    report.write_text(text.replace('line="KAIROS-BOOT-REPORT flavor=',
-                                   'line="KAIROS-BOOT-REPORT staged=framework-edit flavor=', 1))
+    report.write_text(
+        text.replace(
+            'line="KAIROS-BOOT-REPORT flavor=', 'line="KAIROS-BOOT-REPORT staged=framework-edit flavor=', 1
+        )
+    )
     start = time.monotonic()
     iso, log = staged.iso("framework")
     seconds = time.monotonic() - start
@@ -184,8 +188,16 @@ def test_the_staged_rootfs_equals_a_conversion_from_nothing(staged: Staged) -> N
     staged_tree = staged.converted()
     scratch = staged.work / "scratch-cache"
     target = staged.work / "from-nothing"
-    result = run_cli("convert", staged.base, "--no-cache", "--cache-dir", str(scratch),
-                     "--output", f"dir:{target}", env=staged.env())
+    result = run_cli(
+        "convert",
+        staged.base,
+        "--no-cache",
+        "--cache-dir",
+        str(scratch),
+        "--output",
+        f"dir:{target}",
+        env=staged.env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert ran(result.stderr) == set(STAGES)
     assert describe(staged_tree) == describe(target)
@@ -196,8 +208,12 @@ def test_the_staged_rootfs_equals_a_conversion_from_nothing(staged: Staged) -> N
 def describe(tree: Path) -> list[tuple[str, ...]]:
     """Every entry's path, type and mode, owner, size (files), date, content or link target."""
     listing = subprocess.run(
-        ["find", ".", "-printf", r"%p\t%y\t%m\t%U:%G\t%s\t%T@\t%l\n"], cwd=tree,
-        capture_output=True, text=True, check=True).stdout
+        ["find", ".", "-printf", r"%p\t%y\t%m\t%U:%G\t%s\t%T@\t%l\n"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = []
     for line in sorted(listing.splitlines()):
         path, kind, *rest = line.split("\t")
@@ -207,15 +223,17 @@ def describe(tree: Path) -> list[tuple[str, ...]]:
             rest[2] = ""
         digest = ""
         if kind == "f":
-            digest = subprocess.run(["sha256sum", path], cwd=tree, capture_output=True,
-                                    text=True, check=True).stdout.split()[0]
+            digest = subprocess.run(
+                ["sha256sum", path], cwd=tree, capture_output=True, text=True, check=True
+            ).stdout.split()[0]
         rows.append((path, kind, *rest, digest))
     return rows
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_build_killed_in_a_stage_leaves_a_cache_the_next_build_completes(
-        staged: Staged, stage: str) -> None:
+    staged: Staged, stage: str
+) -> None:
     """SIGKILL while `stage` runs (after an edit that makes it run): no entry of it appears,
     the stages before it stay, and the next build finishes from there."""
     marker = f"# killed in {stage}\n"
@@ -229,10 +247,23 @@ def test_a_build_killed_in_a_stage_leaves_a_cache_the_next_build_completes(
     kinds = {"packages": "packages", "initramfs": "initramfs", "framework": "converted"}
     entries = {kind: set(os.listdir(staged.cache / kind)) for kind in kinds.values()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kairos_build", "convert", staged.base, "--cache-dir",
-         str(staged.cache), "--output", f"dir:{staged.work / 'killed'}"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, **staged.env()}, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "kairos_build",
+            "convert",
+            staged.base,
+            "--cache-dir",
+            str(staged.cache),
+            "--output",
+            f"dir:{staged.work / 'killed'}",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **staged.env()},
+        start_new_session=True,
+    )
     seen = read_until(proc, f"{stage} runs: ")
     seen += read_until(proc, "‣", limit=60)  # the stage's first step has started
     if stage != "framework":  # well inside apt or dracut; the framework takes a second
@@ -241,8 +272,9 @@ def test_a_build_killed_in_a_stage_leaves_a_cache_the_next_build_completes(
     proc.wait()
     assert f"{stage} runs: " in seen, seen
     assert not (staged.work / "killed").exists()
-    after = {kind: {n for n in os.listdir(staged.cache / kind) if not n.startswith(".")}
-             for kind in kinds.values()}
+    after = {
+        kind: {n for n in os.listdir(staged.cache / kind) if not n.startswith(".")} for kind in kinds.values()
+    }
     assert after[kinds[stage]] == {n for n in entries[kinds[stage]] if not n.startswith(".")}
     deadline = time.monotonic() + 30  # the sandbox dies with the build
     while any(name.startswith(".tmp-") for name in os.listdir(staged.cache / kinds[stage])):
@@ -251,10 +283,17 @@ def test_a_build_killed_in_a_stage_leaves_a_cache_the_next_build_completes(
             pytest.fail(f"the killed {stage} stage's partial entry stays")
         time.sleep(1)
 
-    result = run_cli("convert", staged.base, "--cache-dir", str(staged.cache), "--output",
-                     f"dir:{staged.work / 'after-kill'}", env=staged.env())
+    result = run_cli(
+        "convert",
+        staged.base,
+        "--cache-dir",
+        str(staged.cache),
+        "--output",
+        f"dir:{staged.work / 'after-kill'}",
+        env=staged.env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = set(STAGES[STAGES.index(stage):])
+    expected = set(STAGES[STAGES.index(stage) :])
     assert ran(result.stderr) == expected, result.stderr
     assert (staged.work / "after-kill/etc/kairos-release").is_file()
     shutil.rmtree(staged.work / "after-kill")
@@ -270,11 +309,26 @@ def test_two_builds_at_once_share_the_package_cache(staged: Staged) -> None:
         flavor = copy / "flavors/debian.yaml"
         flavor.write_text(flavor.read_text().replace("system: [htop,", f"system: [{extra}, htop,"))
         copies.append(copy)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "kairos_build", "convert", staged.base, "--cache-dir",
-         str(staged.cache), "--output", f"dir:{staged.work / f'twin-{n}'}"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, **staged.env(data)}) for n, data in enumerate(copies)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kairos_build",
+                "convert",
+                staged.base,
+                "--cache-dir",
+                str(staged.cache),
+                "--output",
+                f"dir:{staged.work / f'twin-{n}'}",
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **staged.env(data)},
+        )
+        for n, data in enumerate(copies)
+    ]
     logs = [proc.communicate(timeout=1800)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [log[-2000:] for log in logs]
     assert all("packages runs: " in log for log in logs), logs

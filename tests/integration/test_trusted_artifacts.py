@@ -45,14 +45,28 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trusted(keys: Path, test_cache: Path, tmp_path_factory: pytest.TempPathFactory,
-            ) -> Iterator[tuple[Path, Path, str]]:
+def trusted(
+    keys: Path,
+    test_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, Path, str]]:
     """The uki directory, the raw disk and the build's log (the uki-image beside them)."""
     out = tmp_path_factory.mktemp("trusted-out")
-    result = run_cli("build", "--format", "uki,uki-image,raw", "--boot-mode", "trusted",
-                     "--keys", str(keys),
-                     "--base", "bootstrap:debian/trixie", "--output", str(out),
-                     "--cache-dir", str(test_cache))
+    result = run_cli(
+        "build",
+        "--format",
+        "uki,uki-image,raw",
+        "--boot-mode",
+        "trusted",
+        "--keys",
+        str(keys),
+        "--base",
+        "bootstrap:debian/trixie",
+        "--output",
+        str(out),
+        "--cache-dir",
+        str(test_cache),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     folders = list(out.glob("*-uki"))
     disks = list(out.glob("*.raw"))
@@ -65,16 +79,22 @@ def test_the_uki_folder_holds_the_esp_and_the_root_image(trusted: tuple[Path, Pa
     folder = trusted[0]
     files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
     ident = image_id(folder)
-    expected = {"EFI/BOOT/BOOTX64.EFI", "loader/loader.conf", f"cOS/system-{ident}.img",
-                "SHA256SUMS", *(f"EFI/kairos/{k}-{ident}.efi" for k in KINDS),
-                *(f"loader/entries/{r}.conf" for r in ROLES),
-                *(f"loader/keys/auto/{k}.auth" for k in ("PK", "KEK", "db"))}
+    expected = {
+        "EFI/BOOT/BOOTX64.EFI",
+        "loader/loader.conf",
+        f"cOS/system-{ident}.img",
+        "SHA256SUMS",
+        *(f"EFI/kairos/{k}-{ident}.efi" for k in KINDS),
+        *(f"loader/entries/{r}.conf" for r in ROLES),
+        *(f"loader/keys/auto/{k}.auth" for k in ("PK", "KEK", "db")),
+    }
     assert files == expected
     loader = (folder / "loader/loader.conf").read_text()
     # No default: the first entry by sort-key (active) unless its boot counter ran out.
     assert not re.search(r"^default ", loader, re.M)
-    sort_keys = [re.search(r"^sort-key (\S+)$", (folder / f"loader/entries/{r}.conf").read_text(),
-                           re.M) for r in ROLES]
+    sort_keys = [
+        re.search(r"^sort-key (\S+)$", (folder / f"loader/entries/{r}.conf").read_text(), re.M) for r in ROLES
+    ]
     assert all(sort_keys)
     assert [m.group(1) for m in sort_keys if m] == sorted(m.group(1) for m in sort_keys if m)
     assert re.search(r"^secure-boot-enroll if-safe$", loader, re.M)
@@ -111,21 +131,21 @@ def uki_sections(path: Path) -> dict[str, bytes]:
             name = section.Name.rstrip(b"\0").decode()
             assert section.VirtualAddress % align == 0, name
             assert section.PointerToRawData % file_align == 0, name
-            found[name] = section.get_data()[:section.Misc_VirtualSize]
+            found[name] = section.get_data()[: section.Misc_VirtualSize]
         return found
     finally:
         pe.close()
 
 
-def test_each_uki_is_small_and_pins_its_root_by_hash(trusted: tuple[Path, Path, str],
-                                                      tmp_path: Path) -> None:
+def test_each_uki_is_small_and_pins_its_root_by_hash(trusted: tuple[Path, Path, str], tmp_path: Path) -> None:
     folder = trusted[0]
     image = folder / f"cOS/system-{image_id(folder)}.img"
     for kind, uki in ukis(folder).items():
         assert uki.stat().st_size < 100 * MiB, (kind, uki.stat().st_size)
         sections = uki_sections(uki)
-        assert {".linux", ".initrd", ".cmdline", ".osrel", ".uname", ".sbat", ".pcrpkey",
-                ".pcrsig"} <= set(sections), sections.keys()
+        assert {".linux", ".initrd", ".cmdline", ".osrel", ".uname", ".sbat", ".pcrpkey", ".pcrsig"} <= set(
+            sections
+        ), sections.keys()
         cmdline = sections[".cmdline"].decode()
         assert ("kairos.entry=recovery" in cmdline) == (kind == "recovery")
         assert f"cos-img/filename=/{image.relative_to(folder)}" in cmdline.split()
@@ -134,8 +154,7 @@ def test_each_uki_is_small_and_pins_its_root_by_hash(trusted: tuple[Path, Path, 
         offset = re.search(r"kairos\.verity\.hashoffset=(\d+)", cmdline)
         assert roothash and offset, cmdline
     # The tree and the hash on the (signed) command line agree; one changed byte breaks them.
-    sh("veritysetup", "verify", f"--hash-offset={offset.group(1)}", str(image), str(image),
-       roothash.group(1))
+    sh("veritysetup", "verify", f"--hash-offset={offset.group(1)}", str(image), str(image), roothash.group(1))
     changed = tmp_path / "changed.img"
     shutil.copyfile(image, changed)
     with changed.open("r+b") as handle:
@@ -143,12 +162,23 @@ def test_each_uki_is_small_and_pins_its_root_by_hash(trusted: tuple[Path, Path, 
         byte = handle.read(1)
         handle.seek(MiB + 17)
         handle.write(bytes([byte[0] ^ 0x01]))
-    assert sh("veritysetup", "verify", f"--hash-offset={offset.group(1)}", str(changed),
-              str(changed), roothash.group(1), ok=False).returncode != 0
+    assert (
+        sh(
+            "veritysetup",
+            "verify",
+            f"--hash-offset={offset.group(1)}",
+            str(changed),
+            str(changed),
+            roothash.group(1),
+            ok=False,
+        ).returncode
+        != 0
+    )
 
 
-def test_the_pcr_policy_is_what_systemd_measure_signs(trusted: tuple[Path, Path, str], keys: Path,
-                                                      test_cache: Path, tmp_path: Path) -> None:
+def test_the_pcr_policy_is_what_systemd_measure_signs(
+    trusted: tuple[Path, Path, str], keys: Path, test_cache: Path, tmp_path: Path
+) -> None:
     """Our host-side signature of the PCR 11 policy, byte for byte the JSON the image's own
     `systemd-measure sign` makes from the same sections and key (RSA PKCS#1 v1.5 is
     deterministic): the test alone hands the image a key, a throwaway one of this test."""
@@ -163,13 +193,25 @@ def test_the_pcr_policy_is_what_systemd_measure_signs(trusted: tuple[Path, Path,
     shutil.copyfile(keys / "tpm2-pcr-private.pem", work / "key.pem")
     (work / "key.pem").chmod(0o600)
     (work / "pub.pem").write_bytes(sections[".pcrpkey"])
-    rootfs = next(p for p in (test_cache / "converted").iterdir()
-                  if (p / "usr/lib/systemd/systemd-measure").exists()
-                  and (p / "usr/bin/ukify").exists())
-    out = run_in_root(rootfs, ["/usr/lib/systemd/systemd-measure", "sign", *options,
-                               "--bank=sha256", "--private-key=/tmp/m/key.pem",
-                               "--public-key=/tmp/m/pub.pem", "--json=short"],
-                      binds=[(work, "/tmp/m")], read_only=True)
+    rootfs = next(
+        p
+        for p in (test_cache / "converted").iterdir()
+        if (p / "usr/lib/systemd/systemd-measure").exists() and (p / "usr/bin/ukify").exists()
+    )
+    out = run_in_root(
+        rootfs,
+        [
+            "/usr/lib/systemd/systemd-measure",
+            "sign",
+            *options,
+            "--bank=sha256",
+            "--private-key=/tmp/m/key.pem",
+            "--public-key=/tmp/m/pub.pem",
+            "--json=short",
+        ],
+        binds=[(work, "/tmp/m")],
+        read_only=True,
+    )
     theirs = json.loads(out.strip().splitlines()[-1])
     ours = json.loads(sections[".pcrsig"].rstrip(b"\0"))
     assert ours == theirs
@@ -216,15 +258,22 @@ def test_the_disk_has_a_blank_persistent_partition_for_the_tpm(trusted: tuple[Pa
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
-@pytest.mark.skipif(not (Path(REGISTRY_BIN).exists() and shutil.which("skopeo")),
-                    reason="needs the Debian packages docker-registry and skopeo")
+@pytest.mark.skipif(
+    not (Path(REGISTRY_BIN).exists() and shutil.which("skopeo")),
+    reason="needs the Debian packages docker-registry and skopeo",
+)
 def test_the_uki_image_carries_the_folder_to_a_node_from_an_archive_or_a_registry(
-        trusted: tuple[Path, Path, str], start_registry: Callable[..., Registry],  # noqa: F811
-        tmp_path: Path) -> None:
+    trusted: tuple[Path, Path, str],
+    start_registry: Callable[..., Registry],  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """`uki-image` is the `uki` folder as a one-layer OCI archive. skopeo (not ours) reads it
     and pushes it to Debian's docker-registry; the agent's own reader (what a Trusted Boot
     node runs for `upgrade --source`) gets the same files back from the archive and from the
@@ -233,9 +282,20 @@ def test_the_uki_image_carries_the_folder_to_a_node_from_an_archive_or_a_registr
     archives = list(folder.parent.glob("*.uki.tar"))
     assert len(archives) == 1, list(folder.parent.iterdir())
     registry = start_registry()
-    pushed = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                             f"oci-archive:{archives[0]}", f"docker://{registry.address}/kairos/uki:v1"],
-                            capture_output=True, text=True, timeout=300, check=False)
+    pushed = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci-archive:{archives[0]}",
+            f"docker://{registry.address}/kairos/uki:v1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert pushed.returncode == 0, pushed.stderr
     expected = digests(folder)
     del expected["SHA256SUMS"]  # the folder's own checksums, written beside what it holds
@@ -247,7 +307,9 @@ def test_the_uki_image_carries_the_folder_to_a_node_from_an_archive_or_a_registr
     system = tmp_path / "system"
     (system / "etc").mkdir(parents=True)
     (system / "etc/kairos-release").write_text('KAIROS_VERSION="v9"\n')
-    with pytest.raises(NodeError, match="not a Trusted Boot upgrade") as refused, \
-            source_tree(f"dir:{system}", tmp_path / "s", require=agent_trusted.require_bundle):
+    with (
+        pytest.raises(NodeError, match="not a Trusted Boot upgrade") as refused,
+        source_tree(f"dir:{system}", tmp_path / "s", require=agent_trusted.require_bundle),
+    ):
         pass
     assert "uki-image" in (refused.value.hint or "")

@@ -80,8 +80,13 @@ class Entry:
     mtime_ns: int | None  # files and symlinks; a directory's is in Tree.dir_mtimes
 
 
-_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
-          stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
+_KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
 
 
 def _sha256(path: str) -> str:
@@ -94,8 +99,13 @@ def _sha256(path: str) -> str:
 
 def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     names = os.listxattr(path, follow_symlinks=False)
-    return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False)) for name in names
-                        if not name.startswith(UMOCI_XATTRS)))
+    return tuple(
+        sorted(
+            (name, os.getxattr(path, name, follow_symlinks=False))
+            for name in names
+            if not name.startswith(UMOCI_XATTRS)
+        )
+    )
 
 
 @dataclass
@@ -126,13 +136,16 @@ def scan(root: Path) -> Tree:
             if kind == "file" and st.st_nlink > 1:
                 inodes.setdefault(st.st_ino, set()).add(rel)
             entries[rel] = Entry(
-                kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                kind,
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
                 os.readlink(path) if kind == "symlink" else None,
                 _sha256(path) if kind == "file" else None,
                 _xattrs(path),
-                st.st_mtime_ns if kind in ("file", "symlink") else None)
-    return Tree(entries, {frozenset(g) for g in inodes.values() if len(g) > 1}, dir_mtimes,
-                devices)
+                st.st_mtime_ns if kind in ("file", "symlink") else None,
+            )
+    return Tree(entries, {frozenset(g) for g in inodes.values() if len(g) > 1}, dir_mtimes, devices)
 
 
 def assert_same_tree(ours: Tree, theirs: Tree, stable_dirs: set[str]) -> None:
@@ -141,13 +154,20 @@ def assert_same_tree(ours: Tree, theirs: Tree, stable_dirs: set[str]) -> None:
     missing = sorted(set(theirs.entries) - set(ours.entries))
     extra = sorted(set(ours.entries) - set(theirs.entries))
     assert not missing and not extra, f"only umoci has {missing[:20]}; only we have {extra[:20]}"
-    differing = {path: (ours.entries[path], theirs.entries[path]) for path in theirs.entries
-                 if ours.entries[path] != theirs.entries[path]}
+    differing = {
+        path: (ours.entries[path], theirs.entries[path])
+        for path in theirs.entries
+        if ours.entries[path] != theirs.entries[path]
+    }
     assert not differing, "ours vs umoci's:\n" + "\n".join(
-        f"{path}:\n  {a}\n  {b}" for path, (a, b) in sorted(differing.items())[:20])
+        f"{path}:\n  {a}\n  {b}" for path, (a, b) in sorted(differing.items())[:20]
+    )
     assert ours.hardlinks == theirs.hardlinks
-    dir_times = {path: (ours.dir_mtimes[path], theirs.dir_mtimes[path]) for path in stable_dirs
-                 if ours.dir_mtimes.get(path) != theirs.dir_mtimes.get(path)}
+    dir_times = {
+        path: (ours.dir_mtimes[path], theirs.dir_mtimes[path])
+        for path in stable_dirs
+        if ours.dir_mtimes.get(path) != theirs.dir_mtimes.get(path)
+    }
     assert not dir_times, f"directory mtimes (ours, umoci's) differ: {dir_times}"
 
 
@@ -159,8 +179,13 @@ def _stable_dirs(tree: Tree, touched: set[str]) -> set[str]:
 
 def unpack_both(layout: Path, tmp: Path) -> tuple[Tree, Tree]:
     bundle = tmp / "umoci-bundle"
-    result = subprocess.run(["umoci", "unpack", "--image", f"{layout}:{TAG}", str(bundle)],
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:{TAG}", str(bundle)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ours = tmp / "ours"
     ours.mkdir()
@@ -191,8 +216,12 @@ def test_small_image_unpacks_like_umoci(tmp_path: Path) -> None:
         sym("usr/bin/sh", "dash"),  # relative, same directory
         reg("usr/bin/su", b"\x7fELF su\n", mode=0o4755),
         reg("usr/bin/wall", b"\x7fELF wall\n", mode=0o2755, gid=5),
-        reg("usr/bin/ping", b"\x7fELF ping\n", mode=0o755,
-            xattrs={"security.capability": CAP_NET_RAW_EP, "user.test": b"value\x00\xff"}),
+        reg(
+            "usr/bin/ping",
+            b"\x7fELF ping\n",
+            mode=0o755,
+            xattrs={"security.capability": CAP_NET_RAW_EP, "user.test": b"value\x00\xff"},
+        ),
         dir_("usr/lib"),
         sym("usr/lib/bin", "../bin"),
         dir_("empty", mode=0o700),
@@ -246,14 +275,20 @@ def test_small_image_unpacks_like_umoci(tmp_path: Path) -> None:
     # The oracle means something only if it unpacked what we think it did.
     assert theirs.devices == {"dev/null", "dev/loop0"}
     assert dict(theirs.entries["usr/bin/ping"].xattrs) == {
-        "security.capability": CAP_NET_RAW_EP, "user.test": b"value\x00\xff"}
+        "security.capability": CAP_NET_RAW_EP,
+        "user.test": b"value\x00\xff",
+    }
     assert theirs.entries["usr/bin/su"].perms == 0o4755
     assert theirs.entries["var/lib/old"].kind == "file"
     assert theirs.entries["srv/data"].kind == "dir"
     assert theirs.entries["opt/app"].kind == "symlink"
     assert "etc/remove-me" not in theirs.entries and "etc/removedir" not in theirs.entries
     assert {p for p in theirs.entries if p.startswith("var/cache/opq/")} == {
-        "var/cache/opq/before", "var/cache/opq/new", "var/cache/opq/sub", "var/cache/opq/sub/d"}
+        "var/cache/opq/before",
+        "var/cache/opq/new",
+        "var/cache/opq/sub",
+        "var/cache/opq/sub/d",
+    }
     assert frozenset({"usr/bin/dash", "usr/bin/sh.hard", "usr/bin/dash.hard2"}) in theirs.hardlinks
 
     # Layer 2 adds or removes children of these without declaring them again. (Layer 3 does
@@ -274,8 +309,13 @@ def debian_rootfs(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
     if shutil.which("mmdebstrap") is None:
         pytest.skip("no cached Debian rootfs and no mmdebstrap to make one")
     target = tmp_path_factory.mktemp("rootfs") / "trixie"
-    result = subprocess.run(["mmdebstrap", "--variant=minbase", "trixie", str(target)],
-                            capture_output=True, text=True, check=False, timeout=900)
+    result = subprocess.run(
+        ["mmdebstrap", "--variant=minbase", "trixie", str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return target
 
@@ -308,34 +348,56 @@ def _add_layer(layout: Path, fill: Any) -> tuple[dict[str, Any], str]:
     partial = layout / "blobs/sha256/partial"
     with partial.open("wb") as raw:
         compressed = _Hashing(raw)
-        with gzip.GzipFile(fileobj=cast(IO[bytes], compressed), mode="wb", compresslevel=1,
-                           mtime=0) as gz:
+        with gzip.GzipFile(fileobj=cast(IO[bytes], compressed), mode="wb", compresslevel=1, mtime=0) as gz:
             uncompressed = _Hashing(cast(IO[bytes], gz))
-            with tarfile.open(fileobj=cast(IO[bytes], uncompressed), mode="w|",
-                              format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(
+                fileobj=cast(IO[bytes], uncompressed), mode="w|", format=tarfile.PAX_FORMAT
+            ) as tar:
                 fill(tar)
     digest = compressed.hash.hexdigest()
     partial.rename(layout / "blobs/sha256" / digest)
-    return ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-             "digest": f"sha256:{digest}", "size": compressed.size},
-            f"sha256:{uncompressed.hash.hexdigest()}")
+    return (
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": f"sha256:{digest}",
+            "size": compressed.size,
+        },
+        f"sha256:{uncompressed.hash.hexdigest()}",
+    )
 
 
 def write_layout(layout: Path, fills: list[Any]) -> None:
     """An OCI layout of one image tagged TAG, its layers streamed from disk, never in memory."""
     (layout / "blobs/sha256").mkdir(parents=True)
     layers, diff_ids = zip(*(_add_layer(layout, fill) for fill in fills), strict=True)
-    config = _add_blob(layout, json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)}}).encode(),
-        "application/vnd.oci.image.config.v1+json")
-    manifest = _add_blob(layout, json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config, "layers": list(layers)}).encode(),
-        "application/vnd.oci.image.manifest.v1+json")
+    config = _add_blob(
+        layout,
+        json.dumps(
+            {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": list(diff_ids)}}
+        ).encode(),
+        "application/vnd.oci.image.config.v1+json",
+    )
+    manifest = _add_blob(
+        layout,
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config,
+                "layers": list(layers),
+            }
+        ).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {**manifest, "annotations": {"org.opencontainers.image.ref.name": TAG}}]}))
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [{**manifest, "annotations": {"org.opencontainers.image.ref.name": TAG}}],
+            }
+        )
+    )
 
 
 def _add_members(tar: tarfile.TarFile, members: bytes) -> None:
@@ -353,8 +415,9 @@ def test_real_debian_image_unpacks_like_umoci(debian_rootfs: Path, tmp_path: Pat
         reg("etc/kairos-oracle", b"added by layer 2\n", mode=0o600),
     )
     layout = tmp_path / "layout"
-    write_layout(layout, [lambda tar: tar.add(debian_rootfs, arcname="."),
-                          lambda tar: _add_members(tar, top)])
+    write_layout(
+        layout, [lambda tar: tar.add(debian_rootfs, arcname="."), lambda tar: _add_members(tar, top)]
+    )
 
     ours, theirs = unpack_both(layout, tmp_path)
 

@@ -29,21 +29,27 @@ def _info(name: str, kind: bytes, mode: int, uid: int, gid: int, mtime: int) -> 
     return info
 
 
-def reg(name: str, data: bytes = b"", *, mode: int = 0o644, uid: int = 0, gid: int = 0,
-        mtime: int = MTIME, xattrs: dict[str, bytes] | None = None) -> Member:
+def reg(
+    name: str,
+    data: bytes = b"",
+    *,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    mtime: int = MTIME,
+    xattrs: dict[str, bytes] | None = None,
+) -> Member:
     info = _info(name, tarfile.REGTYPE, mode, uid, gid, mtime)
     info.size = len(data)
     if xattrs:
         # Raw bytes travel as surrogate escapes; BINARY tells tarfile to write them back as-is.
         info.pax_headers = {"hdrcharset": "BINARY"} | {
-            f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")
-            for key, value in xattrs.items()
+            f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape") for key, value in xattrs.items()
         }
     return info, data
 
 
-def dir_(name: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0,
-         mtime: int = MTIME) -> Member:
+def dir_(name: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int = MTIME) -> Member:
     return _info(name, tarfile.DIRTYPE, mode, uid, gid, mtime), None
 
 
@@ -107,35 +113,42 @@ class Layout:
         self.blobs[digest] = data
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
-    def image(self, *layers: bytes, compression: str | list[str] = "gzip",
-              label: str = "") -> dict[str, Any]:
+    def image(self, *layers: bytes, compression: str | list[str] = "gzip", label: str = "") -> dict[str, Any]:
         """Store an image (config, manifest, layers); returns the manifest's descriptor."""
         kinds = [compression] * len(layers) if isinstance(compression, str) else compression
-        config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "config": {"Labels": {"test": label}},
-                             "rootfs": {"type": "layers", "diff_ids": [
-                                 digest_of(layer) for layer in layers]}}).encode()
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": {"test": label}},
+                "rootfs": {"type": "layers", "diff_ids": [digest_of(layer) for layer in layers]},
+            }
+        ).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": self.blob(config, "application/vnd.oci.image.config.v1+json"),
-            "layers": [self.blob(compress(layer, kind),
-                                 "application/vnd.oci.image.layer.v1.tar" + {
-                                     "gzip": "+gzip", "zstd": "+zstd", "none": ""}[kind])
-                       for layer, kind in zip(layers, kinds, strict=True)],
+            "layers": [
+                self.blob(
+                    compress(layer, kind),
+                    "application/vnd.oci.image.layer.v1.tar"
+                    + {"gzip": "+gzip", "zstd": "+zstd", "none": ""}[kind],
+                )
+                for layer, kind in zip(layers, kinds, strict=True)
+            ],
         }
-        return self.blob(json.dumps(manifest).encode(),
-                         "application/vnd.oci.image.manifest.v1+json")
+        return self.blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
 
     def index(self, *entries: dict[str, Any]) -> dict[str, Any]:
         """Store a nested image index over `entries`; returns its descriptor."""
-        document = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                    "manifests": list(entries)}
-        return self.blob(json.dumps(document).encode(),
-                         "application/vnd.oci.image.index.v1+json")
+        document = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": list(entries),
+        }
+        return self.blob(json.dumps(document).encode(), "application/vnd.oci.image.index.v1+json")
 
-    def add(self, descriptor: dict[str, Any], *, tag: str | None = None,
-            platform: str | None = None) -> None:
+    def add(self, descriptor: dict[str, Any], *, tag: str | None = None, platform: str | None = None) -> None:
         """List a descriptor in the top-level index.json, optionally tagged or for a platform."""
         self.manifests.append(entry(descriptor, tag=tag, platform=platform))
 
@@ -147,8 +160,7 @@ class Layout:
 
     def files(self) -> dict[str, bytes]:
         index = {"schemaVersion": 2, "manifests": self.manifests}
-        files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
-                 "index.json": json.dumps(index).encode()}
+        files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": json.dumps(index).encode()}
         for digest, data in self.blobs.items():
             files["blobs/sha256/" + digest.removeprefix("sha256:")] = data
         return files
@@ -169,8 +181,9 @@ class Layout:
         return path
 
 
-def entry(descriptor: dict[str, Any], *, tag: str | None = None,
-          platform: str | None = None) -> dict[str, Any]:
+def entry(
+    descriptor: dict[str, Any], *, tag: str | None = None, platform: str | None = None
+) -> dict[str, Any]:
     """A descriptor as an index lists it, with a ref.name annotation and/or a platform."""
     listed = dict(descriptor)
     if tag is not None:

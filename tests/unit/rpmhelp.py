@@ -45,10 +45,11 @@ def write_sqlite_rpmdb(path: Path, blobs: list[bytes]) -> Path:
     """rpm's sqlite schema: Packages(hnum, blob) plus an index table per tag (Name here)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path)
-    connection.execute("CREATE TABLE 'Packages' (hnum INTEGER PRIMARY KEY AUTOINCREMENT, "
-                       "blob BLOB NOT NULL)")
-    connection.execute("CREATE TABLE 'Name' (key 'TEXT' NOT NULL, hnum INTEGER NOT NULL, "
-                       "idx INTEGER NOT NULL, FOREIGN KEY (hnum) REFERENCES 'Packages'(hnum))")
+    connection.execute("CREATE TABLE 'Packages' (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)")
+    connection.execute(
+        "CREATE TABLE 'Name' (key 'TEXT' NOT NULL, hnum INTEGER NOT NULL, "
+        "idx INTEGER NOT NULL, FOREIGN KEY (hnum) REFERENCES 'Packages'(hnum))"
+    )
     for blob in blobs:
         cursor = connection.execute("INSERT INTO Packages (blob) VALUES (?)", (blob,))
         name_offset = 8 + 16 * struct.unpack_from(">I", blob)[0]
@@ -67,7 +68,7 @@ def write_ndb_rpmdb(path: Path, blobs: list[bytes]) -> Path:
     slots = bytearray(page)
     slots[:20] = b"RpmP" + struct.pack("<IIII", 0, 7, 1, len(blobs) + 1)
     for offset in range(32, page, 16):
-        slots[offset:offset + 4] = b"Slot"  # free slots: magic and zeros
+        slots[offset : offset + 4] = b"Slot"  # free slots: magic and zeros
     body = bytearray()
     next_block = page // block
     for index, blob in enumerate(blobs, 1):
@@ -77,7 +78,7 @@ def write_ndb_rpmdb(path: Path, blobs: list[bytes]) -> Path:
         framed = head + blob + pad + struct.pack("<II", checksum, len(blob)) + b"BlbE"
         blocks = len(framed) // block
         slot = 32 + 16 * (index - 1)
-        slots[slot:slot + 16] = b"Slot" + struct.pack("<III", index, next_block, blocks)
+        slots[slot : slot + 16] = b"Slot" + struct.pack("<III", index, next_block, blocks)
         body += framed
         next_block += blocks
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -101,9 +101,11 @@ def test_stages_in_order_with_their_steps() -> None:
 
 
 def test_before_and_after_stages_run_around_the_stage() -> None:
-    cfg = parsed("stages:\n  boot.after: [{commands: [c]}]\n  boot: [{commands: [b]}]\n"
-                 "  boot.before: [{commands: [a], dns: {nameservers: [1.1.1.1]}}]\n"
-                 "  kairos-install.pre.before: [{commands: [x]}]\n")
+    cfg = parsed(
+        "stages:\n  boot.after: [{commands: [c]}]\n  boot: [{commands: [b]}]\n"
+        "  boot.before: [{commands: [a], dns: {nameservers: [1.1.1.1]}}]\n"
+        "  kairos-install.pre.before: [{commands: [x]}]\n"
+    )
     assert [step.commands for step in config.stage_steps(cfg, "boot")] == [("a",), ("b",), ("c",)]
     assert config.unsupported(cfg) == ["stages.boot.before.dns", "stages.kairos-install.pre.before"]
 
@@ -130,13 +132,16 @@ def test_files_merge_as_kairos_merges_them(tmp_path: Path) -> None:
     assert cfg["install"] == {"device": "auto", "auto": True}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("users: {name: a}", "users: must be a list"),
-    ("users: [{name: 'Bad Name'}]", "is not valid"),
-    ("install: {partitions: {boot: {size: 10}}}", "not a partition this layout has"),
-    ("install: {partitions: {oem: {size: -1}}}", "number of MiB"),
-    ("stages: {boot: [commands]}", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("users: {name: a}", "users: must be a list"),
+        ("users: [{name: 'Bad Name'}]", "is not valid"),
+        ("install: {partitions: {boot: {size: 10}}}", "not a partition this layout has"),
+        ("install: {partitions: {oem: {size: -1}}}", "number of MiB"),
+        ("stages: {boot: [commands]}", "must be a mapping"),
+    ],
+)
 def test_bad_configs_are_named(text: str, message: str) -> None:
     cfg = parsed(text)
     with pytest.raises(NodeError, match=message):
@@ -158,15 +163,20 @@ def test_templated_hostnames() -> None:
     assert expand_hostname("{{ .Values.x }}", "0123") is None
 
 
-@pytest.mark.parametrize(("cmdline", "state"), [
-    ("root=LABEL=COS_STATE cos-img/filename=/cOS/active.img kairos.entry=active", "active_boot"),
-    ("root=LABEL=COS_STATE cos-img/filename=/cOS/passive.img kairos.entry=passive", "passive_boot"),
-    ("root=LABEL=COS_RECOVERY cos-img/filename=/cOS/recovery.squashfs kairos.entry=statereset",
-     "recovery_boot"),
-    ("root=live:CDLABEL=COS_LIVE rd.live.dir=/ kairos.entry=live-config", "livecd_boot"),
-    ("root=LABEL=COS_STATE cos-img/filename=/cOS/passive.img", "passive_boot"),
-    ("root=/dev/sda1", "unknown"),
-])
+@pytest.mark.parametrize(
+    ("cmdline", "state"),
+    [
+        ("root=LABEL=COS_STATE cos-img/filename=/cOS/active.img kairos.entry=active", "active_boot"),
+        ("root=LABEL=COS_STATE cos-img/filename=/cOS/passive.img kairos.entry=passive", "passive_boot"),
+        (
+            "root=LABEL=COS_RECOVERY cos-img/filename=/cOS/recovery.squashfs kairos.entry=statereset",
+            "recovery_boot",
+        ),
+        ("root=live:CDLABEL=COS_LIVE rd.live.dir=/ kairos.entry=live-config", "livecd_boot"),
+        ("root=LABEL=COS_STATE cos-img/filename=/cOS/passive.img", "passive_boot"),
+        ("root=/dev/sda1", "unknown"),
+    ],
+)
 def test_boot_state_from_the_command_line(cmdline: str, state: str) -> None:
     assert boot_state(cmdline.split()) == state
 
@@ -189,7 +199,8 @@ def test_grubenv_reads_and_writes_what_grub_editenv_does(tmp_path: Path) -> None
     subprocess.run(["grub-editenv", str(theirs), "set", "next_entry=recovery", "x=1"], check=True)
     assert read_grubenv(theirs) == {"next_entry": "recovery", "x": "1"}
     write_grubenv(theirs, {"kairos_assessment": "tentative"})
-    listed = subprocess.run(["grub-editenv", str(theirs), "list"], capture_output=True, text=True,
-                            check=True).stdout
+    listed = subprocess.run(
+        ["grub-editenv", str(theirs), "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert listed == "kairos_assessment=tentative\n"
     assert theirs.stat().st_size == 1024

@@ -59,8 +59,7 @@ def test_a_disk_too_small_is_refused_with_the_numbers(sys_block: Path) -> None:
 
 def test_the_layout_fills_the_disk_like_the_raw_exporter(sys_block: Path) -> None:
     fake_disk(sys_block, "vda", (16 << 30) // 512)
-    layout = install.plan(InstallSpec(sizes=(("oem", 128 << 20),)), Path("/dev/vda"),
-                          700 << 20, 300 << 20)
+    layout = install.plan(InstallSpec(sizes=(("oem", 128 << 20),)), Path("/dev/vda"), 700 << 20, 300 << 20)
     names = [part.label or part.name for part in layout.partitions]
     assert names == ["COS_GRUB", "bios", "COS_OEM", "COS_RECOVERY", "COS_STATE", "COS_PERSISTENT"]
     assert layout.by_label("COS_OEM").size == 128 << 20
@@ -100,10 +99,13 @@ def test_deploy_writes_both_images_and_leaves_no_partial_one(tmp_path: Path) -> 
         assert label.stdout.strip() == "COS_ACTIVE"
 
 
-@pytest.mark.parametrize(("booted", "hint"), [("recovery_boot", "reboot into the active system"),
-                                              ("livecd_boot", "install the node first")])
-def test_an_upgrade_is_refused_off_an_installed_system(monkeypatch: pytest.MonkeyPatch,
-                                                        booted: str, hint: str) -> None:
+@pytest.mark.parametrize(
+    ("booted", "hint"),
+    [("recovery_boot", "reboot into the active system"), ("livecd_boot", "install the node first")],
+)
+def test_an_upgrade_is_refused_off_an_installed_system(
+    monkeypatch: pytest.MonkeyPatch, booted: str, hint: str
+) -> None:
     from kairos_build.agent import upgrade
 
     monkeypatch.setattr(upgrade, "boot_state", lambda: booted)

@@ -25,15 +25,26 @@ def test_the_shipped_files_import_on_a_bare_python(tmp_path: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
     root = tmp_path / IMAGE_DIR
-    modules = [f"kairos_build.agent.{path.stem}" for path in (root / "kairos_build/agent").glob("*.py")
-               if path.stem != "__init__"]
+    modules = [
+        f"kairos_build.agent.{path.stem}"
+        for path in (root / "kairos_build/agent").glob("*.py")
+        if path.stem != "__init__"
+    ]
     code = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)\n"
-    result = subprocess.run(["python3", "-S", "-I", "-c", f"import sys; sys.path.insert(0, {str(root)!r})\n"
-                             + code, *modules], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["python3", "-S", "-I", "-c", f"import sys; sys.path.insert(0, {str(root)!r})\n" + code, *modules],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     launcher = PACKAGE.parent / "overlays/common/usr/bin/kairos-agent"
     text = launcher.read_text().replace("/usr/lib/kairos/python", str(root))
-    result = subprocess.run(["python3", "-S", "-I", "-c", text.split("\n", 1)[1], "--help"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["python3", "-S", "-I", "-c", text.split("\n", 1)[1], "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "upgrade" in result.stdout and "reset" in result.stdout

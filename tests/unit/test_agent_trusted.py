@@ -15,9 +15,16 @@ from kairos_build.agent.system import NodeError
 OLD, NEW, GONE = "1111111111111111", "2222222222222222", "3333333333333333"
 
 
-@pytest.mark.parametrize(("name", "ident"), [
-    ("active.conf", "active"), ("active+3.conf", "active"), ("active+2-1.conf", "active"),
-    ("passive+0-3.conf", "passive"), ("statereset.conf", "statereset")])
+@pytest.mark.parametrize(
+    ("name", "ident"),
+    [
+        ("active.conf", "active"),
+        ("active+3.conf", "active"),
+        ("active+2-1.conf", "active"),
+        ("passive+0-3.conf", "passive"),
+        ("statereset.conf", "statereset"),
+    ],
+)
 def test_entry_ids_drop_the_boot_counter(name: str, ident: str) -> None:
     assert trusted.entry_id(name) == ident
 
@@ -33,7 +40,8 @@ def esp_with(tmp_path: Path) -> tuple[Path, Path]:
     (esp / f"EFI/kairos/recovery-{OLD}.efi").write_text("uki")
     for role, title, ident in (("active", "Kairos", OLD), ("passive", "Kairos (fallback)", GONE)):
         (esp / f"loader/entries/{role}.conf").write_text(
-            f"title {title}\nsort-key kairos-1\nversion v1\nefi /EFI/kairos/system-{ident}.efi\n")
+            f"title {title}\nsort-key kairos-1\nversion v1\nefi /EFI/kairos/system-{ident}.efi\n"
+        )
     (esp / "loader/entries/recovery.conf").write_text(f"title R\nefi /EFI/kairos/recovery-{OLD}.efi\n")
     return esp, state
 
@@ -45,23 +53,34 @@ def test_an_upgrade_moves_active_to_passive_and_counts_the_new_one(tmp_path: Pat
     assert current == f"/EFI/kairos/system-{OLD}.efi"
     (esp / f"EFI/kairos/system-{NEW}.efi").write_text("new")
     (state / f"cOS/system-{NEW}.img").write_text("new")
-    trusted.write_entry(esp, "passive", trusted.entry_lines(
-        trusted.entry_files(esp, "passive")[0], version="v1"), current, None)
-    trusted.write_entry(esp, "active", trusted.entry_lines(actives[0], version="v2"),
-                        f"/EFI/kairos/system-{NEW}.efi", trusted.TRIES)
+    trusted.write_entry(
+        esp,
+        "passive",
+        trusted.entry_lines(trusted.entry_files(esp, "passive")[0], version="v1"),
+        current,
+        None,
+    )
+    trusted.write_entry(
+        esp,
+        "active",
+        trusted.entry_lines(actives[0], version="v2"),
+        f"/EFI/kairos/system-{NEW}.efi",
+        trusted.TRIES,
+    )
     trusted.collect_garbage(esp, state)
     entries = sorted(p.name for p in (esp / "loader/entries").iterdir())
     assert entries == ["active+3.conf", "passive.conf", "recovery.conf"]
     active = (esp / "loader/entries/active+3.conf").read_text().splitlines()
-    assert active == ["title Kairos", "sort-key kairos-1", "version v2",
-                      f"efi /EFI/kairos/system-{NEW}.efi"]
+    assert active == ["title Kairos", "sort-key kairos-1", "version v2", f"efi /EFI/kairos/system-{NEW}.efi"]
     passive = (esp / "loader/entries/passive.conf").read_text()
     assert "title Kairos (fallback)" in passive and f"system-{OLD}.efi" in passive
     # The image nobody starts any more goes; recovery's UKI is never collected.
     assert sorted(p.name for p in (esp / "EFI/kairos").iterdir()) == [
-        f"recovery-{OLD}.efi", f"system-{OLD}.efi", f"system-{NEW}.efi"]
-    assert sorted(p.name for p in (state / "cOS").iterdir()) == [
-        f"system-{OLD}.img", f"system-{NEW}.img"]
+        f"recovery-{OLD}.efi",
+        f"system-{OLD}.efi",
+        f"system-{NEW}.efi",
+    ]
+    assert sorted(p.name for p in (state / "cOS").iterdir()) == [f"system-{OLD}.img", f"system-{NEW}.img"]
 
 
 def test_a_bundle_is_one_system_uki_and_its_image(tmp_path: Path) -> None:
@@ -74,8 +93,10 @@ def test_a_bundle_is_one_system_uki_and_its_image(tmp_path: Path) -> None:
         trusted.bundle(folder)
     (folder / "cOS").mkdir()
     (folder / f"cOS/system-{NEW}.img").write_text("img")
-    assert trusted.bundle(folder) == (folder / f"EFI/kairos/system-{NEW}.efi",
-                                      folder / f"cOS/system-{NEW}.img")
+    assert trusted.bundle(folder) == (
+        folder / f"EFI/kairos/system-{NEW}.efi",
+        folder / f"cOS/system-{NEW}.img",
+    )
 
 
 def efivar(folder: Path, name: str, value: str) -> None:

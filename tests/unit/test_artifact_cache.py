@@ -30,8 +30,7 @@ class _CountingExporter:
 
 
 def _context(tmp_path: Path, rootfs_key: str = "k1", **options: object) -> ExportContext:
-    config = make_config("debian", None, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out",
-                         **options)
+    config = make_config("debian", None, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out", **options)
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     return ExportContext(config, tmp_path / "rootfs", rootfs_key, Cache(config.cache_dir), work)
@@ -71,8 +70,10 @@ def test_a_write_into_the_output_invalidates_the_entry(tmp_path: Path) -> None:
 
 def test_the_key_names_the_compression_spec(tmp_path: Path) -> None:
     exporter = _CountingExporter()
-    keys = {artifact_cache.artifact_key(exporter, _context(tmp_path, squashfs_compression=spec))
-            for spec in ("zstd", "zstd:19", "xz")}
+    keys = {
+        artifact_cache.artifact_key(exporter, _context(tmp_path, squashfs_compression=spec))
+        for spec in ("zstd", "zstd:19", "xz")
+    }
     assert len(keys) == 3
 
 

@@ -17,9 +17,13 @@ IMAGE = "/run/kairos/state/cOS/active.img"
 
 def call(function: str, *args: str) -> str:
     """Run one of the script's functions under /bin/sh (dash on Debian, as in the guest)."""
-    result = subprocess.run(["sh", "-c", f'. "$0"; {function} "$@"', str(SCRIPT), *args],
-                            capture_output=True, text=True, check=True,
-                            env={**os.environ, "KAIROS_REPORT_FUNCTIONS": "1"})
+    result = subprocess.run(
+        ["sh", "-c", f'. "$0"; {function} "$@"', str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "KAIROS_REPORT_FUNCTIONS": "1"},
+    )
     return result.stdout.strip()
 
 
@@ -84,13 +88,16 @@ def test_an_overlay_root_has_no_device(tmp_path: Path) -> None:
     assert call("root_images", str(sys), "0:31") == ""
 
 
-@pytest.mark.parametrize(("files", "version"), [
-    ({"class/tpm/tpm0/tpm_version_major": "2"}, "2.0"),
-    ({"class/tpm/tpm0/tpm_version_major": "1"}, "1.2"),
-    ({"class/tpm/tpm0/dev": "10:224", "class/tpmrm/tpmrm0/dev": "253:65536"}, "2.0"),
-    ({"class/tpm/tpm0/dev": "10:224"}, "1.2"),  # before Linux 5.6 and no resource manager
-    ({"class/tty/console/active": "ttyS0"}, "none"),
-])
+@pytest.mark.parametrize(
+    ("files", "version"),
+    [
+        ({"class/tpm/tpm0/tpm_version_major": "2"}, "2.0"),
+        ({"class/tpm/tpm0/tpm_version_major": "1"}, "1.2"),
+        ({"class/tpm/tpm0/dev": "10:224", "class/tpmrm/tpmrm0/dev": "253:65536"}, "2.0"),
+        ({"class/tpm/tpm0/dev": "10:224"}, "1.2"),  # before Linux 5.6 and no resource manager
+        ({"class/tty/console/active": "ttyS0"}, "none"),
+    ],
+)
 def test_tpm_version(tmp_path: Path, files: dict[str, str], version: str) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,11 @@ import pytest
 from kairos_build.boot import harness as boot_module
 from kairos_build.errors import BuildError
 
-MARKER = ("KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "
-          "root_image=/run/kairos/state/cOS/active.img verity=none etc=overlay "
-          "entry=active firmware=bios secureboot=unsupported state=running failed=none")
+MARKER = (
+    "KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "
+    "root_image=/run/kairos/state/cOS/active.img verity=none etc=overlay "
+    "entry=active firmware=bios secureboot=unsupported state=running failed=none"
+)
 
 
 def fake_guest(outputs: list[str]) -> tuple[list[int], Callable[[list[str]], subprocess.Popen[bytes]]]:
@@ -24,8 +26,7 @@ def fake_guest(outputs: list[str]) -> tuple[list[int], Callable[[list[str]], sub
     def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
         text = outputs[min(len(starts), len(outputs) - 1)]
         starts.append(1)
-        return subprocess.Popen(["printf", "%s\\n", text], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(["printf", "%s\\n", text], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     return starts, spawn
 
@@ -61,9 +62,12 @@ def test_a_panicked_guest_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.
     def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
         starts.append(1)
         text = panic if len(starts) == 1 else MARKER
-        return subprocess.Popen(["sh", "-c", f'printf "%b\\n" "{text}"; exec sleep 120'],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            ["sh", "-c", f'printf "%b\\n" "{text}"; exec sleep 120'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     monkeypatch.setattr(boot_module, "_spawn", spawn)
     began = time.monotonic()

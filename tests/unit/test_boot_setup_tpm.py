@@ -27,18 +27,22 @@ from kairos_build.boot.ovmf_vars import (
 )
 from kairos_build.errors import BuildError, InputError, MissingToolError
 
-REPORT = ("KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "
-          "root_image=/run/kairos/state/cOS/active.img verity=none etc=overlay entry=active "
-          "firmware=uefi secureboot=disabled tpm=2.0 state=running failed=none")
+REPORT = (
+    "KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "
+    "root_image=/run/kairos/state/cOS/active.img verity=none etc=overlay entry=active "
+    "firmware=uefi secureboot=disabled tpm=2.0 state=running failed=none"
+)
 
 
 # -- QEMU's command line ------------------------------------------------------------------
-def test_setup_mode_is_the_secure_boot_build_with_empty_variables_and_reboots_allowed(
-        tmp_path: Path) -> None:
+def test_setup_mode_is_the_secure_boot_build_with_empty_variables_and_reboots_allowed(tmp_path: Path) -> None:
     assert harness.FIRMWARE_FILES["uefi-secureboot-setup"] == (
-        "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")
-    argv = harness.qemu_command(tmp_path / "a.raw", "uefi-secureboot-setup", "tcg",
-                                tmp_path / "vars.fd", 2048)
+        "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    )
+    argv = harness.qemu_command(
+        tmp_path / "a.raw", "uefi-secureboot-setup", "tcg", tmp_path / "vars.fd", 2048
+    )
     assert argv[argv.index("-machine") + 1] == "q35,smm=on"
     assert "driver=cfi.pflash01,property=secure,value=on" in argv
     assert f"if=pflash,format=raw,unit=0,readonly=on,file={harness.OVMF_SECBOOT_CODE}" in argv
@@ -46,35 +50,47 @@ def test_setup_mode_is_the_secure_boot_build_with_empty_variables_and_reboots_al
     # systemd-boot resets the machine after enrolling keys: that must not end QEMU.
     assert "-no-reboot" not in argv
     for firmware in ("bios", "uefi", "uefi-secureboot"):  # unchanged: a reset ends QEMU
-        assert "-no-reboot" in harness.qemu_command(tmp_path / "a.raw", firmware, "tcg",
-                                                    tmp_path / "vars.fd", 2048)
+        assert "-no-reboot" in harness.qemu_command(
+            tmp_path / "a.raw", firmware, "tcg", tmp_path / "vars.fd", 2048
+        )
 
 
 def test_tpm_options_follow_the_firmware_and_a_comma_in_a_path_is_escaped(tmp_path: Path) -> None:
     socket = tmp_path / "swtpm.sock"
     tpm = swtpm.tpm_options(socket)
-    assert tpm == ["-chardev", f"socket,id=chrtpm,path={socket}",
-                   "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
+    assert tpm == [
+        "-chardev",
+        f"socket,id=chrtpm,path={socket}",
+        "-tpmdev",
+        "emulator,id=tpm0,chardev=chrtpm",
+        "-device",
+        "tpm-tis,tpmdev=tpm0",
+    ]
     for firmware in harness.FIRMWARES:  # every firmware, SeaBIOS too
-        argv = harness.qemu_command(tmp_path / "a.raw", firmware, "tcg", tmp_path / "v.fd", 2048,
-                                    tpm=tpm)
+        argv = harness.qemu_command(tmp_path / "a.raw", firmware, "tcg", tmp_path / "v.fd", 2048, tpm=tpm)
         at = argv.index("-tpmdev")
-        assert argv[at - 2:at + 4] == tpm
-    assert "-tpmdev" not in harness.qemu_command(tmp_path / "a.raw", "uefi", "tcg",
-                                                 tmp_path / "v.fd", 2048)
+        assert argv[at - 2 : at + 4] == tpm
+    assert "-tpmdev" not in harness.qemu_command(tmp_path / "a.raw", "uefi", "tcg", tmp_path / "v.fd", 2048)
     assert "path=/x,,y/s" in swtpm.tpm_options(Path("/x,y/s"))[1]
     argv = harness.qemu_command(tmp_path / "a.raw", "uefi", "tcg", Path("/a,b.fd"), 2048)
     assert "if=pflash,format=raw,unit=1,file=/a,,b.fd" in argv
     assert swtpm.swtpm_command(Path("/s"), Path("/t/sock"))[1:] == [
-        "socket", "--tpm2", "--tpmstate", "dir=/s", "--ctrl", "type=unixio,path=/t/sock",
-        "--terminate"]
+        "socket",
+        "--tpm2",
+        "--tpmstate",
+        "dir=/s",
+        "--ctrl",
+        "type=unixio,path=/t/sock",
+        "--terminate",
+    ]
 
 
 # -- the variable store ---------------------------------------------------------------------
 def variable(name: str, vendor: UUID, data: bytes, state: int = 0x3F) -> bytes:
     encoded = (name + "\0").encode("utf-16-le")
-    header = struct.pack("<HBBIQ16sIII16s", 0x55AA, state, 0, 7, 0, b"\0" * 16, 0, len(encoded),
-                         len(data), vendor.bytes_le)
+    header = struct.pack(
+        "<HBBIQ16sIII16s", 0x55AA, state, 0, 7, 0, b"\0" * 16, 0, len(encoded), len(data), vendor.bytes_le
+    )
     raw = header + encoded + data
     return raw + b"\xff" * (-len(raw) % 4)
 
@@ -96,14 +112,16 @@ def test_secure_boot_is_enforced_once_a_platform_key_is_enrolled() -> None:
     replaced = store(variable("PK", GLOBAL_GUID, b"old", state=0x3E), variable("PK", GLOBAL_GUID, b"new"))
     assert read_variables(replaced)[("PK", GLOBAL_GUID)] == b"new"
     # OVMF's own switch can keep it off with a PK enrolled.
-    off = store(variable("PK", GLOBAL_GUID, b"key"),
-                variable("SecureBootEnable", SECURE_BOOT_ENABLE_GUID, b"\0"))
+    off = store(
+        variable("PK", GLOBAL_GUID, b"key"), variable("SecureBootEnable", SECURE_BOOT_ENABLE_GUID, b"\0")
+    )
     assert not secure_boot_enforced(off)
 
 
 def test_the_firmware_templates_read_as_setup_mode_and_enforced() -> None:
-    empty, microsoft = (Path(f) for f in ("/usr/share/OVMF/OVMF_VARS_4M.fd",
-                                           "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"))
+    empty, microsoft = (
+        Path(f) for f in ("/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+    )
     if not (empty.is_file() and microsoft.is_file()):
         pytest.skip("no ovmf package on this host")
     assert not secure_boot_enforced(empty.read_bytes())
@@ -160,27 +178,31 @@ def test_swtpm_runs_while_the_block_runs_and_is_stopped_even_on_ctrl_c(tmp_path:
     with pytest.raises(KeyboardInterrupt), swtpm.running_tpm(tmp_path, state) as options:
         socket = Path(options[1].split("path=", 1)[1])
         assert socket.is_socket()
-        pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"path={socket}"],
-                                               capture_output=True, text=True).stdout.split()]
+        pids = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-f", f"path={socket}"], capture_output=True, text=True
+            ).stdout.split()
+        ]
         assert pids and all(alive(pid) for pid in pids)
         raise KeyboardInterrupt
     assert not any(alive(pid) for pid in pids)
     assert state.is_dir()  # kept for the next run
 
 
-def test_swtpm_that_fails_to_start_is_named_with_its_words(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(swtpm, "swtpm_command",
-                        lambda state, socket: ["sh", "-c", "echo 'swtpm: no TPM today'; exit 3"])
-    with pytest.raises(BuildError, match="exited with code 3.*no TPM today"), \
-            swtpm.running_tpm(tmp_path):
+def test_swtpm_that_fails_to_start_is_named_with_its_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        swtpm, "swtpm_command", lambda state, socket: ["sh", "-c", "echo 'swtpm: no TPM today'; exit 3"]
+    )
+    with pytest.raises(BuildError, match="exited with code 3.*no TPM today"), swtpm.running_tpm(tmp_path):
         pass
     with pytest.raises(InputError, match="comma"), swtpm.running_tpm(tmp_path, tmp_path / "a,b"):
         pass
 
 
-def test_a_host_without_swtpm_is_told_the_package(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_host_without_swtpm_is_told_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     monkeypatch.setenv("PATH", str(tmp_path))  # require_tool also looks in /usr/sbin, /sbin
@@ -188,30 +210,41 @@ def test_a_host_without_swtpm_is_told_the_package(tmp_path: Path,
         harness.boot(disk, "uefi", accel="tcg", tpm=True)
 
 
-def fake_qemu(texts: list[str], linger: float = 0) -> tuple[list[list[str]],
-                                                            Callable[[list[str]], subprocess.Popen[bytes]]]:
+def fake_qemu(
+    texts: list[str], linger: float = 0
+) -> tuple[list[list[str]], Callable[[list[str]], subprocess.Popen[bytes]]]:
     """Stands in for QEMU: each start prints the next text (printf %b), then stays `linger` s."""
     starts: list[list[str]] = []
 
     def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
         text = texts[min(len(starts), len(texts) - 1)]
         starts.append(argv)
-        return subprocess.Popen(["sh", "-c", 'printf "%b\\n" "$1"; exec sleep "$2"', "sh", text,
-                                 str(linger)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            ["sh", "-c", 'printf "%b\\n" "$1"; exec sleep "$2"', "sh", text, str(linger)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     return starts, spawn
 
 
-def test_a_tpm_boot_passes_its_options_and_leaves_no_swtpm(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tpm_boot_passes_its_options_and_leaves_no_swtpm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     starts, spawn = fake_qemu([REPORT])
     monkeypatch.setattr(harness, "_spawn", spawn)
-    result = harness.boot(disk, "uefi-secureboot-setup", timeout=20, accel="tcg",
-                          tpm_state=tmp_path / "tpm", vars_file=tmp_path / "vars.fd",
-                          expect_tpm="2.0")
+    result = harness.boot(
+        disk,
+        "uefi-secureboot-setup",
+        timeout=20,
+        accel="tcg",
+        tpm_state=tmp_path / "tpm",
+        vars_file=tmp_path / "vars.fd",
+        expect_tpm="2.0",
+    )
     assert (result.tpm, result.verity, result.secureboot) == ("2.0", "none", "disabled")
     argv = starts[0]
     socket = argv[argv.index("-chardev") + 1].split("path=", 1)[1]
@@ -224,7 +257,8 @@ def test_a_tpm_boot_passes_its_options_and_leaves_no_swtpm(tmp_path: Path,
 
 
 def test_keys_in_the_kept_store_make_setup_mode_expect_enforcement(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a run that enrolled keys, the same store boots enforced: a report of
     secureboot=disabled then fails unless the caller asks for it."""
     disk = tmp_path / "a.raw"
@@ -235,19 +269,20 @@ def test_keys_in_the_kept_store_make_setup_mode_expect_enforcement(
     monkeypatch.setattr(harness, "_spawn", fake_qemu([REPORT])[1])
     with pytest.raises(BuildError, match="expected secureboot=enabled"):
         harness.boot(disk, "uefi-secureboot-setup", timeout=20, accel="tcg", vars_file=kept)
-    result = harness.boot(disk, "uefi-secureboot-setup", timeout=20, accel="tcg", vars_file=kept,
-                          expect_secureboot="disabled")
+    result = harness.boot(
+        disk, "uefi-secureboot-setup", timeout=20, accel="tcg", vars_file=kept, expect_secureboot="disabled"
+    )
     assert result.secureboot == "disabled"
 
 
 # -- guest resets under setup mode ----------------------------------------------------------
-PANIC_REBOOT = ("[ 26.3] Kernel panic - not syncing: Fatal exception\\n"
-                "[ 26.3] Rebooting in 5 seconds..\\n")
+PANIC_REBOOT = "[ 26.3] Kernel panic - not syncing: Fatal exception\\n[ 26.3] Rebooting in 5 seconds..\\n"
 PANIC_HALT = "[ 26.3] Kernel panic - not syncing: Fatal exception\\n---[ end Kernel panic ]---"
 
 
 def test_a_guest_that_reboots_after_a_panic_goes_on_in_the_same_qemu(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     starts, spawn = fake_qemu([PANIC_REBOOT + "BdsDxe: starting Boot0001\\n" + REPORT])
@@ -257,7 +292,8 @@ def test_a_guest_that_reboots_after_a_panic_goes_on_in_the_same_qemu(
 
 
 def test_a_panic_that_comes_back_after_its_reboot_ends_the_wait(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     starts, spawn = fake_qemu([PANIC_REBOOT + "Linux version 6.12\\n" + PANIC_REBOOT], linger=120)
@@ -270,7 +306,8 @@ def test_a_panic_that_comes_back_after_its_reboot_ends_the_wait(
 
 
 def test_a_panic_that_halts_under_setup_mode_gets_one_new_qemu(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     starts, spawn = fake_qemu([PANIC_HALT, REPORT], linger=120)
@@ -280,13 +317,13 @@ def test_a_panic_that_halts_under_setup_mode_gets_one_new_qemu(
 
 
 def test_a_firmware_refusal_after_a_reboot_is_caught_at_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A kernel ran, then the guest rebooted and the firmware refused the next boot (keys
     enrolled meanwhile): only the text since the reset is read for the firmware's words."""
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
-    refusal = ('BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0): '
-               "Access Denied")
+    refusal = 'BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0): Access Denied'
     text = "Linux version 6.12\\n[ 30.1] reboot: Restarting system\\n" + refusal
     monkeypatch.setattr(harness, "_spawn", fake_qemu([text], linger=120)[1])
     began = time.monotonic()
@@ -299,9 +336,16 @@ def test_a_firmware_refusal_after_a_reboot_is_caught_at_once(
 
 def test_panics_are_counted_once_even_when_split_between_reads() -> None:
     proc = subprocess.Popen(
-        ["sh", "-c", 'printf "Kernel pa"; sleep 0.3; printf "nic - not syncing\\nRebooting in 5 s\\n"; '
-         'sleep 0.3; printf "Linux version\\nKernel panic - not syncing\\n"; exec sleep 60'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            "sh",
+            "-c",
+            'printf "Kernel pa"; sleep 0.3; printf "nic - not syncing\\nRebooting in 5 s\\n"; '
+            'sleep 0.3; printf "Linux version\\nKernel panic - not syncing\\n"; exec sleep 60',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         began = time.monotonic()
         console = harness._read_until(proc, harness.MARKER, began + 30, reboots=True)

@@ -16,15 +16,18 @@ from tests.unit.ocihelp import Layout, dir_, layer_tar, reg, sym
 def small_layout(tmp_path: Path) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     layout = Layout()
-    layout.add(layout.image(layer_tar(dir_("etc"), reg("etc/os-release", b"ID=debian\n"),
-                                      sym("etc/alias", "os-release"))), tag="v1")
+    layout.add(
+        layout.image(
+            layer_tar(dir_("etc"), reg("etc/os-release", b"ID=debian\n"), sym("etc/alias", "os-release"))
+        ),
+        tag="v1",
+    )
     return layout.write_dir(tmp_path / "layout")
 
 
 def test_unpack_verb_copies_the_tree_and_caches_it(tmp_path: Path) -> None:
     layout, cache = small_layout(tmp_path), tmp_path / "cache"
-    result = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / "out"), "--cache-dir", str(cache),
-                     "--json")
+    result = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / "out"), "--cache-dir", str(cache), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["key"].startswith("sha256-")
@@ -93,12 +96,12 @@ def _corrupt_not_json(layout: Path) -> str:
 
 def test_corrupt_images_fail_cleanly_and_leave_the_cache_unchanged(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    for number, corrupt in enumerate((_corrupt_flip, _corrupt_truncate, _corrupt_missing,
-                                      _corrupt_not_json)):
+    for number, corrupt in enumerate((_corrupt_flip, _corrupt_truncate, _corrupt_missing, _corrupt_not_json)):
         layout = small_layout(tmp_path / str(number))
         expected = corrupt(layout)
-        result = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / f"out{number}"),
-                         "--cache-dir", str(cache))
+        result = run_cli(
+            "unpack", f"oci:{layout}:v1", str(tmp_path / f"out{number}"), "--cache-dir", str(cache)
+        )
         assert result.returncode == 2, (corrupt.__name__, result.stderr)
         assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / f"out{number}").exists()

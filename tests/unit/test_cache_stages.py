@@ -33,8 +33,13 @@ def messages() -> Iterator[list[str]]:
 
 
 def squashfs_stage(rootfs: str = "r1", tool: str = "4.5.1", compression: str = "zstd") -> Stage:
-    return Stage("squashfs", "squashfs", {"rootfs": rootfs, "compression": compression,
-                                          "mksquashfs": tool}, lineage=("rootfs",), prefix="z-")
+    return Stage(
+        "squashfs",
+        "squashfs",
+        {"rootfs": rootfs, "compression": compression, "mksquashfs": tool},
+        lineage=("rootfs",),
+        prefix="z-",
+    )
 
 
 def make_file(target: Path) -> None:
@@ -47,8 +52,7 @@ def runs_line(messages: list[str]) -> str:
 
 def test_stage_key_is_the_hash_of_its_named_inputs() -> None:
     stage = squashfs_stage()
-    assert stage.key == "z-" + cache_key("squashfs", rootfs="r1", compression="zstd",
-                                         mksquashfs="4.5.1")
+    assert stage.key == "z-" + cache_key("squashfs", rootfs="r1", compression="zstd", mksquashfs="4.5.1")
     assert squashfs_stage(tool="4.6").key != stage.key
     # An unset optional input leaves the key as it was before the input existed.
     assert cache_key("converted", base="b", SOURCE_DATE_EPOCH=None) == cache_key("converted", base="b")
@@ -57,8 +61,9 @@ def test_stage_key_is_the_hash_of_its_named_inputs() -> None:
 
 def test_inputs_are_recorded_with_long_values_as_their_digest(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    stage = Stage("conversion", "converted", {"flavor": "x" * 1000, "SOURCE_DATE_EPOCH": None,
-                                               "version": "v1.0.0"})
+    stage = Stage(
+        "conversion", "converted", {"flavor": "x" * 1000, "SOURCE_DATE_EPOCH": None, "version": "v1.0.0"}
+    )
     entry = cache.get_or_make_stage(stage, lambda t: None)
     record = json.loads((tmp_path / "converted/.inputs" / f"{stage.key}.json").read_text())
     assert record["stage"] == "conversion" and record["key"] == entry.name == stage.key
@@ -69,8 +74,7 @@ def test_inputs_are_recorded_with_long_values_as_their_digest(tmp_path: Path) ->
     assert [e.key for e in cache.entries()] == [stage.key]
 
 
-def test_first_run_says_nothing_is_cached_for_its_lineage(tmp_path: Path,
-                                                          messages: list[str]) -> None:
+def test_first_run_says_nothing_is_cached_for_its_lineage(tmp_path: Path, messages: list[str]) -> None:
     Cache(tmp_path).get_or_make_stage(squashfs_stage(), make_file)
     assert runs_line(messages) == "  squashfs runs: nothing cached for this rootfs yet"
 
@@ -80,8 +84,9 @@ def test_a_changed_input_names_itself(tmp_path: Path, messages: list[str]) -> No
     first = cache.get_or_make_stage(squashfs_stage(), make_file)
     cache.get_or_make_stage(squashfs_stage(tool="4.6.1", compression="xz"), make_file)
     line = runs_line(messages)
-    assert line.startswith(f"  squashfs runs: compression, mksquashfs changed since the cached "
-                           f"one ({first.name[:12]}…, used ")
+    assert line.startswith(
+        f"  squashfs runs: compression, mksquashfs changed since the cached one ({first.name[:12]}…, used "
+    )
     assert line.endswith(" s ago)")
     # Another rootfs is another lineage: nothing to compare with.
     cache.get_or_make_stage(squashfs_stage(rootfs="r2"), make_file)
@@ -131,10 +136,12 @@ def test_prune_partial_removes_what_killed_builds_left(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     kept = cache.get_or_make_stage(squashfs_stage(), make_file)
     dead = "999999999"
-    leftovers = [tmp_path / "squashfs" / f".tmp-z-abc-{dead}",
-                 tmp_path / "work" / f"{dead}-scratch",
-                 tmp_path / "squashfs/.inputs" / f".z-abc.json.tmp-{dead}",
-                 tmp_path / "squashfs/.inputs/z-gone.json"]  # its entry is missing
+    leftovers = [
+        tmp_path / "squashfs" / f".tmp-z-abc-{dead}",
+        tmp_path / "work" / f"{dead}-scratch",
+        tmp_path / "squashfs/.inputs" / f".z-abc.json.tmp-{dead}",
+        tmp_path / "squashfs/.inputs/z-gone.json",
+    ]  # its entry is missing
     for path in leftovers[:2]:
         path.mkdir(parents=True)
     for path in leftovers[2:]:
@@ -163,12 +170,12 @@ def test_prune_removes_the_record_with_its_entry(tmp_path: Path) -> None:
 
 def test_recordable_keeps_short_values_and_ages_read_naturally() -> None:
     assert recordable({"a": 1, "b": ["x"], "c": Path("/p")}) == {"a": 1, "b": ["x"], "c": "/p"}
-    assert [describe_age(s) for s in (5, 600, 7200, 3 * 86400)] == ["5 s", "10 min", "2 h",
-                                                                     "3 days"]
+    assert [describe_age(s) for s in (5, 600, 7200, 3 * 86400)] == ["5 s", "10 min", "2 h", "3 days"]
 
 
 def test_source_date_epoch_is_a_named_input_of_the_conversion(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages: list[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages: list[str]
+) -> None:
     from kairos_build.config import make_config
     from kairos_build.pipelines.stages import packages_stage
     from kairos_build.source.resolve import Base
@@ -212,8 +219,11 @@ def test_half_written_artifacts_of_killed_builds_are_removed(tmp_path: Path) -> 
     from kairos_build.publish import remove_stale_partials
 
     dead, mine = "999999999", str(os.getpid())
-    stale = [tmp_path / f".kairos.iso.partial-{dead}", tmp_path / f".kairos.iso.sha256.partial-{dead}",
-             tmp_path / f".kairos-netboot.old-{dead}"]
+    stale = [
+        tmp_path / f".kairos.iso.partial-{dead}",
+        tmp_path / f".kairos.iso.sha256.partial-{dead}",
+        tmp_path / f".kairos-netboot.old-{dead}",
+    ]
     kept = [tmp_path / f".kairos.raw.partial-{mine}", tmp_path / "kairos.iso"]
     for path in [*stale, *kept]:
         path.write_text("x")
@@ -229,8 +239,9 @@ def test_unpack_no_cache_unpacks_the_base_anew(tmp_path: Path) -> None:
 
     layout, cache = small_layout(tmp_path / "src"), tmp_path / "cache"
     first = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / "a"), "--cache-dir", str(cache))
-    again = run_cli("unpack", f"oci:{layout}:v1", str(tmp_path / "b"), "--cache-dir", str(cache),
-                    "--no-cache")
+    again = run_cli(
+        "unpack", f"oci:{layout}:v1", str(tmp_path / "b"), "--cache-dir", str(cache), "--no-cache"
+    )
     assert first.returncode == 0 and again.returncode == 0, again.stderr
     assert "unpacking" in again.stderr and "reusing cached rootfs" not in again.stderr
     assert [e.kind for e in Cache(cache).entries()] == ["rootfs"]

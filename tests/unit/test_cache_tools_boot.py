@@ -67,9 +67,21 @@ def test_failed_tool_shows_its_output() -> None:
 
 
 def test_install_deps_covers_every_tool_package() -> None:
-    for package in ("mmdebstrap", "squashfs-tools", "mtools", "dosfstools", "qemu-system-x86",
-                    "ovmf", "grub-pc-bin", "grub-efi-amd64-bin", "xorriso", "libmagic1", "qemu-utils",
-                    "swtpm", "swtpm-tools"):
+    for package in (
+        "mmdebstrap",
+        "squashfs-tools",
+        "mtools",
+        "dosfstools",
+        "qemu-system-x86",
+        "ovmf",
+        "grub-pc-bin",
+        "grub-efi-amd64-bin",
+        "xorriso",
+        "libmagic1",
+        "qemu-utils",
+        "swtpm",
+        "swtpm-tools",
+    ):
         assert package in APT_HOST_PACKAGES
 
 
@@ -78,8 +90,8 @@ def test_kvm_probe_is_a_valid_boot_sector_with_an_fpu_instruction() -> None:
     assert b"\x9b\xdb\xe3" in _PROBE_SECTOR[:0x1A]  # finit: what the broken nested KVM trips on
     # mov si, imm16 points at the message that follows the code.
     offset = _PROBE_SECTOR.index(b"\xbe") + 1
-    address = int.from_bytes(_PROBE_SECTOR[offset:offset + 2], "little")
-    assert _PROBE_SECTOR[address - 0x7C00:].startswith(b"KVMOK\n")
+    address = int.from_bytes(_PROBE_SECTOR[offset : offset + 2], "little")
+    assert _PROBE_SECTOR[address - 0x7C00 :].startswith(b"KVMOK\n")
 
 
 def test_marker_only_matches_whole_lines() -> None:

@@ -24,9 +24,17 @@ def efi_stub_header() -> bytes:
     return bytes(header)
 
 
-def make_tree(root: Path, *, systemd: int | None = 257, sd_boot: bool = False, grub: bool = True,
-              openrc: bool = False, stub: bool | None = True, kernels: tuple[str, ...] = (KVER,),
-              dracut: bool = True) -> Path:
+def make_tree(
+    root: Path,
+    *,
+    systemd: int | None = 257,
+    sd_boot: bool = False,
+    grub: bool = True,
+    openrc: bool = False,
+    stub: bool | None = True,
+    kernels: tuple[str, ...] = (KVER,),
+    dracut: bool = True,
+) -> Path:
     def put(rel: str, data: bytes = b"", mode: int = 0o644) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +54,10 @@ def make_tree(root: Path, *, systemd: int | None = 257, sd_boot: bool = False, g
         (root / "lib/modules" / version).mkdir(parents=True, exist_ok=True)
         put(f"boot/vmlinuz-{version}", efi_stub_header() if stub is None else b"MZ")
         if stub is not None:
-            put(f"boot/config-{version}",
-                b"CONFIG_EFI_STUB=y\n" if stub else b"# CONFIG_EFI_STUB is not set\n")
+            put(
+                f"boot/config-{version}",
+                b"CONFIG_EFI_STUB=y\n" if stub else b"# CONFIG_EFI_STUB is not set\n",
+            )
     if dracut:
         put("usr/bin/dracut", b"#!/bin/sh", 0o755)
     return root
@@ -116,7 +126,8 @@ def test_systemd_version_from_package_databases(tmp_path: Path) -> None:
     (tmp_path / "var/lib/dpkg").mkdir(parents=True)
     (tmp_path / "var/lib/dpkg/status").write_text(
         "Package: systemd-sysv\nStatus: install ok installed\nVersion: 999\n\n"
-        "Package: systemd\nStatus: install ok installed\nVersion: 1:257.9-1~deb13u1\n")
+        "Package: systemd\nStatus: install ok installed\nVersion: 1:257.9-1~deb13u1\n"
+    )
     assert systemd_version(tmp_path) == (257, "/var/lib/dpkg/status")
     apk = tmp_path / "apk"
     (apk / "lib/apk/db").mkdir(parents=True)
@@ -143,15 +154,17 @@ def test_unknown_mode() -> None:
 
 def test_check_verb_exit_codes_and_json(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "tree", systemd=252)
-    result = run_cli("check", str(root), "--mode", "trusted", "--json",
-                     "--cache-dir", str(tmp_path / "cache"))
+    result = run_cli(
+        "check", str(root), "--mode", "trusted", "--json", "--cache-dir", str(tmp_path / "cache")
+    )
     assert result.returncode == 3, result.stderr
     report = json.loads(result.stdout)
     assert report["mode"] == "trusted" and report["ok"] is False and report["facts"]["systemd"] == 252
     assert any(r["name"] == "systemd >= 256" and not r["ok"] for r in report["rules"])
     # Bootable with Secure Boot off, but no signed chain: check fails on the non-blocking rules.
-    secure = run_cli("check", str(root), "--mode", "secureboot", "--json",
-                     "--cache-dir", str(tmp_path / "cache"))
+    secure = run_cli(
+        "check", str(root), "--mode", "secureboot", "--json", "--cache-dir", str(tmp_path / "cache")
+    )
     assert secure.returncode == 3, secure.stderr
     rules = {r["name"]: r for r in json.loads(secure.stdout)["rules"]}
     assert rules["grub for EFI"]["ok"] and rules["grub for EFI"]["blocking"]

@@ -50,11 +50,14 @@ def fedora_tree(root: Path, *, shared_lib: bool = True, stub: bool = True) -> Pa
     put(root, "usr/bin/systemctl", b"\x7fELF", 0o755)
     if shared_lib:
         put(root, "usr/lib64/systemd/libsystemd-shared-256.11-1.fc41.so")
-    write_sqlite_rpmdb(root / "usr/lib/sysimage/rpm/rpmdb.sqlite", [
-        header_blob("bash", "5.2.32", "1.fc41"),
-        header_blob("systemd-libs", "999.1", "1.fc41"),  # a name that starts the same
-        header_blob("systemd", "256.11", "1.fc41"),
-    ])
+    write_sqlite_rpmdb(
+        root / "usr/lib/sysimage/rpm/rpmdb.sqlite",
+        [
+            header_blob("bash", "5.2.32", "1.fc41"),
+            header_blob("systemd-libs", "999.1", "1.fc41"),  # a name that starts the same
+            header_blob("systemd", "256.11", "1.fc41"),
+        ],
+    )
     (root / "var/lib").mkdir(parents=True)
     (root / "var/lib/rpm").symlink_to("../../usr/lib/sysimage/rpm")
     modules = f"usr/lib/modules/{FEDORA_KVER}"
@@ -66,8 +69,7 @@ def fedora_tree(root: Path, *, shared_lib: bool = True, stub: bool = True) -> Pa
     return root
 
 
-def test_fedora_tree_systemd_from_its_lib64_library_and_kernel_from_the_module_tree(
-        tmp_path: Path) -> None:
+def test_fedora_tree_systemd_from_its_lib64_library_and_kernel_from_the_module_tree(tmp_path: Path) -> None:
     root = fedora_tree(tmp_path)
     assert systemd_version(root) == (256, "/usr/lib64/systemd/libsystemd-shared-256.11-1.fc41.so")
     rules = evidence(root, "secureboot")
@@ -97,8 +99,9 @@ def test_rocky9_tree_systemd_252_from_var_lib_rpm_boots_secure_not_trusted(tmp_p
     root = tmp_path
     merged_usr(root)
     put(root, "usr/bin/systemctl", b"\x7fELF", 0o755)
-    write_sqlite_rpmdb(root / "var/lib/rpm/rpmdb.sqlite", [
-        header_blob("systemd", "252", "46.el9_5.2.0.1", epoch=None)])
+    write_sqlite_rpmdb(
+        root / "var/lib/rpm/rpmdb.sqlite", [header_blob("systemd", "252", "46.el9_5.2.0.1", epoch=None)]
+    )
     kver = "5.14.0-503.14.1.el9_5.x86_64"
     put(root, f"usr/lib/modules/{kver}/vmlinuz", b"MZ")
     put(root, f"boot/vmlinuz-{kver}", b"MZ")
@@ -120,11 +123,14 @@ def test_tumbleweed_tree_reads_the_ndb_database(tmp_path: Path) -> None:
     root = tmp_path
     merged_usr(root)
     put(root, "usr/bin/systemctl", b"\x7fELF", 0o755)
-    write_ndb_rpmdb(root / "usr/lib/sysimage/rpm/Packages.db", [
-        header_blob("aaa_base", "84.87+git20241101", "1.1"),
-        header_blob("systemd", "256.8", "2.1"),
-        header_blob("kernel-default", "6.12.8", "1.1"),
-    ])
+    write_ndb_rpmdb(
+        root / "usr/lib/sysimage/rpm/Packages.db",
+        [
+            header_blob("aaa_base", "84.87+git20241101", "1.1"),
+            header_blob("systemd", "256.8", "2.1"),
+            header_blob("kernel-default", "6.12.8", "1.1"),
+        ],
+    )
     kver = "6.12.8-1-default"
     put(root, f"usr/lib/modules/{kver}/vmlinuz", b"MZ")
     put(root, f"boot/config-{kver}", b"CONFIG_EFI_STUB=y\n")
@@ -144,8 +150,10 @@ def test_leap_tree_systemd_from_its_library(tmp_path: Path) -> None:
     put(root, "usr/lib64/systemd/libsystemd-shared-254.so")  # Leap 15.6: systemd 254
     put(root, "usr/bin/systemctl", b"\x7fELF", 0o755)
     assert systemd_version(root) == (254, "/usr/lib64/systemd/libsystemd-shared-254.so")
-    assert evidence(root, "trusted")["systemd >= 256"] == \
-        (False, "/usr/lib64/systemd/libsystemd-shared-254.so")
+    assert evidence(root, "trusted")["systemd >= 256"] == (
+        False,
+        "/usr/lib64/systemd/libsystemd-shared-254.so",
+    )
 
 
 ALPINE_KVER = "6.12.13-0-lts"
@@ -155,8 +163,11 @@ def alpine_tree(root: Path, *, stub: bool = True) -> Path:
     """Alpine 3.21: openrc, mkinitfs and linux-lts, whose files are named after the flavour."""
     put(root, "sbin/openrc", b"\x7fELF", 0o755)
     put(root, "sbin/mkinitfs", b"\x7fELF", 0o755)
-    put(root, "lib/apk/db/installed", b"P:musl\nV:1.2.5-r8\n\nP:openrc\nV:0.55.1-r2\n\n"
-        b"P:linux-lts\nV:6.12.13-r0\n")
+    put(
+        root,
+        "lib/apk/db/installed",
+        b"P:musl\nV:1.2.5-r8\n\nP:openrc\nV:0.55.1-r2\n\nP:linux-lts\nV:6.12.13-r0\n",
+    )
     (root / "lib/modules" / ALPINE_KVER / "kernel").mkdir(parents=True)
     put(root, "boot/vmlinuz-lts", b"MZ")
     put(root, "boot/config-lts", b"CONFIG_EFI_STUB=y\n" if stub else b"# CONFIG_EFI_STUB is not set\n")
@@ -197,7 +208,7 @@ def test_header_blob_parsing() -> None:
     with pytest.raises(BadHeader, match="header says"):
         header_strings(blob[:-3])
     hostile = bytearray(blob)
-    hostile[8 + 16 + 8:8 + 16 + 12] = (10**6).to_bytes(4, "big")  # NAME's offset, far outside
+    hostile[8 + 16 + 8 : 8 + 16 + 12] = (10**6).to_bytes(4, "big")  # NAME's offset, far outside
     with pytest.raises(BadHeader, match="outside"):
         header_strings(bytes(hostile))
     with pytest.raises(BadHeader, match="implausible"):

@@ -42,8 +42,14 @@ def os_release(root: Path, os_id: str) -> None:
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
 
 
-def debian_tree(root: Path, binaries: dict[str, Path], *, shim: str | None = "signed",
-                grub: str | None = "signed", kernel: str = "signed") -> Path:
+def debian_tree(
+    root: Path,
+    binaries: dict[str, Path],
+    *,
+    shim: str | None = "signed",
+    grub: str | None = "signed",
+    kernel: str = "signed",
+) -> Path:
     """make_tree's Debian-like tree, with the chain where Debian's packages put it."""
     make_tree(root, kernels=(DEBIAN_KVER,))
     os_release(root, "debian")
@@ -61,7 +67,8 @@ def chain(root: Path) -> dict[str, Rule]:
 
 
 def test_debian_tree_with_the_signed_chain_passes_naming_each_file_and_signer(
-        tmp_path: Path, binaries: dict[str, Path]) -> None:
+    tmp_path: Path, binaries: dict[str, Path]
+) -> None:
     root = debian_tree(tmp_path, binaries)
     report = check_rootfs(root, "secureboot")
     assert report.ok and report.buildable, report.rules
@@ -73,21 +80,55 @@ def test_debian_tree_with_the_signed_chain_passes_naming_each_file_and_signer(
     assert check_rootfs(root, "auto").mode == "secureboot"  # no systemd-boot: trusted fails
 
 
-@pytest.mark.parametrize(("piece", "missing", "rule", "detail", "evidence"), [
-    ("shim", None, "signed shim", "not found (looked for /usr/lib/shim/shimx64.efi.signed); "
-     "install shim-signed", None),
-    ("shim", "unsigned", "signed shim", "has no Authenticode signature; install shim-signed",
-     f"/{DEBIAN_SHIM}"),
-    ("grub", "unsigned", "signed grub", "has no Authenticode signature; install grub-efi-amd64-signed",
-     f"/{DEBIAN_GRUB}"),
-    ("kernel", "unsigned", "kernel signed", "has no Authenticode signature; install linux-image-amd64",
-     f"/boot/vmlinuz-{DEBIAN_KVER}"),
-    ("kernel", "none", "kernel signed", "not an EFI binary; install linux-image-amd64",
-     f"/boot/vmlinuz-{DEBIAN_KVER}"),  # make_tree's two-byte "MZ" kernel
-])
+@pytest.mark.parametrize(
+    ("piece", "missing", "rule", "detail", "evidence"),
+    [
+        (
+            "shim",
+            None,
+            "signed shim",
+            "not found (looked for /usr/lib/shim/shimx64.efi.signed); install shim-signed",
+            None,
+        ),
+        (
+            "shim",
+            "unsigned",
+            "signed shim",
+            "has no Authenticode signature; install shim-signed",
+            f"/{DEBIAN_SHIM}",
+        ),
+        (
+            "grub",
+            "unsigned",
+            "signed grub",
+            "has no Authenticode signature; install grub-efi-amd64-signed",
+            f"/{DEBIAN_GRUB}",
+        ),
+        (
+            "kernel",
+            "unsigned",
+            "kernel signed",
+            "has no Authenticode signature; install linux-image-amd64",
+            f"/boot/vmlinuz-{DEBIAN_KVER}",
+        ),
+        (
+            "kernel",
+            "none",
+            "kernel signed",
+            "not an EFI binary; install linux-image-amd64",
+            f"/boot/vmlinuz-{DEBIAN_KVER}",
+        ),  # make_tree's two-byte "MZ" kernel
+    ],
+)
 def test_a_missing_or_unsigned_piece_fails_naming_its_package_but_not_the_build(
-        tmp_path: Path, binaries: dict[str, Path], piece: str, missing: str | None, rule: str,
-        detail: str, evidence: str | None) -> None:
+    tmp_path: Path,
+    binaries: dict[str, Path],
+    piece: str,
+    missing: str | None,
+    rule: str,
+    detail: str,
+    evidence: str | None,
+) -> None:
     root = debian_tree(tmp_path, binaries, **{piece: missing})  # type: ignore[arg-type]
     rules = chain(root)
     assert [name for name, r in rules.items() if not r.ok] == [rule]
@@ -107,19 +148,48 @@ def test_a_tree_without_any_chain_still_builds(tmp_path: Path) -> None:
     assert chain(root)["kernel signed"].detail.endswith("install the distro's signed kernel package")
 
 
-@pytest.mark.parametrize(("os_id", "shim", "grub", "kernel", "packages"), [
-    ("fedora", "boot/efi/EFI/fedora/shimx64.efi", "boot/efi/EFI/fedora/grubx64.efi",
-     "usr/lib/modules/{kver}/vmlinuz", ("shim-x64", "grub2-efi-x64", "kernel-core")),
-    ("rocky", "boot/efi/EFI/rocky/shimx64.efi", "boot/efi/EFI/rocky/grubx64.efi",
-     "usr/lib/modules/{kver}/vmlinuz", ("shim-x64", "grub2-efi-x64", "kernel-core")),
-    ("opensuse-tumbleweed", "usr/share/efi/x86_64/shim.efi", "usr/share/efi/x86_64/grub.efi",
-     "usr/lib/modules/{kver}/vmlinuz", ("shim", "grub2-x86_64-efi", "kernel-default")),
-    ("opensuse-leap", "usr/share/efi/x86_64/shim.efi", "usr/share/efi/x86_64/grub.efi",
-     "boot/vmlinuz-{kver}", ("shim", "grub2-x86_64-efi", "kernel-default")),
-])
+@pytest.mark.parametrize(
+    ("os_id", "shim", "grub", "kernel", "packages"),
+    [
+        (
+            "fedora",
+            "boot/efi/EFI/fedora/shimx64.efi",
+            "boot/efi/EFI/fedora/grubx64.efi",
+            "usr/lib/modules/{kver}/vmlinuz",
+            ("shim-x64", "grub2-efi-x64", "kernel-core"),
+        ),
+        (
+            "rocky",
+            "boot/efi/EFI/rocky/shimx64.efi",
+            "boot/efi/EFI/rocky/grubx64.efi",
+            "usr/lib/modules/{kver}/vmlinuz",
+            ("shim-x64", "grub2-efi-x64", "kernel-core"),
+        ),
+        (
+            "opensuse-tumbleweed",
+            "usr/share/efi/x86_64/shim.efi",
+            "usr/share/efi/x86_64/grub.efi",
+            "usr/lib/modules/{kver}/vmlinuz",
+            ("shim", "grub2-x86_64-efi", "kernel-default"),
+        ),
+        (
+            "opensuse-leap",
+            "usr/share/efi/x86_64/shim.efi",
+            "usr/share/efi/x86_64/grub.efi",
+            "boot/vmlinuz-{kver}",
+            ("shim", "grub2-x86_64-efi", "kernel-default"),
+        ),
+    ],
+)
 def test_other_distros_paths_and_packages_via_os_release(
-        tmp_path: Path, binaries: dict[str, Path], os_id: str, shim: str, grub: str, kernel: str,
-        packages: tuple[str, str, str]) -> None:
+    tmp_path: Path,
+    binaries: dict[str, Path],
+    os_id: str,
+    shim: str,
+    grub: str,
+    kernel: str,
+    packages: tuple[str, str, str],
+) -> None:
     kver = "6.12.8-1-test"
     root = make_tree(tmp_path, kernels=())
     (root / "usr/lib/modules" / kver).mkdir(parents=True)
@@ -129,8 +199,10 @@ def test_other_distros_paths_and_packages_via_os_release(
     put_binary(root, kernel.format(kver=kver), binaries["signed"])
     rules = chain(root)
     assert {name: (r.ok, r.evidence) for name, r in rules.items()} == {
-        "signed shim": (True, f"/{shim}"), "signed grub": (True, f"/{grub}"),
-        "kernel signed": (True, "/" + kernel.format(kver=kver))}
+        "signed shim": (True, f"/{shim}"),
+        "signed grub": (True, f"/{grub}"),
+        "kernel signed": (True, "/" + kernel.format(kver=kver)),
+    }
     # each piece in turn unsigned: the distro's own package is named
     for rel, name, package in zip((shim, grub, kernel.format(kver=kver)), CHAIN, packages, strict=True):
         put_binary(root, rel, binaries["unsigned"])
@@ -139,7 +211,8 @@ def test_other_distros_paths_and_packages_via_os_release(
 
 
 def test_a_signed_candidate_wins_over_an_unsigned_one_and_links_stay_inside(
-        tmp_path: Path, binaries: dict[str, Path]) -> None:
+    tmp_path: Path, binaries: dict[str, Path]
+) -> None:
     root = debian_tree(tmp_path / "root", binaries, shim=None)
     # Ubuntu's .latest comes first in the union but is unsigned; Debian's path is signed
     put_binary(root, "usr/lib/shim/shimx64.efi.signed.latest", binaries["unsigned"])
@@ -159,7 +232,8 @@ def test_a_signed_candidate_wins_over_an_unsigned_one_and_links_stay_inside(
 
 
 def test_check_verb_passes_on_the_signed_chain_and_reports_it_in_json(
-        tmp_path: Path, binaries: dict[str, Path]) -> None:
+    tmp_path: Path, binaries: dict[str, Path]
+) -> None:
     root = debian_tree(tmp_path / "tree", binaries)
     cache = str(tmp_path / "cache")
     result = run_cli("check", str(root), "--mode", "secureboot", "--cache-dir", cache)
@@ -171,5 +245,9 @@ def test_check_verb_passes_on_the_signed_chain_and_reports_it_in_json(
     assert result.returncode == 3
     rules = {r["name"]: r for r in json.loads(result.stdout)["rules"]}
     assert rules["signed shim"] == {
-        "name": "signed shim", "ok": False, "blocking": False, "evidence": None,
-        "detail": "not found (looked for /usr/lib/shim/shimx64.efi.signed); install shim-signed"}
+        "name": "signed shim",
+        "ok": False,
+        "blocking": False,
+        "evidence": None,
+        "detail": "not found (looked for /usr/lib/shim/shimx64.efi.signed); install shim-signed",
+    }

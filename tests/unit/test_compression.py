@@ -13,16 +13,19 @@ from kairos_build.disk.squashfs import DEFAULT_ZSTD_LEVEL, Compression
 from kairos_build.errors import InputError
 
 
-@pytest.mark.parametrize(("spec", "args"), [
-    ("zstd", ["-comp", "zstd", "-Xcompression-level", str(DEFAULT_ZSTD_LEVEL)]),
-    ("zstd:1", ["-comp", "zstd", "-Xcompression-level", "1"]),
-    ("ZSTD:22", ["-comp", "zstd", "-Xcompression-level", "22"]),
-    ("xz", ["-comp", "xz", "-Xbcj", "x86"]),
-    ("gzip", ["-comp", "gzip", "-Xcompression-level", "9"]),
-    ("gzip:6", ["-comp", "gzip", "-Xcompression-level", "6"]),
-    ("lz4", ["-comp", "lz4"]),
-    ("lzo", ["-comp", "lzo"]),
-])
+@pytest.mark.parametrize(
+    ("spec", "args"),
+    [
+        ("zstd", ["-comp", "zstd", "-Xcompression-level", str(DEFAULT_ZSTD_LEVEL)]),
+        ("zstd:1", ["-comp", "zstd", "-Xcompression-level", "1"]),
+        ("ZSTD:22", ["-comp", "zstd", "-Xcompression-level", "22"]),
+        ("xz", ["-comp", "xz", "-Xbcj", "x86"]),
+        ("gzip", ["-comp", "gzip", "-Xcompression-level", "9"]),
+        ("gzip:6", ["-comp", "gzip", "-Xcompression-level", "6"]),
+        ("lz4", ["-comp", "lz4"]),
+        ("lzo", ["-comp", "lzo"]),
+    ],
+)
 def test_specs_become_mksquashfs_arguments(spec: str, args: list[str]) -> None:
     assert Compression.parse(spec).mksquashfs_args() == args
 
@@ -33,8 +36,9 @@ def test_xz_takes_the_bcj_filter_of_the_arch() -> None:
         Compression.parse("xz", arch="riscv64")
 
 
-@pytest.mark.parametrize("spec", ["rar", "zstd:0", "zstd:23", "zstd:", "zstd:fast", "gzip:10",
-                                  "lz4:3", "xz:9", "", "zstd:3:4"])
+@pytest.mark.parametrize(
+    "spec", ["rar", "zstd:0", "zstd:23", "zstd:", "zstd:fast", "gzip:10", "lz4:3", "xz:9", "", "zstd:3:4"]
+)
 def test_bad_specs_are_refused_with_a_hint(spec: str) -> None:
     with pytest.raises(InputError) as caught:
         Compression.parse(spec)
@@ -57,7 +61,8 @@ def test_config_parses_the_string_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("option", ["--compression", "--squashfs-compression"])
 def test_cli_refuses_a_bad_compression_before_any_work(tmp_path: Path, option: str) -> None:
-    result = CliRunner().invoke(app, ["iso", option, "zstd:99", "--cache-dir", str(tmp_path),
-                                      "--output", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["iso", option, "zstd:99", "--cache-dir", str(tmp_path), "--output", str(tmp_path / "out")]
+    )
     assert isinstance(result.exception, InputError)
     assert result.exception.hint == "zstd levels go from 1 to 22"

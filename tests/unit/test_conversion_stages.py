@@ -46,6 +46,7 @@ def edit_flavor(old: str, new: str) -> Callable[[Path], None]:
         flavor = data / "flavors/debian.yaml"
         assert old in flavor.read_text()
         flavor.write_text(flavor.read_text().replace(old, new))
+
     return edit
 
 
@@ -53,31 +54,36 @@ def edit_flavor(old: str, new: str) -> Callable[[Path], None]:
 CHANGES: dict[str, tuple[Callable[[Path], None], set[str]]] = {
     "a framework file outside the initramfs": (
         lambda d: append(d / "overlays/common/etc/cloud/cloud.cfg.d/05-kairos.cfg", "# x\n"),
-        {"framework"}),
-    "a new framework file": (
-        lambda d: append(d / "overlays/common/etc/motd", "hello\n"), {"framework"}),
-    "the kairos-release template": (
-        lambda d: append(d / "templates/kairos-release.j2", "\n"), {"framework"}),
-    "a template of the exporters only": (
-        lambda d: append(d / "templates/grub-live.cfg.j2", "\n"), set()),
+        {"framework"},
+    ),
+    "a new framework file": (lambda d: append(d / "overlays/common/etc/motd", "hello\n"), {"framework"}),
+    "the kairos-release template": (lambda d: append(d / "templates/kairos-release.j2", "\n"), {"framework"}),
+    "a template of the exporters only": (lambda d: append(d / "templates/grub-live.cfg.j2", "\n"), set()),
     "our dracut module": (lambda d: append(d / MODULE, "# x\n"), {"initramfs", "framework"}),
     "the dracut configuration": (
         lambda d: append(d / "overlays/common/etc/dracut.conf.d/10-kairos.conf", "# x\n"),
-        {"initramfs", "framework"}),
+        {"initramfs", "framework"},
+    ),
     "one more package": (
         edit_flavor("system: [login,", "system: [htop, login,"),
-        {"packages", "initramfs", "framework"}),
+        {"packages", "initramfs", "framework"},
+    ),
     "the flavor's install environment": (
         edit_flavor('install_env: {INITRD: "No"}', 'install_env: {INITRD: "No", X: "1"}'),
-        {"packages", "initramfs", "framework"}),
+        {"packages", "initramfs", "framework"},
+    ),
     "a file the package scripts read": (
         edit_flavor("quirks:\n", 'quirks:\n  files: {etc/x.conf: "x\\n"}\n'),
-        {"packages", "initramfs", "framework"}),
+        {"packages", "initramfs", "framework"},
+    ),
     "a service to enable": (
         edit_flavor("quirks:\n", "quirks:\n  services: {enable: [ssh.service]}\n"),
-        {"framework"}),
+        {"framework"},
+    ),
     "the flavor's Secure Boot paths and comments": (
-        edit_flavor("# Debian: the flavor", "# Debian, edited: the flavor"), set()),
+        edit_flavor("# Debian: the flavor", "# Debian, edited: the flavor"),
+        set(),
+    ),
 }
 
 
@@ -90,16 +96,16 @@ def test_a_change_reruns_exactly_the_stages_it_reaches(change: str, data: Path) 
     assert {stage for stage in before if before[stage] != after[stage]} == expected
 
 
-@pytest.mark.parametrize(("option", "value"), [("version", "v9.9.9"), ("variant", "standard"),
-                                               ("model", "rpi4")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("version", "v9.9.9"), ("variant", "standard"), ("model", "rpi4")]
+)
 def test_release_values_reach_the_framework_only(data: Path, option: str, value: str) -> None:
     before = keys(make_config("debian", "trixie"))
     after = keys(make_config("debian", "trixie", **{option: value}))
     assert {s for s in before if before[s] != after[s]} == {"framework"}
 
 
-def test_the_base_and_the_build_date_reach_every_stage(data: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_base_and_the_build_date_reach_every_stage(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config("debian", "trixie")
     before = keys(config)
     assert all(before[s] != keys(config, "base-2")[s] for s in before)

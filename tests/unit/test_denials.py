@@ -30,7 +30,8 @@ ERROR: probe-1.0-r0.post-install: script exited with error 2
 
 def test_dpkg_names_the_package_and_its_script() -> None:
     assert failed_scripts(DPKG) == [
-        "package kairos-test-denied: post-installation script failed (exit status 32)"]
+        "package kairos-test-denied: post-installation script failed (exit status 32)"
+    ]
 
 
 def test_rpm_names_the_package_and_its_scriptlet() -> None:
@@ -50,8 +51,9 @@ def test_the_refusals_are_quoted_once_each() -> None:
 def test_the_error_names_the_command_the_package_and_the_refusal_with_a_hint() -> None:
     error = explain_failure(["apt-get", "install", "-y", "kairos-test-denied"], 100, DPKG)
     text = str(error)
-    assert text.startswith("'apt-get install -y kairos-test-denied' failed in the conversion "
-                           "sandbox (exit code 100)")
+    assert text.startswith(
+        "'apt-get install -y kairos-test-denied' failed in the conversion sandbox (exit code 100)"
+    )
     assert "package kairos-test-denied: post-installation script failed (exit status 32)" in text
     assert "refused by the sandbox:\n    mount: /mnt: permission denied." in text
     assert error.hint is not None and "conversion sandbox" in error.hint

@@ -41,8 +41,9 @@ def test_a_host_tool_dies_when_kairos_build_is_killed() -> None:
     deadline = time.monotonic() + 30
     children: list[int] = []
     while not children and time.monotonic() < deadline:
-        children = [c for c in _children(parent.pid)
-                    if Path(f"/proc/{c}/comm").read_text().strip() == "sleep"]
+        children = [
+            c for c in _children(parent.pid) if Path(f"/proc/{c}/comm").read_text().strip() == "sleep"
+        ]
         time.sleep(0.1)
     assert children, "the tool never started"
     os.kill(parent.pid, signal.SIGKILL)

@@ -27,10 +27,19 @@ ROOTFS = 400 * MiB
 RECOVERY = 300 * MiB
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("8G", 8 * GiB), ("512M", 512 * MiB), ("1.5GiB", 3 * GiB // 2), ("64MiB", 64 * MiB),
-    ("1048576", MiB), ("2t", 2 << 40), (" 10 M ", 10 * MiB), ("4KB", 4096),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8G", 8 * GiB),
+        ("512M", 512 * MiB),
+        ("1.5GiB", 3 * GiB // 2),
+        ("64MiB", 64 * MiB),
+        ("1048576", MiB),
+        ("2t", 2 << 40),
+        (" 10 M ", 10 * MiB),
+        ("4KB", 4096),
+    ],
+)
 def test_sizes_parse(text: str, expected: int) -> None:
     assert parse_size(text, "size") == expected
 
@@ -130,7 +139,7 @@ def test_bios_boot_patches_the_mbr_and_the_core_blocklist(tmp_path: Path) -> Non
     start, count, segment = struct.unpack_from("<QHH", data, 2 * MiB + 500)
     core = (tmp_path / "core.img").stat().st_size
     assert (start, count, segment) == (2 * MiB // 512 + 1, -(-core // 512) - 1, 0x820)
-    assert data[2 * MiB:2 * MiB + 16] == (tmp_path / "core.img").read_bytes()[:16]
+    assert data[2 * MiB : 2 * MiB + 16] == (tmp_path / "core.img").read_bytes()[:16]
 
 
 def test_a_core_image_too_big_for_the_partition_is_an_error(tmp_path: Path) -> None:
@@ -144,8 +153,13 @@ def test_a_core_image_too_big_for_the_partition_is_an_error(tmp_path: Path) -> N
 def test_disks_are_expected_to_boot_immutable() -> None:
     assert default_expectation(Path("a.iso")) == "live"
     assert default_expectation(Path("a.qcow2")) == "immutable"
-    good = {"root": "ext4", "root_mode": "ro", "image": "/cOS/active.img", "etc": "overlay",
-            "root_image": "/run/kairos/state/cOS/active.img"}
+    good = {
+        "root": "ext4",
+        "root_mode": "ro",
+        "image": "/cOS/active.img",
+        "etc": "overlay",
+        "root_image": "/run/kairos/state/cOS/active.img",
+    }
     assert check_root(good, "immutable") is None
     live = {"root": "overlay", "root_mode": "rw", "image": "none", "etc": "none", "live": "squashfs"}
     assert "read-only" in (check_root(live, "immutable") or "")

@@ -18,9 +18,15 @@ from kairos_build.source.docker_archive import normalize_name, open_docker_archi
 from kairos_build.source.image import apply_image
 from tests.unit.ocihelp import Layout, compress, digest_of, dir_, layer_tar, reg, sym, whiteout
 
-BASE = layer_tar(dir_("etc"), reg("etc/os-release", b"ID=base\n"), reg("etc/old", b"x"),
-                 dir_("usr"), dir_("usr/bin"), reg("usr/bin/su", b"elf", mode=0o4755),
-                 reg("usr/bin/tool", b"#!/bin/sh\n", mode=0o755))
+BASE = layer_tar(
+    dir_("etc"),
+    reg("etc/os-release", b"ID=base\n"),
+    reg("etc/old", b"x"),
+    dir_("usr"),
+    dir_("usr/bin"),
+    reg("usr/bin/su", b"elf", mode=0o4755),
+    reg("usr/bin/tool", b"#!/bin/sh\n", mode=0o755),
+)
 TOP = layer_tar(reg("etc/os-release", b"ID=top\n"), whiteout("etc/.wh.old"), sym("bin", "usr/bin"))
 
 
@@ -29,9 +35,14 @@ def hexof(data: bytes) -> str:
 
 
 def config_of(*layers: bytes, arch: str = "amd64", diff_ids: list[str] | None = None) -> bytes:
-    return json.dumps({"architecture": arch, "os": "linux", "config": {},
-                       "rootfs": {"type": "layers",
-                                  "diff_ids": diff_ids or [digest_of(x) for x in layers]}}).encode()
+    return json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids or [digest_of(x) for x in layers]},
+        }
+    ).encode()
 
 
 def write_tar(path: Path, files: list[tuple[str, bytes | str]], *, gzipped: bool = False) -> Path:
@@ -51,8 +62,12 @@ def write_tar(path: Path, files: list[tuple[str, bytes | str]], *, gzipped: bool
     return path
 
 
-def legacy_files(images: list[tuple[list[bytes], list[str]]], *, config: bytes | None = None,
-                 layer_names: list[str] | None = None) -> list[tuple[str, bytes | str]]:
+def legacy_files(
+    images: list[tuple[list[bytes], list[str]]],
+    *,
+    config: bytes | None = None,
+    layer_names: list[str] | None = None,
+) -> list[tuple[str, bytes | str]]:
     """What docker 20.10's `docker save` writes: <id>/layer.tar dirs, <hex>.json, manifest.json."""
     files: list[tuple[str, bytes | str]] = []
     manifest: list[dict[str, Any]] = []
@@ -70,8 +85,7 @@ def legacy_files(images: list[tuple[list[bytes], list[str]]], *, config: bytes |
             names.append(name)
         blob = config or config_of(*layers)
         files.append((f"{hexof(blob)}.json", blob))
-        manifest.append({"Config": f"{hexof(blob)}.json", "RepoTags": tags,
-                         "Layers": layer_names or names})
+        manifest.append({"Config": f"{hexof(blob)}.json", "RepoTags": tags, "Layers": layer_names or names})
     return [*files, ("manifest.json", json.dumps(manifest).encode())]
 
 
@@ -81,9 +95,15 @@ def oci_files(images: list[tuple[list[bytes], list[str]]]) -> list[tuple[str, by
     for layers, tags in images:
         descriptor = layout.image(*layers, compression="none")
         for tag in tags:
-            layout.manifests.append({**descriptor, "annotations": {
-                "io.containerd.image.name": f"docker.io/library/{tag}",
-                "org.opencontainers.image.ref.name": tag.rpartition(":")[2]}})
+            layout.manifests.append(
+                {
+                    **descriptor,
+                    "annotations": {
+                        "io.containerd.image.name": f"docker.io/library/{tag}",
+                        "org.opencontainers.image.ref.name": tag.rpartition(":")[2],
+                    },
+                }
+            )
     return [*layout.files().items(), ("manifest.json", b"[]")]
 
 
@@ -103,6 +123,7 @@ def check_tree(target: Path) -> None:
 
 # --- reading and unpacking -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("gzipped", [False, True], ids=["tar", "tar.gz"])
 def test_a_legacy_archive_unpacks(tmp_path: Path, target: Path, gzipped: bool) -> None:
     archive = write_tar(tmp_path / "x.tar", legacy_files([([BASE, TOP], ["x:1"])]), gzipped=gzipped)
@@ -114,11 +135,14 @@ def test_a_legacy_archive_unpacks(tmp_path: Path, target: Path, gzipped: bool) -
     check_tree(target)
 
 
-def test_a_compressed_legacy_layer_is_checked_after_decompression(tmp_path: Path, target: Path,
-                                                                  ) -> None:
+def test_a_compressed_legacy_layer_is_checked_after_decompression(
+    tmp_path: Path,
+    target: Path,
+) -> None:
     files = legacy_files([([BASE, TOP], ["x:1"])])
-    files = [(n, compress(c, "gzip") if n.endswith("layer.tar") and isinstance(c, bytes) else c)
-             for n, c in files]
+    files = [
+        (n, compress(c, "gzip") if n.endswith("layer.tar") and isinstance(c, bytes) else c) for n, c in files
+    ]
     apply_image(open_docker_archive(write_tar(tmp_path / "x.tar", files)), target)
     check_tree(target)
 
@@ -133,8 +157,12 @@ def test_an_oci_style_archive_unpacks(tmp_path: Path, target: Path) -> None:
 
 @pytest.mark.parametrize("files", [legacy_files, oci_files], ids=["legacy", "oci"])
 @pytest.mark.parametrize("tag", ["x:1", "docker.io/library/x:1", "library/x:1"])
-def test_a_tag_selects_among_several_images(tmp_path: Path, target: Path, files: Any, tag: str,
-                                            ) -> None:
+def test_a_tag_selects_among_several_images(
+    tmp_path: Path,
+    target: Path,
+    files: Any,
+    tag: str,
+) -> None:
     other = layer_tar(reg("etc/os-release", b"ID=other\n"))
     archive = write_tar(tmp_path / "x.tar", files([([other], ["y:1"]), ([BASE, TOP], ["x:1"])]))
     apply_image(open_docker_archive(archive, tag), target)
@@ -162,6 +190,7 @@ def test_a_layer_shared_through_a_link_is_followed(tmp_path: Path, target: Path)
 
 # --- broken and hostile archives -----------------------------------------------------------
 
+
 def test_a_wrong_diff_id_is_corrupt(tmp_path: Path, target: Path) -> None:
     config = config_of(diff_ids=[digest_of(BASE), digest_of(b"something else")])
     archive = write_tar(tmp_path / "x.tar", legacy_files([([BASE, TOP], ["x:1"])], config=config))
@@ -170,9 +199,15 @@ def test_a_wrong_diff_id_is_corrupt(tmp_path: Path, target: Path) -> None:
 
 
 def test_a_config_that_does_not_match_its_name_is_corrupt(tmp_path: Path) -> None:
-    files = [(n, c.replace(b'"amd64"', b'"AMD64"') if n.endswith(".json") and
-              isinstance(c, bytes) and n != "manifest.json" else c)
-             for n, c in legacy_files([([BASE], ["x:1"])])]
+    files = [
+        (
+            n,
+            c.replace(b'"amd64"', b'"AMD64"')
+            if n.endswith(".json") and isinstance(c, bytes) and n != "manifest.json"
+            else c,
+        )
+        for n, c in legacy_files([([BASE], ["x:1"])])
+    ]
     with pytest.raises(InputError, match="corrupt"):
         open_docker_archive(write_tar(tmp_path / "x.tar", files))
 
@@ -201,15 +236,15 @@ def test_hostile_layer_names_are_refused(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("link", ["../../etc/passwd", "/etc/passwd"])
 def test_a_layer_linking_out_of_the_archive_is_refused(tmp_path: Path, link: str) -> None:
-    files = [(n, link if n.endswith("layer.tar") else c)
-             for n, c in legacy_files([([BASE], ["x:1"])])]
+    files = [(n, link if n.endswith("layer.tar") else c) for n, c in legacy_files([([BASE], ["x:1"])])]
     with pytest.raises(HostileContentError, match="leaves the archive"):
         open_docker_archive(write_tar(tmp_path / "x.tar", files))
 
 
 def test_missing_and_non_regular_members_are_refused(tmp_path: Path) -> None:
-    archive = write_tar(tmp_path / "x.tar",
-                        legacy_files([([BASE], ["x:1"])], layer_names=["nothing/layer.tar"]))
+    archive = write_tar(
+        tmp_path / "x.tar", legacy_files([([BASE], ["x:1"])], layer_names=["nothing/layer.tar"])
+    )
     with pytest.raises(InputError, match="has no nothing/layer.tar"):
         open_docker_archive(archive)
     files = [*legacy_files([([BASE], ["x:1"])], layer_names=["loop"]), ("loop", "loop")]

@@ -18,9 +18,11 @@ def generate(tmp_path: Path, efivars: Path, cmdline: str = "root=LABEL=COS_STATE
     out = tmp_path / "normal"
     out.mkdir(parents=True)
     (tmp_path / "cmdline").write_text(cmdline + "\n")
-    subprocess.run(["sh", str(GENERATOR), str(out), str(tmp_path / "early"), str(tmp_path / "late")],
-                   check=True, env={**os.environ, "KAIROS_EFIVARS": str(efivars),
-                                    "KAIROS_CMDLINE": str(tmp_path / "cmdline")})
+    subprocess.run(
+        ["sh", str(GENERATOR), str(out), str(tmp_path / "early"), str(tmp_path / "late")],
+        check=True,
+        env={**os.environ, "KAIROS_EFIVARS": str(efivars), "KAIROS_CMDLINE": str(tmp_path / "cmdline")},
+    )
     return out
 
 

@@ -22,8 +22,11 @@ SUSE = load_flavor("opensuse").secure_boot
 
 def grub_image(out: Path, prefix: str) -> Path:
     """A real grub EFI image (unsigned: the layout does not depend on the signature)."""
-    subprocess.run(["grub-mkimage", "-O", "x86_64-efi", "-p", prefix, "-o", str(out), "normal"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["grub-mkimage", "-O", "x86_64-efi", "-p", prefix, "-o", str(out), "normal"],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -47,14 +50,20 @@ def debian_tree(tmp_path: Path) -> Path:
 
 
 def test_disk_esp_has_shim_as_the_removable_loader_and_the_config_at_the_grub_prefix(
-        debian_tree: Path, tmp_path: Path) -> None:
+    debian_tree: Path, tmp_path: Path
+) -> None:
     files = esp_files(debian_tree, DEBIAN, "COS_STATE", tmp_path, cd=False)
     assert files["EFI/BOOT/BOOTX64.EFI"].read_bytes() == b"MZ shim"
     assert files["EFI/BOOT/mmx64.efi"].read_bytes() == b"MZ mok"
     assert grub_prefix(files["EFI/BOOT/grubx64.efi"]) == "/EFI/debian"  # grubx64, not gcdx64
     # Its own folder and its prefix: both lead to the menu on COS_STATE.
-    assert set(files) == {"EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "EFI/BOOT/mmx64.efi",
-                          "EFI/BOOT/grub.cfg", "EFI/debian/grub.cfg"}
+    assert set(files) == {
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/grubx64.efi",
+        "EFI/BOOT/mmx64.efi",
+        "EFI/BOOT/grub.cfg",
+        "EFI/debian/grub.cfg",
+    }
     stub = files["EFI/debian/grub.cfg"].read_text()
     assert "search --no-floppy --label --set=root COS_STATE" in stub
     assert "configfile ($root)/boot/grub/grub.cfg" in stub
@@ -79,17 +88,25 @@ def test_suse_shim_starts_grub_efi_and_mokmanager_by_its_own_names(tmp_path: Pat
     assert {"EFI/BOOT/grub.efi", "EFI/BOOT/MokManager.efi", "EFI/opensuse/grub.cfg"} <= set(files)
 
 
-@pytest.mark.parametrize(("prefix", "folders"), [
-    ("/EFI/debian", ["EFI/BOOT", "EFI/debian"]), ("/EFI/BOOT", ["EFI/BOOT"]),
-    ("/boot/grub", ["EFI/BOOT", "boot/grub"]), ("(memdisk)/boot/grub", ["EFI/BOOT"]),
-    ("/../../etc", ["EFI/BOOT"]), ("", ["EFI/BOOT"]), (None, ["EFI/BOOT"]),
-])
+@pytest.mark.parametrize(
+    ("prefix", "folders"),
+    [
+        ("/EFI/debian", ["EFI/BOOT", "EFI/debian"]),
+        ("/EFI/BOOT", ["EFI/BOOT"]),
+        ("/boot/grub", ["EFI/BOOT", "boot/grub"]),
+        ("(memdisk)/boot/grub", ["EFI/BOOT"]),
+        ("/../../etc", ["EFI/BOOT"]),
+        ("", ["EFI/BOOT"]),
+        (None, ["EFI/BOOT"]),
+    ],
+)
 def test_config_folders_follow_a_plain_prefix_only(prefix: str | None, folders: list[str]) -> None:
     assert config_folders(prefix) == folders
 
 
 def test_without_a_shim_the_images_own_grub_modules_boot_it_unsigned(
-        debian_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    debian_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (debian_tree / "usr/lib/shim/shimx64.efi.signed").unlink()
     shutil.copytree(GRUB_LIB / "x86_64-efi", debian_tree / "usr/lib/grub/x86_64-efi")
     (debian_tree / "usr/lib/grub/x86_64-efi/kairos-marker").write_text("the image's")
@@ -103,7 +120,8 @@ def test_without_a_shim_the_images_own_grub_modules_boot_it_unsigned(
 
 
 def test_without_any_grub_the_build_hosts_is_the_fallback_and_says_so(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     with caplog.at_level(logging.INFO, logger="kairos-build"):

@@ -87,8 +87,12 @@ def test_no_exporter_imports_another() -> None:
 
     folder = Path(base.__file__).parent
     for module in folder.glob("*.py"):
-        imported = {node.module for node in ast.walk(ast.parse(module.read_text()))
-                    if isinstance(node, ast.ImportFrom) and node.module}
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(module.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
         others = {m for m in imported if m.startswith("kairos_build.exporters")} - {
-            "kairos_build.exporters.base"}
+            "kairos_build.exporters.base"
+        }
         assert not others, f"{module.name} imports {others}"

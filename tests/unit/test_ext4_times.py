@@ -36,8 +36,12 @@ def test_the_same_tree_gives_the_same_image_after_its_ctimes_and_atimes_moved(tm
     make_ext4(tmp_path / "two.img", 16 << 20, "X", UUID, source=tree, epoch=EPOCH)
     assert (tmp_path / "one.img").read_bytes() == (tmp_path / "two.img").read_bytes()
 
-    stat = subprocess.run(["debugfs", "-R", "stat /etc/ssh/sshd_config", str(tmp_path / "one.img")],
-                          capture_output=True, text=True, check=True).stdout
+    stat = subprocess.run(
+        ["debugfs", "-R", "stat /etc/ssh/sshd_config", str(tmp_path / "one.img")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert stat.count(f"0x{EPOCH:08x}:") >= 3  # ctime, atime, crtime: the epoch; mtime the tree's
     assert f"0x{EPOCH - 100:08x}:" in stat
     fsck = subprocess.run(["e2fsck", "-fn", str(tmp_path / "one.img")], capture_output=True, text=True)

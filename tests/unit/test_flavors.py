@@ -55,8 +55,7 @@ def test_unknown_release_names_the_choices() -> None:
     assert "bookworm, trixie" in str(err.value)
 
 
-def assert_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str,
-                                  fix: str) -> None:
+def assert_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str, fix: str) -> None:
     path = write_flavor(tmp_path, "mine", **changes)
     with pytest.raises(InputError) as err:
         parse_flavor(path)
@@ -64,19 +63,33 @@ def assert_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], ke
     assert str(path) in message and f"'{key}'" in message and fix in message, message
 
 
-@pytest.mark.parametrize(("changes", "key", "fix"), [
-    ({"packge_manager": "apt"}, "packge_manager", "package_manager"),
-    ({"init": "upstart"}, "init", "systemd, openrc"),
-    ({"family": None}, "family", "add family:"),
-    ({"default_release": "sid"}, "default_release", "trixie"),
-    ({"packages": {"kernel": "linux-image-amd64"}}, "packages.kernel", "kernel: [linux-image-amd64]"),
-    ({"releases": {"trixie": {"image": "x"}}}, "releases.trixie.flavor_release", "add flavor_release"),
-    ({"releases": {"trixie": {"flavor_release": "13", "image": "x",
-                              "bootstrap": {"tool": "m", "suite": "t", "varient": "x"}}}},
-     "releases.trixie.bootstrap.varient", "variant"),
-])
-def test_a_wrong_key_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str,
-                                            fix: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "key", "fix"),
+    [
+        ({"packge_manager": "apt"}, "packge_manager", "package_manager"),
+        ({"init": "upstart"}, "init", "systemd, openrc"),
+        ({"family": None}, "family", "add family:"),
+        ({"default_release": "sid"}, "default_release", "trixie"),
+        ({"packages": {"kernel": "linux-image-amd64"}}, "packages.kernel", "kernel: [linux-image-amd64]"),
+        ({"releases": {"trixie": {"image": "x"}}}, "releases.trixie.flavor_release", "add flavor_release"),
+        (
+            {
+                "releases": {
+                    "trixie": {
+                        "flavor_release": "13",
+                        "image": "x",
+                        "bootstrap": {"tool": "m", "suite": "t", "varient": "x"},
+                    }
+                }
+            },
+            "releases.trixie.bootstrap.varient",
+            "variant",
+        ),
+    ],
+)
+def test_a_wrong_key_names_file_key_and_fix(
+    tmp_path: Path, changes: dict[str, object], key: str, fix: str
+) -> None:
     assert_names_file_key_and_fix(tmp_path, changes, key, fix)
 
 
@@ -98,22 +111,84 @@ def test_not_yaml_mapping(tmp_path: Path) -> None:
 EXPECTED = {
     # name: (family, manager, init, initramfs, default release, default image, live-boot package,
     #        a kernel package, a bootloader package)
-    "debian": ("debian", "apt", "systemd", "dracut", "trixie", "docker.io/library/debian:trixie-slim",
-               "dracut-live", "linux-image-amd64", "grub-efi-amd64-bin"),
-    "ubuntu": ("debian", "apt", "systemd", "dracut", "24.04", "docker.io/library/ubuntu:24.04",
-               "dracut-live", "linux-image-generic-hwe-24.04", "grub-efi-amd64-bin"),
-    "fedora": ("redhat", "dnf", "systemd", "dracut", "42", "docker.io/library/fedora:42",
-               "dracut-live", "kernel", "grub2-efi-x64-modules"),
-    "rockylinux": ("redhat", "dnf", "systemd", "dracut", "9", "docker.io/rockylinux/rockylinux:9",
-                   "dracut-live", "kernel", "grub2-efi-x64-modules"),
-    "almalinux": ("redhat", "dnf", "systemd", "dracut", "9", "docker.io/library/almalinux:9",
-                  "dracut-live", "kernel", "grub2-efi-x64-modules"),
+    "debian": (
+        "debian",
+        "apt",
+        "systemd",
+        "dracut",
+        "trixie",
+        "docker.io/library/debian:trixie-slim",
+        "dracut-live",
+        "linux-image-amd64",
+        "grub-efi-amd64-bin",
+    ),
+    "ubuntu": (
+        "debian",
+        "apt",
+        "systemd",
+        "dracut",
+        "24.04",
+        "docker.io/library/ubuntu:24.04",
+        "dracut-live",
+        "linux-image-generic-hwe-24.04",
+        "grub-efi-amd64-bin",
+    ),
+    "fedora": (
+        "redhat",
+        "dnf",
+        "systemd",
+        "dracut",
+        "42",
+        "docker.io/library/fedora:42",
+        "dracut-live",
+        "kernel",
+        "grub2-efi-x64-modules",
+    ),
+    "rockylinux": (
+        "redhat",
+        "dnf",
+        "systemd",
+        "dracut",
+        "9",
+        "docker.io/rockylinux/rockylinux:9",
+        "dracut-live",
+        "kernel",
+        "grub2-efi-x64-modules",
+    ),
+    "almalinux": (
+        "redhat",
+        "dnf",
+        "systemd",
+        "dracut",
+        "9",
+        "docker.io/library/almalinux:9",
+        "dracut-live",
+        "kernel",
+        "grub2-efi-x64-modules",
+    ),
     # openSUSE's own dracut package carries dmsquash-live.
-    "opensuse": ("suse", "zypper", "systemd", "dracut", "leap-15.6",
-                 "registry.opensuse.org/opensuse/leap:15.6", "dracut", "kernel-default",
-                 "grub2-x86_64-efi"),
-    "alpine": ("alpine", "apk", "openrc", "mkinitfs", "3.21", "docker.io/library/alpine:3.21",
-               "mkinitfs", "linux-lts", "grub-efi"),
+    "opensuse": (
+        "suse",
+        "zypper",
+        "systemd",
+        "dracut",
+        "leap-15.6",
+        "registry.opensuse.org/opensuse/leap:15.6",
+        "dracut",
+        "kernel-default",
+        "grub2-x86_64-efi",
+    ),
+    "alpine": (
+        "alpine",
+        "apk",
+        "openrc",
+        "mkinitfs",
+        "3.21",
+        "docker.io/library/alpine:3.21",
+        "mkinitfs",
+        "linux-lts",
+        "grub-efi",
+    ),
 }
 
 
@@ -125,8 +200,12 @@ def test_every_flavor_is_expected_and_every_expected_flavor_exists() -> None:
 def test_every_flavor_file_loads_with_the_distro_names(name: str) -> None:
     family, manager, init, initramfs, default, image, live, kernel, boot = EXPECTED[name]
     flavor = load_flavor(name)
-    assert (flavor.family, flavor.package_manager, flavor.init, flavor.initramfs) == \
-        (family, manager, init, initramfs)
+    assert (flavor.family, flavor.package_manager, flavor.init, flavor.initramfs) == (
+        family,
+        manager,
+        init,
+        initramfs,
+    )
     assert flavor.bootloader == "grub"
     release = flavor.release(None)
     assert (release.name, release.image) == (default, image)
@@ -167,31 +246,43 @@ def test_quirks_are_data_with_defaults_for_debian() -> None:
     assert "usr/lib/modules/{kver}/vmlinuz" in load_flavor("opensuse").quirks.kernel_image
 
 
-@pytest.mark.parametrize(("changes", "key", "fix"), [
-    ({"quirks": {"kernel_imag": ["boot/vmlinuz"]}}, "quirks.kernel_imag", "kernel_image"),
-    ({"quirks": {"kernel_image": ["/boot/vmlinuz-{kver}"]}}, "quirks.kernel_image",
-     "relative to / without '..'"),
-    ({"quirks": {"files": {"../../etc/passwd": "x"}}}, "quirks.files.../../etc/passwd",
-     "relative to / without '..'"),
-    ({"quirks": {"initrd": "initrd.img"}}, "quirks.initrd", "boot/initrd-{kver}"),
-    ({"quirks": {"install_options": ["allowerasing"]}}, "quirks.install_options",
-     "[--allowerasing]"),
-    ({"quirks": {"services": {"sysinit": ["udev"]}}}, "quirks.services.sysinit",
-     "enable, disable"),
-    ({"quirks": {"services": {"enable": "sshd"}}}, "quirks.services.enable", "enable: [sshd]"),
-    ({"quirks": ["install_options"]}, "quirks", "install_options, kernel_image"),
-    ({"packages": {"kernel": ["linux image"]}}, "packages.kernel", "kernel: [linux-image-amd64]"),
-    ({"releases": {"trixie": {"flavor_release": "13", "image": "x", "packages": {"kernel": "k"}}}},
-     "releases.trixie.packages.kernel", "kernel: [linux-image-amd64]"),
-])
-def test_a_wrong_quirk_names_file_key_and_fix(tmp_path: Path, changes: dict[str, object], key: str,
-                                              fix: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "key", "fix"),
+    [
+        ({"quirks": {"kernel_imag": ["boot/vmlinuz"]}}, "quirks.kernel_imag", "kernel_image"),
+        (
+            {"quirks": {"kernel_image": ["/boot/vmlinuz-{kver}"]}},
+            "quirks.kernel_image",
+            "relative to / without '..'",
+        ),
+        (
+            {"quirks": {"files": {"../../etc/passwd": "x"}}},
+            "quirks.files.../../etc/passwd",
+            "relative to / without '..'",
+        ),
+        ({"quirks": {"initrd": "initrd.img"}}, "quirks.initrd", "boot/initrd-{kver}"),
+        ({"quirks": {"install_options": ["allowerasing"]}}, "quirks.install_options", "[--allowerasing]"),
+        ({"quirks": {"services": {"sysinit": ["udev"]}}}, "quirks.services.sysinit", "enable, disable"),
+        ({"quirks": {"services": {"enable": "sshd"}}}, "quirks.services.enable", "enable: [sshd]"),
+        ({"quirks": ["install_options"]}, "quirks", "install_options, kernel_image"),
+        ({"packages": {"kernel": ["linux image"]}}, "packages.kernel", "kernel: [linux-image-amd64]"),
+        (
+            {"releases": {"trixie": {"flavor_release": "13", "image": "x", "packages": {"kernel": "k"}}}},
+            "releases.trixie.packages.kernel",
+            "kernel: [linux-image-amd64]",
+        ),
+    ],
+)
+def test_a_wrong_quirk_names_file_key_and_fix(
+    tmp_path: Path, changes: dict[str, object], key: str, fix: str
+) -> None:
     assert_names_file_key_and_fix(tmp_path, changes, key, fix)
 
 
 def test_openrc_services_are_checked_against_openrc_runlevels(tmp_path: Path) -> None:
-    path = write_flavor(tmp_path, "mine", init="openrc",
-                        quirks={"services": {"boot": ["hwclock"], "enable": ["sshd"]}})
+    path = write_flavor(
+        tmp_path, "mine", init="openrc", quirks={"services": {"boot": ["hwclock"], "enable": ["sshd"]}}
+    )
     with pytest.raises(InputError, match="'quirks.services.enable' is not known for init openrc"):
         parse_flavor(path)
     path = write_flavor(tmp_path, "mine", init="openrc", quirks={"services": {"boot": ["hwclock"]}})

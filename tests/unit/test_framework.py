@@ -48,13 +48,21 @@ def test_kairos_release_has_every_key_with_values_from_the_build(fake_root: Path
     write_kairos_release(fake_root, config)
     release = read_release(fake_root)
     assert release == {
-        "KAIROS_ID": "kairos", "KAIROS_ID_LIKE": "kairos-core-debian-13",
-        "KAIROS_NAME": "kairos-core-debian-13", "KAIROS_VERSION": "v2.1.0",
-        "KAIROS_RELEASE": "v2.1.0", "KAIROS_ARCH": "amd64", "KAIROS_TARGETARCH": "amd64",
-        "KAIROS_FLAVOR": "debian", "KAIROS_FLAVOR_RELEASE": "13", "KAIROS_FAMILY": "debian",
-        "KAIROS_MODEL": "generic", "KAIROS_VARIANT": "core",
+        "KAIROS_ID": "kairos",
+        "KAIROS_ID_LIKE": "kairos-core-debian-13",
+        "KAIROS_NAME": "kairos-core-debian-13",
+        "KAIROS_VERSION": "v2.1.0",
+        "KAIROS_RELEASE": "v2.1.0",
+        "KAIROS_ARCH": "amd64",
+        "KAIROS_TARGETARCH": "amd64",
+        "KAIROS_FLAVOR": "debian",
+        "KAIROS_FLAVOR_RELEASE": "13",
+        "KAIROS_FAMILY": "debian",
+        "KAIROS_MODEL": "generic",
+        "KAIROS_VARIANT": "core",
         "KAIROS_BUG_REPORT_URL": "https://github.com/kairos-io/kairos/issues",
-        "KAIROS_HOME_URL": "https://github.com/kairos-io/kairos", "KAIROS_FIPS": "false",
+        "KAIROS_HOME_URL": "https://github.com/kairos-io/kairos",
+        "KAIROS_FIPS": "false",
         "KAIROS_TRUSTED_BOOT": "false",
     }
 
@@ -66,7 +74,8 @@ def test_flavor_release_comes_from_the_base_os_release(fake_root: Path, tmp_path
 
 
 def test_kairos_release_is_written_inside_the_root_even_through_a_hostile_link(
-        fake_root: Path, tmp_path: Path) -> None:
+    fake_root: Path, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (fake_root / "etc/kairos-release").symlink_to(outside / "pwned")
@@ -118,8 +127,9 @@ def test_os_release_parsing_unquotes(fake_root: Path) -> None:
 def test_data_folders_hold_no_symlinks() -> None:
     # Wheels cannot carry symlinks: an installed kairos-build would lose them (or fail to build).
     top = Path(__file__).parents[2]
-    links = [p for name in ("flavors", "overlays", "templates") for p in (top / name).rglob("*")
-             if p.is_symlink()]
+    links = [
+        p for name in ("flavors", "overlays", "templates") for p in (top / name).rglob("*") if p.is_symlink()
+    ]
     assert links == []
 
 
@@ -139,8 +149,7 @@ def test_kernel_found_where_the_flavor_says(fake_root: Path) -> None:
     (fake_root / "lib/modules/6.1.0-test/vmlinuz").write_bytes(b"MZ")
     images = ("boot/vmlinuz-{kver}", "lib/modules/{kver}/vmlinuz")
     assert find_kernel(fake_root, images) == ("6.1.0-test", "lib/modules/6.1.0-test/vmlinuz")
-    link_kernel(fake_root, "6.1.0-test", "boot/initramfs-6.1.0-test.img",
-                "lib/modules/6.1.0-test/vmlinuz")
+    link_kernel(fake_root, "6.1.0-test", "boot/initramfs-6.1.0-test.img", "lib/modules/6.1.0-test/vmlinuz")
     assert os.readlink(fake_root / "boot/vmlinuz") == "../lib/modules/6.1.0-test/vmlinuz"
     assert os.readlink(fake_root / "boot/initrd") == "initramfs-6.1.0-test.img"
     with pytest.raises(InputError, match="quirks.kernel_image"):

@@ -37,8 +37,7 @@ def converted_tree(tmp_path: Path) -> Path:
     return tree
 
 
-def test_a_bootstrap_base_demands_mmdebstrap_and_says_for_what(
-        missing: tuple[set[str], list[str]]) -> None:
+def test_a_bootstrap_base_demands_mmdebstrap_and_says_for_what(missing: tuple[set[str], list[str]]) -> None:
     absent, _ = missing
     absent.add("mmdebstrap")
     config = make_config("debian", "trixie", base="bootstrap:debian/trixie")
@@ -49,7 +48,8 @@ def test_a_bootstrap_base_demands_mmdebstrap_and_says_for_what(
 
 
 def test_an_already_converted_folder_needs_no_bootstrap_and_no_sandbox(
-        missing: tuple[set[str], list[str]], tmp_path: Path) -> None:
+    missing: tuple[set[str], list[str]], tmp_path: Path
+) -> None:
     absent, asked = missing
     absent.update({"mmdebstrap", "unshare", "bwrap", "setpriv"})
     config = make_config("debian", "trixie", base=f"dir:{converted_tree(tmp_path)}")
@@ -60,7 +60,8 @@ def test_an_already_converted_folder_needs_no_bootstrap_and_no_sandbox(
 
 @pytest.mark.parametrize("base", ["dir:{tmp}", "oci:{tmp}", "docker://debian:trixie", None])
 def test_a_base_to_convert_needs_the_sandbox_but_no_mmdebstrap(
-        missing: tuple[set[str], list[str]], tmp_path: Path, base: str | None) -> None:
+    missing: tuple[set[str], list[str]], tmp_path: Path, base: str | None
+) -> None:
     absent, asked = missing
     absent.add("mmdebstrap")
     # None: the flavor's own image (docker://), even though a failed pull may fall back to
@@ -73,8 +74,9 @@ def test_a_base_to_convert_needs_the_sandbox_but_no_mmdebstrap(
         build.check_host_tools(config, [IsoExporter()])
 
 
-def test_an_exporters_tools_are_demanded_by_its_stage(missing: tuple[set[str], list[str]],
-                                                      tmp_path: Path) -> None:
+def test_an_exporters_tools_are_demanded_by_its_stage(
+    missing: tuple[set[str], list[str]], tmp_path: Path
+) -> None:
     absent, _ = missing
     absent.add("mkfs.ext4")
     assert "mkfs.ext4" in RawExporter.tools and "mkfs.ext4" not in IsoExporter.tools

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
-GENERATOR = (Path(__file__).parents[2] / "overlays/common/usr/lib/dracut/modules.d/"
-             "90kairos-immutable/kairos-immutable-generator.sh")
+GENERATOR = (
+    Path(__file__).parents[2] / "overlays/common/usr/lib/dracut/modules.d/"
+    "90kairos-immutable/kairos-immutable-generator.sh"
+)
 GRUB = "root=LABEL=COS_STATE ro cos-img/filename=/cOS/active.img"
-TRUSTED = ("root=LABEL=COS_STATE ro cos-img/filename=/cOS/system-ab.img "
-           "kairos.verity.roothash=abcd kairos.verity.hashoffset=4096 rd.kairos.encrypt=tpm2")
+TRUSTED = (
+    "root=LABEL=COS_STATE ro cos-img/filename=/cOS/system-ab.img "
+    "kairos.verity.roothash=abcd kairos.verity.hashoffset=4096 rd.kairos.encrypt=tpm2"
+)
 
 
 def generate(tmp_path: Path, cmdline: str) -> Path:
@@ -27,8 +31,9 @@ def generate(tmp_path: Path, cmdline: str) -> Path:
 
 
 @pytest.mark.parametrize(("cmdline", "waits"), [(GRUB, False), (TRUSTED, True)])
-def test_only_a_trusted_boot_command_line_waits_for_the_tpm(tmp_path: Path, cmdline: str,
-                                                             waits: bool) -> None:
+def test_only_a_trusted_boot_command_line_waits_for_the_tpm(
+    tmp_path: Path, cmdline: str, waits: bool
+) -> None:
     unit = (generate(tmp_path, cmdline) / "kairos-immutable.service").read_text()
     assert ("Wants=tpm2.target" in unit) is waits
     assert ("tpm2.target" in unit) is waits

@@ -31,12 +31,17 @@ def write(root: Path, rel: str, text: str = "x") -> None:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     root = tmp_path / "root"
-    for rel, text in {"etc/machine-id": "0123", "usr/bin/sh": "shell", "usr/bin/mount": "mount",
-                      "etc/os-release": "ID=x",
-                      f"usr/lib/modules/{KVER}/kernel/loop.ko": "ko",
-                      "usr/lib/dracut/modules.d/90crypt/module-setup.sh":
-                          "check() { require_binaries cryptsetup || return 1; }",
-                      "etc/dracut.conf.d/10-kairos.conf": 'hostonly="no"'}.items():
+    for rel, text in {
+        "etc/machine-id": "0123",
+        "usr/bin/sh": "shell",
+        "usr/bin/mount": "mount",
+        "etc/os-release": "ID=x",
+        f"usr/lib/modules/{KVER}/kernel/loop.ko": "ko",
+        "usr/lib/dracut/modules.d/90crypt/module-setup.sh": (
+            "check() { require_binaries cryptsetup || return 1; }"
+        ),
+        "etc/dracut.conf.d/10-kairos.conf": 'hostonly="no"',
+    }.items():
         write(root, rel, text)
     for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("sbin", "usr/sbin")):
         (root / link).symlink_to(target)
@@ -47,9 +52,14 @@ def tree(tmp_path: Path) -> Path:
 def staged(tmp_path: Path) -> Path:
     """What dracut kept: copies of some tree files, a file of its own, a link."""
     staging = tmp_path / "staging"
-    for rel in ("usr/bin/sh", "etc/os-release", f"usr/lib/modules/{KVER}/kernel/loop.ko",
-                "usr/lib/dracut/modules.d/90crypt/module-setup.sh", "init-generated",
-                "etc/machine-id"):
+    for rel in (
+        "usr/bin/sh",
+        "etc/os-release",
+        f"usr/lib/modules/{KVER}/kernel/loop.ko",
+        "usr/lib/dracut/modules.d/90crypt/module-setup.sh",
+        "init-generated",
+        "etc/machine-id",
+    ):
         write(staging, rel)
     (staging / "usr/bin/bash").symlink_to("sh")
     return staging
@@ -61,13 +71,11 @@ def reads_of(tree: Path, tmp_path: Path) -> Reads:
     return Reads({"kernel": KVER}, files, words, reads_digest(tree, files, words))
 
 
-def test_the_record_holds_the_copied_tree_files_and_the_module_words(tree: Path,
-                                                                     tmp_path: Path) -> None:
+def test_the_record_holds_the_copied_tree_files_and_the_module_words(tree: Path, tmp_path: Path) -> None:
     reads = reads_of(tree, tmp_path)
     # Not the tool's own files (inputs of the stage already), not its own, not links, not the
     # machine-id (random in every packages tree).
-    assert reads.files == ("etc/os-release", "usr/bin/sh",
-                           f"usr/lib/modules/{KVER}/kernel/loop.ko")
+    assert reads.files == ("etc/os-release", "usr/bin/sh", f"usr/lib/modules/{KVER}/kernel/loop.ko")
     assert "cryptsetup" in reads.words and "require_binaries" in reads.words
 
 
@@ -85,8 +93,7 @@ CHANGES: dict[str, tuple[Callable[[Path], None], bool]] = {
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
-def test_what_keeps_the_initramfs_and_what_does_not(change: str, tree: Path,
-                                                    tmp_path: Path) -> None:
+def test_what_keeps_the_initramfs_and_what_does_not(change: str, tree: Path, tmp_path: Path) -> None:
     reads = reads_of(tree, tmp_path)
     edit, same = CHANGES[change]
     edit(tree)
@@ -101,8 +108,7 @@ def donor_entry(folder: Path, reads: Reads) -> Path:
     return folder
 
 
-def test_a_matching_donor_is_linked_and_a_different_one_is_not(tree: Path,
-                                                               tmp_path: Path) -> None:
+def test_a_matching_donor_is_linked_and_a_different_one_is_not(tree: Path, tmp_path: Path) -> None:
     reads = reads_of(tree, tmp_path)
     donor = donor_entry(tmp_path / "donor", reads)
     write(tree, "usr/bin/htop")

@@ -19,14 +19,17 @@ from kairos_build.errors import InputError
 from kairos_build.exporters.iso import _Iso, live_cmdline, overlay_files
 
 
-@pytest.mark.parametrize(("word", "quoted"), [
-    ("quiet", "quiet"),
-    ("console=ttyS0,115200", "console=ttyS0,115200"),
-    ("systemd.run=a b", "'systemd.run=a b'"),
-    ("x;reboot", "'x;reboot'"),
-    ("it's", "'it'\\''s'"),
-    ("$(id)", "'$(id)'"),
-])
+@pytest.mark.parametrize(
+    ("word", "quoted"),
+    [
+        ("quiet", "quiet"),
+        ("console=ttyS0,115200", "console=ttyS0,115200"),
+        ("systemd.run=a b", "'systemd.run=a b'"),
+        ("x;reboot", "'x;reboot'"),
+        ("it's", "'it'\\''s'"),
+        ("$(id)", "'$(id)'"),
+    ],
+)
 def test_user_kernel_arguments_are_single_grub_words(word: str, quoted: str) -> None:
     assert grub_quote(word) == quoted
 
@@ -78,7 +81,7 @@ def test_bios_image_patch_points_at_the_core_and_fixes_the_checksum(tmp_path: Pa
         handle.seek(lba * 2048)
         handle.write(image)
     patch_bios_image(iso, lba, len(image))
-    patched = iso.read_bytes()[lba * 2048:]
+    patched = iso.read_bytes()[lba * 2048 :]
     assert struct.unpack_from("<Q", patched, 2548)[0] == lba * 4 + 5
     assert patched[:20] == image[:20] and patched[24:2548] == image[24:2548]
     assert patched[2556:] == image[2556:]
@@ -128,8 +131,8 @@ def test_copy_range_places_the_whole_source_at_the_offset(tmp_path: Path, across
     with source.open("rb") as src, target.open("r+b") as dst:
         copy_range(src.fileno(), dst.fileno(), 1 << 20)
     data = target.read_bytes()
-    assert data[:4] == b"head" and data[4:1 << 20] == bytes((1 << 20) - 4)
-    assert data[1 << 20:] == payload
+    assert data[:4] == b"head" and data[4 : 1 << 20] == bytes((1 << 20) - 4)
+    assert data[1 << 20 :] == payload
     if across:
         shutil.rmtree(folder)
 
@@ -147,8 +150,9 @@ def test_a_uefi_only_iso_gets_the_esp_as_a_gpt_partition_and_keeps_its_iso9660(t
     iso.write_bytes(b"\0" * 32768 + b"\x01CD001" + data[: (3 << 20) - 32774])
     esp.write_bytes(os.urandom(5 << 20))
     append_esp(iso, esp, "seed")
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(iso)], check=True,
-                                      capture_output=True, text=True).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(iso)], check=True, capture_output=True, text=True).stdout
+    )["partitiontable"]
     first, second = table["partitions"]
     assert second["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
     with iso.open("rb") as handle:

@@ -17,22 +17,35 @@ from kairos_build.errors import InputError
 def recorded(tmp_path: Path) -> dict[str, Any]:
     config = tmp_path / "cc.yaml"
     config.write_text("#cloud-config\nhostname: a\n")
-    settings = {"flavor": "debian", "base": "bootstrap:debian/trixie", "version": "v1.0.0",
-                "kernel-arg": ["quiet"], "compress": False, "cloud-config": str(config),
-                "output": "/somewhere", "cache-dir": "/cache", "json": True}
-    return {"kairos-build-manifest": manifest.FORMAT,
-            "artifact": {"file": "a.iso", "format": "iso", "sha256": "0" * 64, "size": 1},
-            "base": {"ref": "bootstrap:debian/trixie", "key": "k1", "description": "d"},
-            "settings": manifest.settings_record(settings), "inputs": manifest.input_files(settings),
-            "source_date_epoch": 1, "stages": [["rootfs", "k1"], ["converted", "c1"]],
-            "packages": {"database": "dpkg", "count": 2, "sha256": "p1"},
-            "tool": {"kairos-build": "0.2.0"}, "python": {}, "host_tools": {"sfdisk": "fdisk 2.38"}}
+    settings = {
+        "flavor": "debian",
+        "base": "bootstrap:debian/trixie",
+        "version": "v1.0.0",
+        "kernel-arg": ["quiet"],
+        "compress": False,
+        "cloud-config": str(config),
+        "output": "/somewhere",
+        "cache-dir": "/cache",
+        "json": True,
+    }
+    return {
+        "kairos-build-manifest": manifest.FORMAT,
+        "artifact": {"file": "a.iso", "format": "iso", "sha256": "0" * 64, "size": 1},
+        "base": {"ref": "bootstrap:debian/trixie", "key": "k1", "description": "d"},
+        "settings": manifest.settings_record(settings),
+        "inputs": manifest.input_files(settings),
+        "source_date_epoch": 1,
+        "stages": [["rootfs", "k1"], ["converted", "c1"]],
+        "packages": {"database": "dpkg", "count": 2, "sha256": "p1"},
+        "tool": {"kairos-build": "0.2.0"},
+        "python": {},
+        "host_tools": {"sfdisk": "fdisk 2.38"},
+    }
 
 
 def test_settings_are_recorded_without_where_the_build_wrote(tmp_path: Path) -> None:
     record = recorded(tmp_path)
-    assert set(record["settings"]) == {"flavor", "base", "version", "kernel-arg", "compress",
-                                       "cloud-config"}
+    assert set(record["settings"]) == {"flavor", "base", "version", "kernel-arg", "compress", "cloud-config"}
     assert set(record["inputs"]) == {"cloud-config"}
     values = manifest.settings_values(record["settings"])
     assert values["kernel-arg"] == ("quiet",) and values["compress"] is False
@@ -87,12 +100,22 @@ def test_differences_name_each_changed_input(tmp_path: Path) -> None:
 
 def test_package_changes_between_two_sboms(tmp_path: Path) -> None:
     def sbom(path: Path, packages: dict[str, str]) -> Path:
-        path.write_text(json.dumps({"packages": [
-            {"SPDXID": f"SPDXRef-Package-deb-{i}-{n}", "name": n, "versionInfo": v}
-            for i, (n, v) in enumerate(packages.items())]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "packages": [
+                        {"SPDXID": f"SPDXRef-Package-deb-{i}-{n}", "name": n, "versionInfo": v}
+                        for i, (n, v) in enumerate(packages.items())
+                    ]
+                }
+            )
+        )
         return path
 
     old = sbom(tmp_path / "old.json", {"bash": "5.2-1", "curl": "8.0"})
     new = sbom(tmp_path / "new.json", {"bash": "5.2-2", "zstd": "1.5"})
-    assert manifest.package_changes(old, new) == ["bash 5.2-1 -> 5.2-2", "curl 8.0 -> (none)",
-                                                  "zstd (none) -> 1.5"]
+    assert manifest.package_changes(old, new) == [
+        "bash 5.2-1 -> 5.2-2",
+        "curl 8.0 -> (none)",
+        "zstd (none) -> 1.5",
+    ]

@@ -102,8 +102,9 @@ def test_a_directory_artifact_is_published_whole_with_its_sha256sums(context: Ex
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_a_failing_directory_export_leaves_no_directory(context: ExportContext, error: type[BaseException],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_directory_export_leaves_no_directory(
+    context: ExportContext, error: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = context.config.output_dir
     out.mkdir()
     exporter = _DirectoryExporter(fail=True)
@@ -141,8 +142,9 @@ def test_a_netboot_directory_or_its_script_boots_from_the_network(tmp_path: Path
     assert netboot_directory(tmp_path / "a.iso") is None
     assert default_expectation(directory) == "live"
 
-    argv = qemu_command(directory, "bios", "tcg", tmp_path / "vars", 2048,
-                        network=netboot_server.qemu_network(8080))
+    argv = qemu_command(
+        directory, "bios", "tcg", tmp_path / "vars", 2048, network=netboot_server.qemu_network(8080)
+    )
     nic = argv[argv.index("-nic") + 1]
     # The guest reaches nothing but the forwarded address; the relay goes to 127.0.0.1.
     assert nic.startswith("user,model=virtio-net-pci,restrict=on,")
@@ -160,8 +162,9 @@ def test_the_relay_carries_a_guest_connection_to_the_server(tmp_path: Path) -> N
     with netboot_server.serve(served, access_log) as port:
         guest, qemu_end = socket.socketpair()
         # As QEMU's guestfwd cmd: does: the connection on stdin and stdout.
-        relay = subprocess.Popen([sys.executable, "-I", netboot_server.__file__, str(port)],
-                                 stdin=qemu_end, stdout=qemu_end)
+        relay = subprocess.Popen(
+            [sys.executable, "-I", netboot_server.__file__, str(port)], stdin=qemu_end, stdout=qemu_end
+        )
         qemu_end.close()
         with guest:
             guest.sendall(b"GET /rootfs.squashfs HTTP/1.1\r\nHost: 10.0.2.100\r\n\r\n")

@@ -57,22 +57,22 @@ def target(tmp_path: Path) -> Path:
 
 
 def simple_image(layout: Layout, text: str, compression: str = "gzip") -> dict[str, Any]:
-    return layout.image(layer_tar(reg("etc/which", text.encode())), compression=compression,
-                        label=text)
+    return layout.image(layer_tar(reg("etc/which", text.encode())), compression=compression, label=text)
 
 
 # --- unpacking -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
-def test_layers_apply_in_order(
-    tmp_path: Path, target: Path, write: Writer, compression: str
-) -> None:
+def test_layers_apply_in_order(tmp_path: Path, target: Path, write: Writer, compression: str) -> None:
     layout = Layout()
-    base = layer_tar(dir_("etc", mtime=100), reg("etc/os-release", b"ID=base\n"),
-                     reg("etc/old", b"x"), reg("usr/bin/ping", b"elf", mode=0o4755, uid=0,
-                                               xattrs={"security.capability": CAP_NET_RAW_EP}))
-    top = layer_tar(reg("etc/os-release", b"ID=top\n"), whiteout("etc/.wh.old"),
-                    sym("bin", "usr/bin"))
+    base = layer_tar(
+        dir_("etc", mtime=100),
+        reg("etc/os-release", b"ID=base\n"),
+        reg("etc/old", b"x"),
+        reg("usr/bin/ping", b"elf", mode=0o4755, uid=0, xattrs={"security.capability": CAP_NET_RAW_EP}),
+    )
+    top = layer_tar(reg("etc/os-release", b"ID=top\n"), whiteout("etc/.wh.old"), sym("bin", "usr/bin"))
     layout.add(layout.image(base, top, compression=compression))
     unpack_image(write(layout, tmp_path), None, target)
     assert (target / "etc" / "os-release").read_text() == "ID=top\n"
@@ -84,8 +84,7 @@ def test_layers_apply_in_order(
 
 def test_mixed_compressions_in_one_image(tmp_path: Path, target: Path) -> None:
     layout = Layout()
-    layers = [layer_tar(reg(f"layer{n}", str(n).encode()), reg("last", str(n).encode()))
-              for n in range(3)]
+    layers = [layer_tar(reg(f"layer{n}", str(n).encode()), reg("last", str(n).encode())) for n in range(3)]
     layout.add(layout.image(*layers, compression=["zstd", "none", "gzip"]))
     unpack_image(layout.write_dir(tmp_path / "l"), None, target)
     assert sorted(os.listdir(target)) == ["last", "layer0", "layer1", "layer2"]
@@ -108,6 +107,7 @@ def test_an_image_without_layers_unpacks_to_nothing(tmp_path: Path, target: Path
 
 
 # --- choosing the image --------------------------------------------------------------------
+
 
 def test_a_tag_selects_the_image(tmp_path: Path, target: Path, write: Writer) -> None:
     layout = Layout()
@@ -152,9 +152,11 @@ def test_a_nested_index_picks_linux_amd64(tmp_path: Path, target: Path, write: W
     layout = Layout()
     arm, amd = simple_image(layout, "arm64"), simple_image(layout, "amd64")
     attestation = simple_image(layout, "attestation")
-    nested = layout.index(entry(arm, platform="linux/arm64"),
-                          entry(attestation, platform="unknown/unknown"),
-                          entry(amd, platform="linux/amd64"))
+    nested = layout.index(
+        entry(arm, platform="linux/arm64"),
+        entry(attestation, platform="unknown/unknown"),
+        entry(amd, platform="linux/amd64"),
+    )
     layout.add(nested, tag="latest")
     path = write(layout, tmp_path)
     assert image_config_digest(path, "latest") == layout.config_digest(amd)
@@ -169,8 +171,7 @@ def test_top_level_platforms_are_honoured(tmp_path: Path) -> None:
     arm, amd = simple_image(layout, "arm64"), simple_image(layout, "amd64")
     layout.add(arm, platform="linux/arm64")
     layout.add(amd, platform="linux/amd64")
-    assert image_config_digest(layout.write_dir(tmp_path / "l"), None) == \
-        layout.config_digest(amd)
+    assert image_config_digest(layout.write_dir(tmp_path / "l"), None) == layout.config_digest(amd)
 
 
 def test_no_image_for_the_platform(tmp_path: Path) -> None:
@@ -187,21 +188,30 @@ def test_an_empty_index_has_no_image(tmp_path: Path) -> None:
 
 def test_a_manifest_without_config_is_an_input_error(tmp_path: Path) -> None:
     layout = Layout()
-    layout.add(layout.blob(json.dumps({"schemaVersion": 2, "layers": []}).encode(),
-                           "application/vnd.oci.image.manifest.v1+json"))
+    layout.add(
+        layout.blob(
+            json.dumps({"schemaVersion": 2, "layers": []}).encode(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    )
     with pytest.raises(InputError, match="no config"):
         image_config_digest(layout.write_dir(tmp_path / "l"), None)
 
 
 def test_a_manifest_without_layers_is_an_input_error(tmp_path: Path, target: Path) -> None:
     layout = Layout()
-    layout.add(layout.blob(json.dumps({"config": {"digest": digest_of(b"{}")}}).encode(),
-                           "application/vnd.oci.image.manifest.v1+json"))
+    layout.add(
+        layout.blob(
+            json.dumps({"config": {"digest": digest_of(b"{}")}}).encode(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    )
     with pytest.raises(InputError, match="lists no layers"):
         unpack_image(layout.write_dir(tmp_path / "l"), None, target)
 
 
 # --- broken or hostile layouts -------------------------------------------------------------
+
 
 def flip_byte(blob: Path, offset: int) -> None:
     data = bytearray(blob.read_bytes())
@@ -215,8 +225,9 @@ def test_a_flipped_byte_in_a_layer_is_corrupt(
     tmp_path: Path, target: Path, compression: str, where: float
 ) -> None:
     layout = Layout()
-    manifest = layout.image(layer_tar(reg("a", os.urandom(4000)), reg("b", b"text " * 2000)),
-                            compression=compression)
+    manifest = layout.image(
+        layer_tar(reg("a", os.urandom(4000)), reg("b", b"text " * 2000)), compression=compression
+    )
     layout.add(manifest)
     path = layout.write_dir(tmp_path / "l")
     blob = path / "blobs" / "sha256" / layout.layer_digests(manifest)[0].removeprefix("sha256:")
@@ -308,8 +319,9 @@ def test_a_missing_path_or_garbage_archive(tmp_path: Path) -> None:
         image_config_digest(tmp_path / "junk.tar", None)
 
 
-@pytest.mark.parametrize("digest", ["sha512:" + "a" * 128, "sha256:abc", "sha256:../../x",
-                                    "md5:d41d8cd98f00b204e9800998ecf8427e"])
+@pytest.mark.parametrize(
+    "digest", ["sha512:" + "a" * 128, "sha256:abc", "sha256:../../x", "md5:d41d8cd98f00b204e9800998ecf8427e"]
+)
 def test_unsupported_digests_are_refused(tmp_path: Path, digest: str) -> None:
     layout = Layout()
     layout.blob(b"{}", "application/vnd.oci.image.config.v1+json")  # so that blobs/ exists
@@ -340,8 +352,7 @@ def test_a_digest_cannot_name_a_file_outside_the_layout(tmp_path: Path, alarm: N
     os.mkfifo(tmp_path / "x" / ("a" * 64))
     layout = Layout()
     layout.blob(b"{}", "application/vnd.oci.image.config.v1+json")  # so that blobs/ exists
-    layout.add({"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": "../../x:" + "a" * 64})
+    layout.add({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "../../x:" + "a" * 64})
     with pytest.raises(InputError, match="malformed digest"):
         image_config_digest(layout.write_dir(tmp_path / "l"), None)
 

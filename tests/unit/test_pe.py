@@ -36,17 +36,38 @@ def grub_image(out: Path, prefix: str, config: str | None = None, memdisk: Path 
 def make_key(folder: Path, common_name: str = TEST_SIGNER) -> tuple[Path, Path]:
     """A throw-away RSA key and self-signed certificate."""
     key, cert = folder / "test.key", folder / "test.crt"
-    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", f"/O=kairos-build tests/CN={common_name}", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/O=kairos-build tests/CN={common_name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return key, cert
 
 
 def sbsign(image: Path, out: Path, key: Path, cert: Path) -> Path:
     if shutil.which("sbsign") is None:
         pytest.skip("sbsign (package sbsigntool) not installed")
-    subprocess.run(["sbsign", "--key", str(key), "--cert", str(cert), "--output", str(out), str(image)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["sbsign", "--key", str(key), "--cert", str(cert), "--output", str(out), str(image)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -59,8 +80,24 @@ def _security_entry(data: bytes) -> int:
 
 def cms_sign(image: Path, key: Path, cert: Path) -> bytes:
     """A DER PKCS#7 SignedData over the file, carrying the certificate, with openssl."""
-    return subprocess.run(["openssl", "cms", "-sign", "-binary", "-outform", "DER", "-signer", str(cert),
-                           "-inkey", str(key), "-in", str(image)], check=True, capture_output=True).stdout
+    return subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-sign",
+            "-binary",
+            "-outform",
+            "DER",
+            "-signer",
+            str(cert),
+            "-inkey",
+            str(key),
+            "-in",
+            str(image),
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
 
 
 def append_signature(image: Path, out: Path, key: Path, cert: Path) -> Path:
@@ -158,8 +195,12 @@ def test_grub_config_from_a_tar_or_fat_memdisk(tmp_path: Path) -> None:
     (tmp_path / "grub.cfg").write_text(inner)
     with tarfile.open(tmp_path / "memdisk.tar", "w") as archive:
         archive.add(tmp_path / "grub.cfg", arcname="grub.cfg")
-    image = grub_image(tmp_path / "tar.efi", "/boot/grub", config="normal (memdisk)/grub.cfg\n",
-                       memdisk=tmp_path / "memdisk.tar")
+    image = grub_image(
+        tmp_path / "tar.efi",
+        "/boot/grub",
+        config="normal (memdisk)/grub.cfg\n",
+        memdisk=tmp_path / "memdisk.tar",
+    )
     assert grub_embedded_config(image) == f"normal (memdisk)/grub.cfg\n# (memdisk)/grub.cfg:\n{inner}"
     mkfs = shutil.which("mkfs.vfat", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if mkfs is None or shutil.which("mcopy") is None:
@@ -182,10 +223,14 @@ def test_grub_config_from_a_squashfs_memdisk(tmp_path: Path, compression: str) -
     (tmp_path / "tree/fonts/big.pf2").write_bytes(os.urandom(300_000))  # several blocks before it
     (tmp_path / "tree/grub.cfg").write_text(inner)
     memdisk = tmp_path / "memdisk.squashfs"
-    subprocess.run(["mksquashfs", str(tmp_path / "tree"), str(memdisk), "-comp", compression, "-noappend",
-                    "-quiet"], check=True, capture_output=True)
-    image = grub_image(tmp_path / "sq.efi", "/boot/grub", config="normal (memdisk)/grub.cfg\n",
-                       memdisk=memdisk)
+    subprocess.run(
+        ["mksquashfs", str(tmp_path / "tree"), str(memdisk), "-comp", compression, "-noappend", "-quiet"],
+        check=True,
+        capture_output=True,
+    )
+    image = grub_image(
+        tmp_path / "sq.efi", "/boot/grub", config="normal (memdisk)/grub.cfg\n", memdisk=memdisk
+    )
     assert grub_embedded_config(image) == f"normal (memdisk)/grub.cfg\n# (memdisk)/grub.cfg:\n{inner}"
     data = bytearray(image.read_bytes())
     rng = random.Random(3)
@@ -232,14 +277,15 @@ def test_not_pe_truncated_and_lying_files(tmp_path: Path, keys: tuple[Path, Path
         lying = bytearray(data)
         struct.pack_into("<HH", lying, offset + 4, 0x0200, kind)  # X.509 type, or a PKCS#7 that lies
         if body:
-            lying[offset + 8:offset + 8 + len(body)] = body
+            lying[offset + 8 : offset + 8 + len(body)] = body
         (tmp_path / "lying").write_bytes(bytes(lying))
         assert authenticode_signers(tmp_path / "lying") == []
 
 
 def test_random_damage_never_raises(tmp_path: Path, keys: tuple[Path, Path]) -> None:
-    signed = append_signature(grub_image(tmp_path / "grub.efi", "/EFI/test", config="set a=b\n"),
-                              tmp_path / "signed.efi", *keys)
+    signed = append_signature(
+        grub_image(tmp_path / "grub.efi", "/EFI/test", config="set a=b\n"), tmp_path / "signed.efi", *keys
+    )
     data = signed.read_bytes()
     offset = struct.unpack_from("<I", data, _security_entry(data))[0]
     mods = data.find(b"mimg")

@@ -9,17 +9,20 @@ from kairos_build.errors import InputError
 from kairos_build.source.refs import BaseRef, parse_ref
 
 
-@pytest.mark.parametrize(("ref", "expected"), [
-    ("docker://debian:trixie", BaseRef("docker", "debian:trixie")),
-    ("quay.io/kairos/debian:v1", BaseRef("docker", "quay.io/kairos/debian:v1")),
-    ("debian", BaseRef("docker", "debian")),
-    ("oci:/srv/layout", BaseRef("oci", "/srv/layout")),
-    ("oci:/srv/layout:trixie", BaseRef("oci", "/srv/layout", "trixie")),
-    ("oci-archive:img.tar:v1.2", BaseRef("oci-archive", "img.tar", "v1.2")),
-    ("docker-archive:/tmp/save.tar", BaseRef("docker-archive", "/tmp/save.tar")),
-    ("dir:/var/lib/rootfs", BaseRef("dir", "/var/lib/rootfs")),
-    ("bootstrap:debian/trixie", BaseRef("bootstrap", "debian/trixie")),
-])
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("docker://debian:trixie", BaseRef("docker", "debian:trixie")),
+        ("quay.io/kairos/debian:v1", BaseRef("docker", "quay.io/kairos/debian:v1")),
+        ("debian", BaseRef("docker", "debian")),
+        ("oci:/srv/layout", BaseRef("oci", "/srv/layout")),
+        ("oci:/srv/layout:trixie", BaseRef("oci", "/srv/layout", "trixie")),
+        ("oci-archive:img.tar:v1.2", BaseRef("oci-archive", "img.tar", "v1.2")),
+        ("docker-archive:/tmp/save.tar", BaseRef("docker-archive", "/tmp/save.tar")),
+        ("dir:/var/lib/rootfs", BaseRef("dir", "/var/lib/rootfs")),
+        ("bootstrap:debian/trixie", BaseRef("bootstrap", "debian/trixie")),
+    ],
+)
 def test_parse_ref(ref: str, expected: BaseRef) -> None:
     assert parse_ref(ref) == expected
 
@@ -37,8 +40,9 @@ def test_malformed_refs_say_which_forms_exist(ref: str) -> None:
     assert "bootstrap:DISTRO/SUITE" in str(err.value)
 
 
-@pytest.mark.parametrize(("given", "expected"), [("1.2.3", "v1.2.3"), ("v0.1.0", "v0.1.0"),
-                                                 ("v2.0.0-rc1", "v2.0.0-rc1")])
+@pytest.mark.parametrize(
+    ("given", "expected"), [("1.2.3", "v1.2.3"), ("v0.1.0", "v0.1.0"), ("v2.0.0-rc1", "v2.0.0-rc1")]
+)
 def test_versions_get_a_leading_v(given: str, expected: str) -> None:
     assert normalize_version(given) == expected
 
@@ -55,8 +59,10 @@ def test_artifact_name_follows_kairos_convention(tmp_path: Path) -> None:
     assert make_config("debian", "bookworm", cache_dir=tmp_path).artifact_name.startswith("kairos-debian-12-")
 
 
-@pytest.mark.parametrize("option", [{"pull": "sometimes"}, {"variant": "huge"},
-                                    {"squashfs_compression": "rar"}, {"arch": "riscv64"}])
+@pytest.mark.parametrize(
+    "option",
+    [{"pull": "sometimes"}, {"variant": "huge"}, {"squashfs_compression": "rar"}, {"arch": "riscv64"}],
+)
 def test_bad_options_are_refused(tmp_path: Path, option: dict[str, str]) -> None:
     with pytest.raises(InputError):
         make_config("debian", None, cache_dir=tmp_path, **option)

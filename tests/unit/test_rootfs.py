@@ -30,21 +30,25 @@ def assert_untouched(outside: Path) -> None:
     assert (outside / "keep").read_text() == "host data"
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("etc/hostname", "etc/hostname"),
-    ("/etc/hostname", "etc/hostname"),
-    ("./etc//hostname", "etc/hostname"),
-    ("../../etc/hostname", "etc/hostname"),
-    ("usr/lib/../../../../etc", "etc"),
-    ("/", ""),
-    ("..", ""),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("etc/hostname", "etc/hostname"),
+        ("/etc/hostname", "etc/hostname"),
+        ("./etc//hostname", "etc/hostname"),
+        ("../../etc/hostname", "etc/hostname"),
+        ("usr/lib/../../../../etc", "etc"),
+        ("/", ""),
+        ("..", ""),
+    ],
+)
 def test_plain_paths_and_dotdot_clamped_at_the_top(root: Path, path: str, expected: str) -> None:
     assert rootfs.resolve_in(root, path) == root.joinpath(*expected.split("/") if expected else [])
 
 
-@pytest.mark.parametrize("target", ["/usr/lib", "../usr/lib", "../../../../usr/lib", "//usr/lib",
-                                    "/../../usr/./lib/"])
+@pytest.mark.parametrize(
+    "target", ["/usr/lib", "../usr/lib", "../../../../usr/lib", "//usr/lib", "/../../usr/./lib/"]
+)
 def test_links_resolve_inside(root: Path, target: str) -> None:
     os.symlink(target, root / "lib")
     assert rootfs.resolve_in(root, "lib/modules") == root / "usr" / "lib" / "modules"
@@ -122,6 +126,7 @@ def test_a_file_used_as_a_directory_is_refused(root: Path) -> None:
 
 
 # --- write_text, read_text, symlink, remove ------------------------------------------------
+
 
 def test_write_text_creates_parents_and_sets_the_mode(root: Path) -> None:
     path = rootfs.write_text(root, "/etc/kairos/conf.yaml", "a: 1\n", mode=0o600)

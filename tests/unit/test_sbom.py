@@ -53,8 +53,9 @@ License: BSD-3-clause or GPL-2+, and Expat
 License: GPL-3+
  The full text is in /usr/share/common-licenses/GPL-3.
 """
-INFO = ImageInfo("kairos-test.iso", "ab" * 32, "iso", "v1.0.0", "Kairos Test image", "debian",
-                 "debian-13", "cd" * 32)
+INFO = ImageInfo(
+    "kairos-test.iso", "ab" * 32, "iso", "v1.0.0", "Kairos Test image", "debian", "debian-13", "cd" * 32
+)
 
 
 def dpkg_tree(root: Path) -> Path:
@@ -70,19 +71,25 @@ def dpkg_tree(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("stated", "expected"), [
-    (("GPL-2+",), "GPL-2.0-or-later"),
-    (("GPL-2",), "GPL-2.0-only"),
-    (("LGPLv2.1+",), "LGPL-2.1-or-later"),
-    (("Expat", "BSD-3-clause"), "MIT AND BSD-3-Clause"),
-    (("GPL-2+ or Artistic, and BSD-3-clause",), "(GPL-2.0-or-later OR Artistic-1.0-Perl) AND BSD-3-Clause"),
-    (("GPL-3+ with GCC-exception-3.1",), "GPL-3.0-or-later WITH GCC-exception-3.1"),
-    (("GPL-2+ with OpenSSL exception",), "LicenseRef-GPL-2.0-or-later-with-OpenSSL"),
-    (("MIT AND (GPL-2.0-or-later OR LGPL-2.1-only)",), "MIT AND (GPL-2.0-or-later OR LGPL-2.1-only)"),
-    (("public-domain",), "LicenseRef-public-domain"),
-    (("MPL-1.1+",), "MPL-1.1+"),
-    ((), "NOASSERTION"),
-])
+@pytest.mark.parametrize(
+    ("stated", "expected"),
+    [
+        (("GPL-2+",), "GPL-2.0-or-later"),
+        (("GPL-2",), "GPL-2.0-only"),
+        (("LGPLv2.1+",), "LGPL-2.1-or-later"),
+        (("Expat", "BSD-3-clause"), "MIT AND BSD-3-Clause"),
+        (
+            ("GPL-2+ or Artistic, and BSD-3-clause",),
+            "(GPL-2.0-or-later OR Artistic-1.0-Perl) AND BSD-3-Clause",
+        ),
+        (("GPL-3+ with GCC-exception-3.1",), "GPL-3.0-or-later WITH GCC-exception-3.1"),
+        (("GPL-2+ with OpenSSL exception",), "LicenseRef-GPL-2.0-or-later-with-OpenSSL"),
+        (("MIT AND (GPL-2.0-or-later OR LGPL-2.1-only)",), "MIT AND (GPL-2.0-or-later OR LGPL-2.1-only)"),
+        (("public-domain",), "LicenseRef-public-domain"),
+        (("MPL-1.1+",), "MPL-1.1+"),
+        ((), "NOASSERTION"),
+    ],
+)
 def test_licence_names_become_spdx_expressions(stated: tuple[str, ...], expected: str) -> None:
     assert spdx_expression(stated) == expected
 
@@ -97,7 +104,9 @@ def test_dpkg_status_lists_installed_packages_and_never_reads_outside(tmp_path: 
     database, packages = installed_packages(dpkg_tree(tmp_path / "root"))
     assert database == "dpkg"
     assert [(p.name, p.version, p.arch) for p in packages] == [
-        ("bash", "5.2.37-2+b10", "amd64"), ("libc6", "2.41-12", "amd64")]
+        ("bash", "5.2.37-2+b10", "amd64"),
+        ("libc6", "2.41-12", "amd64"),
+    ]
     bash, libc = packages
     assert bash.licences == ("GPL-3+", "BSD-3-clause or GPL-2+, and Expat")
     assert libc.licences == () and libc.source == "glibc"
@@ -110,27 +119,38 @@ def test_apk_and_rpm_databases(tmp_path: Path) -> None:
     (root / "lib/apk/db/installed").write_text(
         "C:Q1abc=\nP:musl\nV:1.2.5-r0\nA:x86_64\nL:MIT\nT:the musl c library\no:musl\n"
         "m:Natanael Copa <ncopa@alpinelinux.org>\n\nP:busybox\nV:1.36.1-r29\nA:x86_64\n"
-        "L:GPL-2.0-only\n")
+        "L:GPL-2.0-only\n"
+    )
     database, packages = installed_packages(root)
     assert database == "apk"
     assert [(p.name, p.version, p.licences) for p in packages] == [
-        ("busybox", "1.36.1-r29", ("GPL-2.0-only",)), ("musl", "1.2.5-r0", ("MIT",))]
-    output = ("bash\t(none)\t5.2.26\t3.fc40\tx86_64\tGPL-3.0-or-later\tFedora Project\tThe shell\n"
-              "shadow-utils\t2\t4.15.1\t3.fc40\tx86_64\tBSD-3-Clause\tFedora Project\tUtilities\n"
-              "gpg-pubkey\t(none)\ta15b79cc\t63d04c2c\t(none)\tpubkey\t(none)\tgpg key\n")
+        ("busybox", "1.36.1-r29", ("GPL-2.0-only",)),
+        ("musl", "1.2.5-r0", ("MIT",)),
+    ]
+    output = (
+        "bash\t(none)\t5.2.26\t3.fc40\tx86_64\tGPL-3.0-or-later\tFedora Project\tThe shell\n"
+        "shadow-utils\t2\t4.15.1\t3.fc40\tx86_64\tBSD-3-Clause\tFedora Project\tUtilities\n"
+        "gpg-pubkey\t(none)\ta15b79cc\t63d04c2c\t(none)\tpubkey\t(none)\tgpg key\n"
+    )
     rpms = parse_rpm_query(output)
-    assert [(p.name, p.version) for p in rpms] == [("bash", "5.2.26-3.fc40"),
-                                                   ("shadow-utils", "2:4.15.1-3.fc40")]
-    assert rpms[1].purl("fedora", "fedora-40") == \
-        "pkg:rpm/fedora/shadow-utils@2%3A4.15.1-3.fc40?arch=x86_64&distro=fedora-40"
+    assert [(p.name, p.version) for p in rpms] == [
+        ("bash", "5.2.26-3.fc40"),
+        ("shadow-utils", "2:4.15.1-3.fc40"),
+    ]
+    assert (
+        rpms[1].purl("fedora", "fedora-40")
+        == "pkg:rpm/fedora/shadow-utils@2%3A4.15.1-3.fc40?arch=x86_64&distro=fedora-40"
+    )
     with pytest.raises(BuildError, match="no package database"):
         installed_packages(tmp_path / "empty")
 
 
 def test_suppliers() -> None:
     assert supplier("Matthias Klose <doko@debian.org>") == "Person: Matthias Klose (doko@debian.org)"
-    assert supplier("GNU Libc Maintainers <debian-glibc@lists.debian.org>") == \
-        "Organization: GNU Libc Maintainers (debian-glibc@lists.debian.org)"
+    assert (
+        supplier("GNU Libc Maintainers <debian-glibc@lists.debian.org>")
+        == "Organization: GNU Libc Maintainers (debian-glibc@lists.debian.org)"
+    )
     assert supplier("") == "NOASSERTION"
 
 
@@ -153,9 +173,13 @@ def test_the_document_passes_the_spdx_validator_and_a_broken_one_does_not(tmp_pa
     assert good.returncode == 0 and not good.stdout.strip(), good.stdout
     # A LicenseRef used but not declared, and a relationship to nothing: refused.
     del document["hasExtractedLicensingInfos"]
-    document["relationships"].append({"spdxElementId": "SPDXRef-Artifact",
-                                      "relationshipType": "CONTAINS",
-                                      "relatedSpdxElement": "SPDXRef-Missing"})
+    document["relationships"].append(
+        {
+            "spdxElementId": "SPDXRef-Artifact",
+            "relationshipType": "CONTAINS",
+            "relatedSpdxElement": "SPDXRef-Missing",
+        }
+    )
     bad = validate(document, tmp_path / "bad.spdx.json")
     assert bad.returncode != 0 or bad.stdout.strip()
     assert "LicenseRef-public-domain" in bad.stdout + bad.stderr

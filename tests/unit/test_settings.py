@@ -17,7 +17,7 @@ BEGIN, END = "<!-- options table: begin -->\n", "<!-- options table: end -->\n"
 
 def test_the_readme_options_table_is_the_declarations() -> None:
     text = README.read_text()
-    table = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
+    table = text[text.index(BEGIN) + len(BEGIN) : text.index(END)]
     assert table == options_table(), "README options table out of date: paste settings.options_table()"
 
 
@@ -39,15 +39,19 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path: Path) -> None:
     assert values["overlay-rootfs"] == (tmp_path / "extra").resolve()
 
 
-@pytest.mark.parametrize(("text", "needles"), [
-    ("pull: never\nflavour: debian\n", [":2", "'flavour'", "did you mean flavor?"]),
-    ("flavor: debian\npull: sometimes\n", [":2", "--pull 'sometimes' is not known",
-                                           "missing|always|never"]),
-    ("compress: perhaps\n", [":1", "true or false"]),
-    ("pull: [never\n", [":2", "not valid YAML"]),
-])
-def test_config_file_errors_name_the_file_and_line(tmp_path: Path, text: str,
-                                                   needles: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("pull: never\nflavour: debian\n", [":2", "'flavour'", "did you mean flavor?"]),
+        (
+            "flavor: debian\npull: sometimes\n",
+            [":2", "--pull 'sometimes' is not known", "missing|always|never"],
+        ),
+        ("compress: perhaps\n", [":1", "true or false"]),
+        ("pull: [never\n", [":2", "not valid YAML"]),
+    ],
+)
+def test_config_file_errors_name_the_file_and_line(tmp_path: Path, text: str, needles: list[str]) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     with pytest.raises(InputError) as err:

@@ -18,8 +18,9 @@ def test_exclusion_list_comes_last() -> None:
 
 
 @pytest.mark.parametrize("environment_epoch", [None, "999"])
-def test_superblock_and_files_dated_by_the_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  environment_epoch: str | None) -> None:
+def test_superblock_and_files_dated_by_the_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment_epoch: str | None
+) -> None:
     if environment_epoch is None:
         monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     else:
@@ -30,10 +31,12 @@ def test_superblock_and_files_dated_by_the_epoch(tmp_path: Path, monkeypatch: py
     (root / "file").write_text("content")
     image = tmp_path / "root.squashfs"
     make_squashfs(root, image, epoch=1234)
-    superblock = subprocess.run(["unsquashfs", "-mkfs-time", str(image)], capture_output=True,
-                                text=True, check=True).stdout.strip()
+    superblock = subprocess.run(
+        ["unsquashfs", "-mkfs-time", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert superblock == "1234"
-    listing = subprocess.run(["unsquashfs", "-lls", "-UTC", "-d", "", str(image)],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        ["unsquashfs", "-lls", "-UTC", "-d", "", str(image)], capture_output=True, text=True, check=True
+    ).stdout
     assert "1970-01-01 00:20" in listing  # 1234 s after the epoch
     assert "/proc/junk" not in listing and "/proc" in listing

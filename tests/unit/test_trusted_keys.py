@@ -70,7 +70,7 @@ def parse_auth(blob: bytes) -> tuple[bytes, int, int, uuid.UUID, bytes, bytes]:
     timestamp = blob[:16]
     length, revision, cert_type = struct.unpack_from("<IHH", blob, 16)
     guid = uuid.UUID(bytes_le=blob[24:40])
-    return timestamp, revision, cert_type, guid, blob[40:16 + length], blob[16 + length:]
+    return timestamp, revision, cert_type, guid, blob[40 : 16 + length], blob[16 + length :]
 
 
 def verify_signature(tmp_path: Path, signed_data: bytes, payload: bytes, signer: Path) -> bool:
@@ -80,9 +80,28 @@ def verify_signature(tmp_path: Path, signed_data: bytes, payload: bytes, signer:
     (tmp_path / "sig.p7").write_bytes(der(0x30, SIGNED_DATA_OID + der(0xA0, signed_data)))
     (tmp_path / "payload").write_bytes(payload)
     result = subprocess.run(
-        ["openssl", "smime", "-verify", "-binary", "-inform", "DER", "-in", tmp_path / "sig.p7",
-         "-content", tmp_path / "payload", "-nointern", "-certfile", signer, "-noverify",
-         "-out", os.devnull], capture_output=True, text=True, check=False)
+        [
+            "openssl",
+            "smime",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            tmp_path / "sig.p7",
+            "-content",
+            tmp_path / "payload",
+            "-nointern",
+            "-certfile",
+            signer,
+            "-noverify",
+            "-out",
+            os.devnull,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return result.returncode == 0
 
 
@@ -136,12 +155,16 @@ def test_db_signs_an_efi_binary_that_only_db_verifies(keys: Path, tmp_path: Path
         pytest.skip("needs sbsigntool and systemd-boot-efi")
     image = shutil.copy(SYSTEMD_BOOT, tmp_path / "systemd-bootx64.efi")
     signed = tmp_path / "signed.efi"
-    subprocess.run(["sbsign", "--key", keys / "db.key", "--cert", keys / "db.pem", "--output",
-                    signed, image], check=True, capture_output=True)
+    subprocess.run(
+        ["sbsign", "--key", keys / "db.key", "--cert", keys / "db.pem", "--output", signed, image],
+        check=True,
+        capture_output=True,
+    )
 
     def verify(cert: str) -> int:
-        return subprocess.run(["sbverify", "--cert", keys / cert, signed], capture_output=True,
-                              check=False).returncode
+        return subprocess.run(
+            ["sbverify", "--cert", keys / cert, signed], capture_output=True, check=False
+        ).returncode
 
     assert verify("db.pem") == 0
     assert verify("KEK.pem") != 0 and verify("PK.pem") != 0
@@ -166,21 +189,28 @@ def test_auth_files_are_signed_writes_of_the_lists(keys: Path, tmp_path: Path) -
         assert (revision, cert_type, guid) == (0x0200, 0x0EF1, EFI_CERT_TYPE_PKCS7_GUID)
         assert data == (keys / f"{variable}.esl").read_bytes()
         year, month, day, hour, minute, second, pad1, nano, zone, daylight, pad2 = struct.unpack(
-            "<HBBBBBBIhBB", timestamp)
+            "<HBBBBBBIhBB", timestamp
+        )
         when = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
         assert abs(when - datetime.now(UTC)) < timedelta(hours=1)
         assert (pad1, nano, zone, daylight, pad2) == (0, 0, 0, 0, 0)
         stamps.add(timestamp)
         # The bare SignedData (SEQUENCE, then version INTEGER 1), not a ContentInfo (OID).
         assert signed_data[0] == 0x30 and SIGNED_DATA_OID not in signed_data[:16]
-        payload = variable.encode("utf-16-le") + VENDORS[variable].bytes_le \
-            + struct.pack("<I", 0x27) + timestamp + data
+        payload = (
+            variable.encode("utf-16-le")
+            + VENDORS[variable].bytes_le
+            + struct.pack("<I", 0x27)
+            + timestamp
+            + data
+        )
         assert payload == signed_bytes(variable, data, timestamp)
         assert verify_signature(tmp_path, signed_data, payload, keys / f"{SIGNER[variable]}.pem")
         other = "KEK" if SIGNER[variable] == "PK" else "PK"
         assert not verify_signature(tmp_path, signed_data, payload, keys / f"{other}.pem")
-        assert not verify_signature(tmp_path, signed_data, payload[:-1] + b"\0", keys /
-                                    f"{SIGNER[variable]}.pem")
+        assert not verify_signature(
+            tmp_path, signed_data, payload[:-1] + b"\0", keys / f"{SIGNER[variable]}.pem"
+        )
     assert len(stamps) == 1
     assert VENDORS["PK"] == VENDORS["KEK"] == uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
     assert VENDORS["db"] == uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
@@ -194,18 +224,33 @@ def test_efitools_writes_the_same_bytes(keys: Path, tmp_path: Path) -> None:
     owner = (keys / "GUID").read_text().strip()
     for variable in VARIABLES:
         esl, auth = tmp_path / f"{variable}.esl", tmp_path / f"{variable}.auth"
-        subprocess.run(["cert-to-efi-sig-list", "-g", owner, keys / f"{variable}.pem", esl],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["cert-to-efi-sig-list", "-g", owner, keys / f"{variable}.pem", esl],
+            check=True,
+            capture_output=True,
+        )
         assert esl.read_bytes() == (keys / f"{variable}.esl").read_bytes()
         ours = (keys / f"{variable}.auth").read_bytes()
         year, month, day, hour, minute, second = struct.unpack_from("<H5B", ours)
         stamp = f"{year}-{month}-{day} {hour:02}:{minute:02}:{second:02}"
         signer = SIGNER[variable]
-        subprocess.run(["sign-efi-sig-list", "-t", stamp, "-k", keys / f"{signer}.key",
-                        "-c", keys / f"{signer}.pem", variable, esl, auth],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "sign-efi-sig-list",
+                "-t",
+                stamp,
+                "-k",
+                keys / f"{signer}.key",
+                "-c",
+                keys / f"{signer}.pem",
+                variable,
+                esl,
+                auth,
+            ],
+            check=True,
+            capture_output=True,
+        )
         assert auth.read_bytes() == ours, variable
-
 
 
 def test_sbkeysync_finds_each_certificate_in_its_auth_file(keys: Path, tmp_path: Path) -> None:
@@ -218,12 +263,24 @@ def test_sbkeysync_finds_each_certificate_in_its_auth_file(keys: Path, tmp_path:
         shutil.copy(keys / f"{variable}.auth", tmp_path / "store" / variable)
     (tmp_path / "efivars").mkdir()
     result = subprocess.run(
-        ["sbkeysync", "--keystore", tmp_path / "store", "--no-default-keystores",
-         "--efivars-path", tmp_path / "efivars", "--dry-run", "--verbose"],
-        capture_output=True, text=True, check=True)
-    found = result.stdout[result.stdout.index("filesystem keys:"):]
+        [
+            "sbkeysync",
+            "--keystore",
+            tmp_path / "store",
+            "--no-default-keystores",
+            "--efivars-path",
+            tmp_path / "efivars",
+            "--dry-run",
+            "--verbose",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = result.stdout[result.stdout.index("filesystem keys:") :]
     for variable in VARIABLES:
         assert f"  {variable}:\n    /CN=Test Co-{variable}\n     from " in found, result.stdout
+
 
 def test_an_existing_set_is_kept_unless_forced(keys: Path, tmp_path: Path) -> None:
     directory = copy_keys(keys, tmp_path / "keys")
@@ -249,12 +306,19 @@ def test_one_stray_key_file_is_named(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "keys").iterdir()] == ["db.key"]
 
 
-@pytest.mark.parametrize(("options", "needle"), [
-    ({"name": ""}, "--name"), ({"name": "x" * 61}, "--name"), ({"name": "a\nb"}, "--name"),
-    ({"expiration_days": 0}, "--expiration-days"), ({"key_bits": 3072}, "--key-bits"),
-])
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"name": ""}, "--name"),
+        ({"name": "x" * 61}, "--name"),
+        ({"name": "a\nb"}, "--name"),
+        ({"expiration_days": 0}, "--expiration-days"),
+        ({"key_bits": 3072}, "--key-bits"),
+    ],
+)
 def test_bad_options_are_refused_before_anything_is_written(
-        tmp_path: Path, options: dict[str, object], needle: str) -> None:
+    tmp_path: Path, options: dict[str, object], needle: str
+) -> None:
     with pytest.raises(InputError, match=needle):
         generate_keys(tmp_path / "keys", **options)  # type: ignore[arg-type]
     assert not (tmp_path / "keys").exists()
@@ -272,14 +336,19 @@ def test_load_keys_gives_the_build_its_files(keys: Path, tmp_path: Path) -> None
     assert (loaded.db_key, loaded.db_cert) == (keys / "db.key", keys / "db.pem")
     assert loaded.pcr_public_key == keys / "tpm2-pcr-public.pem"
     assert {name: path.name for name, path in loaded.auto_enroll.items()} == {
-        "PK.auth": "PK.auth", "KEK.auth": "KEK.auth", "db.auth": "db.auth"}
+        "PK.auth": "PK.auth",
+        "KEK.auth": "KEK.auth",
+        "db.auth": "db.auth",
+    }
     assert not (tmp_path / "cache").exists()  # nothing to derive
 
 
-@pytest.mark.parametrize(("name", "mode"), [("db.key", 0o644), ("PK.key", 0o640),
-                                             ("tpm2-pcr-private.pem", 0o604)])
-def test_load_keys_refuses_a_private_key_open_to_others(keys: Path, tmp_path: Path, name: str,
-                                                        mode: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "mode"), [("db.key", 0o644), ("PK.key", 0o640), ("tpm2-pcr-private.pem", 0o604)]
+)
+def test_load_keys_refuses_a_private_key_open_to_others(
+    keys: Path, tmp_path: Path, name: str, mode: int
+) -> None:
     directory = copy_keys(keys, tmp_path / "keys")
     (directory / name).chmod(mode)
     with pytest.raises(InputError) as err:
@@ -326,8 +395,12 @@ def test_signed_data_of_refuses_what_is_not_a_content_info() -> None:
     assert signed_data_of(der(0x30, SIGNED_DATA_OID + der(0xA0, inner))) == inner
     long_inner = der(0x30, der(0x04, bytes(300)))  # long-form lengths
     assert signed_data_of(der(0x30, SIGNED_DATA_OID + der(0xA0, long_inner))) == long_inner
-    for bad in (b"", inner, der(0x30, SIGNED_DATA_OID + der(0xA0, inner)) + b"\0",
-                der(0x30, bytes.fromhex("06092a864886f70d010701") + der(0xA0, inner))):
+    for bad in (
+        b"",
+        inner,
+        der(0x30, SIGNED_DATA_OID + der(0xA0, inner)) + b"\0",
+        der(0x30, bytes.fromhex("06092a864886f70d010701") + der(0xA0, inner)),
+    ):
         with pytest.raises(ValueError):
             signed_data_of(bad)
 

@@ -53,9 +53,16 @@ def assert_untouched(outside: Path) -> None:
 
 # --- contents and metadata -----------------------------------------------------------------
 
+
 def test_regular_files_dirs_and_links(root: Path) -> None:
-    apply(root, dir_("etc"), reg("etc/hostname", b"kairos\n"), sym("etc/alias", "hostname"),
-          hard("etc/twin", "etc/hostname"), fifo("run/ctl"))
+    apply(
+        root,
+        dir_("etc"),
+        reg("etc/hostname", b"kairos\n"),
+        sym("etc/alias", "hostname"),
+        hard("etc/twin", "etc/hostname"),
+        fifo("run/ctl"),
+    )
     assert (root / "etc" / "hostname").read_bytes() == b"kairos\n"
     assert os.readlink(root / "etc" / "alias") == "hostname"
     assert (root / "etc" / "twin").stat().st_ino == (root / "etc" / "hostname").stat().st_ino
@@ -70,9 +77,13 @@ def test_a_dot_slash_prefix_and_the_top_entry_are_accepted(root: Path) -> None:
 
 
 def test_modes_including_setuid_survive_ownership(root: Path) -> None:
-    apply(root, reg("su", b"#!", mode=0o4755, uid=1000, gid=1001),
-          reg("wall", b"#!", mode=0o2711, uid=0, gid=5), dir_("tmp", mode=0o1777),
-          dir_("private", mode=0o700, uid=33, gid=33))
+    apply(
+        root,
+        reg("su", b"#!", mode=0o4755, uid=1000, gid=1001),
+        reg("wall", b"#!", mode=0o2711, uid=0, gid=5),
+        dir_("tmp", mode=0o1777),
+        dir_("private", mode=0o700, uid=33, gid=33),
+    )
     su = os.stat(root / "su")
     assert (stat.S_IMODE(su.st_mode), su.st_uid, su.st_gid) == (0o4755, 1000, 1001)
     wall = os.stat(root / "wall")
@@ -90,8 +101,9 @@ def test_symlink_ownership_and_time_are_its_own(root: Path) -> None:
 
 
 def test_file_and_directory_mtimes(root: Path) -> None:
-    apply(root, dir_("a", mtime=1000), dir_("a/b", mtime=2000), reg("a/b/f", mtime=3000),
-          reg("a/g", mtime=4000))
+    apply(
+        root, dir_("a", mtime=1000), dir_("a/b", mtime=2000), reg("a/b/f", mtime=3000), reg("a/g", mtime=4000)
+    )
     assert int(os.stat(root / "a" / "b" / "f").st_mtime) == 3000
     assert int(os.stat(root / "a" / "g").st_mtime) == 4000
     # The children were written after their directories: the directory times are still theirs.
@@ -106,8 +118,17 @@ def test_a_repeated_directory_entry_takes_the_later_time(root: Path) -> None:
 
 
 def test_security_capability_survives(root: Path) -> None:
-    apply(root, reg("usr/bin/ping", b"\x7fELF", mode=0o755, uid=0, gid=0,
-                    xattrs={"security.capability": CAP_NET_RAW_EP}))
+    apply(
+        root,
+        reg(
+            "usr/bin/ping",
+            b"\x7fELF",
+            mode=0o755,
+            uid=0,
+            gid=0,
+            xattrs={"security.capability": CAP_NET_RAW_EP},
+        ),
+    )
     assert os.getxattr(root / "usr" / "bin" / "ping", "security.capability") == CAP_NET_RAW_EP
     assert stat.S_IMODE(os.stat(root / "usr" / "bin" / "ping").st_mode) == 0o755
 
@@ -132,6 +153,7 @@ def test_device_nodes_are_skipped(root: Path) -> None:
 
 # --- layering and whiteouts ----------------------------------------------------------------
 
+
 def test_a_later_layer_overwrites_files_and_keeps_the_rest(root: Path) -> None:
     apply(root, reg("etc/os-release", b"one"), reg("etc/issue", b"lower"), name="L1")
     apply(root, reg("etc/os-release", b"two", mode=0o600), name="L2")
@@ -142,8 +164,7 @@ def test_a_later_layer_overwrites_files_and_keeps_the_rest(root: Path) -> None:
 
 def test_whiteout_deletes_a_file_and_a_directory(root: Path) -> None:
     apply(root, reg("a/file"), reg("a/dir/deep/x"), reg("a/other"), name="L1")
-    apply(root, whiteout("a/.wh.file"), whiteout("a/.wh.dir"), whiteout("a/.wh.missing"),
-          name="L2")
+    apply(root, whiteout("a/.wh.file"), whiteout("a/.wh.dir"), whiteout("a/.wh.missing"), name="L2")
     assert sorted(os.listdir(root / "a")) == ["other"]
 
 
@@ -157,8 +178,7 @@ def test_whiteout_removes_a_symlink_not_its_target(root: Path, outside: Path) ->
 
 def test_opaque_whiteout_hides_lower_children_keeps_this_layers(root: Path) -> None:
     apply(root, reg("d/old"), reg("d/sub/oldchild"), reg("keep/x"), name="L1")
-    apply(root, dir_("d"), reg("d/before", b"b"), whiteout("d/.wh..wh..opq"),
-          reg("d/after", b"a"), name="L2")
+    apply(root, dir_("d"), reg("d/before", b"b"), whiteout("d/.wh..wh..opq"), reg("d/after", b"a"), name="L2")
     assert sorted(os.listdir(root / "d")) == ["after", "before"]
     assert (root / "keep" / "x").exists()
 
@@ -215,6 +235,7 @@ def test_a_file_over_a_symlink_replaces_the_link(root: Path, outside: Path) -> N
 
 # --- hostile layers ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("member", ["../evil", "/abs/evil", "a/../../evil", "./../evil"])
 def test_escaping_member_names_are_refused(root: Path, member: str) -> None:
     with pytest.raises(HostileContentError) as err:
@@ -235,12 +256,16 @@ def test_a_planted_link_carries_no_write_outside(root: Path, outside: Path, targ
 
 
 @pytest.mark.parametrize("prefix", ["", "/"])
-def test_a_link_to_an_absolute_host_path_is_rerooted(
-    root: Path, outside: Path, prefix: str
-) -> None:
+def test_a_link_to_an_absolute_host_path_is_rerooted(root: Path, outside: Path, prefix: str) -> None:
     # `//path` is absolute too, even though pathlib keeps the double slash as its root.
-    apply(root, sym("out", prefix + str(outside)), reg("out/evil", b"pwned"),
-          dir_("out/dir"), sym("out/l", "/"), name="L1")
+    apply(
+        root,
+        sym("out", prefix + str(outside)),
+        reg("out/evil", b"pwned"),
+        dir_("out/dir"),
+        sym("out/l", "/"),
+        name="L1",
+    )
     rerooted = root / str(outside).lstrip("/")
     assert (rerooted / "evil").read_bytes() == b"pwned"
     assert (rerooted / "dir").is_dir()
@@ -278,8 +303,7 @@ def test_a_hardlink_out_of_the_root_is_refused(root: Path, target: str) -> None:
 
 
 def test_a_hardlink_through_a_planted_link_stays_inside(root: Path) -> None:
-    apply(root, reg("etc/passwd", b"inside"), sym("hostetc", "/etc"),
-          hard("stolen", "hostetc/passwd"))
+    apply(root, reg("etc/passwd", b"inside"), sym("hostetc", "/etc"), hard("stolen", "hostetc/passwd"))
     assert os.stat(root / "stolen").st_ino == os.stat(root / "etc" / "passwd").st_ino
     assert os.stat(root / "stolen").st_ino != os.stat("/etc/passwd").st_ino
 
@@ -313,6 +337,7 @@ def test_a_file_used_as_a_parent_is_refused(root: Path) -> None:
 
 
 # --- broken input --------------------------------------------------------------------------
+
 
 def test_a_truncated_layer_is_an_input_error(root: Path) -> None:
     data = layer_tar(reg("big", b"x" * 10_000), reg("after", b"y"))

@@ -27,8 +27,23 @@ from kairos_build.source.unpack import apply_layer
 from tests.unit.ocihelp import dir_, hard, layer_tar, reg, sym
 
 # Path components. "" at the start makes an absolute name, "" or "/" inside doubles a slash.
-COMPONENTS = ["..", ".", "", "/", "a", "b", "etc", ".wh.x", ".wh.a", ".wh..", ".wh...",
-              ".wh..wh..opq", "link", "outside", "tmp"]
+COMPONENTS = [
+    "..",
+    ".",
+    "",
+    "/",
+    "a",
+    "b",
+    "etc",
+    ".wh.x",
+    ".wh.a",
+    ".wh..",
+    ".wh...",
+    ".wh..wh..opq",
+    "link",
+    "outside",
+    "tmp",
+]
 # Stands for the host path of `tmp/outside` in link targets: what a tool that follows links on
 # the host would be led to.
 HOST_OUTSIDE = "@HOST_OUTSIDE@"
@@ -41,8 +56,19 @@ names = st.lists(component, min_size=1, max_size=4).map("/".join)
 targets = st.one_of(
     names,
     names.map(lambda name: "/" + name),
-    st.sampled_from(["../../..", "../../../outside", "../outside", "/", "/..", "/tmp/outside",
-                     HOST_OUTSIDE, HOST_OUTSIDE + "/canary", ""]),
+    st.sampled_from(
+        [
+            "../../..",
+            "../../../outside",
+            "../outside",
+            "/",
+            "/..",
+            "/tmp/outside",
+            HOST_OUTSIDE,
+            HOST_OUTSIDE + "/canary",
+            "",
+        ]
+    ),
 )
 members = st.one_of(
     st.tuples(st.just("file"), names, st.binary(max_size=8)),
@@ -74,8 +100,16 @@ def _snapshot(top: Path, skip: Path) -> Snapshot:
                 detail = hashlib.sha256(path.read_bytes()).hexdigest()
             # Not atime: reading for the snapshot changes it. ctime catches chmod, chown, link.
             found[str(path.relative_to(top))] = (
-                st_.st_mode, st_.st_uid, st_.st_gid, st_.st_size, st_.st_nlink,
-                st_.st_mtime_ns, st_.st_ctime_ns, st_.st_ino, detail)
+                st_.st_mode,
+                st_.st_uid,
+                st_.st_gid,
+                st_.st_size,
+                st_.st_nlink,
+                st_.st_mtime_ns,
+                st_.st_ctime_ns,
+                st_.st_ino,
+                detail,
+            )
     # The rootfs must still be a real directory: not swapped for a link to elsewhere.
     assert stat.S_ISDIR(os.lstat(skip).st_mode)
     return found
@@ -92,8 +126,7 @@ def _member(kind: str, name: str, arg: object, outside: Path) -> tuple[tarfile.T
     return sym(name, target) if kind == "symlink" else hard(name, target)
 
 
-@settings(max_examples=2000, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layers)
 # What this test found: a directory's time was set last through its host path, by then leading
 # through a symlink out of the rootfs; a later file replacing its parent made that time fail
@@ -102,7 +135,8 @@ def _member(kind: str, name: str, arg: object, outside: Path) -> tuple[tarfile.T
 @example([[("dir", "a/a", b""), ("file", "a", b"")]])
 @example([[("symlink", "a", "")]])
 def test_layers_never_touch_anything_outside_the_rootfs(
-        generated: list[list[tuple[str, str, object]]]) -> None:
+    generated: list[list[tuple[str, str, object]]],
+) -> None:
     # A fresh directory per example (function-scoped fixtures are shared across examples),
     # nested so that even `../../../..` from the rootfs still lands inside what we watch.
     base = Path(tempfile.mkdtemp(prefix="unpack-prop-"))
