@@ -50,10 +50,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from kairos_build.core.flavors import load_flavor  # noqa: E402
+from kairos_build.core.rootfs import regular_file  # noqa: E402
 from kairos_build.disk.grub import GRUB_LIB, early_config, grub_modules  # noqa: E402
 from kairos_build.disk.squashfs import Compression  # noqa: E402
-from kairos_build.flavors import load_flavor  # noqa: E402
-from kairos_build.rootfs import regular_file  # noqa: E402
 
 TEST_CACHE = Path(os.environ.get("KAIROS_BUILD_TEST_CACHE", Path.home() / ".cache/kairos-build-tests"))
 KAIROS_DEBIAN_ISO_MB = 627  # kairos-debian-*-standard ISO as published by the Kairos project
@@ -63,7 +63,7 @@ ALL_LINES = "iso,warm,multi,memory,edit,dracut,addpkg,coldtools"
 RSS_WRAPPER = """
 import resource, sys
 sys.argv = ["kairos-build", *sys.argv[1:]]
-from kairos_build.cli import main
+from kairos_build.cli.app import main
 try:
     main()
 finally:
@@ -363,7 +363,8 @@ def warm_breakdown(args: list[str], results: dict[str, Any]) -> tuple[float, str
         timings = answer["timings"]
     python = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(3))
     imports = (
-        statistics.median(timed([sys.executable, "-c", "import kairos_build.cli"]) for _ in range(3)) - python
+        statistics.median(timed([sys.executable, "-c", "import kairos_build.cli.app"]) for _ in range(3))
+        - python
     )
     warm = statistics.median(warm_runs)
     steps = {k: v for k, v in timings.items() if not k.startswith("exporting")}

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kairos_build.convert.sandbox import run_in_root  # noqa: E402
+from kairos_build.core.sandbox import run_in_root  # noqa: E402
 from kairos_build.trusted.uki import STUB  # noqa: E402
 
 MiB = 1 << 20

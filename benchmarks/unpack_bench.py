@@ -203,8 +203,8 @@ def run_ours(layout: Path, scratch: Path) -> tuple[float, int]:
 
 
 def resolve_twice(layout: Path, scratch: Path) -> tuple[float, float]:
-    from kairos_build.cache import Cache
-    from kairos_build.flavors import load_flavor
+    from kairos_build.core.cache import Cache
+    from kairos_build.core.flavors import load_flavor
     from kairos_build.source.resolve import resolve_base
 
     flavor = load_flavor("debian")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache, cache_key
-from kairos_build.flavors import load_flavor
+from kairos_build.core.cache import Cache, cache_key
+from kairos_build.core.flavors import load_flavor
 
 
 def run_cli(

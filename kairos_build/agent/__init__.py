@@ -12,12 +12,14 @@ from pathlib import Path
 # Files under kairos_build/ the conversion copies into /usr/lib/kairos/python/kairos_build/.
 MODULES = (
     "__init__.py",
-    "errors.py",
-    "rootfs.py",
+    "core/__init__.py",
+    "core/errors.py",
+    "core/rootfs.py",
     "disk/__init__.py",
     "disk/layout.py",
     "disk/bootsector.py",
     "disk/filesystems.py",
+    "disk/kit.py",
     "source/__init__.py",
     "source/unpack.py",
     "source/registry_api.py",
@@ -32,7 +34,6 @@ MODULES = (
     "agent/install.py",
     "agent/upgrade.py",
     "agent/reset.py",
-    "agent/kit.py",
     "agent/trusted.py",
 )
 # Where they go in the image; /usr/bin/kairos-agent (overlays/) puts it on python3's path.

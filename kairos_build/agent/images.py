@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from kairos_build.agent.system import NodeError, replace_durably, run
+from kairos_build.core.errors import KairosError
 from kairos_build.disk.filesystems import grub_safe_features
-from kairos_build.errors import KairosError
 from kairos_build.source.registry_api import INDEX_TYPES, RegistryClient, parse_image_name
 from kairos_build.source.unpack import apply_layer
 

@@ -12,16 +12,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kairos_build.agent import kit, trusted
+from kairos_build.agent import trusted
 from kairos_build.agent.bootstate import GRUBENV, boot_state, write_grubenv
 from kairos_build.agent.config import InstallSpec
 from kairos_build.agent.disks import disk_size, partition_device, pick_device
 from kairos_build.agent.images import deploy_system, format_ext4
 from kairos_build.agent.system import NodeError, mounted, run, say, settle
+from kairos_build.core.errors import InputError
+from kairos_build.disk import kit
 from kairos_build.disk.bootsector import BootSectorError, write_bios_boot
 from kairos_build.disk.filesystems import tree_bytes
 from kairos_build.disk.layout import DiskOptions, Layout, MiB, align_up, plan_layout, sfdisk_script
-from kairos_build.errors import InputError
 
 LIVE_MEDIUM = Path("/run/initramfs/live")
 LIVE_ROOT = Path("/run/rootfsbase")  # the live squashfs, as built (no runtime changes)

@@ -13,7 +13,7 @@ from typing import Any
 
 from kairos_build.agent import bootstate, config, install, reset, stages, upgrade
 from kairos_build.agent.system import NodeError, say
-from kairos_build.errors import KairosError
+from kairos_build.core.errors import KairosError
 
 SEED = Path("/var/lib/cloud/seed/nocloud/user-data")
 

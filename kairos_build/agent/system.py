@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from kairos_build.errors import KairosError
+from kairos_build.core.errors import KairosError
 
 LABEL_DIR = Path("/dev/disk/by-label")
 RUN_DIR = Path("/run/kairos")

@@ -25,9 +25,9 @@ from kairos_build.agent.system import (
     say,
     writable,
 )
+from kairos_build.core.rootfs import resolve_in
 from kairos_build.disk.filesystems import RUNTIME_EXCLUDES, tree_bytes
 from kairos_build.disk.layout import MiB, default_image_size
-from kairos_build.rootfs import resolve_in
 
 STATE_MOUNT = Path("/run/kairos/state")  # COS_STATE, mounted read-only by the initramfs
 PERSISTENT_MOUNT = Path("/run/kairos/persistent")

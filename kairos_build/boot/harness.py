@@ -31,9 +31,9 @@ from pathlib import Path
 
 from kairos_build.boot import netboot_server, swtpm
 from kairos_build.boot.ovmf_vars import make_variable_store, secure_boot_enforced
-from kairos_build.errors import BuildError, InputError, MissingToolError
-from kairos_build.log import log
-from kairos_build.tools import dies_with_us, require_tool
+from kairos_build.core.errors import BuildError, InputError, MissingToolError
+from kairos_build.core.log import log
+from kairos_build.core.tools import dies_with_us, require_tool
 
 MARKER = re.compile(rb"KAIROS-BOOT-REPORT (?P<fields>[^\r\n]*)[\r\n]")  # whole lines only
 KVM_FAILURE = b"KVM internal error"

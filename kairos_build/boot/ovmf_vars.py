@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from uuid import UUID
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 
 STORE_GUID = UUID("aaf32c78-947b-439a-a180-2e144ec37792")  # gEfiAuthenticatedVariableGuid
 GLOBAL_GUID = UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")  # PK, KEK, SecureBoot...

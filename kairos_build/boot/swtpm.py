@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kairos_build.errors import BuildError, InputError
-from kairos_build.log import log
-from kairos_build.tools import dies_with_us, require_tool
+from kairos_build.core.errors import BuildError, InputError
+from kairos_build.core.log import log
+from kairos_build.core.tools import dies_with_us, require_tool
 
 SOCKET_WAIT = 10.0  # seconds for swtpm to open its socket (it takes milliseconds)
 

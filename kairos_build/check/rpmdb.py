@@ -17,8 +17,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from kairos_build import rootfs
-from kairos_build.errors import HostileContentError
+from kairos_build.core import rootfs
+from kairos_build.core.errors import HostileContentError
 
 TAG_NAME, TAG_VERSION, TAG_RELEASE = 1000, 1001, 1002
 _STRING = 6

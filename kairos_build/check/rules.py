@@ -18,11 +18,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kairos_build import rootfs
-from kairos_build.check import pe
 from kairos_build.check.rpmdb import rpm_package_version
-from kairos_build.errors import CheckFailedError, HostileContentError, InputError
-from kairos_build.flavors import SecureBoot, flavor_names, load_flavor
+from kairos_build.core import pe, rootfs
+from kairos_build.core.errors import CheckFailedError, HostileContentError, InputError
+from kairos_build.core.flavors import SecureBoot, flavor_names, load_flavor
 
 MODES = ("trusted", "secureboot", "auto")
 TRUSTED_MIN_SYSTEMD = 256

@@ -1,5 +1,5 @@
 """Conversion: a distro rootfs in, the Kairos layout out, as three stages that each fill a
-cache entry (pipelines/stages.py keys them):
+cache entry (convert/stages.py keys them):
 
 - packages: the base plus the flavor's packages, installed by the distro's own package manager;
 - initramfs: the initramfs alone, built on the packages tree plus the framework's files for the
@@ -21,8 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kairos_build import rootfs
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
 from kairos_build.convert.framework import (
     empty_build_records,
     find_kernel,
@@ -49,12 +48,13 @@ from kairos_build.convert.initramfs_reads import (
 )
 from kairos_build.convert.packages import package_manager, run_package_commands
 from kairos_build.convert.plan import Step, conversion_plan, install_env
-from kairos_build.convert.sandbox import run_in_root
-from kairos_build.errors import BuildError, require_root
-from kairos_build.flavors import Flavor
-from kairos_build.log import log, step
-from kairos_build.reproducible import build_epoch, clamp_newer
-from kairos_build.tools import run
+from kairos_build.core import rootfs
+from kairos_build.core.errors import BuildError, require_root
+from kairos_build.core.flavors import Flavor
+from kairos_build.core.log import log, step
+from kairos_build.core.reproducible import build_epoch, clamp_newer
+from kairos_build.core.sandbox import run_in_root
+from kairos_build.core.tools import run
 
 # What the initramfs stage leaves in its entry: the image, and the kernel it is for.
 INITRD_FILE, KERNEL_FILE = "initrd", "kernel-version"
@@ -103,7 +103,7 @@ def is_converted(root: Path) -> bool:
 
 
 # The base is copied with cp; packages, services and the initramfs are installed by commands run
-# under bubblewrap behind setpriv (convert/sandbox.py).
+# under bubblewrap behind setpriv (core/sandbox.py).
 CONVERSION_TOOLS = ("cp", "bwrap", "setpriv")
 # A base that is already a Kairos image is only copied, its release file and identity rewritten.
 REFRESH_TOOLS = ("cp",)

@@ -8,12 +8,12 @@ import shutil
 import stat
 from pathlib import Path
 
-from kairos_build import rootfs
 from kairos_build.agent import agent_files
-from kairos_build.config import BuildConfig
-from kairos_build.data import data_dir
-from kairos_build.errors import InputError
-from kairos_build.templates import render
+from kairos_build.config.buildconfig import BuildConfig
+from kairos_build.core import rootfs
+from kairos_build.core.data import data_dir
+from kairos_build.core.errors import InputError
+from kairos_build.core.templates import render
 
 # Files that make one machine distinct from another: every node must create its own. A
 # bootstrap copies the build host's name into /etc/hostname; without it systemd falls back

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from kairos_build import __version__
-from kairos_build.config import BuildConfig
-from kairos_build.errors import BuildError
-from kairos_build.tools import require_tool
+from kairos_build.config.buildconfig import BuildConfig
+from kairos_build.core.errors import BuildError
+from kairos_build.core.tools import require_tool
 
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 
 KVER = "{kver}"  # stands for the kernel version (the /lib/modules name) in command templates
 

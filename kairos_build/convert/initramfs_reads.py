@@ -18,8 +18,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kairos_build import rootfs
 from kairos_build.convert.framework import IDENTITY_FILES
+from kairos_build.core import rootfs
 
 READS_FILE = "reads.json"
 # Where a module's check looks for a program it names.

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build import rootfs
-from kairos_build.convert.sandbox import Bind, run_in_root
-from kairos_build.errors import InputError
+from kairos_build.core import rootfs
+from kairos_build.core.errors import InputError
+from kairos_build.core.sandbox import Bind, run_in_root
 
 Argv = tuple[str, ...]
 # Where the shared package cache appears inside the sandbox (a tmpfs there: no mount point in

@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from kairos_build.agent import IMAGE_DIR as AGENT_DIR
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
 from kairos_build.convert.framework import (
     IDENTITY_FILES,
     SSH_KEY_DIR,
@@ -21,12 +21,12 @@ from kairos_build.convert.framework import (
 )
 from kairos_build.convert.initramfs import KVER, initramfs_command, initramfs_paths
 from kairos_build.convert.packages import Argv, package_manager
-from kairos_build.flavors import Flavor
+from kairos_build.core.flavors import Flavor
 
 SHELL_KVER = "${KVER}"  # how a shell (the Dockerfile, the dry run) spells the kernel version
 
 
-# The conversion's cached stages, in order (pipelines/stages.py keys each by its inputs).
+# The conversion's cached stages, in order (convert/stages.py keys each by its inputs).
 STAGES = ("packages", "initramfs", "framework")
 
 

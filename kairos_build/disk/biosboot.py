@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kairos_build.core.errors import BuildError
 from kairos_build.disk.bootsector import BootSectorError, write_bios_boot
 from kairos_build.disk.grub import make_grub_image
 from kairos_build.disk.layout import Partition
-from kairos_build.errors import BuildError
 
 
 def bios_core_image(label: str, workdir: Path, modules: Path) -> Path:

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build import rootfs
-from kairos_build.check.pe import grub_prefix
+from kairos_build.core import rootfs
+from kairos_build.core.flavors import SecureBoot
+from kairos_build.core.log import log
+from kairos_build.core.pe import grub_prefix
 from kairos_build.disk.grub import early_config, grub_dir, make_grub_image
-from kairos_build.flavors import SecureBoot
-from kairos_build.log import log
 
 REMOVABLE_DIR = "EFI/BOOT"
 REMOVABLE_LOADER = f"{REMOVABLE_DIR}/BOOTX64.EFI"

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from kairos_build.core.reproducible import tool_env
+from kairos_build.core.tools import run
 from kairos_build.disk.filesystems import grub_safe_features
-from kairos_build.reproducible import tool_env
-from kairos_build.tools import run
 
 
 @cache

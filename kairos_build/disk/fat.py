@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from kairos_build.reproducible import tool_env
-from kairos_build.tools import run
+from kairos_build.core.reproducible import tool_env
+from kairos_build.core.tools import run
 
 _MiB = 1 << 20
 _SECTOR = 512

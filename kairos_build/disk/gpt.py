@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kairos_build.core.tools import run
 from kairos_build.disk.layout import Layout, sfdisk_script
-from kairos_build.tools import run
 
 
 def create_disk(path: Path, layout: Layout) -> None:

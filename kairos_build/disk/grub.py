@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kairos_build import rootfs
-from kairos_build.log import log
-from kairos_build.tools import require_file, run
+from kairos_build.core import rootfs
+from kairos_build.core.log import log
+from kairos_build.core.tools import require_file, run
 
 GRUB_LIB = Path("/usr/lib/grub")
 # Where each family's grub packages put a platform's modules (SUSE: grub2-<platform>).

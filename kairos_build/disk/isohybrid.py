@@ -22,11 +22,11 @@ import os
 import struct
 from pathlib import Path
 
+from kairos_build.core.errors import BuildError
 from kairos_build.disk.bootsector import mark_pmbr_bootable
 from kairos_build.disk.gpt import write_partition_table
 from kairos_build.disk.grub import GRUB_LIB
 from kairos_build.disk.layout import TYPE_ESP, stable_uuid
-from kairos_build.errors import BuildError
 
 ISO_BLOCK = 2048
 SECTOR = 512

@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 
 MiB = 1 << 20
 GiB = 1 << 30

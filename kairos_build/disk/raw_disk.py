@@ -14,7 +14,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kairos_build.agent import kit
+from kairos_build.core.log import log, step
+from kairos_build.core.reproducible import clamp_times
+from kairos_build.core.templates import render
+from kairos_build.core.tools import run
+from kairos_build.disk import kit
 from kairos_build.disk.biosboot import bios_core_image, write_bios_images
 from kairos_build.disk.efi import esp_files
 from kairos_build.disk.ext4 import make_ext4
@@ -23,10 +27,6 @@ from kairos_build.disk.filesystems import tree_bytes
 from kairos_build.disk.gpt import create_disk
 from kairos_build.disk.grub import grub_dir, grub_quote
 from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
-from kairos_build.log import log, step
-from kairos_build.reproducible import clamp_times
-from kairos_build.templates import render
-from kairos_build.tools import run
 
 if TYPE_CHECKING:  # the context makes the disk through this module: no import at run time
     from kairos_build.exporters.base import ExportContext
@@ -107,7 +107,7 @@ def state_menu(context: ExportContext) -> str:
 
 def install_kit(context: ExportContext) -> dict[str, Path]:
     """Kit path -> host file: the boot loaders and menu of an installed disk, the same this
-    module writes into a raw disk, for kairos-agent to lay down (agent/kit.py names them)."""
+    module writes into a raw disk, for kairos-agent to lay down (disk/kit.py names them)."""
     work = context.workdir / "install-kit"
     work.mkdir(exist_ok=True)
     rootfs = context.rootfs

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from kairos_build.core.errors import InputError
+from kairos_build.core.tools import run
 from kairos_build.disk.filesystems import RUNTIME_EXCLUDES
-from kairos_build.errors import InputError
-from kairos_build.tools import run
 
 # zstd at level 3: measured on a converted Debian trixie (benchmarks/compression_bench.py,
 # table in the README) it builds several times faster than level 9 and up for a few % more

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Protocol
 
 from kairos_build import __version__
-from kairos_build import rootfs as rootfs_module
-from kairos_build.cache import Cache, Stage
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
+from kairos_build.core import rootfs as rootfs_module
+from kairos_build.core.cache import Cache, Stage
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import log, step
 from kairos_build.disk.ext4 import ext4_options, make_ext4, mke2fs_version
 from kairos_build.disk.layout import stable_uuid
 from kairos_build.disk.raw_disk import make_raw_disk
 from kairos_build.disk.squashfs import make_squashfs, mksquashfs_version, squashfs_options
-from kairos_build.errors import InputError
-from kairos_build.log import log, step
 
 ENTRY_POINT_GROUP = "kairos_build.exporters"
 
@@ -33,7 +33,7 @@ class ExportContext:
     # Intermediates made during this build and shared by its exporters (e.g. the raw disk
     # that qcow2, vmdk, vhd and gce are converted from).
     made: dict[str, Path] = field(default_factory=dict)
-    # SOURCE_DATE_EPOCH: every timestamp written into an artifact (kairos_build.reproducible).
+    # SOURCE_DATE_EPOCH: every timestamp written into an artifact (kairos_build.core.reproducible).
     epoch: int = 0
 
     def squashfs(self) -> Path:

@@ -8,11 +8,11 @@ import os
 import uuid
 from pathlib import Path
 
+from kairos_build.core.tools import run
 from kairos_build.disk.layout import GiB, stable_uuid
 from kairos_build.disk.raw_disk import RAW_DISK_TOOLS
 from kairos_build.disk.vm_ids import pin_vhd, pin_vmdk
 from kairos_build.exporters.base import ExportContext
-from kairos_build.tools import run
 
 
 def qemu_img_convert(source: Path, output: Path, fmt: str, options: list[str]) -> None:

@@ -10,17 +10,17 @@ from pathlib import Path
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from kairos_build.agent import kit
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import step
+from kairos_build.core.reproducible import frozen_pycdlib_clock
+from kairos_build.core.templates import render
+from kairos_build.disk import kit
 from kairos_build.disk.efi import esp_files
 from kairos_build.disk.fat import make_fat_image
 from kairos_build.disk.grub import grub_dir, grub_quote, make_grub_image
 from kairos_build.disk.isohybrid import append_esp, make_hybrid
 from kairos_build.disk.raw_disk import install_kit
-from kairos_build.errors import InputError
 from kairos_build.exporters.base import ExportContext
-from kairos_build.log import step
-from kairos_build.reproducible import frozen_pycdlib_clock
-from kairos_build.templates import render
 
 LABEL = "COS_LIVE"
 MiB = 1 << 20

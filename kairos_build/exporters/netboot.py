@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from kairos_build.core.log import step
+from kairos_build.core.templates import render
 from kairos_build.exporters.base import ExportContext
-from kairos_build.log import step
-from kairos_build.templates import render
 
 SCRIPT = "boot.ipxe"
 # ${kairos-dir} is set by the script (templates/boot.ipxe.j2) and expanded by iPXE.

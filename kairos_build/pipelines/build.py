@@ -6,20 +6,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build import artifact_cache
-from kairos_build.cache import Cache
 from kairos_build.check.rules import require_mode
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
 from kairos_build.convert.convert import conversion_tools
-from kairos_build.errors import InputError, MissingToolError
-from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
-from kairos_build.log import log, step
-from kairos_build.pipelines.stages import (
+from kairos_build.convert.stages import (
     convert_base,
     framework_files_digest,
     resolve_config_base,
 )
-from kairos_build.publish import (
+from kairos_build.core.cache import Cache
+from kairos_build.core.errors import InputError, MissingToolError
+from kairos_build.core.log import log, step
+from kairos_build.core.reproducible import build_epoch
+from kairos_build.core.tools import require_file, require_tool
+from kairos_build.exporters.base import ExportContext, Exporter, get_exporter
+from kairos_build.publish import artifact_cache
+from kairos_build.publish.files import (
     Artifact,
     check_output_dir,
     discard,
@@ -28,12 +30,10 @@ from kairos_build.publish import (
     publish_file,
     remove_stale_partials,
 )
-from kairos_build.records import BuildFacts, write_records
-from kairos_build.reproducible import build_epoch
-from kairos_build.sbom.packages import installed_packages
+from kairos_build.publish.records import BuildFacts, write_records
+from kairos_build.publish.sbom.packages import installed_packages
 from kairos_build.source.refs import parse_ref
 from kairos_build.source.resolve import base_tools
-from kairos_build.tools import require_file, require_tool
 from kairos_build.trusted import uki, verity
 from kairos_build.trusted.keys import load_keys
 

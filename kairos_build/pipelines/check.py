@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kairos_build.cache import Cache
 from kairos_build.check.rules import Report, check_rootfs
-from kairos_build.config import BuildConfig
-from kairos_build.pipelines.stages import resolve_config_base
+from kairos_build.config.buildconfig import BuildConfig
+from kairos_build.convert.stages import resolve_config_base
+from kairos_build.core.cache import Cache
 from kairos_build.source.resolve import Base
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
-from kairos_build.cache import Cache
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
 from kairos_build.convert.image_writer import (
     image_config,
     scratch,
@@ -16,11 +15,12 @@ from kairos_build.convert.image_writer import (
     write_layer,
     write_oci_layout,
 )
-from kairos_build.errors import InputError
-from kairos_build.log import step
-from kairos_build.pipelines.stages import convert_base, resolve_config_base
-from kairos_build.publish import copy_tree
-from kairos_build.reproducible import build_epoch
+from kairos_build.convert.stages import convert_base, resolve_config_base
+from kairos_build.core.cache import Cache
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import step
+from kairos_build.core.reproducible import build_epoch
+from kairos_build.publish.files import copy_tree
 from kairos_build.source.refs import parse_ref
 
 OUTPUT_FORMS = "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"

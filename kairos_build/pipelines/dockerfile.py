@@ -10,11 +10,11 @@ from pathlib import Path
 
 from kairos_build import __version__
 from kairos_build.agent import agent_files
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
 from kairos_build.convert.framework import IDENTITY_FILES, SSH_KEY_DIR, kairos_release_values, overlay_dirs
 from kairos_build.convert.plan import conversion_plan, kernel_link_script, shell_words
-from kairos_build.errors import InputError
-from kairos_build.templates import render
+from kairos_build.core.errors import InputError
+from kairos_build.core.templates import render
 
 # An engine bind-mounts /etc/hostname into every build container: it cannot be removed there
 # (and is not part of the image anyway).

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kairos_build import manifest
-from kairos_build.config import config_from
-from kairos_build.errors import InputError
-from kairos_build.log import log
+from kairos_build.config.buildconfig import config_from
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import log
 from kairos_build.pipelines.build import build
-from kairos_build.publish import Artifact
+from kairos_build.publish import manifest
+from kairos_build.publish.files import Artifact
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kairos_build.cache import Cache
-from kairos_build.config import BuildConfig
-from kairos_build.errors import InputError
-from kairos_build.pipelines.stages import resolve_config_base
-from kairos_build.publish import copy_tree
+from kairos_build.config.buildconfig import BuildConfig
+from kairos_build.convert.stages import resolve_config_base
+from kairos_build.core.cache import Cache
+from kairos_build.core.errors import InputError
+from kairos_build.publish.files import copy_tree
 from kairos_build.source.resolve import Base
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kairos_build.errors import InputError, require_root
-from kairos_build.flavors import Bootstrap
-from kairos_build.tools import require_tool, run
+from kairos_build.core.errors import InputError, require_root
+from kairos_build.core.flavors import Bootstrap
+from kairos_build.core.tools import require_tool, run
 
 
 def bootstrap_rootfs(recipe: Bootstrap, target: Path) -> None:

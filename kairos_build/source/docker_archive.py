@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
 
-from kairos_build.errors import HostileContentError, InputError
+from kairos_build.core.errors import HostileContentError, InputError
 from kairos_build.source.image import (
     TAG_ANNOTATION,
     Image,

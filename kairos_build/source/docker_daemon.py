@@ -16,9 +16,9 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 
-from kairos_build.errors import InputError
-from kairos_build.log import log, progress
-from kairos_build.settings import PULL_POLICIES
+from kairos_build.config.settings import PULL_POLICIES
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import log, progress
 from kairos_build.source.docker_archive import normalize_name, open_docker_archive
 from kairos_build.source.image import Image
 

@@ -22,8 +22,8 @@ from typing import IO, Any, Protocol, cast
 
 import zstandard
 
-from kairos_build.errors import InputError
-from kairos_build.log import progress
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import progress
 from kairos_build.source.registry_api import INDEX_TYPES
 from kairos_build.source.unpack import apply_layer
 

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.source.image import (
     DigestReader,
     Image,

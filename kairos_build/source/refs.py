@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 
 TRANSPORTS = ("docker", "oci", "oci-archive", "docker-archive", "dir", "bootstrap")
 

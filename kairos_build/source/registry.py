@@ -17,10 +17,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from kairos_build.cache import Cache
-from kairos_build.errors import BuildError, InputError
-from kairos_build.log import log, progress
-from kairos_build.settings import PULL_POLICIES
+from kairos_build.config.settings import PULL_POLICIES
+from kairos_build.core.cache import Cache
+from kairos_build.core.errors import BuildError, InputError
+from kairos_build.core.log import log, progress
 from kairos_build.source.image import (
     Image,
     check_digest,

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.errors import BuildError, InputError
+from kairos_build.core.errors import BuildError, InputError
 
 log = logging.getLogger("kairos-build")
 INDEX_TYPES = {

@@ -12,10 +12,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.cache import Cache, cache_key
-from kairos_build.errors import InputError, KairosError
-from kairos_build.flavors import Flavor, Release
-from kairos_build.log import log, step
+from kairos_build.core.cache import Cache, cache_key
+from kairos_build.core.errors import InputError, KairosError
+from kairos_build.core.flavors import Flavor, Release
+from kairos_build.core.log import log, step
 from kairos_build.source.bootstrap import bootstrap_rootfs
 from kairos_build.source.image import Image, apply_image
 from kairos_build.source.refs import BaseRef, parse_ref

@@ -18,10 +18,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from kairos_build.errors import HostileContentError, InputError
-from kairos_build.rootfs import resolve_in
+from kairos_build.core.errors import HostileContentError, InputError
+from kairos_build.core.rootfs import resolve_in
 
-# The tool's logger, taken from logging rather than kairos_build.log (which needs tqdm): the
+# The tool's logger, taken from logging rather than kairos_build.core.log (which needs tqdm): the
 # node agent applies an upgrade image's layers with this module, on the image's own python3.
 log = logging.getLogger("kairos-build")
 

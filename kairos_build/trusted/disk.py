@@ -26,12 +26,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kairos_build.core.log import log, step
+from kairos_build.core.templates import render
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import create_disk
 from kairos_build.disk.layout import Layout, MiB, align_up, plan_layout
 from kairos_build.disk.raw_disk import CONSOLES, link_or_copy, stage, volume_id, write_ext4
-from kairos_build.log import log, step
-from kairos_build.templates import render
 from kairos_build.trusted.keys import SigningKeys, load_keys
 from kairos_build.trusted.uki import SYSTEMD_BOOT, assemble_uki, image_file, sign_efi
 from kairos_build.trusted.verity import VerityImage, make_verity_image

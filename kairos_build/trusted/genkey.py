@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kairos_build.errors import BuildError, InputError
-from kairos_build.log import step
+from kairos_build.core.errors import BuildError, InputError
+from kairos_build.core.log import step
 from kairos_build.trusted.efivars import (
     authenticated_variable,
     efi_time,

@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kairos_build.agent import kit
+from kairos_build.core.log import log, step
+from kairos_build.core.templates import render
+from kairos_build.disk import kit
 from kairos_build.disk.fat import make_fat_image
 from kairos_build.disk.raw_disk import CONSOLES
-from kairos_build.log import log, step
-from kairos_build.templates import render
 from kairos_build.trusted.disk import UKI_DIR, esp_files, image_id, image_path, loader_entry, root_image
 from kairos_build.trusted.keys import SigningKeys
 from kairos_build.trusted.uki import SYSTEMD_BOOT, assemble_uki, image_file, sign_efi

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.cache import Cache, default_cache_dir
-from kairos_build.errors import BuildError, InputError
-from kairos_build.log import log
+from kairos_build.core.cache import Cache, default_cache_dir
+from kairos_build.core.errors import BuildError, InputError
+from kairos_build.core.log import log
 from kairos_build.trusted.openssl import certificate_public_key_pem, public_key_pem
 
 SECURE_BOOT_KEYS = ("PK", "KEK", "db")

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from kairos_build.tools import run
+from kairos_build.core.tools import run
 
 # The certificates' extensions, the same on every host: `openssl req` would otherwise take them
 # from the host's openssl.cnf. These are that file's usual v3_ca section, which is what

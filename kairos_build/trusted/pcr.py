@@ -19,10 +19,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from kairos_build.check.pe import section_contents
-from kairos_build.convert.sandbox import run_in_root
-from kairos_build.errors import BuildError
-from kairos_build.tools import run
+from kairos_build.core.errors import BuildError
+from kairos_build.core.pe import section_contents
+from kairos_build.core.sandbox import run_in_root
+from kairos_build.core.tools import run
 
 PCR = 11
 BANK = "sha256"

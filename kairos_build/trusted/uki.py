@@ -16,11 +16,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kairos_build import rootfs as rootfs_module
-from kairos_build.convert.sandbox import run_in_root
-from kairos_build.errors import InputError
-from kairos_build.log import step
-from kairos_build.tools import run
+from kairos_build.core import rootfs as rootfs_module
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import step
+from kairos_build.core.sandbox import run_in_root
+from kairos_build.core.tools import run
 from kairos_build.trusted.keys import SigningKeys
 from kairos_build.trusted.pcr import measure, sign_policies
 

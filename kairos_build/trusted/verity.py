@@ -19,10 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kairos_build.core.errors import BuildError
+from kairos_build.core.log import step
+from kairos_build.core.tools import run
 from kairos_build.disk.layout import stable_uuid
-from kairos_build.errors import BuildError
-from kairos_build.log import step
-from kairos_build.tools import run
 
 BLOCK = 4096
 TOOLS = ("veritysetup", "cp")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kairos_build.boot import harness, swtpm
-from kairos_build.tools import dies_with_us
+from kairos_build.core.tools import dies_with_us
 
 PROMPT = "KAIROS-SHELL# "
 

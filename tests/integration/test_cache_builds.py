@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache
+from kairos_build.core.cache import Cache
 from tests.conftest import run_cli
 from tests.imagefiles import file_digest
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache, cache_key
-from kairos_build.check.pe import authenticode_signers, grub_embedded_config, grub_prefix
 from kairos_build.check.rules import check_rootfs
-from kairos_build.flavors import load_flavor
+from kairos_build.core.cache import Cache, cache_key
+from kairos_build.core.flavors import load_flavor
+from kairos_build.core.pe import authenticode_signers, grub_embedded_config, grub_prefix
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration

@@ -156,7 +156,7 @@ def test_the_image_builds_an_iso_into_the_output_volume(
 # reuses a cached conversion, so this shows what the privileges are for.
 SANDBOX_PROBE = """
 from pathlib import Path
-from kairos_build.convert.sandbox import run_in_root
+from kairos_build.core.sandbox import run_in_root
 print("sandbox PID 1:", run_in_root(Path("/rootfs"), ["cat", "/proc/1/comm"], read_only=True))
 """
 

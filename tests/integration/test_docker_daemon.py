@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.source.docker_daemon import daemon_available, open_daemon_image
 from kairos_build.source.image import apply_image
 from tests.unit.ocihelp import digest_of

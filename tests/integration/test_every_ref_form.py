@@ -16,8 +16,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from kairos_build.cache import Cache, cache_key
-from kairos_build.flavors import load_flavor
+from kairos_build.core.cache import Cache, cache_key
+from kairos_build.core.flavors import load_flavor
 from tests.conftest import run_cli
 from tests.imagefiles import tar_tree, write_oci_layout
 from tests.integration.test_docker_daemon import dockerd  # noqa: F401 - a fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache
-from kairos_build.flavors import load_flavor
+from kairos_build.core.cache import Cache
+from kairos_build.core.flavors import load_flavor
 from kairos_build.source.resolve import resolve_base
 from tests.conftest import read_until
 from tests.imagefiles import write_oci_layout

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kairos_build.cache import Cache
-from kairos_build.errors import BuildError, InputError
+from kairos_build.core.cache import Cache
+from kairos_build.core.errors import BuildError, InputError
 from kairos_build.source import registry_api as registry_module
 from kairos_build.source.image import apply_image
 from kairos_build.source.registry import open_registry_image

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.convert.sandbox import PACKAGE_CAPS
+from kairos_build.core.sandbox import PACKAGE_CAPS
 from tests.conftest import read_until, run_cli
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import pytest
 
-from kairos_build.cache import Cache
-from kairos_build.convert.sandbox import run_in_root
+from kairos_build.core.cache import Cache
+from kairos_build.core.sandbox import run_in_root
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration

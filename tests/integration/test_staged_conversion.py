@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache
+from kairos_build.core.cache import Cache
 from tests.boot.live_iso import boot_plain_iso
 from tests.conftest import read_until, run_cli
 

@@ -21,7 +21,7 @@ import pytest
 from kairos_build.agent import trusted as agent_trusted
 from kairos_build.agent.images import source_tree
 from kairos_build.agent.system import NodeError
-from kairos_build.convert.sandbox import run_in_root
+from kairos_build.core.sandbox import run_in_root
 from tests.conftest import run_cli
 from tests.integration.test_disk_images import sh
 from tests.integration.test_registry import (  # noqa: F401 - start_registry is a fixture

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build import artifact_cache
-from kairos_build.cache import Cache
-from kairos_build.config import make_config
+from kairos_build.config.buildconfig import make_config
+from kairos_build.core.cache import Cache
 from kairos_build.exporters.base import ExportContext
 from kairos_build.pipelines.build import export_artifact
+from kairos_build.publish import artifact_cache
 
 
 class _CountingExporter:

@@ -22,7 +22,7 @@ from kairos_build.boot.harness import (
     parse_report,
     refusal_message,
 )
-from kairos_build.errors import BuildError, InputError
+from kairos_build.core.errors import BuildError, InputError
 
 HEALTHY = (
     "KAIROS-BOOT-REPORT flavor=debian version=v0.1.0 root=overlay root_mode=rw image=none "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kairos_build.boot import harness as boot_module
-from kairos_build.errors import BuildError
+from kairos_build.core.errors import BuildError
 
 MARKER = (
     "KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "

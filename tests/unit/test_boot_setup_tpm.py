@@ -25,7 +25,7 @@ from kairos_build.boot.ovmf_vars import (
     read_variables,
     secure_boot_enforced,
 )
-from kairos_build.errors import BuildError, InputError, MissingToolError
+from kairos_build.core.errors import BuildError, InputError, MissingToolError
 
 REPORT = (
     "KAIROS-BOOT-REPORT flavor=debian root=ext4 root_mode=ro image=/cOS/active.img "

@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from kairos_build.cache import Cache
-from kairos_build.publish import copy_tree
+from kairos_build.core.cache import Cache
+from kairos_build.publish.files import copy_tree
 from tests.conftest import run_cli
 from tests.unit.ocihelp import Layout, dir_, layer_tar, reg, sym
 

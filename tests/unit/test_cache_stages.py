@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.cache import Cache, Stage, cache_key, describe_age, recordable
-from kairos_build.log import log
+from kairos_build.core.cache import Cache, Stage, cache_key, describe_age, recordable
+from kairos_build.core.log import log
 
 
 @pytest.fixture
@@ -176,8 +176,8 @@ def test_recordable_keeps_short_values_and_ages_read_naturally() -> None:
 def test_source_date_epoch_is_a_named_input_of_the_conversion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages: list[str]
 ) -> None:
-    from kairos_build.config import make_config
-    from kairos_build.pipelines.stages import packages_stage
+    from kairos_build.config.buildconfig import make_config
+    from kairos_build.convert.stages import packages_stage
     from kairos_build.source.resolve import Base
 
     config, base = make_config("debian", "trixie"), Base(tmp_path, "base-key", "a base")
@@ -197,8 +197,8 @@ def test_source_date_epoch_is_a_named_input_of_the_conversion(
 def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from kairos_build.cli import app
-    from kairos_build.config import BuildConfig
+    from kairos_build.cli.app import app
+    from kairos_build.config.buildconfig import BuildConfig
     from kairos_build.pipelines import build
 
     seen: list[BuildConfig] = []
@@ -216,7 +216,7 @@ def test_no_cache_reaches_the_build_config(verb: str, monkeypatch: pytest.Monkey
 
 
 def test_half_written_artifacts_of_killed_builds_are_removed(tmp_path: Path) -> None:
-    from kairos_build.publish import remove_stale_partials
+    from kairos_build.publish.files import remove_stale_partials
 
     dead, mine = "999999999", str(os.getpid())
     stale = [

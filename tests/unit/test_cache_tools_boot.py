@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from kairos_build.boot.harness import _PROBE_SECTOR, MARKER, artifact_drive, check_root
-from kairos_build.cache import Cache, cache_key, hash_tree
-from kairos_build.errors import InputError, MissingToolError
-from kairos_build.tools import APT_HOST_PACKAGES, require_tool, run
+from kairos_build.core.cache import Cache, cache_key, hash_tree
+from kairos_build.core.errors import InputError, MissingToolError
+from kairos_build.core.tools import APT_HOST_PACKAGES, require_tool, run
 
 
 def test_cache_entry_appears_only_when_complete(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_progress_bars_only_for_a_person_at_a_terminal(monkeypatch: pytest.Monke
     import io
     import sys
 
-    from kairos_build import log as logmod
+    from kairos_build.core import log as logmod
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

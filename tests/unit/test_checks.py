@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kairos_build.check.rules import check_rootfs, is_efi_stub_image, systemd_version
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from tests.conftest import run_cli
 
 KVER = "6.12.0-test"

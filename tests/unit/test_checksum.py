@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.publish import sha256_file
+from kairos_build.publish.files import sha256_file
 
 MiB = 1 << 20
 

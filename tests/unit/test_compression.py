@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kairos_build.cli import app
-from kairos_build.config import make_config
+from kairos_build.cli.app import app
+from kairos_build.config.buildconfig import make_config
+from kairos_build.core.errors import InputError
 from kairos_build.disk.squashfs import DEFAULT_ZSTD_LEVEL, Compression
-from kairos_build.errors import InputError
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config import BuildConfig, make_config
-from kairos_build.pipelines.stages import framework_stage, initramfs_stage, packages_stage
+from kairos_build.config.buildconfig import BuildConfig, make_config
+from kairos_build.convert.stages import framework_stage, initramfs_stage, packages_stage
 from kairos_build.source.resolve import Base
 
 REPO = Path(__file__).resolve().parents[2]

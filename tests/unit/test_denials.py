@@ -3,7 +3,7 @@ failed (as dpkg, rpm and apk word it) and what the sandbox refused."""
 
 from __future__ import annotations
 
-from kairos_build.convert.denials import denied_lines, explain_failure, failed_scripts
+from kairos_build.core.denials import denied_lines, explain_failure, failed_scripts
 
 DPKG = """\
 Setting up kairos-test-denied (1.0) ...

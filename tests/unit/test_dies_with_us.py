@@ -11,7 +11,7 @@ from pathlib import Path
 
 PROGRAM = """
 import sys
-from kairos_build.tools import run
+from kairos_build.core.tools import run
 run(["sleep", "300"], name="the test's sleep")
 """
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kairos_build.boot.harness import check_root, default_expectation
+from kairos_build.core.errors import InputError
 from kairos_build.disk.biosboot import install_bios_grub
 from kairos_build.disk.grub import GRUB_LIB
 from kairos_build.disk.layout import (
@@ -21,7 +22,6 @@ from kairos_build.disk.layout import (
     plan_layout,
     sfdisk_script,
 )
-from kairos_build.errors import InputError
 
 ROOTFS = 400 * MiB
 RECOVERY = 300 * MiB

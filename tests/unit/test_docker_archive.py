@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kairos_build.errors import HostileContentError, InputError
+from kairos_build.core.errors import HostileContentError, InputError
 from kairos_build.source.docker_archive import normalize_name, open_docker_archive
 from kairos_build.source.image import apply_image
 from tests.unit.ocihelp import Layout, compress, digest_of, dir_, layer_tar, reg, sym, whiteout

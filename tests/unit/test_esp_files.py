@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.check.pe import grub_prefix
+from kairos_build.core.flavors import load_flavor
+from kairos_build.core.pe import grub_prefix
 from kairos_build.disk.efi import config_folders, esp_files
 from kairos_build.disk.grub import GRUB_LIB
-from kairos_build.flavors import load_flavor
 
 DEBIAN = load_flavor("debian").secure_boot
 SUSE = load_flavor("opensuse").secure_boot

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.exporters import base
 from kairos_build.exporters.base import ENTRY_POINT_GROUP, exporters, get_exporter, installed_formats
 from kairos_build.exporters.disk_formats import write_gce_bundle
@@ -60,7 +60,7 @@ def test_a_plugin_that_fails_to_load_is_skipped_with_a_warning(monkeypatch: pyte
     """One broken plugin must not break every command: the others are still listed."""
     entries = [
         metadata.EntryPoint("broken", "kb_no_such_plugin:Exporter", ENTRY_POINT_GROUP),
-        metadata.EntryPoint("nomembers", "kairos_build.errors:InputError", ENTRY_POINT_GROUP),
+        metadata.EntryPoint("nomembers", "kairos_build.core.errors:InputError", ENTRY_POINT_GROUP),
         metadata.EntryPoint("iso", "kairos_build.exporters.iso:IsoExporter", ENTRY_POINT_GROUP),
     ]
     monkeypatch.setattr(base.metadata, "entry_points", lambda group: entries)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kairos_build.errors import InputError
-from kairos_build.flavors import flavor_names, load_flavor, parse_flavor
+from kairos_build.core.errors import InputError
+from kairos_build.core.flavors import flavor_names, load_flavor, parse_flavor
 
 
 def write_flavor(folder: Path, name: str, **changes: object) -> Path:

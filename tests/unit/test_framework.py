@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config import make_config
+from kairos_build.config.buildconfig import make_config
 from kairos_build.convert.framework import (
     empty_build_records,
     find_kernel,
@@ -19,7 +19,7 @@ from kairos_build.convert.framework import (
     reset_identity,
     write_kairos_release,
 )
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 
 
 @pytest.fixture

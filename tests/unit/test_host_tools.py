@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config import make_config
-from kairos_build.errors import MissingToolError
+from kairos_build.config.buildconfig import make_config
+from kairos_build.core.errors import MissingToolError
 from kairos_build.exporters.iso import IsoExporter
 from kairos_build.exporters.raw import RawExporter
 from kairos_build.pipelines import build

@@ -7,7 +7,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from kairos_build.config import make_config
+from kairos_build.config.buildconfig import make_config
 from kairos_build.convert.image_writer import (
     image_config,
     tar_directory,
@@ -86,7 +86,7 @@ def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) 
 def test_dockerfile_context_carries_the_conversion_data(tmp_path: Path) -> None:
     import pytest
 
-    from kairos_build.errors import InputError
+    from kairos_build.core.errors import InputError
     from kairos_build.pipelines.dockerfile import write_build_context
 
     config = make_config("debian", "bookworm", version="1.2.3", cache_dir=tmp_path)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config import kernel_args
+from kairos_build.config.buildconfig import kernel_args
 from kairos_build.convert.framework import layer_tree
+from kairos_build.core.errors import InputError
 from kairos_build.disk.grub import grub_quote
 from kairos_build.disk.isohybrid import patch_bios_image, sfdisk_script
-from kairos_build.errors import InputError
 from kairos_build.exporters.iso import _Iso, live_cmdline, overlay_files
 
 

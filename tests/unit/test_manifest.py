@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from kairos_build import manifest
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
+from kairos_build.publish import manifest
 
 
 def recorded(tmp_path: Path) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import pytest
 
 from kairos_build.boot import netboot_server
 from kairos_build.boot.harness import default_expectation, netboot_directory, qemu_command
-from kairos_build.cache import Cache
-from kairos_build.config import make_config
+from kairos_build.config.buildconfig import make_config
+from kairos_build.core.cache import Cache
 from kairos_build.exporters.base import ExportContext, get_exporter
 from kairos_build.exporters.netboot import render_script
 from kairos_build.pipelines.build import export_artifact
@@ -110,7 +110,9 @@ def test_a_failing_directory_export_leaves_no_directory(
     exporter = _DirectoryExporter(fail=True)
     if error is KeyboardInterrupt:  # Ctrl-C while the checksums are computed
         exporter.fail = False
-        monkeypatch.setattr("kairos_build.publish.sha256_file", lambda path: (_ for _ in ()).throw(error()))
+        monkeypatch.setattr(
+            "kairos_build.publish.files.sha256_file", lambda path: (_ for _ in ()).throw(error())
+        )
     with pytest.raises(error):
         export_artifact(exporter, context, out)
     assert list(out.iterdir()) == []

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import pytest
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.source import image
 from kairos_build.source.oci import image_config_digest, unpack_image
 from tests.unit.ocihelp import (

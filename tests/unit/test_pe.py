@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.check.pe import authenticode_signers, grub_embedded_config, grub_prefix, is_signed
+from kairos_build.core.pe import authenticode_signers, grub_embedded_config, grub_prefix, is_signed
 
 TEST_SIGNER = "kairos-build test signer"
 

@@ -13,19 +13,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kairos_build import rootfs
-from kairos_build.cache import Cache
-from kairos_build.cli import app
-from kairos_build.config import make_config
+from kairos_build.cli.app import app
+from kairos_build.config.buildconfig import make_config
 from kairos_build.convert import convert as convert_module
 from kairos_build.convert.initramfs import initramfs_command
 from kairos_build.convert.initramfs_reads import Reads
 from kairos_build.convert.packages import MANAGERS, package_manager
 from kairos_build.convert.plan import conversion_plan, describe_plan, kernel_link_script, shell_words
-from kairos_build.errors import InputError
-from kairos_build.flavors import flavor_names
+from kairos_build.convert.stages import convert_in_stages
+from kairos_build.core import rootfs
+from kairos_build.core.cache import Cache
+from kairos_build.core.errors import InputError
+from kairos_build.core.flavors import flavor_names
 from kairos_build.pipelines.dockerfile import write_build_context
-from kairos_build.pipelines.stages import convert_in_stages
 from kairos_build.source.resolve import Base
 
 # The install command each manager runs, exactly (packages follow).

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config import make_config, normalize_version
-from kairos_build.errors import InputError
+from kairos_build.config.buildconfig import make_config, normalize_version
+from kairos_build.core.errors import InputError
 from kairos_build.source.refs import BaseRef, parse_ref
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.source.registry_api import (
     ImageName,
     docker_credentials,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build import rootfs
-from kairos_build.errors import HostileContentError
+from kairos_build.core import rootfs
+from kairos_build.core.errors import HostileContentError
 
 
 @pytest.fixture

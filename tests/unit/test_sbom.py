@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.errors import BuildError
-from kairos_build.sbom.licences import copyright_licences, licence_id, spdx_expression
-from kairos_build.sbom.packages import Package, installed_packages, parse_rpm_query
-from kairos_build.sbom.spdx import ImageInfo, spdx_document, supplier
+from kairos_build.core.errors import BuildError
+from kairos_build.publish.sbom.licences import copyright_licences, licence_id, spdx_expression
+from kairos_build.publish.sbom.packages import Package, installed_packages, parse_rpm_query
+from kairos_build.publish.sbom.spdx import ImageInfo, spdx_document, supplier
 
 STATUS = """Package: bash
 Status: install ok installed

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from kairos_build.convert.seccomp import _ARCHES, seccomp_program
+from kairos_build.core.seccomp import _ARCHES, seccomp_program
 
 ALLOW, ERRNO = 0x7FFF0000, 0x00050000
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.configfile import CommandLine, read_config_file, resolve_settings
-from kairos_build.errors import InputError
-from kairos_build.settings import options_table
+from kairos_build.config.configfile import CommandLine, read_config_file, resolve_settings
+from kairos_build.config.settings import options_table
+from kairos_build.core.errors import InputError
 from tests.conftest import run_cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"

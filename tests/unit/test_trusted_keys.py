@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.trusted.efivars import (
     EFI_CERT_TYPE_PKCS7_GUID,
     EFI_CERT_X509_GUID,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.errors import HostileContentError, InputError
+from kairos_build.core.errors import HostileContentError, InputError
 from kairos_build.source.unpack import apply_layer
 from tests.unit.ocihelp import (
     CAP_NET_RAW_EP,

@@ -22,7 +22,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 from kairos_build.source.unpack import apply_layer
 from tests.unit.ocihelp import dir_, hard, layer_tar, reg, sym
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import jinja2
 
-from kairos_build.data import data_dir
+from kairos_build.core.data import data_dir
 
 
 def render(template: str, **values: Any) -> str:

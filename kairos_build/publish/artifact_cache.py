@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from kairos_build import __version__
-from kairos_build.cache import cache_key, hash_tree
-from kairos_build.data import data_dir
+from kairos_build.core.cache import cache_key, hash_tree
+from kairos_build.core.data import data_dir
+from kairos_build.core.log import log
+from kairos_build.core.tools import run
 from kairos_build.exporters.base import ExportContext, Exporter
-from kairos_build.log import log
-from kairos_build.tools import run
 
 KIND = "artifact"
 # A cached artifact is copied out with cp (a reflink where it can, holes kept).
@@ -144,7 +144,7 @@ def code_digest() -> str:
     """Our own sources: an exporter changed in a checkout must not reuse an older result.
     Only the .py files: __pycache__ changes when Python compiles them."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # kairos_build/
     for path in sorted(package.rglob("*.py")):
         digest.update(f"{path.relative_to(package)}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())

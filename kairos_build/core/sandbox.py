@@ -39,11 +39,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kairos_build.convert.denials import explain_failure
-from kairos_build.convert.seccomp import seccomp_program
-from kairos_build.errors import BuildError, HostileContentError
-from kairos_build.log import log
-from kairos_build.tools import require_tool
+from kairos_build.core.denials import explain_failure
+from kairos_build.core.errors import BuildError, HostileContentError
+from kairos_build.core.log import log
+from kairos_build.core.seccomp import seccomp_program
+from kairos_build.core.tools import require_tool
 
 # dpkg, rpm and apk setting owners, modes, setuid/setgid bits (FSETID keeps them through a
 # chown) and file capabilities (SETFCAP: ping's postinst falls back to setuid root without

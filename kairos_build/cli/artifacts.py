@@ -10,17 +10,17 @@ from typing import Annotated
 
 import typer
 
-from kairos_build.cli_settings import verb
-from kairos_build.configfile import CommandLine, effective, resolve_settings
-from kairos_build.errors import InputError
+from kairos_build.cli.options import verb
+from kairos_build.config.configfile import CommandLine, effective, resolve_settings
+from kairos_build.config.settings import ARTIFACTS
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import quiet_progress, timings
 from kairos_build.exporters.base import installed_formats
-from kairos_build.log import quiet_progress, timings
-from kairos_build.settings import ARTIFACTS
 
 
 def build_artifacts(formats: list[str], command_line: CommandLine) -> None:
     """Resolve the settings, build, print: the whole of every artifact verb."""
-    from kairos_build.config import config_from
+    from kairos_build.config.buildconfig import config_from
     from kairos_build.pipelines.build import build as run_build
 
     values = resolve_settings(ARTIFACTS, command_line)

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from kairos_build.data import data_dir
-from kairos_build.errors import InputError
+from kairos_build.core.data import data_dir
+from kairos_build.core.errors import InputError
 
 PACKAGE_MANAGERS = ("apt", "dnf", "zypper", "apk")
 INIT_SYSTEMS = ("systemd", "openrc")

@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kairos_build.cache import hash_tree
-from kairos_build.errors import InputError
-from kairos_build.settings import BY_KEY, Value
+from kairos_build.config.settings import BY_KEY, Value
+from kairos_build.core.cache import hash_tree
+from kairos_build.core.errors import InputError
 
 FORMAT = 1
 # What a rebuild chooses for itself: where it writes and caches, how it reports, whether it

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from kairos_build.errors import BuildError
+from kairos_build.core.errors import BuildError
 
 # A package script that failed, as each package manager reports it: (package, what failed).
 _SCRIPT_FAILURES = (

@@ -6,9 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-from kairos_build.errors import InputError
-from kairos_build.log import step
-from kairos_build.tools import APT_HOST_PACKAGES, TOOL_PACKAGES, run
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import step
+from kairos_build.core.tools import APT_HOST_PACKAGES, TOOL_PACKAGES, run
 
 
 def is_apt_host() -> bool:

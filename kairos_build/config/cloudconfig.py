@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from kairos_build.errors import InputError
+from kairos_build.core.errors import InputError
 
 HEADER = "#cloud-config"
 

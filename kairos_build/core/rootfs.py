@@ -13,7 +13,7 @@ import stat
 from collections import deque
 from pathlib import Path
 
-from kairos_build.errors import HostileContentError
+from kairos_build.core.errors import HostileContentError
 
 _MAX_LINKS = 40
 

@@ -8,8 +8,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kairos_build.errors import BuildError, MissingToolError
-from kairos_build.log import log
+from kairos_build.core.errors import BuildError, MissingToolError
+from kairos_build.core.log import log
 
 # Program -> Debian/Ubuntu package that ships it. `install-deps` installs the union.
 TOOL_PACKAGES: dict[str, str] = {

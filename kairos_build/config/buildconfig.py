@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kairos_build.cache import default_cache_dir
-from kairos_build.configfile import effective
+from kairos_build.config.configfile import effective
+from kairos_build.config.settings import BOOT_MODES, PLATFORMS, PULL_POLICIES, Value, default
+from kairos_build.core.cache import default_cache_dir
+from kairos_build.core.errors import InputError
+from kairos_build.core.flavors import Flavor, Release, load_flavor
 from kairos_build.disk.layout import DiskOptions, parse_partition_sizes, parse_size
 from kairos_build.disk.squashfs import Compression
-from kairos_build.errors import InputError
-from kairos_build.flavors import Flavor, Release, load_flavor
-from kairos_build.settings import BOOT_MODES, PLATFORMS, PULL_POLICIES, Value, default
 
 VARIANTS = ("core", "standard")
 _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
@@ -138,7 +138,7 @@ def _words(values: Mapping[str, Value], key: str) -> tuple[str, ...]:
 
 
 def config_from(values: Mapping[str, Value], **fixed: Any) -> BuildConfig:
-    """The BuildConfig of resolved settings (kairos_build.configfile.resolve_settings); `fixed`
+    """The BuildConfig of resolved settings (kairos_build.config.configfile.resolve_settings); `fixed`
     sets fields a verb decides itself (the base of `unpack REF`)."""
     flavor = load_flavor(str(values.get("flavor") or default("flavor")))
     disk_size, image_size = _text(values, "disk-size"), _text(values, "image-size")

@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kairos_build import __version__, manifest
-from kairos_build.artifact_cache import code_digest
-from kairos_build.config import BuildConfig
+from kairos_build import __version__
+from kairos_build.config.buildconfig import BuildConfig
+from kairos_build.core.reproducible import given_epoch
 from kairos_build.exporters.base import ExportContext
-from kairos_build.publish import Artifact, publish_json
-from kairos_build.reproducible import given_epoch
-from kairos_build.sbom.packages import Package
-from kairos_build.sbom.spdx import ImageInfo, spdx_document
+from kairos_build.publish import manifest
+from kairos_build.publish.artifact_cache import code_digest
+from kairos_build.publish.files import Artifact, publish_json
+from kairos_build.publish.sbom.packages import Package
+from kairos_build.publish.sbom.spdx import ImageInfo, spdx_document
+from kairos_build.publish.toolversions import python_versions, tool_versions
 from kairos_build.source.resolve import Base
-from kairos_build.toolversions import python_versions, tool_versions
 
 SBOM_SUFFIX = ".spdx.json"
 MANIFEST_SUFFIX = ".build.json"

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kairos_build.core.errors import InputError
 from kairos_build.disk.layout import FIRMWARES
-from kairos_build.errors import InputError
 
 PULL_POLICIES = ("missing", "always", "never")
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -75,13 +75,13 @@ class Setting:
 
 
 def _version(flag: str, value: Value) -> Value:
-    from kairos_build.config import normalize_version
+    from kairos_build.config.buildconfig import normalize_version
 
     return normalize_version(str(value))
 
 
 def _flavor(flag: str, value: Value) -> Value:
-    from kairos_build.flavors import load_flavor
+    from kairos_build.core.flavors import load_flavor
 
     return load_flavor(str(value)).name
 
@@ -108,14 +108,14 @@ def _partition_sizes(flag: str, value: Value) -> Value:
 
 
 def _kernel_args(flag: str, value: Value) -> Value:
-    from kairos_build.config import kernel_args
+    from kairos_build.config.buildconfig import kernel_args
 
     kernel_args(list(value) if isinstance(value, tuple) else [str(value)], None)
     return value
 
 
 def _cmdline(flag: str, value: Value) -> Value:
-    from kairos_build.config import kernel_args
+    from kairos_build.config.buildconfig import kernel_args
 
     kernel_args(None, str(value))
     return value
@@ -129,7 +129,7 @@ def _folder(flag: str, value: Value) -> Value:
 
 
 def _cloud_config(flag: str, value: Value) -> Value:
-    from kairos_build.cloudconfig import validate_cloud_config
+    from kairos_build.config.cloudconfig import validate_cloud_config
 
     return validate_cloud_config(Path(str(value)))
 

@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any
 from unittest import mock
 
-from kairos_build import rootfs
-from kairos_build.errors import InputError
+from kairos_build.core import rootfs
+from kairos_build.core.errors import InputError
 
 
 def given_epoch() -> int | None:

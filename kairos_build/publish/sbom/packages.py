@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from kairos_build.errors import BuildError, HostileContentError, KairosError
-from kairos_build.rootfs import regular_file, resolve_in
-from kairos_build.sbom.licences import copyright_licences
+from kairos_build.core.errors import BuildError, HostileContentError, KairosError
+from kairos_build.core.rootfs import regular_file, resolve_in
+from kairos_build.publish.sbom.licences import copyright_licences
 
 DPKG_STATUS = "var/lib/dpkg/status"
 APK_INSTALLED = "lib/apk/db/installed"
@@ -162,7 +162,7 @@ def parse_rpm_query(output: str) -> list[Package]:
 
 
 def rpm_packages(rootfs: Path) -> list[Package]:
-    from kairos_build.convert.sandbox import run_in_root
+    from kairos_build.core.sandbox import run_in_root
 
     try:
         output = run_in_root(rootfs, ["rpm", "-qa", "--queryformat", RPM_QUERY], read_only=True)

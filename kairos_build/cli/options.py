@@ -1,4 +1,4 @@
-"""Typer options made from the settings table (kairos_build.settings): a verb declares only its
+"""Typer options made from the settings table (kairos_build.config.settings): a verb declares only its
 own arguments; `@verb(app, NAME)` adds the options of every setting NAME takes and hands the
 verb a CommandLine (config file, --set, flags) to resolve them with.
 
@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from kairos_build.configfile import CommandLine
-from kairos_build.settings import Setting, Value, global_settings, settings_of
+from kairos_build.config.configfile import CommandLine
+from kairos_build.config.settings import Setting, Value, global_settings, settings_of
 
 _TYPES: dict[str, Any] = {"text": str, "path": Path, "flag": bool, "list": list[str]}
 COMMAND_LINE = "command_line"

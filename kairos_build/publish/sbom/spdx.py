@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kairos_build import __version__
-from kairos_build.sbom.licences import licence_refs, spdx_expression
-from kairos_build.sbom.packages import Package
+from kairos_build.publish.sbom.licences import licence_refs, spdx_expression
+from kairos_build.publish.sbom.packages import Package
 
 LICENCE_LIST_VERSION = "3.24"  # sbom/spdx-license-ids.txt
 # Our own licence (pyproject.toml): the framework layer's files are ours.

@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kairos_build import __version__, cli_artifacts
-from kairos_build.cli_settings import global_callback, verb
-from kairos_build.configfile import CommandLine, effective, resolve_settings
-from kairos_build.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
-from kairos_build.log import log, quiet_progress, setup_logging, timings
-from kairos_build.settings import Value
+from kairos_build import __version__
+from kairos_build.cli import artifacts as cli_artifacts
+from kairos_build.cli.options import global_callback, verb
+from kairos_build.config.configfile import CommandLine, effective, resolve_settings
+from kairos_build.config.settings import Value
+from kairos_build.core.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
+from kairos_build.core.log import log, quiet_progress, setup_logging, timings
 from kairos_build.trusted.genkey import DEFAULT_EXPIRATION_DAYS, DEFAULT_NAME
 
 if TYPE_CHECKING:
-    from kairos_build.cache import Cache
+    from kairos_build.core.cache import Cache
 
 app = typer.Typer(
     name="kairos-build",
@@ -187,7 +188,7 @@ def unpack(
     command_line: CommandLine,
 ) -> None:
     """Resolve a base and unpack it into a directory (no conversion)."""
-    from kairos_build.config import config_from
+    from kairos_build.config.buildconfig import config_from
     from kairos_build.pipelines.unpack import unpack_to
 
     values = _settings("unpack", command_line)
@@ -216,8 +217,8 @@ def convert(
     ] = False,
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
-    from kairos_build.config import config_from
-    from kairos_build.errors import InputError
+    from kairos_build.config.buildconfig import config_from
+    from kairos_build.core.errors import InputError
     from kairos_build.pipelines.convert import convert_to
 
     values = _settings("convert", command_line)
@@ -261,7 +262,7 @@ def dockerfile(
     ] = None,
 ) -> None:
     """Write the conversion as a Dockerfile and its build context (docker build OUTPUT)."""
-    from kairos_build.config import config_from
+    from kairos_build.config.buildconfig import config_from
     from kairos_build.pipelines.dockerfile import write_build_context
 
     config = config_from(_settings("dockerfile", command_line))
@@ -284,7 +285,7 @@ def rebuild(
 ) -> None:
     """Make an artifact again from its build manifest and say whether its sha256 matches (exit
     0) or not (exit 1, naming which recorded input differs)."""
-    from kairos_build.errors import BuildError
+    from kairos_build.core.errors import BuildError
     from kairos_build.pipelines.rebuild import rebuild as rebuild_artifact
 
     values = _settings("rebuild", command_line)
@@ -332,8 +333,8 @@ def check(
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
     from kairos_build.check.rules import describe
-    from kairos_build.config import config_from
-    from kairos_build.errors import CheckFailedError
+    from kairos_build.config.buildconfig import config_from
+    from kairos_build.core.errors import CheckFailedError
     from kairos_build.pipelines.check import check_base
 
     values = _settings("check", command_line)
@@ -429,7 +430,7 @@ app.add_typer(cache_app, name="cache")
 
 
 def _cache(values: dict[str, Value]) -> Cache:
-    from kairos_build.cache import Cache, default_cache_dir
+    from kairos_build.core.cache import Cache, default_cache_dir
 
     folder = values.get("cache-dir")
     return Cache(folder if isinstance(folder, Path) else default_cache_dir())
@@ -477,7 +478,7 @@ def install_deps(
     print_only: Annotated[bool, typer.Option("--print", help="Only list the packages.")] = False,
 ) -> None:
     """Install the host tools kairos-build drives (apt hosts), or list them (other hosts)."""
-    from kairos_build.hostdeps import describe_packages, install_host_packages, is_apt_host
+    from kairos_build.core.hostdeps import describe_packages, install_host_packages, is_apt_host
 
     if print_only or not is_apt_host():
         print(describe_packages())
@@ -489,7 +490,7 @@ def install_deps(
 @verb(app, "flavors")
 def flavors(command_line: CommandLine) -> None:
     """List the flavors: family, releases, package manager, init, bootloader, initramfs."""
-    from kairos_build.flavors import flavor_names, load_flavor
+    from kairos_build.core.flavors import flavor_names, load_flavor
 
     values = _settings("flavors", command_line)
     rows = [load_flavor(name) for name in flavor_names()]

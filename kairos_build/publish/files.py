@@ -15,10 +15,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kairos_build.cache import pid_is_gone
-from kairos_build.errors import InputError
-from kairos_build.log import step
-from kairos_build.tools import run
+from kairos_build.core.cache import pid_is_gone
+from kairos_build.core.errors import InputError
+from kairos_build.core.log import step
+from kairos_build.core.tools import run
 
 
 @dataclass(frozen=True)

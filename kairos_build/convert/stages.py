@@ -16,10 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from kairos_build import rootfs
 from kairos_build.agent import agent_files
-from kairos_build.cache import Cache, Stage, hash_tree
-from kairos_build.config import BuildConfig
+from kairos_build.config.buildconfig import BuildConfig
 from kairos_build.convert import convert, framework, initramfs, initramfs_reads, packages
 from kairos_build.convert.convert import (
     apply_framework,
@@ -33,9 +31,11 @@ from kairos_build.convert.convert import (
 from kairos_build.convert.framework import find_kernel, layer_tree, overlay_dirs
 from kairos_build.convert.initramfs import initramfs_command, initramfs_paths
 from kairos_build.convert.plan import install_env, service_commands
-from kairos_build.data import data_dir
-from kairos_build.log import log, step
-from kairos_build.reproducible import build_epoch, given_epoch
+from kairos_build.core import rootfs
+from kairos_build.core.cache import Cache, Stage, hash_tree
+from kairos_build.core.data import data_dir
+from kairos_build.core.log import log, step
+from kairos_build.core.reproducible import build_epoch, given_epoch
 from kairos_build.source.resolve import Base, SourceOptions, resolve_base
 
 

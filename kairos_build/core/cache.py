@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kairos_build.log import log
+from kairos_build.core.log import log
 
 PACKAGE_CACHE = "pkgcache"  # the kind under which shared package downloads live
 

@@ -2,7 +2,7 @@
 
 Standard library only. Every read is bounded and every offset checked against the file, so a
 garbage, truncated or hostile file gives None or [] and never an exception. Callers resolve
-paths inside a rootfs with kairos_build.rootfs.resolve_in first; this module only refuses
+paths inside a rootfs with kairos_build.core.rootfs.resolve_in first; this module only refuses
 what is not a regular file (a FIFO would block, a device would never end).
 """
 

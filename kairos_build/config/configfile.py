@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from kairos_build.errors import InputError
-from kairos_build.settings import BY_KEY, SETTINGS, Setting, Value, settings_of
+from kairos_build.config.settings import BY_KEY, SETTINGS, Setting, Value, settings_of
+from kairos_build.core.errors import InputError
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
