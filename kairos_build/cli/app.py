@@ -286,6 +286,7 @@ def rebuild(
     """Make an artifact again from its build manifest and say whether its sha256 matches (exit
     0) or not (exit 1, naming which recorded input differs)."""
     from kairos_build.core.errors import BuildError
+    from kairos_build.pipelines.build import build
     from kairos_build.pipelines.rebuild import rebuild as rebuild_artifact
 
     values = _settings("rebuild", command_line)
@@ -293,6 +294,7 @@ def rebuild(
     result = rebuild_artifact(
         manifest_file,
         output,
+        build,
         cache_dir if isinstance(cache_dir, Path) else None,
         no_cache=values.get("no-cache") is True,
     )

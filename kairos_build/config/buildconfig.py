@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kairos_build.config.configfile import effective
-from kairos_build.config.settings import BOOT_MODES, PLATFORMS, PULL_POLICIES, Value, default
+from kairos_build.config.settings import BOOT_MODES, Value, default, kernel_args, normalize_version
 from kairos_build.core.cache import default_cache_dir
 from kairos_build.core.errors import InputError
 from kairos_build.core.flavors import Flavor, Release, load_flavor
 from kairos_build.disk.layout import DiskOptions, parse_partition_sizes, parse_size
 from kairos_build.disk.squashfs import Compression
+from kairos_build.source.refs import PLATFORMS, PULL_POLICIES
 
 VARIANTS = ("core", "standard")
-_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
-
-
-def normalize_version(version: str) -> str:
-    """Kairos versions always carry a leading `v` (v1.2.3); a bad one is refused."""
-    if not _VERSION.match(version):
-        raise InputError(
-            f"version {version!r} is not of the form v1.2.3",
-            hint="pass --version v1.2.3 (the leading v is optional)",
-        )
-    return version if version.startswith("v") else f"v{version}"
 
 
 @dataclass(frozen=True)
@@ -94,18 +82,6 @@ class BuildConfig:
             f"kairos-{self.flavor.name}-{self.release.flavor_release}-{self.variant}-"
             f"{self.arch}-{self.model}-{self.version}"
         )
-
-
-def kernel_args(repeated: list[str] | None, line: str | None) -> tuple[str, ...]:
-    """--kernel-arg A --kernel-arg B and --extra-cmdline 'C D' together: (A, B, C, D)."""
-    try:
-        words = shlex.split(line or "")
-    except ValueError as exc:
-        raise InputError(f"--extra-cmdline {line!r} does not parse: {exc}") from exc
-    for word in [*(repeated or []), *words]:
-        if not word.isprintable():
-            raise InputError(f"kernel argument {word!r} has control characters")
-    return (*(repeated or []), *words)
 
 
 def make_config(flavor: str, release: str | None = None, **options: Any) -> BuildConfig:

@@ -8,15 +8,19 @@ file), so a user who knows one knows the other.
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kairos_build.config.cloudconfig import validate_cloud_config
 from kairos_build.core.errors import InputError
-from kairos_build.disk.layout import FIRMWARES
+from kairos_build.core.flavors import load_flavor
+from kairos_build.disk.layout import FIRMWARES, parse_partition_sizes, parse_size
+from kairos_build.disk.squashfs import Compression
+from kairos_build.source.refs import PLATFORMS, PULL_POLICIES
 
-PULL_POLICIES = ("missing", "always", "never")
-PLATFORMS = ("linux/amd64", "linux/arm64")
 BOOT_MODES = ("secureboot", "trusted")
 
 # The verbs that make artifacts: `build` and one verb per installed format share their settings.
@@ -74,49 +78,60 @@ class Setting:
         return self.check(self.flag, value) if self.check else value
 
 
-def _version(flag: str, value: Value) -> Value:
-    from kairos_build.config.buildconfig import normalize_version
+_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?$")
 
+
+def normalize_version(version: str) -> str:
+    """Kairos versions always carry a leading `v` (v1.2.3); a bad one is refused."""
+    if not _VERSION.match(version):
+        raise InputError(
+            f"version {version!r} is not of the form v1.2.3",
+            hint="pass --version v1.2.3 (the leading v is optional)",
+        )
+    return version if version.startswith("v") else f"v{version}"
+
+
+def kernel_args(repeated: list[str] | None, line: str | None) -> tuple[str, ...]:
+    """--kernel-arg A --kernel-arg B and --extra-cmdline 'C D' together: (A, B, C, D)."""
+    try:
+        words = shlex.split(line or "")
+    except ValueError as exc:
+        raise InputError(f"--extra-cmdline {line!r} does not parse: {exc}") from exc
+    for word in [*(repeated or []), *words]:
+        if not word.isprintable():
+            raise InputError(f"kernel argument {word!r} has control characters")
+    return (*(repeated or []), *words)
+
+
+def _version(flag: str, value: Value) -> Value:
     return normalize_version(str(value))
 
 
 def _flavor(flag: str, value: Value) -> Value:
-    from kairos_build.core.flavors import load_flavor
-
     return load_flavor(str(value)).name
 
 
 def _compression(flag: str, value: Value) -> Value:
-    from kairos_build.disk.squashfs import Compression
-
     Compression.parse(str(value))  # refuses an unknown one; the arch is chosen later
     return value
 
 
 def _size(flag: str, value: Value) -> Value:
-    from kairos_build.disk.layout import parse_size
-
     parse_size(str(value), flag)
     return value
 
 
 def _partition_sizes(flag: str, value: Value) -> Value:
-    from kairos_build.disk.layout import parse_partition_sizes
-
     parse_partition_sizes(list(value) if isinstance(value, tuple) else [str(value)])
     return value
 
 
 def _kernel_args(flag: str, value: Value) -> Value:
-    from kairos_build.config.buildconfig import kernel_args
-
     kernel_args(list(value) if isinstance(value, tuple) else [str(value)], None)
     return value
 
 
 def _cmdline(flag: str, value: Value) -> Value:
-    from kairos_build.config.buildconfig import kernel_args
-
     kernel_args(None, str(value))
     return value
 
@@ -129,8 +144,6 @@ def _folder(flag: str, value: Value) -> Value:
 
 
 def _cloud_config(flag: str, value: Value) -> Value:
-    from kairos_build.config.cloudconfig import validate_cloud_config
-
     return validate_cloud_config(Path(str(value)))
 
 

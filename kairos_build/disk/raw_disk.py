@@ -1,5 +1,6 @@
 """The raw GPT disk with the Kairos partition layout, built without loop devices or mounts: the
-one disk every disk format is made from (the export context makes it once per build).
+one disk every disk format is made from (the export context makes it once per build, from
+these building blocks; they take plain inputs and know nothing of formats).
 
 Every partition is made in place inside one sparse file: ext4 with `mkfs.ext4 -d -E offset=`,
 the ESP with `mkfs.vfat --offset` + mtools, grub's BIOS core written into the BIOS boot
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from kairos_build.core.flavors import SecureBoot
 from kairos_build.core.log import log, step
 from kairos_build.core.reproducible import clamp_times
 from kairos_build.core.templates import render
@@ -26,10 +28,7 @@ from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.filesystems import tree_bytes
 from kairos_build.disk.gpt import create_disk
 from kairos_build.disk.grub import grub_dir, grub_quote
-from kairos_build.disk.layout import Layout, Partition, plan_layout, stable_uuid
-
-if TYPE_CHECKING:  # the context makes the disk through this module: no import at run time
-    from kairos_build.exporters.base import ExportContext
+from kairos_build.disk.layout import DiskOptions, Layout, Partition, plan_layout, stable_uuid
 
 # What making the disk drives on the host: every disk format needs these.
 RAW_DISK_TOOLS: tuple[str, ...] = (
@@ -93,87 +92,100 @@ def write_ext4(disk: Path, part: Partition, seed: str, source: Path | None, epoc
         )
 
 
-def state_menu(context: ExportContext) -> str:
+def state_menu(pretty_name: str, extra: tuple[str, ...]) -> str:
     """COS_STATE's /boot/grub/grub.cfg: the active, passive, recovery and reset entries."""
-    config, extra = context.config, context.config.extra_kernel_args
     return render(
         "grub-disk.cfg.j2",
         timeout=3,
-        title=f"Kairos {config.flavor.pretty_name}",
+        title=f"Kairos {pretty_name}",
         state_cmdline=state_cmdline(STATE_LABEL, extra),
         recovery_cmdline=state_cmdline("COS_RECOVERY", extra),
     )
 
 
-def install_kit(context: ExportContext) -> dict[str, Path]:
+def install_kit(rootfs: Path, secure_boot: SecureBoot | None, menu: str, work: Path) -> dict[str, Path]:
     """Kit path -> host file: the boot loaders and menu of an installed disk, the same this
     module writes into a raw disk, for kairos-agent to lay down (disk/kit.py names them)."""
-    work = context.workdir / "install-kit"
     work.mkdir(exist_ok=True)
-    rootfs = context.rootfs
-    loaders = esp_files(rootfs, context.config.flavor.secure_boot, STATE_LABEL, work, cd=False)
+    loaders = esp_files(rootfs, secure_boot, STATE_LABEL, work, cd=False)
     files = {f"{kit.ESP_DIR}/{path}": source for path, source in loaders.items()}
     modules = grub_dir(rootfs, "i386-pc")
     files[kit.BIOS_CORE] = bios_core_image(STATE_LABEL, work, modules)
     files[kit.BIOS_BOOT] = modules / "boot.img"
-    menu = work / "grub.cfg"
-    menu.write_text(state_menu(context))
-    files[kit.STATE_MENU] = menu
+    menu_file = work / "grub.cfg"
+    menu_file.write_text(menu)
+    files[kit.STATE_MENU] = menu_file
     return files
 
 
-def make_raw_disk(context: ExportContext, output: Path) -> Layout:
-    """Write the whole disk image to `output`; returns the layout it used."""
-    config, work, seed = context.config, context.workdir, context.rootfs_key
-    kernel = context.kernel()
-    initrd = context.initrd()
-    with step("measuring the rootfs"):
-        rootfs_bytes = tree_bytes(context.rootfs)
-    squashfs = context.squashfs()
-    recovery_bytes = sum(p.stat().st_size for p in (squashfs, kernel, initrd))
-    layout = plan_layout(config.disk, rootfs_bytes, recovery_bytes, seed)
-    log.info("  layout: %s; disk %d MiB", layout.describe(), layout.disk_size >> 20)
-    active = context.root_image(layout.image_size)
+@dataclass(frozen=True)
+class RawDiskParts:
+    """What goes into the partitions: the system image, the recovery squashfs with its kernel
+    and initrd, the install kit (install_kit) and the node's cloud-config."""
 
+    active: Path
+    squashfs: Path
+    kernel: Path
+    initrd: Path
+    kit: dict[str, Path]
+    cloud_config: Path | None
+
+
+def measure_rootfs(rootfs: Path) -> int:
+    with step("measuring the rootfs"):
+        return tree_bytes(rootfs)
+
+
+def plan_raw_disk(options: DiskOptions, rootfs_bytes: int, recovery: tuple[Path, ...], seed: str) -> Layout:
+    """The layout for a rootfs of `rootfs_bytes` and the files COS_RECOVERY holds (its
+    squashfs, kernel and initrd)."""
+    recovery_bytes = sum(path.stat().st_size for path in recovery)
+    layout = plan_layout(options, rootfs_bytes, recovery_bytes, seed)
+    log.info("  layout: %s; disk %d MiB", layout.describe(), layout.disk_size >> 20)
+    return layout
+
+
+def write_raw_disk(
+    output: Path, layout: Layout, parts: RawDiskParts, work: Path, seed: str, epoch: int
+) -> None:
+    """Write the whole disk image of `layout` to `output`."""
     create_disk(output, layout)
-    parts = {p.name: p for p in layout.partitions}
+    partitions = {p.name: p for p in layout.partitions}
     # The boot loaders and menu, made once: written to COS_GRUB, the BIOS boot partition and
     # COS_STATE here, and kept on COS_RECOVERY for kairos-agent.
-    loaders = install_kit(context)
+    loaders = parts.kit
 
     state = stage(work, "state")
-    link_or_copy(active, state / "cOS" / "active.img")
+    link_or_copy(parts.active, state / "cOS" / "active.img")
     (state / "boot" / "grub").mkdir(parents=True)
     shutil.copyfile(loaders[kit.STATE_MENU], state / "boot" / "grub" / "grub.cfg")
-    write_ext4(output, parts["state"], seed, state, context.epoch)
+    write_ext4(output, partitions["state"], seed, state, epoch)
 
     recovery = stage(work, "recovery")
-    link_or_copy(squashfs, recovery / "cOS" / "recovery.squashfs")
-    link_or_copy(kernel, recovery / "boot" / "vmlinuz")
-    link_or_copy(initrd, recovery / "boot" / "initrd")
+    link_or_copy(parts.squashfs, recovery / "cOS" / "recovery.squashfs")
+    link_or_copy(parts.kernel, recovery / "boot" / "vmlinuz")
+    link_or_copy(parts.initrd, recovery / "boot" / "initrd")
     # Copies, not links: some come from the cached rootfs, and the stage's times get clamped.
     for path, source in loaders.items():
         (recovery / kit.KIT_DIR / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, recovery / kit.KIT_DIR / path)
-    write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
+    write_ext4(output, partitions["recovery"], seed, recovery, epoch)
 
     oem = stage(work, "oem")
-    if config.cloud_config is not None:
-        shutil.copyfile(config.cloud_config, oem / "90_custom.yaml")
-    write_ext4(output, parts["oem"], seed, oem, context.epoch)
-    write_ext4(output, parts["persistent"], seed, None, context.epoch)
+    if parts.cloud_config is not None:
+        shutil.copyfile(parts.cloud_config, oem / "90_custom.yaml")
+    write_ext4(output, partitions["oem"], seed, oem, epoch)
+    write_ext4(output, partitions["persistent"], seed, None, epoch)
 
-    if "efi" in parts:
+    if "efi" in partitions:
         with step("writing COS_GRUB (the EFI boot loaders)"):
             esp = {
                 path.removeprefix(f"{kit.ESP_DIR}/"): source
                 for path, source in loaders.items()
                 if path.startswith(f"{kit.ESP_DIR}/")
             }
-            make_fat_in_disk(
-                output, parts["efi"].start, parts["efi"].size, esp, "COS_GRUB", volume_id(seed), context.epoch
-            )
-    if "bios" in parts:
+            efi = partitions["efi"]
+            make_fat_in_disk(output, efi.start, efi.size, esp, "COS_GRUB", volume_id(seed), epoch)
+    if "bios" in partitions:
         with step("writing grub for BIOS"):
-            write_bios_images(output, parts["bios"], loaders[kit.BIOS_CORE], loaders[kit.BIOS_BOOT])
-    return layout
+            write_bios_images(output, partitions["bios"], loaders[kit.BIOS_CORE], loaders[kit.BIOS_BOOT])

@@ -9,8 +9,7 @@ from pathlib import Path
 from kairos_build.convert.image_writer import image_config, tar_directory, write_layer, write_oci_layout
 from kairos_build.exporters.base import ExportContext
 from kairos_build.trusted import uki, verity
-from kairos_build.trusted.disk import esp_files, image_path, root_image
-from kairos_build.trusted.keys import load_keys
+from kairos_build.trusted.disk import image_path
 
 
 class UkiExporter:
@@ -23,11 +22,9 @@ class UkiExporter:
     files: tuple[str, ...] = ()
 
     def export(self, context: ExportContext, output: Path) -> None:
-        assert context.config.keys is not None  # the build refuses the format without keys
-        keys = load_keys(context.config.keys, context.config.cache_dir)
-        image = root_image(context)
+        image = context.verity_image()
         output.mkdir()
-        files = {**esp_files(context, keys, image), image_path(image).lstrip("/"): image.path}
+        files = {**context.trusted_esp_files(), image_path(image).lstrip("/"): image.path}
         for path, source in files.items():
             (output / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, output / path)

@@ -15,7 +15,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from kairos_build.config.cloudconfig import validate_cloud_config
 from kairos_build.core.errors import InputError
-from kairos_build.exporters.iso import LABEL, hybridize, pad_tail
+from kairos_build.disk.iso9660 import LABEL, hybridize, pad_tail
 from kairos_build.publish.files import discard, partial_path, publish_file
 
 CONFIG_ISO_PATH = "/CONFIG.YAML;1"

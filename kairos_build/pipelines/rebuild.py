@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kairos_build.config.buildconfig import config_from
+from kairos_build.config.buildconfig import BuildConfig, config_from
 from kairos_build.core.errors import InputError
 from kairos_build.core.log import log
-from kairos_build.pipelines.build import build
 from kairos_build.publish import manifest
 from kairos_build.publish.files import Artifact
 
@@ -60,8 +59,13 @@ def check_output(manifest_path: Path, output: Path) -> None:
         )
 
 
+# The build pipeline, handed in by the verb: a pipeline is one verb's table of contents and
+# never imports another.
+Build = Callable[[BuildConfig, list[str]], list[Artifact]]
+
+
 def rebuild(
-    manifest_path: Path, output: Path, cache_dir: Path | None = None, no_cache: bool = False
+    manifest_path: Path, output: Path, build: Build, cache_dir: Path | None = None, no_cache: bool = False
 ) -> Rebuilt:
     recorded = manifest.load(manifest_path)
     check_output(manifest_path, output)

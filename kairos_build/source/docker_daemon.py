@@ -16,11 +16,11 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 
-from kairos_build.config.settings import PULL_POLICIES
 from kairos_build.core.errors import InputError
 from kairos_build.core.log import log, progress
 from kairos_build.source.docker_archive import normalize_name, open_docker_archive
 from kairos_build.source.image import Image
+from kairos_build.source.refs import PULL_POLICIES
 
 _PING_TIMEOUT = 3
 # Seconds one read from the daemon may take: a pull or a save of a large image is slow.

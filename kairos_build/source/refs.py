@@ -8,6 +8,9 @@ from pathlib import Path
 from kairos_build.core.errors import InputError
 
 TRANSPORTS = ("docker", "oci", "oci-archive", "docker-archive", "dir", "bootstrap")
+# When a base is fetched anew (--pull), and the platforms a multi-platform image is read for.
+PULL_POLICIES = ("missing", "always", "never")
+PLATFORMS = ("linux/amd64", "linux/arm64")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from kairos_build.config.settings import PULL_POLICIES
 from kairos_build.core.cache import Cache
 from kairos_build.core.errors import BuildError, InputError
 from kairos_build.core.log import log, progress
@@ -27,6 +26,7 @@ from kairos_build.source.image import (
     manifest_layers,
     resolve_manifest,
 )
+from kairos_build.source.refs import PULL_POLICIES
 from kairos_build.source.registry_api import (
     CHUNK,
     INDEX_TYPES,

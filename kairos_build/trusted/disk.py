@@ -24,20 +24,16 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kairos_build.core.log import log, step
 from kairos_build.core.templates import render
 from kairos_build.disk.fat import make_fat_in_disk
 from kairos_build.disk.gpt import create_disk
-from kairos_build.disk.layout import Layout, MiB, align_up, plan_layout
+from kairos_build.disk.layout import DiskOptions, Layout, MiB, align_up, plan_layout
 from kairos_build.disk.raw_disk import CONSOLES, link_or_copy, stage, volume_id, write_ext4
-from kairos_build.trusted.keys import SigningKeys, load_keys
+from kairos_build.trusted.keys import SigningKeys
 from kairos_build.trusted.uki import SYSTEMD_BOOT, assemble_uki, image_file, sign_efi
-from kairos_build.trusted.verity import VerityImage, make_verity_image
-
-if TYPE_CHECKING:
-    from kairos_build.exporters.base import ExportContext
+from kairos_build.trusted.verity import VerityImage
 
 UKI_DIR = "EFI/kairos"
 RESET_KIT = "kairos/trusted"  # on COS_RECOVERY
@@ -102,15 +98,16 @@ def loader_entry(title: str, number: int, version: str, efi: str) -> str:
     )
 
 
-def signed_ukis(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
+def signed_ukis(
+    rootfs: Path, work: Path, keys: SigningKeys, verity: VerityImage, extra: tuple[str, ...]
+) -> dict[str, Path]:
     """ESP path -> host file of the system and recovery UKIs, signed."""
-    work = context.workdir / "trusted-ukis"
     work.mkdir(exist_ok=True)
     made: dict[str, Path] = {}
     for uki in (SYSTEM, RECOVERY):
         name = uki.name(verity)
-        cmdline = uki.cmdline(verity, context.config.extra_kernel_args)
-        unsigned = assemble_uki(context.rootfs, work, name, cmdline, keys)
+        cmdline = uki.cmdline(verity, extra)
+        unsigned = assemble_uki(rootfs, work, name, cmdline, keys)
         signed = sign_efi(unsigned, work / f"{name}.efi", keys.db_key, keys.db_cert)
         unsigned.unlink()
         log.info("  %s.efi: %d MiB", name, -(-signed.stat().st_size // MiB))
@@ -118,37 +115,31 @@ def signed_ukis(context: ExportContext, keys: SigningKeys, verity: VerityImage) 
     return made
 
 
-ESP_MADE = "trusted-esp:"  # context.made's keys for the files esp_files made, by ESP path
+@dataclass(frozen=True)
+class EspInputs:
+    """What the Trusted Boot ESP is made of, besides the keys and the root image."""
+
+    rootfs: Path
+    pretty_name: str
+    version: str
+    extra: tuple[str, ...]
 
 
-def esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
+def make_esp_files(inputs: EspInputs, keys: SigningKeys, verity: VerityImage, work: Path) -> dict[str, Path]:
     """ESP path -> host file: signed systemd-boot, the signed UKIs, the menu, the keys to enroll.
-    Made once per build: every format of it carries the same signed files (a signature holds
-    its signing time, so signing again gives other bytes)."""
-    made = {
-        path.removeprefix(ESP_MADE): file for path, file in context.made.items() if path.startswith(ESP_MADE)
-    }
-    if made:
-        return made
-    files = _make_esp_files(context, keys, verity)
-    context.made.update({ESP_MADE + path: file for path, file in files.items()})
-    return files
-
-
-def _make_esp_files(context: ExportContext, keys: SigningKeys, verity: VerityImage) -> dict[str, Path]:
-    config = context.config
-    work = context.workdir / "trusted-esp"
+    A signature holds its signing time, so signing again gives other bytes: a build makes
+    these once and every format of it carries the same files (the export context sees to it)."""
     work.mkdir(exist_ok=True)
-    title = f"Kairos {config.flavor.pretty_name} {config.version}"
-    boot = image_file(context.rootfs, SYSTEMD_BOOT, "systemd-boot-efi")
+    title = f"Kairos {inputs.pretty_name} {inputs.version}"
+    boot = image_file(inputs.rootfs, SYSTEMD_BOOT, "systemd-boot-efi")
     files = {
         "EFI/BOOT/BOOTX64.EFI": sign_efi(boot, work / "BOOTX64.EFI", keys.db_key, keys.db_cert),
-        **signed_ukis(context, keys, verity),
+        **signed_ukis(inputs.rootfs, work / "ukis", keys, verity, inputs.extra),
     }
     for number, (role, uki, suffix) in enumerate(ENTRIES, start=1):
         conf = work / f"{role}.conf"
         conf.write_text(
-            loader_entry(title + suffix, number, config.version, f"/{UKI_DIR}/{uki.name(verity)}.efi")
+            loader_entry(title + suffix, number, inputs.version, f"/{UKI_DIR}/{uki.name(verity)}.efi")
         )
         files[f"loader/entries/{role}.conf"] = conf
     loader = work / "loader.conf"
@@ -159,35 +150,38 @@ def _make_esp_files(context: ExportContext, keys: SigningKeys, verity: VerityIma
     return files
 
 
-def root_image(context: ExportContext) -> VerityImage:
-    """The build's squashfs with its verity tree, made once per build."""
-    return make_verity_image(context.squashfs(), context.workdir / "root.verity.img", context.rootfs_key)
-
-
-def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
-    """Write the whole Trusted Boot disk to `output`; returns the layout it used."""
-    config, work, seed = context.config, context.workdir, context.rootfs_key
-    assert config.keys is not None  # BuildConfig refuses trusted without keys
-    keys = load_keys(config.keys, config.cache_dir)
-    verity = root_image(context)
-    image_bytes = verity.path.stat().st_size
-    # plan_layout sizes COS_STATE for three images (active, passive, an upgrade) of image_size.
+def plan_trusted_disk(options: DiskOptions, image_bytes: int, seed: str) -> Layout:
+    """UEFI only, a 512 MiB ESP by default; COS_STATE sized for three images (active, passive,
+    an upgrade) of the verified root image's size."""
     options = replace(
-        config.disk,
+        options,
         firmware="uefi",
         image_size=align_up(image_bytes * 11 // 10, 16 * MiB),
-        sizes=(("efi", DEFAULT_ESP), *config.disk.sizes),
+        sizes=(("efi", DEFAULT_ESP), *options.sizes),
     )
     layout = plan_layout(options, image_bytes, image_bytes, seed)
     log.info("  layout: %s; disk %d MiB", layout.describe(), layout.disk_size >> 20)
+    return layout
+
+
+def write_trusted_disk(
+    output: Path,
+    layout: Layout,
+    loaders: dict[str, Path],
+    verity: VerityImage,
+    cloud_config: Path | None,
+    work: Path,
+    seed: str,
+    epoch: int,
+) -> None:
+    """Write the whole Trusted Boot disk of `layout` to `output`; `loaders` are the ESP's files
+    (make_esp_files)."""
     create_disk(output, layout)
     parts = {p.name: p for p in layout.partitions}
-    loaders = esp_files(context, keys, verity)
-
     image = image_path(verity).lstrip("/")
     state = stage(work, "state")
     link_or_copy(verity.path, state / image)
-    write_ext4(output, parts["state"], seed, state, context.epoch)
+    write_ext4(output, parts["state"], seed, state, epoch)
     # COS_RECOVERY: its image, and the system UKI of that image for a reset to lay back.
     recovery = stage(work, "recovery")
     link_or_copy(verity.path, recovery / image)
@@ -195,15 +189,13 @@ def make_trusted_disk(context: ExportContext, output: Path) -> Layout:
     (recovery / RESET_KIT).mkdir(parents=True)
     for path in (system, "loader/entries/active.conf", "loader/entries/passive.conf"):
         shutil.copyfile(loaders[path], recovery / RESET_KIT / Path(path).name)
-    write_ext4(output, parts["recovery"], seed, recovery, context.epoch)
+    write_ext4(output, parts["recovery"], seed, recovery, epoch)
     oem = stage(work, "oem")
-    if config.cloud_config is not None:
-        shutil.copyfile(config.cloud_config, oem / "90_custom.yaml")
-    write_ext4(output, parts["oem"], seed, oem, context.epoch)
+    if cloud_config is not None:
+        shutil.copyfile(cloud_config, oem / "90_custom.yaml")
+    write_ext4(output, parts["oem"], seed, oem, epoch)
     # COS_PERSISTENT stays blank: the node's first boot seals it to its own TPM (LUKS2, see
     # the kairos-immutable dracut module), which no build can do.
     with step("writing the ESP (systemd-boot, the signed UKIs, the keys to enroll)"):
-        make_fat_in_disk(
-            output, parts["efi"].start, parts["efi"].size, loaders, "COS_GRUB", volume_id(seed), context.epoch
-        )
-    return layout
+        efi = parts["efi"]
+        make_fat_in_disk(output, efi.start, efi.size, loaders, "COS_GRUB", volume_id(seed), epoch)

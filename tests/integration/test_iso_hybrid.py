@@ -13,7 +13,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from kairos_build.exporters.iso import write_iso
+from kairos_build.disk.iso9660 import write_iso
 from tests.conftest import run_cli
 from tests.imagefiles import file_digest
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config.buildconfig import kernel_args
+from kairos_build.config.settings import kernel_args
 from kairos_build.convert.framework import layer_tree
 from kairos_build.core.errors import InputError
 from kairos_build.disk.grub import grub_quote
+from kairos_build.disk.iso9660 import IsoTree
 from kairos_build.disk.isohybrid import patch_bios_image, sfdisk_script
-from kairos_build.exporters.iso import _Iso, live_cmdline, overlay_files
+from kairos_build.exporters.iso import live_cmdline, overlay_files
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ def test_kernel_args_merge_repeated_and_one_line() -> None:
 
 
 def test_iso9660_names_are_valid_and_unique_per_folder() -> None:
-    iso = _Iso()
+    iso = IsoTree()
     assert iso._iso_path("/boot", folder=True) == "/BOOT"
     assert iso._iso_path("/boot/kernel", folder=False) == "/BOOT/KERNEL."
     assert iso._iso_path("/a-b.txt", folder=False) == "/A_B.TXT"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config.buildconfig import make_config, normalize_version
+from kairos_build.config.buildconfig import make_config
+from kairos_build.config.settings import normalize_version
 from kairos_build.core.errors import InputError
 from kairos_build.source.refs import BaseRef, parse_ref
 

@@ -14,6 +14,7 @@ import re
 import yaml
 
 from kairos_build.core.data import data_dir
+from kairos_build.publish.sbom.stanzas import paragraphs
 
 # GPL-2+, GPLv2+, GPL-2.0+, LGPL-2.1, AGPL-3, GFDL-1.3+ ...
 _GPL_STYLE = re.compile(r"^(AGPL|LGPL|GPL|GFDL)-?v?(\d)(?:\.(\d))?(\+)?$", re.IGNORECASE)
@@ -37,8 +38,6 @@ def _aliases() -> dict[str, str]:
 def copyright_licences(text: str) -> tuple[str, ...]:
     """The licence expressions of a DEP-5 copyright file: its header's and each Files
     paragraph's, once each, in order. A free-form copyright file states none we can read."""
-    from kairos_build.publish.sbom.packages import paragraphs
-
     stanzas = list(paragraphs(text))
     if (
         not stanzas

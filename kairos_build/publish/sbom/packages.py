@@ -8,7 +8,7 @@ read-only rootfs, as the conversion runs the package manager.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +16,7 @@ from urllib.parse import quote
 from kairos_build.core.errors import BuildError, HostileContentError, KairosError
 from kairos_build.core.rootfs import regular_file, resolve_in
 from kairos_build.publish.sbom.licences import copyright_licences
+from kairos_build.publish.sbom.stanzas import paragraphs
 
 DPKG_STATUS = "var/lib/dpkg/status"
 APK_INSTALLED = "lib/apk/db/installed"
@@ -63,25 +64,6 @@ def _read(rootfs: Path, path: str, limit: int = 256 << 20) -> str:
             hint="check where the base image comes from",
         )
     return found.read_text(errors="replace")
-
-
-def paragraphs(text: str) -> Iterator[dict[str, str]]:
-    """RFC 822-style stanzas (dpkg status, Debian copyright files): continuation lines are
-    joined to their field with a newline."""
-    fields: dict[str, str] = {}
-    last = ""
-    for line in text.splitlines():
-        if not line.strip():
-            if fields:
-                yield fields
-            fields, last = {}, ""
-        elif line[0] in " \t" and last:
-            fields[last] += "\n" + line.strip()
-        elif ":" in line:
-            last, _, value = line.partition(":")
-            fields[last] = value.strip()
-    if fields:
-        yield fields
 
 
 def _copyright(rootfs: Path, package: str) -> str:
