@@ -27,10 +27,11 @@ fi
 # images and unpack them for comparison (zstd: to read an initramfs; efitools: the reference
 # for genkey's .esl and .auth files; systemd-boot-efi: a real EFI binary for sbsign to sign).
 # rsync and git: gitlab-ci-local copies a job's artifacts with rsync and reads the project with git.
+# And the gate over the shell scripts we ship, shellcheck (tests/unit/test_gates.py).
 if [ -n "$extras" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         docker-registry skopeo umoci docker.io sbsigntool zstd efitools systemd-boot-efi \
-        rsync git
+        rsync git shellcheck
 fi
 
 # gitlab-ci-local runs the GitLab CI template in the tests, installed into .ci-tools/ from

@@ -47,10 +47,10 @@ def extract(raw: Path, part: dict[str, object], dest: Path) -> Path:
         f"of={dest}",
         "bs=1M",
         f"skip={int(part['start']) // 2048}",  # type: ignore[call-overload]
-        f"count={int(part['size']) // 2048}",
+        f"count={int(part['size']) // 2048}",  # type: ignore[call-overload]
         "conv=sparse",
         "status=none",
-    )  # type: ignore[call-overload]
+    )
     return dest
 
 

@@ -5,6 +5,7 @@ ISO, the raw disk, the qcow2, the vmdk, the vhd and the converted OCI image."""
 from __future__ import annotations
 
 import hashlib
+import io
 import mmap
 import shutil
 import subprocess
@@ -85,6 +86,7 @@ def layer_members(archive: Path) -> dict[str, tuple[int, int, int, str]]:
         with tarfile.open(fileobj=layer, mode="r|") as inner:  # streamed: 1.3 GB
             for member in inner:
                 data = inner.extractfile(member) if member.isfile() else None
+                assert data is None or isinstance(data, io.BufferedReader)  # tarfile's ExFileObject
                 digest = hashlib.file_digest(data, "sha256").hexdigest() if data else member.linkname
                 members[member.name] = (member.mode, member.size, int(member.mtime), digest)
     return members

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pefile  # type: ignore[import-untyped]
+import pefile
 import pytest
 
 from kairos_build.agent import trusted as agent_trusted
@@ -153,6 +153,7 @@ def test_each_uki_is_small_and_pins_its_root_by_hash(trusted: tuple[Path, Path, 
         roothash = re.search(r"kairos\.verity\.roothash=([0-9a-f]{64})", cmdline)
         offset = re.search(r"kairos\.verity\.hashoffset=(\d+)", cmdline)
         assert roothash and offset, cmdline
+    assert roothash and offset  # the last UKI's, as checked in the loop
     # The tree and the hash on the (signed) command line agree; one changed byte breaks them.
     sh("veritysetup", "verify", f"--hash-offset={offset.group(1)}", str(image), str(image), roothash.group(1))
     changed = tmp_path / "changed.img"

@@ -67,7 +67,8 @@ def _layer_blob(layout: Path) -> Path:
     index = json.loads((layout / "index.json").read_text())
     manifest_hex = index["manifests"][0]["digest"].removeprefix("sha256:")
     manifest = json.loads((layout / "blobs/sha256" / manifest_hex).read_text())
-    return layout / "blobs/sha256" / manifest["layers"][0]["digest"].removeprefix("sha256:")
+    layer_hex: str = manifest["layers"][0]["digest"].removeprefix("sha256:")
+    return layout / "blobs/sha256" / layer_hex
 
 
 def _corrupt_flip(layout: Path) -> str:

@@ -63,13 +63,13 @@ def test_a_plugin_that_fails_to_load_is_skipped_with_a_warning(monkeypatch: pyte
         metadata.EntryPoint("nomembers", "kairos_build.core.errors:InputError", ENTRY_POINT_GROUP),
         metadata.EntryPoint("iso", "kairos_build.exporters.iso:IsoExporter", ENTRY_POINT_GROUP),
     ]
-    monkeypatch.setattr(base.metadata, "entry_points", lambda group: entries)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: entries)
     monkeypatch.setattr(base, "_skipped", set())
     warned: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
     # Only this handler: other tests may have set up logging to a stream since closed.
-    monkeypatch.setattr(base.log, "handlers", [handler])
+    monkeypatch.setattr("kairos_build.exporters.base.log.handlers", [handler])
     assert list(installed_formats()) == ["iso"]
     assert len(warned) == 2, warned
     assert "'broken'" in warned[0] and "kb_no_such_plugin" in warned[0]

@@ -165,7 +165,9 @@ def test_the_relay_carries_a_guest_connection_to_the_server(tmp_path: Path) -> N
         guest, qemu_end = socket.socketpair()
         # As QEMU's guestfwd cmd: does: the connection on stdin and stdout.
         relay = subprocess.Popen(
-            [sys.executable, "-I", netboot_server.__file__, str(port)], stdin=qemu_end, stdout=qemu_end
+            [sys.executable, "-I", netboot_server.__file__, str(port)],
+            stdin=qemu_end.fileno(),
+            stdout=qemu_end.fileno(),
         )
         qemu_end.close()
         with guest:

@@ -16,7 +16,9 @@ ALLOW, ERRNO = 0x7FFF0000, 0x00050000
 def run_filter(program: bytes, nr: int, arch: int, arg0: int = 0) -> int:
     """What the kernel would decide for one call (the few opcodes the filter uses)."""
     data = struct.pack("<iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
-    insns = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    insns: list[tuple[int, int, int, int]] = [
+        struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)
+    ]
     acc, pc = 0, 0
     while True:
         code, jt, jf, k = insns[pc]

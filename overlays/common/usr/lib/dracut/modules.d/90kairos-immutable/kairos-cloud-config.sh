@@ -15,8 +15,9 @@
 # ConditionPathExists, so nothing runs and nothing fails.
 
 kairos_seed_cloud_config() {
-    local_sources=""
+    set --  # the sources, one parameter each: a file name may hold a space
     live_config=""
+    # shellcheck disable=SC2013  # the command line's words (one line, split on whitespace)
     for arg in $(cat /proc/cmdline); do
         case "$arg" in
             kairos.live_config=*) live_config=${arg#kairos.live_config=} ;;
@@ -27,7 +28,7 @@ kairos_seed_cloud_config() {
     case "$live_config" in
         /*) for medium in /run/initramfs/live /run/kairos/state; do
                 if [ -f "$medium$live_config" ]; then
-                    local_sources="$medium$live_config"
+                    set -- "$medium$live_config"
                     break
                 fi
             done ;;
@@ -45,16 +46,16 @@ kairos_seed_cloud_config() {
         if mount -o ro "$oem_device" "$oem"; then
             oem_mounted=yes
             for file in "$oem"/*.yaml; do
-                [ -f "$file" ] && local_sources="$local_sources $file"
+                [ -f "$file" ] && set -- "$@" "$file"
             done
         fi
     fi
-    if [ -n "$local_sources" ]; then
+    if [ "$#" -gt 0 ]; then
         copies=/run/kairos/cloud-config
         mkdir -p "$copies"
         chmod 0700 "$copies"
         number=10
-        for file in $local_sources; do
+        for file in "$@"; do
             cp "$file" "$copies/$number-${file##*/}"
             number=$((number + 1))
         done
@@ -63,7 +64,7 @@ kairos_seed_cloud_config() {
         {
             echo 'Content-Type: multipart/mixed; boundary="KAIROS-CLOUD-CONFIG-PART"'
             echo 'MIME-Version: 1.0'
-            for file in $local_sources; do
+            for file in "$@"; do
                 echo
                 echo '--KAIROS-CLOUD-CONFIG-PART'
                 echo 'Content-Type: text/cloud-config; charset="utf-8"'
@@ -75,9 +76,9 @@ kairos_seed_cloud_config() {
             echo '--KAIROS-CLOUD-CONFIG-PART--'
         } > "$seed/user-data"
         # A new config is a new instance to cloud-init: per-instance modules run again.
-        set -- $(cat $local_sources | cksum)
-        echo "instance-id: kairos-$1" > "$seed/meta-data"
-        echo "kairos: cloud-config from:$local_sources" > /dev/kmsg 2> /dev/null
+        sum=$(cat "$@" | cksum)
+        echo "instance-id: kairos-${sum%% *}" > "$seed/meta-data"
+        echo "kairos: cloud-config from: $*" > /dev/kmsg 2> /dev/null
         # Our own marker from a boot without config, should /etc/cloud be kept (persist).
         [ "$(head -n 1 "$marker" 2> /dev/null)" = "$marker_text" ] && rm -f "$marker"
     elif [ -d /sysroot/etc/cloud ] && [ ! -e "$marker" ]; then

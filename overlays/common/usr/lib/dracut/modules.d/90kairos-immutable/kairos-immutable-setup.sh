@@ -18,6 +18,7 @@ root=/sysroot
 run=/run/kairos
 persistent_label=COS_PERSISTENT
 encrypt=none
+# shellcheck disable=SC2013  # the command line's words (one line, split on whitespace)
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rd.kairos.persistent=*) persistent_label=${arg#rd.kairos.persistent=} ;;
@@ -43,6 +44,7 @@ mkdir -p "$run"
 if [ "$encrypt" = tpm2 ]; then
     # Without blkid a used partition could look blank: never format on a guess.
     if command -v blkid > /dev/null && command -v cryptsetup > /dev/null; then
+        # shellcheck source=SCRIPTDIR/kairos-sealed.sh
         . /usr/lib/kairos/kairos-sealed.sh
     else
         say "no blkid or cryptsetup in the initramfs: sealed partitions left alone"

@@ -44,6 +44,7 @@ attach_sealed() {
 # NAME PART LABEL: a new LUKS2 volume only the TPM opens, an empty ext4 labelled LABEL in it,
 # left open as /dev/mapper/NAME and still marked `kairos-sealing` (seal_done marks it whole).
 seal_new() {
+    # shellcheck disable=SC2154  # run: set by kairos-immutable-setup, which sources this file
     key=$run/$1.key
     ( umask 077 && dd if=/dev/urandom of="$key" bs=64 count=1 2> /dev/null ) || return 1
     # The key is 64 random bytes, gone once the TPM slot exists: no password to stretch, so
@@ -80,6 +81,7 @@ open_sealed_persistent() {
             attach_sealed "$seal_persistent_name" "$part" COS_PERSISTENT || return 1 ;;
         blank|sealing)
             say "first boot: sealing COS_PERSISTENT to this machine's TPM"
+            # shellcheck disable=SC2154  # persistent_label: set by kairos-immutable-setup
             seal_new "$seal_persistent_name" "$part" "$persistent_label" || return 1
             seal_done "$part" "$persistent_label" || return 1 ;;
         *)
@@ -132,6 +134,7 @@ open_sealed_oem() {
             fi
             say "sealing COS_OEM to this machine's TPM (its files wait on COS_PERSISTENT)"
             rm -rf "$stash.new"
+            # shellcheck disable=SC2015  # either failing is what the cleanup is for
             mkdir -p "$stash.new" && chmod 0700 "$stash.new" \
                 || { umount "$run/oem-seal"; return 1; }
             if ! cp -a "$run/oem-seal/." "$stash.new/"; then

@@ -25,6 +25,7 @@ installkernel() {
     instmods loop overlay ext4 squashfs dm-verity
 }
 
+# shellcheck disable=SC2154  # moddir, systemdutildir: dracut's, set for every module it installs
 install() {
     inst_multiple mount umount mkdir cp cat tr sleep cksum chmod
     inst_multiple -o udevadm veritysetup
