@@ -5,7 +5,7 @@
 # --privileged (or --cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt
 # apparmor=unconfined): the build runs as root and its sandbox makes mount and PID namespaces,
 # mounts /proc and tmpfs inside them and pivots into the tree, which docker's default
-# capabilities, seccomp and AppArmor profiles refuse (README, "In a CI pipeline").
+# capabilities, seccomp and AppArmor profiles refuse (docs/ci.md).
 ARG BASE=debian:bookworm
 FROM ${BASE}
 

@@ -1,6 +1,6 @@
 """Every setting, declared once: its key, kind, default, what it accepts, its help and the verbs
 that take it. The command-line options, the config-file keys, `--set KEY=VALUE`, the effective
-configuration printed by `--json` and the README's options table all come from SETTINGS.
+configuration printed by `--json` and the options table of docs/settings.md all come from SETTINGS.
 
 A key is also the option's name (`cache-dir` is `--cache-dir` and `cache-dir:` in a config
 file), so a user who knows one knows the other.
@@ -59,7 +59,7 @@ class Setting:
         return self.key.replace("-", "_")
 
     def allowed(self) -> str:
-        """What the setting takes, for an error's hint and the README table."""
+        """What the setting takes, for an error's hint and the docs/settings.md table."""
         if self.choices:
             return "|".join(self.choices)
         return {"text": "text", "path": "a path", "flag": "true|false", "list": "a list (repeatable)"}[
@@ -338,7 +338,7 @@ def global_settings() -> tuple[Setting, ...]:
 
 
 def options_table() -> str:
-    """The README's options table (Markdown), made from SETTINGS."""
+    """The options table of docs/settings.md (Markdown), made from SETTINGS."""
     rows = ["| option / config key | takes | default | verbs | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         default_text = "" if s.default in (None, (), False) else f"`{s.default}`"

@@ -38,7 +38,7 @@ _DENIED = re.compile(
 )
 _SANDBOX_HINT = (
     "package scripts run in the conversion sandbox, without mount, device "
-    "nodes, kernel modules, /sys or writes to /proc/sys (README: 'The conversion "
+    "nodes, kernel modules, /sys or writes to /proc/sys (docs/conversion.md: 'The conversion "
     "sandbox'); a script that needs them cannot run while the image is built"
 )
 

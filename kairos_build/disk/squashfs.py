@@ -11,7 +11,7 @@ from kairos_build.core.tools import run
 from kairos_build.disk.filesystems import RUNTIME_EXCLUDES
 
 # zstd at level 3: measured on a converted Debian trixie (benchmarks/compression_bench.py,
-# table in the README) it builds several times faster than level 9 and up for a few % more
+# table in docs/formats.md) it builds several times faster than level 9 and up for a few % more
 # bytes, and reads back as fast as any level.
 DEFAULT_ZSTD_LEVEL = 3
 # Levels each algorithm accepts and the one mksquashfs uses when none is given.

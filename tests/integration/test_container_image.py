@@ -1,5 +1,5 @@
 """kairos-build as a container image: the repository's Dockerfile builds with a real engine (the
-test's own dockerd, legacy builder) and the image, run as the README says (--privileged, or
+test's own dockerd, legacy builder) and the image, run as docs/ci.md says (--privileged, or
 where this host cannot give that, the narrower set; the output folder and the cache as
 volumes), writes an ISO and its checksum into the output. The conversion sandbox runs in it
 with those privileges and is refused under docker's defaults."""
@@ -87,9 +87,9 @@ def build_image(client: docker.DockerClient) -> None:
 
 
 def container_privileges() -> dict[str, Any]:
-    """--privileged, as the README runs it. Docker cannot start a privileged container where
+    """--privileged, as docs/ci.md runs it. Docker cannot start a privileged container where
     root lacks a capability (this CI's VM has no CAP_SYS_RESOURCE in its bounding set); there
-    the run gets the narrower set the README names: CAP_SYS_ADMIN, and no seccomp or AppArmor
+    the run gets the narrower set docs/ci.md names: CAP_SYS_ADMIN, and no seccomp or AppArmor
     profile (docker's seccomp profile refuses pivot_root even with CAP_SYS_ADMIN)."""
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     found = re.search(r"^CapBnd:\s*([0-9a-f]+)$", Path("/proc/self/status").read_text(), re.MULTILINE)
@@ -127,7 +127,7 @@ def run_container(
 def test_the_image_builds_an_iso_into_the_output_volume(
     test_cache: Path, tmp_path: Path, client: docker.DockerClient
 ) -> None:
-    # As the README runs it, the test cache as the cache volume (the bootstrap and the
+    # As docs/ci.md runs it, the test cache as the cache volume (the bootstrap and the
     # conversion are reused).
     out = tmp_path / "build"
     out.mkdir()

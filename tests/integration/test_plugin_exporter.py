@@ -31,7 +31,7 @@ version = "{VERSION}"
 [project.entry-points."kairos_build.exporters"]
 tarball = "kb_tarball_plugin:TarballExporter"
 """
-# It follows the protocol of the README's "Writing a format" and imports nothing of
+# It follows the protocol of docs/formats.md's "Writing a format" and imports nothing of
 # kairos-build: the protocol is the whole contract.
 MODULE = '''"""A kairos-build format: a few files of the converted rootfs in a tar."""
 

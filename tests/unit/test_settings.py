@@ -1,4 +1,4 @@
-"""One declaration per setting: config file, --set, flags and the README table agree."""
+"""One declaration per setting: config file, --set, flags and the docs/settings.md table agree."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from kairos_build.config.settings import options_table
 from kairos_build.core.errors import InputError
 from tests.conftest import run_cli
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SETTINGS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 BEGIN, END = "<!-- options table: begin -->\n", "<!-- options table: end -->\n"
 
 
-def test_the_readme_options_table_is_the_declarations() -> None:
-    text = README.read_text()
+def test_the_docs_options_table_is_the_declarations() -> None:
+    text = SETTINGS_PAGE.read_text()
     table = text[text.index(BEGIN) + len(BEGIN) : text.index(END)]
-    assert table == options_table(), "README options table out of date: paste settings.options_table()"
+    assert table == options_table(), "docs/settings.md table out of date: paste settings.options_table()"
 
 
 def test_precedence_default_then_file_then_set_then_flag(tmp_path: Path) -> None:
