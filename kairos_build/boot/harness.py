@@ -31,6 +31,14 @@ from pathlib import Path
 
 from kairos_build.boot import netboot_server, swtpm
 from kairos_build.boot.ovmf_vars import make_variable_store, secure_boot_enforced
+from kairos_build.config.settings import (
+    MACHINE_FIRMWARES,
+    NICS,
+    ROOT_EXPECTATIONS,
+    SECUREBOOT_STATES,
+    TPM_STATES,
+    VERITY_STATES,
+)
 from kairos_build.core.errors import BuildError, InputError, MissingToolError
 from kairos_build.core.log import log
 from kairos_build.core.tools import dies_with_us, require_tool
@@ -51,15 +59,12 @@ FIRMWARE_FILES = {
     "uefi-secureboot": (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS),
     "uefi-secureboot-setup": (OVMF_SECBOOT_CODE, OVMF_VARS),
 }
-FIRMWARES = tuple(FIRMWARE_FILES)
+FIRMWARES = MACHINE_FIRMWARES
+assert tuple(FIRMWARE_FILES) == FIRMWARES
 SECUREBOOT_FIRMWARES = ("uefi-secureboot", "uefi-secureboot-setup")
 # Where a guest reset must not end QEMU: enrolling keys ends in one.
 REBOOTING_FIRMWARES = ("uefi-secureboot-setup",)
-EXPECTATIONS = ("live", "immutable", "any")
-SECUREBOOT_STATES = ("enabled", "disabled", "unsupported", "any")
-TPM_STATES = ("2.0", "none", "any")
-VERITY_STATES = ("verity", "none", "any")
-NICS = ("none", "user")
+EXPECTATIONS = ROOT_EXPECTATIONS
 # What each firmware makes the guest see (the report's firmware= and secureboot=). Setup mode
 # checks nothing until a key is enrolled; `boot` then expects enabled (see expected_secureboot).
 GUEST_FIRMWARE = {
@@ -426,7 +431,7 @@ def require_firmware(firmware: str) -> None:
     for path in FIRMWARE_FILES[firmware]:
         if not Path(path).is_file():
             raise MissingToolError(
-                f"missing host file {path} (package ovmf), needed for --firmware {firmware}",
+                f"missing host file {path} (package ovmf), needed for --machine-firmware {firmware}",
                 hint="run 'kairos-build install-deps' or 'apt-get install ovmf'",
             )
 
@@ -576,7 +581,7 @@ def boot(
     given (which implies `tpm`), else thrown away. `expect_tpm` (2.0|none|any) and
     `expect_verity` (verity|none|any) are what the report's tpm= and verity= must say.
     """
-    _check_choice("--firmware", firmware, FIRMWARES)
+    _check_choice("--machine-firmware", firmware, FIRMWARES)
     _check_choice("--expect-secureboot", expect_secureboot, SECUREBOOT_STATES)
     _check_choice("--expect-tpm", expect_tpm, TPM_STATES)
     _check_choice("--expect-verity", expect_verity, VERITY_STATES)
@@ -584,7 +589,7 @@ def boot(
     if vars_file is not None and not FIRMWARE_FILES[firmware]:
         raise InputError(
             f"--vars needs a UEFI firmware; {firmware} keeps no variables",
-            hint=f"use --firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}",
+            hint=f"use --machine-firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}",
         )
     netboot = netboot_directory(artifact)
     if not artifact.is_file() and netboot is None:

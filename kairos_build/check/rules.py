@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kairos_build.check.rpmdb import rpm_package_version
+from kairos_build.config.settings import CHECK_MODES
 from kairos_build.core import pe, rootfs
 from kairos_build.core.errors import CheckFailedError, HostileContentError, InputError
 from kairos_build.core.flavors import SecureBoot, flavor_names, load_flavor
 
-MODES = ("trusted", "secureboot", "auto")
+MODES = CHECK_MODES
 TRUSTED_MIN_SYSTEMD = 256
 _READ_LIMIT = 64 << 20  # bytes of a file we search at most (an EFI binary, a package database)
 
