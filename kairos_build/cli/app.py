@@ -73,14 +73,15 @@ def boot(
         Path, typer.Argument(help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")
     ],
     command_line: CommandLine,
-    **spec: Any,
+    **options: Any,
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
+    from kairos_build.boot.harness import BootSpec
     from kairos_build.boot.harness import boot as boot_artifact
 
     values = _settings("boot", command_line)
-    result = boot_artifact(artifact, **spec)
+    result = boot_artifact(BootSpec(artifact, **options))
     log.info(
         "booted %s under %s (%s) in %.0f s: %s",
         artifact.name,
