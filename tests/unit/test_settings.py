@@ -134,3 +134,17 @@ def test_verb_options_are_checked_before_any_work(tmp_path: Path) -> None:
     ]
     missing = run_cli("inject", str(tmp_path / "a.iso"))
     assert missing.returncode == 2 and "Missing option '--cloud-config'" in missing.stderr
+
+
+def test_config_of_takes_settings_as_a_user_gives_them(tmp_path: Path) -> None:
+    from kairos_build.config.buildconfig import config_from, config_of
+
+    given = {"flavor": "debian", "version": "1.2.3", "compression": "xz", "partition-size": ["state=8G"]}
+    config = config_of({**given, "cache-dir": tmp_path})
+    sets = ("version=1.2.3", "compression=xz", "partition-size=state=8G", f"cache-dir={tmp_path}")
+    assert config == config_from(resolve_settings("build", CommandLine(sets=sets)))
+    assert config.version == "v1.2.3" and config.squashfs_compression.spec == "xz+x86"
+    with pytest.raises(InputError, match="did you mean compression?"):
+        config_of({"compresion": "xz"})
+    with pytest.raises(InputError, match="--pull 'sometimes' is not known"):
+        config_of({"pull": "sometimes"})
