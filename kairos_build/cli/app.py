@@ -73,7 +73,7 @@ def boot(
         Path, typer.Argument(help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")
     ],
     command_line: CommandLine,
-    **options: Any,
+    **options: Any,  # boot's options in settings.SETTINGS, named as BootSpec's fields
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""

@@ -148,3 +148,14 @@ def test_config_of_takes_settings_as_a_user_gives_them(tmp_path: Path) -> None:
         config_of({"compresion": "xz"})
     with pytest.raises(InputError, match="--pull 'sometimes' is not known"):
         config_of({"pull": "sometimes"})
+
+
+def test_the_boot_options_are_the_boot_spec() -> None:
+    from dataclasses import fields
+
+    from kairos_build.boot.harness import BootSpec
+
+    named = {s.name for s in options_of("boot")}
+    assert named <= {f.name for f in fields(BootSpec)}
+    # What no option gives: the log folder and the accelerator (tests, the KVM probe).
+    assert {f.name for f in fields(BootSpec)} - named == {"artifact", "log_dir", "accel"}
