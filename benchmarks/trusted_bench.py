@@ -98,7 +98,7 @@ def boot_memory(disk: Path, firmware: str, extra: list[str]) -> int:
             "kairos_build",
             "boot",
             str(disk),
-            "--firmware",
+            "--machine-firmware",
             firmware,
             "--timeout",
             "900",

@@ -26,10 +26,18 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kairos_build.boot import netboot_server, swtpm
+from kairos_build.boot.choices import (
+    MACHINE_FIRMWARES,
+    NICS,
+    ROOT_EXPECTATIONS,
+    SECUREBOOT_STATES,
+    TPM_STATES,
+    VERITY_STATES,
+)
 from kairos_build.boot.ovmf_vars import make_variable_store, secure_boot_enforced
 from kairos_build.core.errors import BuildError, InputError, MissingToolError
 from kairos_build.core.log import log
@@ -51,15 +59,12 @@ FIRMWARE_FILES = {
     "uefi-secureboot": (OVMF_SECBOOT_CODE, OVMF_SECBOOT_VARS),
     "uefi-secureboot-setup": (OVMF_SECBOOT_CODE, OVMF_VARS),
 }
-FIRMWARES = tuple(FIRMWARE_FILES)
+FIRMWARES = MACHINE_FIRMWARES
+assert tuple(FIRMWARE_FILES) == FIRMWARES
 SECUREBOOT_FIRMWARES = ("uefi-secureboot", "uefi-secureboot-setup")
 # Where a guest reset must not end QEMU: enrolling keys ends in one.
 REBOOTING_FIRMWARES = ("uefi-secureboot-setup",)
-EXPECTATIONS = ("live", "immutable", "any")
-SECUREBOOT_STATES = ("enabled", "disabled", "unsupported", "any")
-TPM_STATES = ("2.0", "none", "any")
-VERITY_STATES = ("verity", "none", "any")
-NICS = ("none", "user")
+EXPECTATIONS = ROOT_EXPECTATIONS
 # What each firmware makes the guest see (the report's firmware= and secureboot=). Setup mode
 # checks nothing until a key is enrolled; `boot` then expects enabled (see expected_secureboot).
 GUEST_FIRMWARE = {
@@ -426,7 +431,7 @@ def require_firmware(firmware: str) -> None:
     for path in FIRMWARE_FILES[firmware]:
         if not Path(path).is_file():
             raise MissingToolError(
-                f"missing host file {path} (package ovmf), needed for --firmware {firmware}",
+                f"missing host file {path} (package ovmf), needed for --machine-firmware {firmware}",
                 hint="run 'kairos-build install-deps' or 'apt-get install ovmf'",
             )
 
@@ -541,29 +546,9 @@ def _retry_after_panic(console: Console, reboots: bool) -> bool:
     return GUEST_PANIC in console.seen
 
 
-def boot(
-    artifact: Path,
-    firmware: str = "bios",
-    timeout: float = 600,
-    memory: int = 2048,
-    expect_root: str | None = None,
-    log_dir: Path | None = None,
-    accel: str | None = None,
-    writable: bool = False,
-    as_disk: bool = False,
-    retried: bool = False,
-    nic: str = "none",
-    expect_secureboot: str | None = None,
-    expect_entry: str | None = None,
-    *,
-    vars_file: Path | None = None,
-    tpm: bool = False,
-    tpm_state: Path | None = None,
-    expect_tpm: str = "any",
-    expect_verity: str = "any",
-) -> BootResult:
-    """Boot `artifact`; return when the boot report shows a healthy system, raise BuildError
-    otherwise.
+@dataclass(frozen=True)
+class BootSpec:
+    """What to boot and what it must report (the options of `kairos-build boot`).
 
     `accel` (kvm or tcg) skips the KVM probe. `writable` lets the guest change a disk
     artifact (to test persistence across boots); by default it runs on a snapshot. `nic` is
@@ -575,34 +560,59 @@ def boot(
     copy). `tpm` gives the guest a TPM 2.0 (swtpm) whose state is kept in `tpm_state` when
     given (which implies `tpm`), else thrown away. `expect_tpm` (2.0|none|any) and
     `expect_verity` (verity|none|any) are what the report's tpm= and verity= must say.
+    `log_dir` holds the console log (default: beside the artifact).
     """
-    _check_choice("--firmware", firmware, FIRMWARES)
-    _check_choice("--expect-secureboot", expect_secureboot, SECUREBOOT_STATES)
-    _check_choice("--expect-tpm", expect_tpm, TPM_STATES)
-    _check_choice("--expect-verity", expect_verity, VERITY_STATES)
-    nic_options(nic)  # checks the value before any work
-    if vars_file is not None and not FIRMWARE_FILES[firmware]:
+
+    artifact: Path
+    firmware: str = "bios"
+    timeout: float = 600
+    memory: int = 2048
+    expect_root: str | None = None
+    log_dir: Path | None = None
+    accel: str | None = None
+    writable: bool = False
+    as_disk: bool = False
+    nic: str = "none"
+    expect_secureboot: str | None = None
+    expect_entry: str | None = None
+    vars_file: Path | None = None
+    tpm: bool = False
+    tpm_state: Path | None = None
+    expect_tpm: str = "any"
+    expect_verity: str = "any"
+
+
+def boot(spec: BootSpec, *, retried: bool = False) -> BootResult:
+    """Boot `spec.artifact`; return when the boot report shows a healthy system, raise
+    BuildError otherwise. `retried`: this boot is the one retry a TCG kernel panic gets."""
+    firmware = spec.firmware
+    _check_choice("--machine-firmware", firmware, FIRMWARES)
+    _check_choice("--expect-secureboot", spec.expect_secureboot, SECUREBOOT_STATES)
+    _check_choice("--expect-tpm", spec.expect_tpm, TPM_STATES)
+    _check_choice("--expect-verity", spec.expect_verity, VERITY_STATES)
+    nic_options(spec.nic)  # checks the value before any work
+    if spec.vars_file is not None and not FIRMWARE_FILES[firmware]:
         raise InputError(
             f"--vars needs a UEFI firmware; {firmware} keeps no variables",
-            hint=f"use --firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}",
+            hint=f"use --machine-firmware {'|'.join(f for f in FIRMWARES if FIRMWARE_FILES[f])}",
         )
-    netboot = netboot_directory(artifact)
-    if not artifact.is_file() and netboot is None:
+    netboot = netboot_directory(spec.artifact)
+    if not spec.artifact.is_file() and netboot is None:
         raise InputError(
-            f"{artifact} {'has no boot.ipxe' if artifact.is_dir() else 'does not exist'}",
+            f"{spec.artifact} {'has no boot.ipxe' if spec.artifact.is_dir() else 'does not exist'}",
             hint="boot takes a file, or a netboot directory holding boot.ipxe",
         )
-    artifact = netboot or artifact  # boot.ipxe stands for its directory; logs go beside it
+    artifact = netboot or spec.artifact  # boot.ipxe stands for its directory; logs go beside it
     require_firmware(firmware)
-    if tpm_state is not None:
-        tpm = True
+    tpm = spec.tpm or spec.tpm_state is not None
     if tpm:
         require_tool("swtpm")
+    vars_file = spec.vars_file
     if vars_file is not None:  # before the KVM probe: a wrong file is refused at once
         vars_file = make_variable_store(vars_file, FIRMWARE_FILES[firmware][1])
-    expect_root = expect_root or default_expectation(artifact)
+    expect_root = spec.expect_root or default_expectation(artifact)
     _check_choice("--expect-root", expect_root, EXPECTATIONS)
-    accel = accel or ("kvm" if kvm_works() else "tcg")
+    accel = spec.accel or ("kvm" if kvm_works() else "tcg")
     log.info(
         "booting %s under %s firmware with %s%s",
         artifact.name,
@@ -610,31 +620,13 @@ def boot(
         accel,
         "" if accel == "kvm" else " (KVM unusable here)",
     )
-    log_dir = log_dir or artifact.parent
-    log_path = log_dir / f"{artifact.name}.{firmware}{'.disk' if as_disk else ''}.boot.log"
+    log_dir = spec.log_dir or artifact.parent
+    log_path = log_dir / f"{artifact.name}.{firmware}{'.disk' if spec.as_disk else ''}.boot.log"
     reboots = firmware in REBOOTING_FIRMWARES
-
-    def again(retry: bool) -> BootResult:
-        return boot(
-            artifact,
-            firmware,
-            timeout,
-            memory,
-            expect_root,
-            log_dir,
-            accel="tcg",
-            writable=writable,
-            as_disk=as_disk,
-            retried=retry,
-            nic=nic,
-            expect_secureboot=expect_secureboot,
-            expect_entry=expect_entry,
-            vars_file=vars_file,
-            tpm=tpm,
-            tpm_state=tpm_state,
-            expect_tpm=expect_tpm,
-            expect_verity=expect_verity,
-        )
+    # The spec as decided here: a boot again (under TCG) decides nothing anew.
+    spec = replace(
+        spec, artifact=artifact, expect_root=expect_root, log_dir=log_dir, vars_file=vars_file, tpm=tpm
+    )
 
     # Stopped in reverse order however the wait ends (an error, Ctrl-C): QEMU, then swtpm and
     # the netboot server, then the temporary files (variables, TPM state, swtpm's socket).
@@ -644,16 +636,25 @@ def boot(
             shutil.copyfile(FIRMWARE_FILES[firmware][1], store)
         log_path.write_bytes(b"")
         network = running.enter_context(_served(netboot, log_dir / f"{artifact.name}.{firmware}.http.log"))
-        tpm_device = running.enter_context(swtpm.running_tpm(Path(tmp), tpm_state)) if tpm else None
+        tpm_device = running.enter_context(swtpm.running_tpm(Path(tmp), spec.tpm_state)) if tpm else None
         start = time.monotonic()
         proc = _spawn(
             qemu_command(
-                artifact, firmware, accel, store, memory, writable, network, as_disk, nic, tpm_device
+                artifact,
+                firmware,
+                accel,
+                store,
+                spec.memory,
+                spec.writable,
+                network,
+                spec.as_disk,
+                spec.nic,
+                tpm_device,
             )
         )
         try:
             console = _read_until(
-                proc, MARKER, start + timeout, log_path, firmware_watch=True, reboots=reboots
+                proc, MARKER, start + spec.timeout, log_path, firmware_watch=True, reboots=reboots
             )
         finally:
             _stop(proc)
@@ -662,7 +663,7 @@ def boot(
     seen, match = console.seen, console.match
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")
-        return again(retry=retried)
+        return boot(replace(spec, accel="tcg"), retried=retried)
     if match is None and accel == "tcg" and not retried and _retry_after_panic(console, reboots):
         # Seen here once in ~40 TCG boots: the guest kernel dies on an int3 while patching its
         # own code under multi-threaded TCG, and the same disk boots fine again. One retry;
@@ -670,7 +671,7 @@ def boot(
         kept = log_path.with_name(log_path.name + ".panic")
         log_path.replace(kept)
         log.warning("the guest kernel panicked under TCG; booting once more (log: %s)", kept)
-        return again(retry=True)
+        return boot(replace(spec, accel="tcg"), retried=True)
     tail = "\n".join(seen.decode(errors="replace").splitlines()[-30:])
     if match is None:
         current = this_boot(seen)
@@ -686,14 +687,14 @@ def boot(
         elif proc.returncode not in (None, -signal.SIGKILL):
             why = "QEMU exited"
         else:
-            why = f"no boot report within {timeout:.0f} s"
+            why = f"no boot report within {spec.timeout:.0f} s"
         raise BuildError(
             f"boot of {artifact.name} ({firmware}, {accel}) failed after "
             f"{elapsed:.0f} s: {why}; last console lines:\n{tail}\n(full log: {log_path})"
         )
     fields = _parse_fields(match.group("fields"))
     where = f"boot of {artifact.name} ({firmware}, {elapsed:.0f} s)"
-    if problem := check_root(fields, expect_root, expect_verity):
+    if problem := check_root(fields, expect_root, spec.expect_verity):
         raise BuildError(f"{where} reached multi-user but {problem} (full log: {log_path})")
     if problem := check_health(fields):
         raise BuildError(
@@ -701,8 +702,8 @@ def boot(
             f"(their status is on the console, KAIROS-FAILED-UNIT lines; "
             f"full log: {log_path})"
         )
-    secureboot = expect_secureboot or expected_secureboot(firmware, keys_enrolled)
-    if problem := check_platform(fields, firmware, secureboot, expect_entry, expect_tpm):
+    secureboot = spec.expect_secureboot or expected_secureboot(firmware, keys_enrolled)
+    if problem := check_platform(fields, firmware, secureboot, spec.expect_entry, spec.expect_tpm):
         raise BuildError(f"{where} is healthy but {problem} (full log: {log_path})")
     return BootResult(
         firmware,

@@ -23,7 +23,9 @@ from kairos_build.core import pe, rootfs
 from kairos_build.core.errors import CheckFailedError, HostileContentError, InputError
 from kairos_build.core.flavors import SecureBoot, flavor_names, load_flavor
 
-MODES = ("trusted", "secureboot", "auto")
+# `kairos-build check --mode`: the boot mode whose rules are checked (auto: trusted when it passes).
+CHECK_MODES = ("trusted", "secureboot", "auto")
+MODES = CHECK_MODES
 TRUSTED_MIN_SYSTEMD = 256
 _READ_LIMIT = 64 << 20  # bytes of a file we search at most (an EFI binary, a package database)
 

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,7 +18,6 @@ from kairos_build.config.configfile import CommandLine, effective, resolve_setti
 from kairos_build.config.settings import Value
 from kairos_build.core.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, KairosError
 from kairos_build.core.log import log, quiet_progress, setup_logging, timings
-from kairos_build.trusted.genkey import DEFAULT_EXPIRATION_DAYS, DEFAULT_NAME
 
 if TYPE_CHECKING:
     from kairos_build.core.cache import Cache
@@ -74,102 +73,15 @@ def boot(
         Path, typer.Argument(help="An .iso, .raw or .qcow2 file, or a netboot directory (or its boot.ipxe).")
     ],
     command_line: CommandLine,
-    firmware: Annotated[
-        str,
-        typer.Option(
-            help="bios (SeaBIOS), uefi (OVMF, Secure Boot off), uefi-secureboot (OVMF's Secure "
-            "Boot build with Microsoft's keys enrolled, Secure Boot enforced) or "
-            "uefi-secureboot-setup (the same build with no key: setup mode, where the "
-            "image's loader may enroll its own keys and reset the guest)."
-        ),
-    ] = "bios",
-    timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 600,
-    memory: Annotated[int, typer.Option(help="Guest memory in MiB.")] = 2048,
-    expect_root: Annotated[
-        str | None,
-        typer.Option(  # noqa: UP007
-            help="live|immutable|any: what root the booted system must report "
-            "(default: live for ISOs, immutable for disks)."
-        ),
-    ] = None,
-    expect_secureboot: Annotated[
-        str | None,
-        typer.Option(  # noqa: UP007
-            help="enabled|disabled|unsupported|any: the Secure Boot state the guest must report "
-            "(default: what the firmware gives: unsupported under bios, disabled under uefi, "
-            "enabled under uefi-secureboot; under uefi-secureboot-setup enabled when the "
-            "variable store holds a platform key after the boot, else disabled)."
-        ),
-    ] = None,
-    expect_entry: Annotated[
-        str | None,
-        typer.Option(  # noqa: UP007
-            help="The boot entry (kairos.entry=, e.g. live, live-config, active, recovery, "
-            "netboot) the guest must report."
-        ),
-    ] = None,
-    nic: Annotated[
-        str,
-        typer.Option(
-            help="none, or user: a virtio NIC on QEMU's restricted user-mode network (DHCP, no "
-            "way out). A netboot always has its own NIC."
-        ),
-    ] = "none",
-    writable: Annotated[
-        bool,
-        typer.Option("--writable", help="Let the guest write to the disk (default: a throw-away snapshot)."),
-    ] = False,
-    as_disk: Annotated[
-        bool,
-        typer.Option("--as-disk", help="Boot an ISO as a disk (as written to a USB stick), not as a CD."),
-    ] = False,
-    vars_file: Annotated[
-        Path | None,
-        typer.Option(  # noqa: UP007
-            "--vars",
-            help="UEFI firmwares: this file is the variable store (boot entries, enrolled "
-            "keys), made from the firmware's template when missing and kept (default: a "
-            "throw-away copy).",
-        ),
-    ] = None,
-    tpm: Annotated[
-        bool, typer.Option("--tpm", help="Give the guest a TPM 2.0 (swtpm, package swtpm).")
-    ] = False,
-    tpm_state: Annotated[
-        Path | None,
-        typer.Option(  # noqa: UP007
-            help="Keep the TPM's state in this directory (made when missing), so what a run "
-            "sealed unlocks on the next one; implies --tpm (default: a throw-away "
-            "state)."
-        ),
-    ] = None,
-    expect_tpm: Annotated[str, typer.Option(help="2.0|none|any: the TPM the guest must report.")] = "any",
-    expect_verity: Annotated[
-        str, typer.Option(help="verity|none|any: whether / must be verified by dm-verity.")
-    ] = "any",
+    **options: Any,  # boot's options in settings.SETTINGS, named as BootSpec's fields
 ) -> None:
     """Boot an artifact in QEMU; exit 0 only when it reaches multi-user with the right root and
     settles healthy (systemd running, no failed unit)."""
+    from kairos_build.boot.harness import BootSpec
     from kairos_build.boot.harness import boot as boot_artifact
 
     values = _settings("boot", command_line)
-    result = boot_artifact(
-        artifact,
-        firmware,
-        timeout,
-        memory,
-        expect_root,
-        writable=writable,
-        as_disk=as_disk,
-        nic=nic,
-        expect_secureboot=expect_secureboot,
-        expect_entry=expect_entry,
-        vars_file=vars_file,
-        tpm=tpm,
-        tpm_state=tpm_state,
-        expect_tpm=expect_tpm,
-        expect_verity=expect_verity,
-    )
+    result = boot_artifact(BootSpec(artifact, **options))
     log.info(
         "booted %s under %s (%s) in %.0f s: %s",
         artifact.name,
@@ -202,19 +114,8 @@ def unpack(
 def convert(
     ref: Annotated[str, typer.Argument(help="The base to convert (as for --base).")],
     command_line: CommandLine,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help=(  # noqa: UP007
-                "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]"
-            ),
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the conversion plan (steps, exact commands) and stop.")
-    ] = False,
+    output: str | None,
+    dry_run: bool,
 ) -> None:
     """Convert a base into a Kairos image and write the image itself (to FROM in a Dockerfile)."""
     from kairos_build.config.buildconfig import config_from
@@ -251,16 +152,7 @@ def convert(
 
 
 @verb(app, "dockerfile")
-def dockerfile(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Build context directory to write.")],
-    command_line: CommandLine,
-    from_image: Annotated[
-        str | None,
-        typer.Option(  # noqa: UP007
-            "--from", help="Base image (default: the flavor's)."
-        ),
-    ] = None,
-) -> None:
+def dockerfile(command_line: CommandLine, output: Path, from_image: str | None) -> None:
     """Write the conversion as a Dockerfile and its build context (docker build OUTPUT)."""
     from kairos_build.config.buildconfig import config_from
     from kairos_build.pipelines.dockerfile import write_build_context
@@ -276,12 +168,7 @@ def rebuild(
         Path, typer.Argument(metavar="NAME.build.json", help="The build manifest written beside an artifact.")
     ],
     command_line: CommandLine,
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="Where the rebuilt artifact goes (not the checked one's folder)."
-        ),
-    ] = Path("rebuild"),
+    output: Path,
 ) -> None:
     """Make an artifact again from its build manifest and say whether its sha256 matches (exit
     0) or not (exit 1, naming which recorded input differs)."""
@@ -331,7 +218,7 @@ def rebuild(
 def check(
     ref: Annotated[str, typer.Argument(help="A base reference or a directory.")],
     command_line: CommandLine,
-    mode: Annotated[str, typer.Option(help="trusted|secureboot|auto")] = "auto",
+    mode: str,
 ) -> None:
     """Check, from the files alone, which boot mode an image supports (exit 3 when it fails)."""
     from kairos_build.check.rules import describe
@@ -363,14 +250,9 @@ def check(
 @verb(app, "inject")
 def inject(
     iso: Annotated[Path, typer.Argument(help="An ISO made by kairos-build iso.")],
-    cloud_config: Annotated[Path, typer.Option(help="The #cloud-config file to embed.")],
     command_line: CommandLine,
-    output: Annotated[
-        Path | None,
-        typer.Option(  # noqa: UP007
-            "--output", "-o", help="Write a new ISO here (default: change ISO in place)."
-        ),
-    ] = None,
+    cloud_config: Path,
+    output: Path | None,
 ) -> None:
     """Put a new cloud-config (/config.yaml) into a built ISO without rebuilding it."""
     from kairos_build.pipelines.inject import inject_cloud_config
@@ -388,18 +270,10 @@ def genkey(
         Path, typer.Argument(help="Directory for the keys (made, mode 0700, when missing).")
     ],
     command_line: CommandLine,
-    name: Annotated[
-        str, typer.Option(help="Names the certificates: CN=NAME-PK, NAME-KEK, NAME-db.")
-    ] = DEFAULT_NAME,
-    expiration_days: Annotated[
-        int, typer.Option(help="Days the certificates are valid (AuroraBoot's default).")
-    ] = DEFAULT_EXPIRATION_DAYS,
-    key_bits: Annotated[
-        int, typer.Option(help="RSA size of PK, KEK and db: 2048 or 4096 (the PCR key is always 2048).")
-    ] = 2048,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace the key files DIRECTORY already holds.")
-    ] = False,
+    name: str,
+    expiration_days: int,
+    key_bits: int,
+    force: bool,
 ) -> None:
     """Make the Trusted Boot keys: Secure Boot's PK, KEK and db (.key, .pem, .der, .esl, .auth)
     and the PCR policy key (tpm2-pcr-private.pem), named as AuroraBoot's genkey names them."""
@@ -463,11 +337,7 @@ def cache_ls(command_line: CommandLine) -> None:
 
 
 @verb(cache_app, "cache prune")
-def cache_prune(
-    command_line: CommandLine,
-    older_than: Annotated[float, typer.Option(help="Only entries unused for this many days.")] = 7,
-    all_entries: Annotated[bool, typer.Option("--all", help="Remove every entry.")] = False,
-) -> None:
+def cache_prune(command_line: CommandLine, older_than: float, all_entries: bool) -> None:
     """Remove cache entries (by default those unused for a week) and leftovers of killed builds."""
     values = _settings("cache prune", command_line)
     removed = _cache(values).prune(None if all_entries else older_than)
@@ -475,10 +345,8 @@ def cache_prune(
     _emit(values, {"removed": [{"kind": e.kind, "key": e.key} for e in removed]})
 
 
-@app.command("install-deps")
-def install_deps(
-    print_only: Annotated[bool, typer.Option("--print", help="Only list the packages.")] = False,
-) -> None:
+@verb(app, "install-deps")
+def install_deps(print_only: bool) -> None:
     """Install the host tools kairos-build drives (apt hosts), or list them (other hosts)."""
     from kairos_build.core.hostdeps import describe_packages, install_host_packages, is_apt_host
 

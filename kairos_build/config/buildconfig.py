@@ -7,8 +7,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kairos_build.config.configfile import effective
-from kairos_build.config.settings import BOOT_MODES, Value, default, kernel_args, normalize_version
+from kairos_build.config.configfile import CommandLine, effective, nearest_key, resolve_settings
+from kairos_build.config.settings import (
+    ARTIFACTS,
+    BOOT_MODES,
+    Setting,
+    Value,
+    default,
+    kernel_args,
+    settings_of,
+)
 from kairos_build.core.cache import default_cache_dir
 from kairos_build.core.errors import InputError
 from kairos_build.core.flavors import Flavor, Release, load_flavor
@@ -31,7 +39,7 @@ class BuildConfig:
     model: str = "generic"
     cache_dir: Path = field(default_factory=default_cache_dir)
     pull: str = str(default("pull"))
-    # Parsed from --compression by make_config (for the arch: xz picks its BCJ filter).
+    # Parsed from --compression by config_from (for the arch: xz picks its BCJ filter).
     squashfs_compression: Compression = field(default_factory=Compression)
     extra_kernel_args: tuple[str, ...] = ()
     platform: str = str(default("platform"))
@@ -84,18 +92,29 @@ class BuildConfig:
         )
 
 
-def make_config(flavor: str, release: str | None = None, **options: Any) -> BuildConfig:
-    """Load the flavor and build a frozen config from BuildConfig's own field names (for code
-    and tests; the command line goes through config_from); None takes the default."""
-    loaded = load_flavor(flavor)
-    given = {k: v for k, v in options.items() if v is not None}
-    if "version" in given:
-        given["version"] = normalize_version(str(given["version"]))
-    if isinstance(given.get("squashfs_compression"), str):
-        given["squashfs_compression"] = Compression.parse(
-            str(given["squashfs_compression"]), arch=str(given.get("arch", "amd64"))
-        )
-    return replace(BuildConfig(flavor=loaded, release=loaded.release(release)), **given)
+def config_of(given: Mapping[str, object], verb: str = ARTIFACTS) -> BuildConfig:
+    """The BuildConfig of settings given by key as a user gives them, e.g. `{"flavor": "alpine",
+    "partition-size": ["state=8G"], "cache-dir": folder}`, resolved and checked as the
+    command line's flags are (for code and tests); None is not given."""
+    known = {s.key: s for s in settings_of(verb)}
+    flags: dict[str, Value] = {}
+    for key, value in given.items():
+        if key not in known:
+            raise InputError(f"{key!r} is not a setting of {verb}", hint=nearest_key(key))
+        if value is not None:
+            flags[key] = _as_flag(known[key], value)
+    return config_from(resolve_settings(verb, CommandLine(flags=flags)))
+
+
+def _as_flag(setting: Setting, value: object) -> Value:
+    """A value as Typer hands it over for the setting's option."""
+    if setting.kind == "list":
+        return tuple(str(v) for v in value) if isinstance(value, list | tuple) else (str(value),)
+    if setting.kind == "path":
+        return Path(str(value))
+    if setting.kind == "flag":
+        return bool(value)
+    return str(value)
 
 
 def _text(values: Mapping[str, Value], key: str) -> str | None:

@@ -1,9 +1,12 @@
-"""Every setting, declared once: its key, kind, default, what it accepts, its help and the verbs
-that take it. The command-line options, the config-file keys, `--set KEY=VALUE`, the effective
-configuration printed by `--json` and the options table of docs/settings.md all come from SETTINGS.
+"""Every option of every verb, declared once: its key, kind, default, what it accepts, its help
+and the verbs that take it. The command-line options, the config-file keys, `--set KEY=VALUE`,
+the effective configuration printed by `--json` and the options table of docs/settings.md all
+come from SETTINGS.
 
 A key is also the option's name (`cache-dir` is `--cache-dir` and `cache-dir:` in a config
-file), so a user who knows one knows the other.
+file), so a user who knows one knows the other. An option of one run of one verb (how long
+`boot` waits, where `convert` writes) is `command_line_only`: no config file or `--set` gives
+it, and it may share its name with another verb's (`--output`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kairos_build.boot.choices import (
+    MACHINE_FIRMWARES,
+    NICS,
+    ROOT_EXPECTATIONS,
+    SECUREBOOT_STATES,
+    TPM_STATES,
+    VERITY_STATES,
+)
+from kairos_build.check.rules import CHECK_MODES
 from kairos_build.config.cloudconfig import validate_cloud_config
 from kairos_build.core.errors import InputError
 from kairos_build.core.flavors import load_flavor
@@ -22,6 +34,10 @@ from kairos_build.disk.squashfs import Compression
 from kairos_build.source.refs import PLATFORMS, PULL_POLICIES
 
 BOOT_MODES = ("secureboot", "trusted")
+# `kairos-build genkey`: the certificates' name and days, as AuroraBoot's genkey makes them
+# (its --expiration-in-days).
+DEFAULT_KEY_NAME = "Kairos"
+DEFAULT_EXPIRATION_DAYS = 365
 
 # The verbs that make artifacts: `build` and one verb per installed format share their settings.
 ARTIFACTS = "build"
@@ -29,8 +45,9 @@ ARTIFACTS = "build"
 _SOURCE = ("unpack", "convert", "check", ARTIFACTS)
 _FLAVORED = (*_SOURCE, "dockerfile")
 
-Kind = str  # "text", "path", "flag" or "list" (a repeatable option; a YAML list in a file)
-Value = str | Path | bool | tuple[str, ...] | None
+# "text", "path", "flag", "list" (a repeatable option; a YAML list in a file), "int" or "float"
+Kind = str
+Value = str | Path | bool | int | float | tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -46,8 +63,16 @@ class Setting:
     short: str | None = None
     # Given once before the verb too (`kairos-build --json iso ...`).
     is_global: bool = False
-    # Former option names, still accepted on the command line and hidden from --help.
+    # Former option names, still accepted on the command line (with a warning naming the
+    # current one) and hidden from --help.
     former: tuple[str, ...] = ()
+    # An option of one run of the verbs, given on their command line only (see the module's
+    # docstring); the verb's function receives it as the keyword argument `name`.
+    command_line_only: bool = False
+    # Command line only: the option must be given (there is no default).
+    required: bool = False
+    # The keyword argument's name when it is not the key's (`--vars` is `vars_file`).
+    dest: str | None = None
 
     @property
     def flag(self) -> str:
@@ -56,15 +81,20 @@ class Setting:
     @property
     def name(self) -> str:
         """The Python name (a keyword argument of the command)."""
-        return self.key.replace("-", "_")
+        return self.dest or self.key.replace("-", "_")
 
     def allowed(self) -> str:
         """What the setting takes, for an error's hint and the docs/settings.md table."""
         if self.choices:
             return "|".join(self.choices)
-        return {"text": "text", "path": "a path", "flag": "true|false", "list": "a list (repeatable)"}[
-            self.kind
-        ]
+        return {
+            "text": "text",
+            "path": "a path",
+            "flag": "true|false",
+            "list": "a list (repeatable)",
+            "int": "a number",
+            "float": "a number",
+        }[self.kind]
 
     def takes(self, verb: str) -> bool:
         return verb in self.verbs
@@ -320,9 +350,264 @@ SETTINGS: tuple[Setting, ...] = (
         (*_SOURCE, "boot", "inject", "genkey", "flavors", "formats", "cache ls", "cache prune", "rebuild"),
         is_global=True,
     ),
+    # The options of one run of one verb (command line only); on --help they come before the
+    # verb's settings.
+    Setting(
+        "machine-firmware",
+        "text",
+        "bios",
+        "bios (SeaBIOS), uefi (OVMF, Secure Boot off), uefi-secureboot (OVMF's Secure "
+        "Boot build with Microsoft's keys enrolled, Secure Boot enforced) or "
+        "uefi-secureboot-setup (the same build with no key: setup mode, where the "
+        "image's loader may enroll its own keys and reset the guest).",
+        ("boot",),
+        choices=MACHINE_FIRMWARES,
+        command_line_only=True,
+        # The build's --firmware is what a disk boots under, this is what QEMU runs.
+        former=("--firmware",),
+        dest="firmware",
+    ),
+    Setting("timeout", "float", 600, "Seconds before giving up.", ("boot",), command_line_only=True),
+    Setting("memory", "int", 2048, "Guest memory in MiB.", ("boot",), command_line_only=True),
+    Setting(
+        "expect-root",
+        "text",
+        None,
+        "live|immutable|any: what root the booted system must report "
+        "(default: live for ISOs, immutable for disks).",
+        ("boot",),
+        choices=ROOT_EXPECTATIONS,
+        command_line_only=True,
+    ),
+    Setting(
+        "expect-secureboot",
+        "text",
+        None,
+        "enabled|disabled|unsupported|any: the Secure Boot state the guest must report "
+        "(default: what the firmware gives: unsupported under bios, disabled under uefi, "
+        "enabled under uefi-secureboot; under uefi-secureboot-setup enabled when the "
+        "variable store holds a platform key after the boot, else disabled).",
+        ("boot",),
+        choices=SECUREBOOT_STATES,
+        command_line_only=True,
+    ),
+    Setting(
+        "expect-entry",
+        "text",
+        None,
+        "The boot entry (kairos.entry=, e.g. live, live-config, active, recovery, "
+        "netboot) the guest must report.",
+        ("boot",),
+        command_line_only=True,
+    ),
+    Setting(
+        "nic",
+        "text",
+        "none",
+        "none, or user: a virtio NIC on QEMU's restricted user-mode network (DHCP, no "
+        "way out). A netboot always has its own NIC.",
+        ("boot",),
+        choices=NICS,
+        command_line_only=True,
+    ),
+    Setting(
+        "writable",
+        "flag",
+        False,
+        "Let the guest write to the disk (default: a throw-away snapshot).",
+        ("boot",),
+        command_line_only=True,
+    ),
+    Setting(
+        "as-disk",
+        "flag",
+        False,
+        "Boot an ISO as a disk (as written to a USB stick), not as a CD.",
+        ("boot",),
+        command_line_only=True,
+    ),
+    Setting(
+        "vars",
+        "path",
+        None,
+        "UEFI firmwares: this file is the variable store (boot entries, enrolled "
+        "keys), made from the firmware's template when missing and kept (default: a "
+        "throw-away copy).",
+        ("boot",),
+        command_line_only=True,
+        dest="vars_file",
+    ),
+    Setting(
+        "tpm",
+        "flag",
+        False,
+        "Give the guest a TPM 2.0 (swtpm, package swtpm).",
+        ("boot",),
+        command_line_only=True,
+    ),
+    Setting(
+        "tpm-state",
+        "path",
+        None,
+        "Keep the TPM's state in this directory (made when missing), so what a run "
+        "sealed unlocks on the next one; implies --tpm (default: a throw-away "
+        "state).",
+        ("boot",),
+        command_line_only=True,
+    ),
+    Setting(
+        "expect-tpm",
+        "text",
+        "any",
+        "2.0|none|any: the TPM the guest must report.",
+        ("boot",),
+        choices=TPM_STATES,
+        command_line_only=True,
+    ),
+    Setting(
+        "expect-verity",
+        "text",
+        "any",
+        "verity|none|any: whether / must be verified by dm-verity.",
+        ("boot",),
+        choices=VERITY_STATES,
+        command_line_only=True,
+    ),
+    Setting(
+        "output",
+        "text",
+        None,
+        "oci-archive:FILE[:TAG], oci:DIR[:TAG], dir:PATH or docker://NAME[:TAG]",
+        ("convert",),
+        short="-o",
+        command_line_only=True,
+    ),
+    Setting(
+        "dry-run",
+        "flag",
+        False,
+        "Print the conversion plan (steps, exact commands) and stop.",
+        ("convert",),
+        command_line_only=True,
+    ),
+    Setting(
+        "output",
+        "path",
+        None,
+        "Build context directory to write.",
+        ("dockerfile",),
+        short="-o",
+        command_line_only=True,
+        required=True,
+    ),
+    Setting(
+        "from",
+        "text",
+        None,
+        "Base image (default: the flavor's).",
+        ("dockerfile",),
+        command_line_only=True,
+        dest="from_image",
+    ),
+    Setting(
+        "output",
+        "path",
+        Path("rebuild"),
+        "Where the rebuilt artifact goes (not the checked one's folder).",
+        ("rebuild",),
+        short="-o",
+        command_line_only=True,
+    ),
+    Setting(
+        "mode",
+        "text",
+        "auto",
+        "trusted|secureboot|auto",
+        ("check",),
+        choices=CHECK_MODES,
+        command_line_only=True,
+    ),
+    Setting(
+        "cloud-config",
+        "path",
+        None,
+        "The #cloud-config file to embed.",
+        ("inject",),
+        command_line_only=True,
+        required=True,
+    ),
+    Setting(
+        "output",
+        "path",
+        None,
+        "Write a new ISO here (default: change ISO in place).",
+        ("inject",),
+        short="-o",
+        command_line_only=True,
+    ),
+    Setting(
+        "name",
+        "text",
+        DEFAULT_KEY_NAME,
+        "Names the certificates: CN=NAME-PK, NAME-KEK, NAME-db.",
+        ("genkey",),
+        command_line_only=True,
+    ),
+    Setting(
+        "expiration-days",
+        "int",
+        DEFAULT_EXPIRATION_DAYS,
+        "Days the certificates are valid (AuroraBoot's default).",
+        ("genkey",),
+        command_line_only=True,
+    ),
+    Setting(
+        "key-bits",
+        "int",
+        2048,
+        # genkey refuses another size itself, saying which firmware takes which.
+        "RSA size of PK, KEK and db: 2048 or 4096 (the PCR key is always 2048).",
+        ("genkey",),
+        command_line_only=True,
+    ),
+    Setting(
+        "force",
+        "flag",
+        False,
+        "Replace the key files DIRECTORY already holds.",
+        ("genkey",),
+        command_line_only=True,
+    ),
+    Setting(
+        "older-than",
+        "float",
+        7,
+        "Only entries unused for this many days.",
+        ("cache prune",),
+        command_line_only=True,
+    ),
+    Setting(
+        "all",
+        "flag",
+        False,
+        "Remove every entry.",
+        ("cache prune",),
+        command_line_only=True,
+        dest="all_entries",
+    ),
+    Setting(
+        "print",
+        "flag",
+        False,
+        "Only list the packages.",
+        ("install-deps",),
+        command_line_only=True,
+        dest="print_only",
+    ),
 )
 
-BY_KEY = {s.key: s for s in SETTINGS}
+# The config-file and --set keys: one setting each.
+BY_KEY = {s.key: s for s in SETTINGS if not s.command_line_only}
 
 
 def default(key: str) -> Value:
@@ -330,7 +615,14 @@ def default(key: str) -> Value:
 
 
 def settings_of(verb: str) -> tuple[Setting, ...]:
-    return tuple(s for s in SETTINGS if s.takes(verb))
+    """The settings a config file, `--set` and the verb's flags give it (no command-line-only
+    option)."""
+    return tuple(s for s in SETTINGS if s.takes(verb) and not s.command_line_only)
+
+
+def options_of(verb: str) -> tuple[Setting, ...]:
+    """The command-line-only options of `verb`."""
+    return tuple(s for s in SETTINGS if s.takes(verb) and s.command_line_only)
 
 
 def global_settings() -> tuple[Setting, ...]:
@@ -344,6 +636,8 @@ def options_table() -> str:
         default_text = "" if s.default in (None, (), False) else f"`{s.default}`"
         verbs = ", ".join("build, iso, raw, ..." if v == ARTIFACTS else v for v in s.verbs)
         where = f"{verbs}; also before the verb" if s.is_global else verbs
+        if s.command_line_only:
+            where += "; command line only" + (", required" if s.required else "")
         cells = [f"`{s.flag}`", s.allowed(), default_text, where, s.help]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"

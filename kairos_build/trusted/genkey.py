@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kairos_build.config.settings import DEFAULT_EXPIRATION_DAYS, DEFAULT_KEY_NAME
 from kairos_build.core.errors import BuildError, InputError
 from kairos_build.core.log import step
 from kairos_build.trusted.efivars import (
@@ -45,8 +46,7 @@ from kairos_build.trusted.openssl import (
     sign_detached,
 )
 
-DEFAULT_NAME = "Kairos"
-DEFAULT_EXPIRATION_DAYS = 365  # AuroraBoot's genkey default (its --expiration-in-days)
+DEFAULT_NAME = DEFAULT_KEY_NAME
 KEY_BITS = (2048, 4096)
 # The PCR policy key stays RSA 2048, as systemd's documentation makes it: TPMs sign-check
 # RSA 2048 everywhere, larger keys not always.

@@ -32,7 +32,9 @@ def assert_healthy(report: dict[str, object], firmware: str, entry: str) -> dict
 def boot_plain_iso(iso: Path, firmware: str) -> dict[str, str]:
     """Boot `iso` as a CD; it must settle healthy on the live squashfs, on the `live` entry,
     with cloud-init kept out. The report's fields."""
-    result = run_cli("boot", str(iso), "--firmware", firmware, "--timeout", "420", "--json", timeout=600)
+    result = run_cli(
+        "boot", str(iso), "--machine-firmware", firmware, "--timeout", "420", "--json", timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     assert report["firmware"] == firmware

@@ -96,7 +96,7 @@ def test_bookworm_raw_disk_boots_immutable(bookworm_tree: Path, bookworm_cache: 
     # Under enforced Secure Boot: bookworm's own signed chain (shim 15.8, grub 2.06 with its
     # memdisk config and TPM verifier, kernel 6.1), where trixie's disks boot plain UEFI.
     result = run_cli(
-        "boot", str(disk), "--firmware", "uefi-secureboot", "--timeout", "480", "--json", timeout=660
+        "boot", str(disk), "--machine-firmware", "uefi-secureboot", "--timeout", "480", "--json", timeout=660
     )
     assert result.returncode == 0, result.stderr[-4000:]
     fields = json.loads(result.stdout)["fields"]

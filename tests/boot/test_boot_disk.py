@@ -25,7 +25,7 @@ def boot(disk: Path, firmware: str, *extra: str) -> tuple[dict[str, str], dict[s
     result = run_cli(
         "boot",
         str(disk),
-        "--firmware",
+        "--machine-firmware",
         firmware,
         "--timeout",
         "420",

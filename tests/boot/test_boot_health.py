@@ -1,8 +1,8 @@
 """Secure Boot refusal, for real: a small GPT disk whose ESP holds an unsigned EFI program
-(the host's `grub-mkimage -O x86_64-efi`, no kernel needed). Under `--firmware
+(the host's `grub-mkimage -O x86_64-efi`, no kernel needed). Under `--machine-firmware
 uefi-secureboot` (OVMF's Secure Boot build, Microsoft's keys enrolled) the firmware refuses it
-and the harness says so within seconds; under plain `--firmware uefi` the very same disk runs
-(grub prints a line and powers the VM off), so the refusal is Secure Boot's doing."""
+and the harness says so within seconds; under plain `--machine-firmware uefi` the very same
+disk runs (grub prints a line and powers the VM off), so the refusal is Secure Boot's doing."""
 
 from __future__ import annotations
 
@@ -68,7 +68,13 @@ def unsigned_efi_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_secure_boot_refuses_an_unsigned_efi_program_and_the_harness_says_so(unsigned_efi_disk: Path) -> None:
     began = time.monotonic()
     result = run_cli(
-        "boot", str(unsigned_efi_disk), "--firmware", "uefi-secureboot", "--timeout", "240", timeout=300
+        "boot",
+        str(unsigned_efi_disk),
+        "--machine-firmware",
+        "uefi-secureboot",
+        "--timeout",
+        "240",
+        timeout=300,
     )
     assert result.returncode == 1, result.stderr
     assert "Secure Boot refused the image" in result.stderr
@@ -79,7 +85,9 @@ def test_secure_boot_refuses_an_unsigned_efi_program_and_the_harness_says_so(uns
 
 
 def test_the_same_disk_runs_without_secure_boot(unsigned_efi_disk: Path) -> None:
-    result = run_cli("boot", str(unsigned_efi_disk), "--firmware", "uefi", "--timeout", "240", timeout=300)
+    result = run_cli(
+        "boot", str(unsigned_efi_disk), "--machine-firmware", "uefi", "--timeout", "240", timeout=300
+    )
     assert result.returncode == 1  # it is no Kairos system: it prints no boot report
     assert "QEMU exited" in result.stderr and "Secure Boot" not in result.stderr
     log = unsigned_efi_disk.with_name(unsigned_efi_disk.name + ".uefi.boot.log")

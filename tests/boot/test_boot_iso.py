@@ -33,7 +33,7 @@ def test_iso_boots_to_multi_user_on_the_live_root(built_iso: tuple[Path, str], f
 def test_a_medium_that_does_not_boot_fails_with_the_console_tail(tmp_path: Path) -> None:
     blank = tmp_path / "blank.iso"
     blank.write_bytes(b"\0" * (1 << 20))
-    result = run_cli("boot", str(blank), "--firmware", "bios", "--timeout", "15", timeout=120)
+    result = run_cli("boot", str(blank), "--machine-firmware", "bios", "--timeout", "15", timeout=120)
     assert result.returncode == 1
     assert "no boot report within 15 s" in result.stderr
     assert "full log:" in result.stderr
@@ -84,7 +84,7 @@ def test_injected_iso_boots_as_a_usb_disk_and_applies_its_cloud_config(
         "boot",
         str(injected_iso),
         "--as-disk",
-        "--firmware",
+        "--machine-firmware",
         firmware,
         "--nic",
         nic,

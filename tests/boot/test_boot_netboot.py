@@ -65,7 +65,7 @@ def test_netboot_reaches_multi_user_on_the_squashfs_fetched_over_http(
     netboot_dir: Path, firmware: str
 ) -> None:
     result = run_cli(
-        "boot", str(netboot_dir), "--firmware", firmware, "--timeout", "480", "--json", timeout=600
+        "boot", str(netboot_dir), "--machine-firmware", firmware, "--timeout", "480", "--json", timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
@@ -90,7 +90,7 @@ def test_netboot_under_secure_boot_is_refused_with_a_clear_message(netboot_dir: 
     refused ("Exec format error")."""
     began = time.monotonic()
     result = run_cli(
-        "boot", str(netboot_dir), "--firmware", "uefi-secureboot", "--timeout", "300", timeout=400
+        "boot", str(netboot_dir), "--machine-firmware", "uefi-secureboot", "--timeout", "300", timeout=400
     )
     assert result.returncode == 1, result.stderr[-4000:]
     assert "Secure Boot refused the network boot" in result.stderr

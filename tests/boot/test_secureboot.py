@@ -61,7 +61,9 @@ def test_the_same_disk_with_an_unsigned_grub_is_refused(
         check=True,
     )
     try:
-        result = run_cli("boot", str(disk), "--firmware", "uefi-secureboot", "--timeout", "300", timeout=420)
+        result = run_cli(
+            "boot", str(disk), "--machine-firmware", "uefi-secureboot", "--timeout", "300", timeout=420
+        )
         assert result.returncode == 1, result.stderr[-2000:]
         assert "Secure Boot refused the image" in result.stderr, result.stderr[-2000:]
         assert "KAIROS-BOOT-REPORT" not in result.stderr

@@ -252,7 +252,7 @@ def test_kairos_build_boot_enrolls_and_boots_the_disk_enforced(flow: Flow) -> No
         result = run_cli(
             "boot",
             str(flow.built),
-            "--firmware",
+            "--machine-firmware",
             "uefi-secureboot-setup",
             "--vars",
             str(flow.vars),
@@ -311,7 +311,7 @@ def test_the_live_iso_boots_from_a_usb_stick(flow: Flow) -> None:
         "boot",
         str(flow.iso),
         "--as-disk",
-        "--firmware",
+        "--machine-firmware",
         "uefi-secureboot-setup",
         "--vars",
         str(store),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.core.cache import Cache
 from kairos_build.exporters.base import ExportContext
 from kairos_build.pipelines.build import export_artifact
@@ -29,8 +29,12 @@ class _CountingExporter:
         output.write_bytes(b"artifact of " + context.rootfs_key.encode())
 
 
-def _context(tmp_path: Path, rootfs_key: str = "k1", **options: object) -> ExportContext:
-    config = make_config("debian", None, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out", **options)
+def _context(
+    tmp_path: Path, rootfs_key: str = "k1", settings: dict[str, object] | None = None
+) -> ExportContext:
+    config = config_of(
+        {"flavor": "debian", "cache-dir": tmp_path / "cache", "output": tmp_path / "out", **(settings or {})}
+    )
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     return ExportContext(config, tmp_path / "rootfs", rootfs_key, Cache(config.cache_dir), work)
@@ -53,7 +57,7 @@ def test_other_inputs_build_anew(tmp_path: Path) -> None:
     out.mkdir()
     export_artifact(exporter, _context(tmp_path), out)
     export_artifact(exporter, _context(tmp_path, "k2"), out)
-    export_artifact(exporter, _context(tmp_path, "k2", squashfs_compression="xz"), out)
+    export_artifact(exporter, _context(tmp_path, "k2", {"compression": "xz"}), out)
     assert exporter.runs == 3
 
 
@@ -71,7 +75,7 @@ def test_a_write_into_the_output_invalidates_the_entry(tmp_path: Path) -> None:
 def test_the_key_names_the_compression_spec(tmp_path: Path) -> None:
     exporter = _CountingExporter()
     keys = {
-        artifact_cache.artifact_key(exporter, _context(tmp_path, squashfs_compression=spec))
+        artifact_cache.artifact_key(exporter, _context(tmp_path, settings={"compression": spec}))
         for spec in ("zstd", "zstd:19", "xz")
     }
     assert len(keys) == 3
@@ -81,9 +85,9 @@ def test_no_cache_builds_the_artifact_anew(tmp_path: Path) -> None:
     exporter, out = _CountingExporter(), tmp_path / "out"
     out.mkdir()
     export_artifact(exporter, _context(tmp_path), out)
-    export_artifact(exporter, _context(tmp_path, no_cache=True), out)
+    export_artifact(exporter, _context(tmp_path, settings={"no-cache": True}), out)
     (out / f"{_context(tmp_path).config.artifact_name}.img").unlink()
-    export_artifact(exporter, _context(tmp_path, no_cache=True), out)
+    export_artifact(exporter, _context(tmp_path, settings={"no-cache": True}), out)
     assert exporter.runs == 3
 
 

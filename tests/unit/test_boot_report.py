@@ -140,7 +140,7 @@ def test_boot_passes_on_a_healthy_report_with_its_fields(
     iso = tmp_path / "a.iso"
     iso.write_bytes(b"\0" * 512)
     monkeypatch.setattr(boot_module, "_spawn", console(HEALTHY))
-    result = boot_module.boot(iso, "bios", timeout=20, accel="tcg", expect_entry="live")
+    result = boot_module.boot(boot_module.BootSpec(iso, "bios", timeout=20, accel="tcg", expect_entry="live"))
     assert (result.state, result.failed, result.secureboot, result.entry) == (
         "running",
         (),
@@ -166,7 +166,7 @@ def test_boot_fails_on_an_unhealthy_report(
     iso.write_bytes(b"\0" * 512)
     monkeypatch.setattr(boot_module, "_spawn", console(report))
     with pytest.raises(BuildError, match=expected):
-        boot_module.boot(iso, "bios", timeout=20, accel="tcg")
+        boot_module.boot(boot_module.BootSpec(iso, "bios", timeout=20, accel="tcg"))
 
 
 def test_a_refused_image_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +175,7 @@ def test_a_refused_image_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(boot_module, "_spawn", console(OVMF_REFUSAL.decode(), linger=120))
     began = time.monotonic()
     with pytest.raises(BuildError, match="Secure Boot refused the image"):
-        boot_module.boot(disk, "uefi-secureboot", timeout=90, accel="tcg")
+        boot_module.boot(boot_module.BootSpec(disk, "uefi-secureboot", timeout=90, accel="tcg"))
     assert time.monotonic() - began < 20
 
 
@@ -183,11 +183,11 @@ def test_unknown_firmware_and_nic_are_refused_before_any_work(tmp_path: Path) ->
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     with pytest.raises(InputError, match="bios|uefi|uefi-secureboot"):
-        boot_module.boot(disk, "coreboot", accel="tcg")
+        boot_module.boot(boot_module.BootSpec(disk, "coreboot", accel="tcg"))
     with pytest.raises(InputError, match="none|user"):
-        boot_module.boot(disk, "bios", accel="tcg", nic="tap")
+        boot_module.boot(boot_module.BootSpec(disk, "bios", accel="tcg", nic="tap"))
     with pytest.raises(InputError, match="enabled|disabled"):
-        boot_module.boot(disk, "bios", accel="tcg", expect_secureboot="maybe")
+        boot_module.boot(boot_module.BootSpec(disk, "bios", accel="tcg", expect_secureboot="maybe"))
 
 
 def test_secure_boot_firmware_options(tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ def test_a_grub_that_gave_up_is_not_waited_for(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(boot_module, "_spawn", console(GRUB_GAVE_UP, linger=120))
     began = time.monotonic()
     with pytest.raises(BuildError, match="grub could not start the system") as raised:
-        boot_module.boot(disk, "uefi", timeout=90, accel="tcg")
+        boot_module.boot(boot_module.BootSpec(disk, "uefi", timeout=90, accel="tcg"))
     assert time.monotonic() - began < 20
     assert (
         "error: out of memory.; error: no server is specified.; error: you need to load the kernel first."
@@ -300,5 +300,7 @@ def test_tpm_expectations_and_result_fields(tmp_path: Path, monkeypatch: pytest.
     iso = tmp_path / "a.iso"
     iso.write_bytes(b"\0" * 512)
     monkeypatch.setattr(boot_module, "_spawn", console(HEALTHY + " tpm=none verity=none"))
-    result = boot_module.boot(iso, "bios", timeout=20, accel="tcg", expect_tpm="none", expect_verity="none")
+    result = boot_module.boot(
+        boot_module.BootSpec(iso, "bios", timeout=20, accel="tcg", expect_tpm="none", expect_verity="none")
+    )
     assert (result.tpm, result.verity) == ("none", "none")

@@ -149,11 +149,11 @@ def test_vars_and_expectations_are_refused_before_any_work(tmp_path: Path) -> No
     disk = tmp_path / "a.raw"
     disk.write_bytes(b"\0" * 512)
     with pytest.raises(InputError, match="--vars needs a UEFI firmware"):
-        harness.boot(disk, "bios", accel="tcg", vars_file=tmp_path / "v.fd")
+        harness.boot(harness.BootSpec(disk, "bios", accel="tcg", vars_file=tmp_path / "v.fd"))
     with pytest.raises(InputError, match="2.0|none|any"):
-        harness.boot(disk, "uefi", accel="tcg", expect_tpm="1.3")
+        harness.boot(harness.BootSpec(disk, "uefi", accel="tcg", expect_tpm="1.3"))
     with pytest.raises(InputError, match="verity|none|any"):
-        harness.boot(disk, "uefi", accel="tcg", expect_verity="maybe")
+        harness.boot(harness.BootSpec(disk, "uefi", accel="tcg", expect_verity="maybe"))
     assert not (tmp_path / "v.fd").exists()
 
 
@@ -207,7 +207,7 @@ def test_a_host_without_swtpm_is_told_the_package(tmp_path: Path, monkeypatch: p
     disk.write_bytes(b"\0" * 512)
     monkeypatch.setenv("PATH", str(tmp_path))  # require_tool also looks in /usr/sbin, /sbin
     with pytest.raises(MissingToolError, match=r"missing host tool 'swtpm' \(package swtpm\)"):
-        harness.boot(disk, "uefi", accel="tcg", tpm=True)
+        harness.boot(harness.BootSpec(disk, "uefi", accel="tcg", tpm=True))
 
 
 def fake_qemu(
@@ -237,13 +237,15 @@ def test_a_tpm_boot_passes_its_options_and_leaves_no_swtpm(
     starts, spawn = fake_qemu([REPORT])
     monkeypatch.setattr(harness, "_spawn", spawn)
     result = harness.boot(
-        disk,
-        "uefi-secureboot-setup",
-        timeout=20,
-        accel="tcg",
-        tpm_state=tmp_path / "tpm",
-        vars_file=tmp_path / "vars.fd",
-        expect_tpm="2.0",
+        harness.BootSpec(
+            disk,
+            "uefi-secureboot-setup",
+            timeout=20,
+            accel="tcg",
+            tpm_state=tmp_path / "tpm",
+            vars_file=tmp_path / "vars.fd",
+            expect_tpm="2.0",
+        )
     )
     assert (result.tpm, result.verity, result.secureboot) == ("2.0", "none", "disabled")
     argv = starts[0]
@@ -253,7 +255,9 @@ def test_a_tpm_boot_passes_its_options_and_leaves_no_swtpm(
     assert (tmp_path / "tpm").is_dir() and (tmp_path / "vars.fd").is_file()  # both kept
     assert f"file={tmp_path / 'vars.fd'}" in " ".join(argv)
     with pytest.raises(BuildError, match="expected tpm=none, the system reports tpm=2.0"):
-        harness.boot(disk, "uefi-secureboot-setup", timeout=20, accel="tcg", expect_tpm="none")
+        harness.boot(
+            harness.BootSpec(disk, "uefi-secureboot-setup", timeout=20, accel="tcg", expect_tpm="none")
+        )
 
 
 def test_keys_in_the_kept_store_make_setup_mode_expect_enforcement(
@@ -268,9 +272,16 @@ def test_keys_in_the_kept_store_make_setup_mode_expect_enforcement(
     kept.write_bytes(store(variable("PK", GLOBAL_GUID, b"key")).ljust(len(template), b"\xff"))
     monkeypatch.setattr(harness, "_spawn", fake_qemu([REPORT])[1])
     with pytest.raises(BuildError, match="expected secureboot=enabled"):
-        harness.boot(disk, "uefi-secureboot-setup", timeout=20, accel="tcg", vars_file=kept)
+        harness.boot(harness.BootSpec(disk, "uefi-secureboot-setup", timeout=20, accel="tcg", vars_file=kept))
     result = harness.boot(
-        disk, "uefi-secureboot-setup", timeout=20, accel="tcg", vars_file=kept, expect_secureboot="disabled"
+        harness.BootSpec(
+            disk,
+            "uefi-secureboot-setup",
+            timeout=20,
+            accel="tcg",
+            vars_file=kept,
+            expect_secureboot="disabled",
+        )
     )
     assert result.secureboot == "disabled"
 
@@ -287,7 +298,7 @@ def test_a_guest_that_reboots_after_a_panic_goes_on_in_the_same_qemu(
     disk.write_bytes(b"\0" * 512)
     starts, spawn = fake_qemu([PANIC_REBOOT + "BdsDxe: starting Boot0001\\n" + REPORT])
     monkeypatch.setattr(harness, "_spawn", spawn)
-    result = harness.boot(disk, "uefi-secureboot-setup", timeout=20, accel="tcg")
+    result = harness.boot(harness.BootSpec(disk, "uefi-secureboot-setup", timeout=20, accel="tcg"))
     assert len(starts) == 1 and result.state == "running"
 
 
@@ -300,7 +311,7 @@ def test_a_panic_that_comes_back_after_its_reboot_ends_the_wait(
     monkeypatch.setattr(harness, "_spawn", spawn)
     began = time.monotonic()
     with pytest.raises(BuildError, match="the guest kernel panicked 2 times"):
-        harness.boot(disk, "uefi-secureboot-setup", timeout=90, accel="tcg")
+        harness.boot(harness.BootSpec(disk, "uefi-secureboot-setup", timeout=90, accel="tcg"))
     assert len(starts) == 1  # its reboot was its retry
     assert time.monotonic() - began < 20
 
@@ -312,7 +323,7 @@ def test_a_panic_that_halts_under_setup_mode_gets_one_new_qemu(
     disk.write_bytes(b"\0" * 512)
     starts, spawn = fake_qemu([PANIC_HALT, REPORT], linger=120)
     monkeypatch.setattr(harness, "_spawn", spawn)
-    result = harness.boot(disk, "uefi-secureboot-setup", timeout=60, accel="tcg")
+    result = harness.boot(harness.BootSpec(disk, "uefi-secureboot-setup", timeout=60, accel="tcg"))
     assert len(starts) == 2 and result.state == "running"
 
 
@@ -328,7 +339,7 @@ def test_a_firmware_refusal_after_a_reboot_is_caught_at_once(
     monkeypatch.setattr(harness, "_spawn", fake_qemu([text], linger=120)[1])
     began = time.monotonic()
     with pytest.raises(BuildError, match="Secure Boot refused the image .*keys were enrolled"):
-        harness.boot(disk, "uefi-secureboot-setup", timeout=90, accel="tcg")
+        harness.boot(harness.BootSpec(disk, "uefi-secureboot-setup", timeout=90, accel="tcg"))
     assert time.monotonic() - began < 20
     assert harness.this_boot(b"a\nLinux version\nreboot: Restarting system\nBdsDxe") == b"BdsDxe"
     assert harness.this_boot(b"firmware text") == b"firmware text"

@@ -176,11 +176,11 @@ def test_recordable_keeps_short_values_and_ages_read_naturally() -> None:
 def test_source_date_epoch_is_a_named_input_of_the_conversion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages: list[str]
 ) -> None:
-    from kairos_build.config.buildconfig import make_config
+    from kairos_build.config.buildconfig import config_of
     from kairos_build.convert.stages import packages_stage
     from kairos_build.source.resolve import Base
 
-    config, base = make_config("debian", "trixie"), Base(tmp_path, "base-key", "a base")
+    config, base = config_of({"flavor": "debian", "release": "trixie"}), Base(tmp_path, "base-key", "a base")
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     unset = packages_stage(config, base)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kairos_build.cli.app import app
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.core.errors import InputError
 from kairos_build.disk.squashfs import DEFAULT_ZSTD_LEVEL, Compression
 
@@ -54,9 +54,9 @@ def test_the_spec_names_everything_that_changes_the_image() -> None:
 
 
 def test_config_parses_the_string_once(tmp_path: Path) -> None:
-    config = make_config("debian", None, cache_dir=tmp_path, squashfs_compression="zstd:19")
+    config = config_of({"flavor": "debian", "cache-dir": tmp_path, "compression": "zstd:19"})
     assert config.squashfs_compression == Compression("zstd", 19)
-    assert make_config("debian", None, cache_dir=tmp_path).squashfs_compression == Compression()
+    assert config_of({"flavor": "debian", "cache-dir": tmp_path}).squashfs_compression == Compression()
 
 
 @pytest.mark.parametrize("option", ["--compression", "--squashfs-compression"])

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kairos_build.config.buildconfig import BuildConfig, make_config
+from kairos_build.config.buildconfig import BuildConfig, config_of
 from kairos_build.convert.stages import framework_stage, initramfs_stage, packages_stage
 from kairos_build.source.resolve import Base
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "overlays/common/usr/lib/dracut/modules.d/90kairos-immutable/module-setup.sh"
+
+
+def trixie() -> BuildConfig:
+    """Debian trixie's config as `--flavor debian --release trixie` makes it."""
+    return config_of({"flavor": "debian", "release": "trixie"})
 
 
 def keys(config: BuildConfig, base_key: str = "base-1") -> dict[str, str]:
@@ -89,24 +96,28 @@ CHANGES: dict[str, tuple[Callable[[Path], None], set[str]]] = {
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
 def test_a_change_reruns_exactly_the_stages_it_reaches(change: str, data: Path) -> None:
-    before = keys(make_config("debian", "trixie"))
+    before = keys(trixie())
     edit, expected = CHANGES[change]
     edit(data)
-    after = keys(make_config("debian", "trixie"))
+    after = keys(trixie())
     assert {stage for stage in before if before[stage] != after[stage]} == expected
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("version", "v9.9.9"), ("variant", "standard"), ("model", "rpi4")]
+    ("settings", "fields"),
+    # variant and model are no settings (yet): BuildConfig's own fields, set on the result
+    [({"version": "v9.9.9"}, {}), ({}, {"variant": "standard"}), ({}, {"model": "rpi4"})],
 )
-def test_release_values_reach_the_framework_only(data: Path, option: str, value: str) -> None:
-    before = keys(make_config("debian", "trixie"))
-    after = keys(make_config("debian", "trixie", **{option: value}))
+def test_release_values_reach_the_framework_only(
+    data: Path, settings: dict[str, str], fields: dict[str, Any]
+) -> None:
+    before = keys(trixie())
+    after = keys(replace(config_of({"flavor": "debian", "release": "trixie", **settings}), **fields))
     assert {s for s in before if before[s] != after[s]} == {"framework"}
 
 
 def test_the_base_and_the_build_date_reach_every_stage(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = make_config("debian", "trixie")
+    config = trixie()
     before = keys(config)
     assert all(before[s] != keys(config, "base-2")[s] for s in before)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
@@ -115,7 +126,7 @@ def test_the_base_and_the_build_date_reach_every_stage(data: Path, monkeypatch: 
 
 
 def test_the_same_inputs_give_the_same_keys_and_the_stages_differ(data: Path) -> None:
-    first, second = keys(make_config("debian", "trixie")), keys(make_config("debian", "trixie"))
+    first, second = keys(trixie()), keys(trixie())
     assert first == second
     assert len(set(first.values())) == 3
-    assert keys(make_config("debian", "bookworm")) != first
+    assert keys(config_of({"flavor": "debian", "release": "bookworm"})) != first

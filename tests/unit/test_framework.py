@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.convert.framework import (
     empty_build_records,
     find_kernel,
@@ -44,7 +44,7 @@ def read_release(root: Path) -> dict[str, str]:
 
 
 def test_kairos_release_has_every_key_with_values_from_the_build(fake_root: Path, tmp_path: Path) -> None:
-    config = make_config("debian", None, version="2.1.0", cache_dir=tmp_path)
+    config = config_of({"flavor": "debian", "version": "2.1.0", "cache-dir": tmp_path})
     write_kairos_release(fake_root, config)
     release = read_release(fake_root)
     assert release == {
@@ -69,7 +69,7 @@ def test_kairos_release_has_every_key_with_values_from_the_build(fake_root: Path
 
 def test_flavor_release_comes_from_the_base_os_release(fake_root: Path, tmp_path: Path) -> None:
     (fake_root / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
-    write_kairos_release(fake_root, make_config("debian", None, cache_dir=tmp_path))
+    write_kairos_release(fake_root, config_of({"flavor": "debian", "cache-dir": tmp_path}))
     assert read_release(fake_root)["KAIROS_FLAVOR_RELEASE"] == "12"
 
 
@@ -79,7 +79,7 @@ def test_kairos_release_is_written_inside_the_root_even_through_a_hostile_link(
     outside = tmp_path / "outside"
     outside.mkdir()
     (fake_root / "etc/kairos-release").symlink_to(outside / "pwned")
-    write_kairos_release(fake_root, make_config("debian", None, cache_dir=tmp_path))
+    write_kairos_release(fake_root, config_of({"flavor": "debian", "cache-dir": tmp_path}))
     assert not (outside / "pwned").exists()
     written = fake_root / "etc/kairos-release"
     assert written.is_file() and not written.is_symlink()
@@ -135,12 +135,12 @@ def test_data_folders_hold_no_symlinks() -> None:
 
 def test_flavor_release_names_the_variant_like_kairos(fake_root: Path, tmp_path: Path) -> None:
     (fake_root / "etc/os-release").write_text('ID="opensuse-leap"\nVERSION_ID="15.6"\n')
-    write_kairos_release(fake_root, make_config("opensuse", None, cache_dir=tmp_path))
+    write_kairos_release(fake_root, config_of({"flavor": "opensuse", "cache-dir": tmp_path}))
     release = read_release(fake_root)
     assert release["KAIROS_FLAVOR_RELEASE"] == "leap-15.6"
     assert release["KAIROS_NAME"] == "kairos-core-opensuse-leap-15.6"
     (fake_root / "etc/os-release").write_text("ID=alpine\nVERSION_ID=3.21.3\n")
-    write_kairos_release(fake_root, make_config("alpine", None, cache_dir=tmp_path))
+    write_kairos_release(fake_root, config_of({"flavor": "alpine", "cache-dir": tmp_path}))
     assert read_release(fake_root)["KAIROS_FLAVOR_RELEASE"] == "3.21.3"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.core.errors import MissingToolError
 from kairos_build.exporters.iso import IsoExporter
 from kairos_build.exporters.raw import RawExporter
@@ -40,7 +40,7 @@ def converted_tree(tmp_path: Path) -> Path:
 def test_a_bootstrap_base_demands_mmdebstrap_and_says_for_what(missing: tuple[set[str], list[str]]) -> None:
     absent, _ = missing
     absent.add("mmdebstrap")
-    config = make_config("debian", "trixie", base="bootstrap:debian/trixie")
+    config = config_of({"flavor": "debian", "release": "trixie", "base": "bootstrap:debian/trixie"})
     with pytest.raises(MissingToolError) as err:
         build.check_host_tools(config, [IsoExporter()])
     assert "'mmdebstrap'" in err.value.message and "resolving the base" in err.value.message
@@ -52,7 +52,7 @@ def test_an_already_converted_folder_needs_no_bootstrap_and_no_sandbox(
 ) -> None:
     absent, asked = missing
     absent.update({"mmdebstrap", "unshare", "bwrap", "setpriv"})
-    config = make_config("debian", "trixie", base=f"dir:{converted_tree(tmp_path)}")
+    config = config_of({"flavor": "debian", "release": "trixie", "base": f"dir:{converted_tree(tmp_path)}"})
     build.check_host_tools(config, [RawExporter()])
     assert not absent & set(asked), asked
     assert set(RawExporter.tools) <= set(asked)  # the exporter's own are still checked
@@ -66,7 +66,9 @@ def test_a_base_to_convert_needs_the_sandbox_but_no_mmdebstrap(
     absent.add("mmdebstrap")
     # None: the flavor's own image (docker://), even though a failed pull may fall back to
     # bootstrapping, which then checks mmdebstrap itself.
-    config = make_config("debian", "trixie", base=base.format(tmp=tmp_path) if base else None)
+    config = config_of(
+        {"flavor": "debian", "release": "trixie", "base": base.format(tmp=tmp_path) if base else None}
+    )
     build.check_host_tools(config, [IsoExporter()])
     assert {"bwrap", "setpriv", "cp"} <= set(asked) and "mmdebstrap" not in asked, asked
     absent.add("bwrap")
@@ -80,7 +82,7 @@ def test_an_exporters_tools_are_demanded_by_its_stage(
     absent, _ = missing
     absent.add("mkfs.ext4")
     assert "mkfs.ext4" in RawExporter.tools and "mkfs.ext4" not in IsoExporter.tools
-    config = make_config("debian", "trixie", base=f"dir:{converted_tree(tmp_path)}")
+    config = config_of({"flavor": "debian", "release": "trixie", "base": f"dir:{converted_tree(tmp_path)}"})
     build.check_host_tools(config, [IsoExporter()])
     with pytest.raises(MissingToolError, match="'mkfs.ext4'.*needed for the raw export"):
         build.check_host_tools(config, [IsoExporter(), RawExporter()])

@@ -7,7 +7,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.convert.image_writer import (
     image_config,
     tar_directory,
@@ -25,7 +25,7 @@ def write_archive(tree: Path, work: Path) -> tuple[bytes, Path]:
     where its layer blob is."""
     work.mkdir()
     diff_id = write_layer(tree, work / "layer.tar", EPOCH)
-    config = image_config(make_config("debian", None, cache_dir=work), diff_id, EPOCH)
+    config = image_config(config_of({"flavor": "debian", "cache-dir": work}), diff_id, EPOCH)
     write_oci_layout(work / "layout", work / "layer.tar", diff_id, config, "v1")
     tar_directory(work / "layout", work / "image.tar", EPOCH)
     return (work / "image.tar").read_bytes(), work / "layout/blobs/sha256" / diff_id[7:]
@@ -68,7 +68,7 @@ def test_layer_round_trip_keeps_capabilities_owners_modes_links(tmp_path: Path) 
     layer = tmp_path / "layer.tar"
     diff_id = write_layer(tree, layer, EPOCH)
     assert diff_id == write_layer(tree, tmp_path / "again.tar", EPOCH)  # same tree, same bytes
-    config = image_config(make_config("debian", None, cache_dir=tmp_path), diff_id, EPOCH)
+    config = image_config(config_of({"flavor": "debian", "cache-dir": tmp_path}), diff_id, EPOCH)
     write_oci_layout(tmp_path / "layout", layer, diff_id, config, "v1")
     assert open_oci_image(tmp_path / "layout", "v1").config_digest.startswith("sha256:")
 
@@ -89,7 +89,7 @@ def test_dockerfile_context_carries_the_conversion_data(tmp_path: Path) -> None:
     from kairos_build.core.errors import InputError
     from kairos_build.pipelines.dockerfile import write_build_context
 
-    config = make_config("debian", "bookworm", version="1.2.3", cache_dir=tmp_path)
+    config = config_of({"flavor": "debian", "release": "bookworm", "version": "1.2.3", "cache-dir": tmp_path})
     dockerfile = write_build_context(config, tmp_path / "ctx", "docker://example/base:1")
     text = dockerfile.read_text()
     assert "FROM example/base:1" in text

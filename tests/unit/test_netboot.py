@@ -14,7 +14,7 @@ import pytest
 
 from kairos_build.boot import netboot_server
 from kairos_build.boot.harness import default_expectation, netboot_directory, qemu_command
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.core.cache import Cache
 from kairos_build.exporters.base import ExportContext, get_exporter
 from kairos_build.exporters.netboot import render_script
@@ -79,7 +79,7 @@ class _DirectoryExporter:
 
 @pytest.fixture
 def context(tmp_path: Path) -> ExportContext:
-    config = make_config("debian", output_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    config = config_of({"flavor": "debian", "output": tmp_path / "out", "cache-dir": tmp_path / "cache"})
     return ExportContext(config, tmp_path / "rootfs", "0" * 64, Cache(tmp_path / "cache"), tmp_path)
 
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kairos_build.cli.app import app
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.convert import convert as convert_module
 from kairos_build.convert.initramfs import initramfs_command
 from kairos_build.convert.initramfs_reads import Reads
@@ -137,7 +137,7 @@ def test_each_manager_is_refresh_install_clean(manager: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(INITRAMFS))
 def test_dry_run_plan_for_every_flavor(name: str, tmp_path: Path) -> None:
-    config = make_config(name, None, cache_dir=tmp_path)
+    config = config_of({"flavor": name, "cache-dir": tmp_path})
     steps = conversion_plan(config, "docker://example/base:1")
     assert [s.name for s in steps] == ORDER  # every flavor enables something (framework units or openrc)
     assert {s.name: s.stage for s in steps} == {n: STAGE_OF.get(n, "framework") for n in ORDER}
@@ -164,7 +164,7 @@ def test_dry_run_plan_for_every_flavor(name: str, tmp_path: Path) -> None:
 
 
 def test_rocky_plan_allows_erasing_and_disables_the_metadata_timer(tmp_path: Path) -> None:
-    text = describe_plan(conversion_plan(make_config("rockylinux", None, cache_dir=tmp_path)))
+    text = describe_plan(conversion_plan(config_of({"flavor": "rockylinux", "cache-dir": tmp_path})))
     assert (
         "$ dnf -y install --setopt=install_weak_deps=False --setopt=max_parallel_downloads=10 "
         "--allowerasing kernel "
@@ -175,7 +175,7 @@ def test_rocky_plan_allows_erasing_and_disables_the_metadata_timer(tmp_path: Pat
 
 
 def test_alpine_plan_uses_openrc_runlevels_and_flavour_named_kernel(tmp_path: Path) -> None:
-    steps = conversion_plan(make_config("alpine", "3.19", cache_dir=tmp_path))
+    steps = conversion_plan(config_of({"flavor": "alpine", "release": "3.19", "cache-dir": tmp_path}))
     text = describe_plan(steps)
     assert "$ rc-update add udev sysinit" in text and "$ rc-update add sshd default" in text
     assert "systemctl" not in text  # no systemd on Alpine
@@ -185,7 +185,9 @@ def test_alpine_plan_uses_openrc_runlevels_and_flavour_named_kernel(tmp_path: Pa
 
 
 def test_ubuntu_release_kernel_lands_in_the_install_command(tmp_path: Path) -> None:
-    text = describe_plan(conversion_plan(make_config("ubuntu", "22.04", cache_dir=tmp_path)))
+    text = describe_plan(
+        conversion_plan(config_of({"flavor": "ubuntu", "release": "22.04", "cache-dir": tmp_path}))
+    )
     assert " linux-image-generic-hwe-22.04 " in text and "linux-image-generic " not in text
 
 
@@ -259,7 +261,7 @@ def test_flavors_json_lists_every_flavor_with_what_it_uses() -> None:
 
 @pytest.mark.parametrize("name", sorted(INITRAMFS))
 def test_dockerfile_renders_the_plan_for_every_flavor(name: str, tmp_path: Path) -> None:
-    config = make_config(name, None, cache_dir=tmp_path)
+    config = config_of({"flavor": name, "cache-dir": tmp_path})
     dockerfile = write_build_context(config, tmp_path / "ctx").read_text()
     manager = config.flavor.package_manager
     steps = {s.name: s for s in conversion_plan(config)}
@@ -280,7 +282,7 @@ def test_dockerfile_renders_the_plan_for_every_flavor(name: str, tmp_path: Path)
 
 
 def test_dockerfile_carries_the_flavor_files_in_its_overlay(tmp_path: Path) -> None:
-    config = make_config("alpine", None, cache_dir=tmp_path)
+    config = config_of({"flavor": "alpine", "cache-dir": tmp_path})
     text = write_build_context(config, tmp_path / "ctx", "docker://mirror.example/alpine:3.21").read_text()
     assert (tmp_path / "ctx/overlay/etc/update-grub.conf").read_text() == "disable_trigger=1\n"
     assert "FROM mirror.example/alpine:3.21\n" in text
@@ -344,7 +346,7 @@ def test_convert_runs_the_plan_commands_in_order(
     """The wiring of the conversion's stages for flavors this machine cannot install for real:
     the commands they would run inside the rootfs are recorded; the 'package install' makes a
     kernel, the initramfs command its image."""
-    config = make_config(name, None, cache_dir=tmp_path)
+    config = config_of({"flavor": name, "cache-dir": tmp_path})
     base = fake_tree(tmp_path / "base", f"ID={name}\nVERSION_ID=9.9\n")
     ran: list[tuple[str, ...]] = []
     manager = package_manager(config.flavor.package_manager)

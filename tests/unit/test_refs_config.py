@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kairos_build.config.buildconfig import make_config
+from kairos_build.config.buildconfig import config_of
 from kairos_build.config.settings import normalize_version
 from kairos_build.core.errors import InputError
 from kairos_build.source.refs import BaseRef, parse_ref
@@ -55,15 +57,22 @@ def test_bad_versions_are_refused(bad: str) -> None:
 
 
 def test_artifact_name_follows_kairos_convention(tmp_path: Path) -> None:
-    config = make_config("debian", None, version="1.4.0", cache_dir=tmp_path)
+    config = config_of({"flavor": "debian", "version": "1.4.0", "cache-dir": tmp_path})
     assert config.artifact_name == "kairos-debian-13-core-amd64-generic-v1.4.0"
-    assert make_config("debian", "bookworm", cache_dir=tmp_path).artifact_name.startswith("kairos-debian-12-")
+    assert config_of(
+        {"flavor": "debian", "release": "bookworm", "cache-dir": tmp_path}
+    ).artifact_name.startswith("kairos-debian-12-")
 
 
 @pytest.mark.parametrize(
-    "option",
-    [{"pull": "sometimes"}, {"variant": "huge"}, {"squashfs_compression": "rar"}, {"arch": "riscv64"}],
+    ("settings", "fields"),
+    [
+        ({"pull": "sometimes"}, {}),
+        ({}, {"variant": "huge"}),  # variant and arch are no settings: BuildConfig's own fields
+        ({"compression": "rar"}, {}),
+        ({}, {"arch": "riscv64"}),
+    ],
 )
-def test_bad_options_are_refused(tmp_path: Path, option: dict[str, str]) -> None:
+def test_bad_options_are_refused(tmp_path: Path, settings: dict[str, str], fields: dict[str, Any]) -> None:
     with pytest.raises(InputError):
-        make_config("debian", None, cache_dir=tmp_path, **option)
+        replace(config_of({"flavor": "debian", "cache-dir": tmp_path, **settings}), **fields)
