@@ -1,3 +1,3 @@
-from kairos_build.cli.app import main
+from kairos_build.cli import main
 
 main()
