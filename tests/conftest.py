@@ -43,21 +43,58 @@ def run_cli(
 _TEST_CACHE: dict[str, Path] = {}
 
 # The suite runs on two workers (pytest-xdist, `-n 2` in pyproject.toml): a TCG boot keeps
-# about one core busy, so two at once finish in 1.3 times the time of one. The longest module
-# starts first on one worker, everything else keeps its order on the other, and the next
-# module in this list goes to whichever worker runs out of work first. The workers share the
-# test cache: its entries are made and removed under their locks.
-SIDE_MODULES = ("tests/boot/test_trusted_boot.py", "tests/boot/test_node_lifecycle.py")
-_ORDER = [SIDE_MODULES[0], "main", *SIDE_MODULES[1:]]
+# about one core busy, so two at once finish in 1.3 times the time of one. Each group below
+# runs whole on one worker, in this order: the first two start at once, one on each worker
+# (the two long node flows: the Trusted Boot one, and bookworm's own bootstrap followed by the
+# grub lifecycle), and each later group goes to the first worker that runs out of work, the
+# longest first, so that both end together (with both flows on one worker, the other ended
+# 20 minutes earlier). Every module not named is a group of its own, in collection order,
+# after these. A group keeps the modules that share an expensive session fixture
+# (built_disks) on one worker. The workers share the test cache: its entries are made and
+# removed under their locks.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "trusted": ("tests/boot/test_trusted_boot.py",),
+    "lifecycle": ("tests/boot/test_boot_bookworm.py", "tests/boot/test_node_lifecycle.py"),
+    "disks": (
+        "tests/boot/test_boot_disk.py",
+        "tests/boot/test_secureboot.py",
+        "tests/integration/test_disk_images.py",
+    ),
+    # The next longest of a cold run, each alone.
+    **{
+        module: (module,)
+        for module in (
+            "tests/boot/test_boot_iso.py",  # 4 boots
+            "tests/boot/test_boot_netboot.py",  # 3
+            "tests/integration/test_staged_conversion.py",  # 1, and conversions
+            "tests/integration/test_reproducible.py",
+            "tests/integration/test_sandbox.py",
+            "tests/integration/test_dockerfile.py",
+            "tests/integration/test_convert_output.py",
+            "tests/integration/test_cache_builds.py",
+        )
+    },
+}
+_GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 
 
 def work_group(nodeid: str) -> str:
     module = nodeid.split("::", 1)[0]
-    return module if module in SIDE_MODULES else "main"
+    return _GROUP_OF.get(module, module)
+
+
+def group_order(nodeids: list[str]) -> list[str]:
+    """The groups in the order they are handed out: GROUPS', then the others as collected."""
+    order = list(GROUPS)
+    for nodeid in nodeids:
+        if (group := work_group(nodeid)) not in order:
+            order.append(group)
+    return order
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: _ORDER.index(work_group(item.nodeid)))  # stable within a group
+    order = {group: index for index, group in enumerate(group_order([item.nodeid for item in items]))}
+    items.sort(key=lambda item: order[work_group(item.nodeid)])  # stable within a group
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
