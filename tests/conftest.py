@@ -7,15 +7,19 @@ what changed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from kairos_build.boot import retries
 from kairos_build.core.cache import Cache, cache_key
 from kairos_build.core.flavors import load_flavor
 
@@ -39,21 +43,58 @@ def run_cli(
 _TEST_CACHE: dict[str, Path] = {}
 
 # The suite runs on two workers (pytest-xdist, `-n 2` in pyproject.toml): a TCG boot keeps
-# about one core busy, so two at once finish in 1.3 times the time of one. The longest module
-# starts first on one worker, everything else keeps its order on the other, and the next
-# module in this list goes to whichever worker runs out of work first. The workers share the
-# test cache: its entries are made and removed under their locks.
-SIDE_MODULES = ("tests/boot/test_trusted_boot.py", "tests/boot/test_node_lifecycle.py")
-_ORDER = [SIDE_MODULES[0], "main", *SIDE_MODULES[1:]]
+# about one core busy, so two at once finish in 1.3 times the time of one. Each group below
+# runs whole on one worker, in this order: the first two start at once, one on each worker
+# (the two long node flows: the Trusted Boot one, and bookworm's own bootstrap followed by the
+# grub lifecycle), and each later group goes to the first worker that runs out of work, the
+# longest first, so that both end together (with both flows on one worker, the other ended
+# 20 minutes earlier). Every module not named is a group of its own, in collection order,
+# after these. A group keeps the modules that share an expensive session fixture
+# (built_disks) on one worker. The workers share the test cache: its entries are made and
+# removed under their locks.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "trusted": ("tests/boot/test_trusted_boot.py",),
+    "lifecycle": ("tests/boot/test_boot_bookworm.py", "tests/boot/test_node_lifecycle.py"),
+    "disks": (
+        "tests/boot/test_boot_disk.py",
+        "tests/boot/test_secureboot.py",
+        "tests/integration/test_disk_images.py",
+    ),
+    # The next longest of a cold run, each alone.
+    **{
+        module: (module,)
+        for module in (
+            "tests/boot/test_boot_iso.py",  # 4 boots
+            "tests/boot/test_boot_netboot.py",  # 3
+            "tests/integration/test_staged_conversion.py",  # 1, and conversions
+            "tests/integration/test_reproducible.py",
+            "tests/integration/test_sandbox.py",
+            "tests/integration/test_dockerfile.py",
+            "tests/integration/test_convert_output.py",
+            "tests/integration/test_cache_builds.py",
+        )
+    },
+}
+_GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
 
 
 def work_group(nodeid: str) -> str:
     module = nodeid.split("::", 1)[0]
-    return module if module in SIDE_MODULES else "main"
+    return _GROUP_OF.get(module, module)
+
+
+def group_order(nodeids: list[str]) -> list[str]:
+    """The groups in the order they are handed out: GROUPS', then the others as collected."""
+    order = list(GROUPS)
+    for nodeid in nodeids:
+        if (group := work_group(nodeid)) not in order:
+            order.append(group)
+    return order
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: _ORDER.index(work_group(item.nodeid)))  # stable within a group
+    order = {group: index for index, group in enumerate(group_order([item.nodeid for item in items]))}
+    items.sort(key=lambda item: order[work_group(item.nodeid)])  # stable within a group
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
@@ -61,11 +102,162 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     rewriting node ids, which pytest 9 no longer lets it do)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist ships no type hints
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
         def _split_scope(self, nodeid: str) -> str:
             return work_group(nodeid)
 
     return GroupScheduling(config, log)
+
+
+# -- the end of a run: each module's time and every retry ----------------------------------
+# A retry (a TCG kernel panic booted again, KVM given up for TCG, a hung firmware power-cycled,
+# a test rerun) is never silent: each one is a line in KAIROS_BUILD_RETRY_LOG (see
+# kairos_build/boot/retries.py; the workers and the `kairos-build boot` they run inherit the
+# variable), printed at the end, and more than RETRY_BUDGET of them fail the run, so that
+# flakiness cannot grow unseen.
+RETRY_BUDGET = 3
+
+
+@dataclass
+class ModuleTime:
+    """What the controller heard of one test module: the sum of its tests' setup, call and
+    teardown durations (module fixtures included), its wall-clock span, who ran it."""
+
+    seconds: float = 0.0
+    start: float = float("inf")
+    stop: float = 0.0
+    tests: int = 0
+    workers: set[str] = field(default_factory=set)
+
+    def add(self, report: pytest.TestReport, worker: str) -> None:
+        self.seconds += report.duration
+        self.start = min(self.start, report.start)
+        self.stop = max(self.stop, report.stop)
+        self.tests += report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+        self.workers.add(worker)
+
+    @property
+    def span(self) -> float:
+        return max(0.0, self.stop - self.start)
+
+
+def read_retries(path: Path, offset: int = 0) -> list[dict[str, str]]:
+    """The retry lines written since `offset`; a line that is not JSON is kept as its text."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, dict):
+            entry = {"kind": "unreadable", "detail": line, "test": ""}
+        found.append({key: str(entry.get(key, "")) for key in ("kind", "detail", "test")})
+    return found
+
+
+def module_table(times: dict[str, ModuleTime]) -> list[str]:
+    """One line per module, longest first, then each worker's span (its wall time)."""
+    lines = [f"{'seconds':>9} {'span s':>9}  {'worker':<6} {'tests':>5}  module"]
+    for module, spent in sorted(times.items(), key=lambda item: (-item[1].seconds, item[0])):
+        workers = ",".join(sorted(spent.workers))
+        lines.append(f"{spent.seconds:9.1f} {spent.span:9.1f}  {workers:<6} {spent.tests:5d}  {module}")
+    by_worker: dict[str, tuple[float, float, float]] = {}
+    for spent in times.values():
+        for worker in spent.workers:
+            start, stop, total = by_worker.get(worker, (float("inf"), 0.0, 0.0))
+            by_worker[worker] = (min(start, spent.start), max(stop, spent.stop), total + spent.seconds)
+    for worker, (start, stop, total) in sorted(by_worker.items()):
+        lines.append(
+            f"worker {worker}: {stop - start:.1f} s from first start to last stop, {total:.1f} s in tests"
+        )
+    return lines
+
+
+def retry_lines(found: list[dict[str, str]]) -> list[str]:
+    return [f"{entry['kind']}: {entry['test'] or '(no test)'}: {entry['detail']}" for entry in found]
+
+
+def over_budget(found: list[dict[str, str]], budget: int = RETRY_BUDGET) -> str | None:
+    """Why the run fails for its retries, or None."""
+    if len(found) <= budget:
+        return None
+    return f"{len(found)} retries in this run, more than {budget}: the run fails (flakiness grew; see above)"
+
+
+def _worker_of(report: pytest.TestReport) -> str:
+    node = getattr(report, "node", None)  # set by xdist's controller on a worker's report
+    gateway = getattr(node, "gateway", None)
+    return str(getattr(gateway, "id", "-"))
+
+
+class RunReport:
+    """The controller's plugin: hears every test report, reads the retry log at the end."""
+
+    def __init__(self, retry_log: Path, offset: int) -> None:
+        self.retry_log = retry_log
+        self.offset = offset
+        self.times: dict[str, ModuleTime] = {}
+        self.reruns: list[dict[str, str]] = []
+        self.verdict: str | None = None
+
+    def retries(self) -> list[dict[str, str]]:
+        return read_retries(self.retry_log, self.offset) + self.reruns
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        module = report.nodeid.split("::", 1)[0]
+        self.times.setdefault(module, ModuleTime()).add(report, _worker_of(report))
+        if str(report.outcome) == "rerun":  # pytest-rerunfailures' word (not installed today)
+            self.reruns.append({"kind": "rerun", "detail": f"{report.when} rerun", "test": report.nodeid})
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.verdict = over_budget(self.retries())
+        if self.verdict and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        write = terminalreporter.write_line
+        terminalreporter.write_sep("=", "time by test module (setup+call+teardown s; span: start to stop)")
+        for line in module_table(self.times):
+            write(line)
+        found = self.retries()
+        title = f"retries: {len(found)} (at most {RETRY_BUDGET} pass; log: {self.retry_log})"
+        terminalreporter.write_sep("=", title)
+        for line in retry_lines(found):
+            write(line)
+        if self.verdict:
+            write(self.verdict, red=True, bold=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
+        return
+    path = os.environ.get(retries.ENV)
+    if not path:
+        handle, path = tempfile.mkstemp(prefix="kairos-build-retries-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[retries.ENV] = path  # before the workers start: they inherit it
+    retry_log = Path(path)
+    offset = retry_log.stat().st_size if retry_log.exists() else 0
+    config.pluginmanager.register(RunReport(retry_log, offset), "kairos-run-report")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unit_retries_stay_out(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Unit tests make the harness retry on purpose (fake guests): not the run's retries."""
+    if "unit" not in request.path.parent.parts[-1:]:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(retries.ENV, raising=False)
+        yield
 
 
 def drop_finished_artifacts(test_cache: Path) -> None:

@@ -39,6 +39,7 @@ from kairos_build.boot.choices import (
     VERITY_STATES,
 )
 from kairos_build.boot.ovmf_vars import make_variable_store, secure_boot_enforced
+from kairos_build.boot.retries import note_retry
 from kairos_build.core.errors import BuildError, InputError, MissingToolError
 from kairos_build.core.log import log
 from kairos_build.core.tools import dies_with_us, require_tool
@@ -663,6 +664,7 @@ def boot(spec: BootSpec, *, retried: bool = False) -> BootResult:
     seen, match = console.seen, console.match
     if accel == "kvm" and KVM_FAILURE in seen:
         log.info("KVM failed inside the guest; booting again with TCG")
+        note_retry("kvm-to-tcg", f"{artifact.name} ({firmware}): KVM failed inside the guest")
         return boot(replace(spec, accel="tcg"), retried=retried)
     if match is None and accel == "tcg" and not retried and _retry_after_panic(console, reboots):
         # Seen here once in ~40 TCG boots: the guest kernel dies on an int3 while patching its
@@ -671,6 +673,7 @@ def boot(spec: BootSpec, *, retried: bool = False) -> BootResult:
         kept = log_path.with_name(log_path.name + ".panic")
         log_path.replace(kept)
         log.warning("the guest kernel panicked under TCG; booting once more (log: %s)", kept)
+        note_retry("tcg-panic", f"{artifact.name} ({firmware}): the guest kernel panicked (log: {kept})")
         return boot(replace(spec, accel="tcg"), retried=True)
     tail = "\n".join(seen.decode(errors="replace").splitlines()[-30:])
     if match is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import select
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kairos_build.boot import harness, swtpm
+from kairos_build.boot.retries import note_retry
 from kairos_build.core.tools import dies_with_us
 
 PROMPT = "KAIROS-SHELL# "
@@ -119,6 +121,8 @@ class Node:
             sink.write(note)
         self.seen += note
         self.power_cycles += 1
+        logging.getLogger("kairos-build").warning("%s: %s: power-cycled the machine", self.log_path, why)
+        note_retry("firmware-power-cycle", f"{self.log_path.name}: {why}")
         self.proc = self._start_qemu()
 
     def _firmware_hung(self, quiet: float) -> bool:
