@@ -109,6 +109,7 @@ def inner_env(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Non
     root = str(Path(__file__).resolve().parents[2])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     monkeypatch.delenv(retries.ENV, raising=False)
+    monkeypatch.setenv("TMPDIR", str(pytester.path))  # its fresh retry log goes with it
 
 
 @pytest.mark.usefixtures("inner_env")
